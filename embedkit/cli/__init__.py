@@ -1,0 +1,88 @@
+"""The `embedkit` command line.
+
+Each command lives in its own module under `embedkit.cli` and exposes `register(subparsers)`;
+`COMMAND_MODULES` lists them in the order `embedkit --help` shows them. Handlers return an exit status
+(or None for 0) and raise `EmbedkitError` for anything the user must fix: the CLI prints its message and
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from embedkit.errors import EXIT_USER_ERROR, EmbedkitError
+
+COMMAND_MODULES: list[str] = [
+    "embedkit.cli.demo",
+    "embedkit.cli.index",
+    "embedkit.cli.search",
+    "embedkit.cli.eval",
+    "embedkit.cli.beir",
+    "embedkit.cli.fuse",
+    "embedkit.cli.serve",
+    "embedkit.cli.encode",
+    "embedkit.cli.train",
+    "embedkit.cli.boom",
+    "embedkit.cli.cocoa",
+    "embedkit.cli.fidelity",
+    "embedkit.cli.agent",
+    "embedkit.cli.agentic_r",
+    "embedkit.cli.rl",
+]
+
+DESCRIPTION = """\
+embedkit: build and search embedding indexes, evaluate, train and merge embedders.
+
+Try:
+  embedkit demo                                   # index a bundled corpus, answer a few queries
+  embedkit index build --corpus corpus.jsonl --model sentence-transformers/all-MiniLM-L6-v2 --out indexes/mine
+  embedkit search indexes/mine "what is dense retrieval?"
+  embedkit beir ../shared/data/scifact            # encode, index, search and evaluate a BEIR dataset
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from embedkit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="embedkit", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"embedkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:  # a command not part of this build
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        status = handler(args)
+    except EmbedkitError as error:
+        print(f"embedkit: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("embedkit: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)

@@ -1,0 +1,79 @@
+"""Argument helpers shared by several commands, so every command spells an option the same way."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+HELP_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    handler: Callable[[argparse.Namespace], int | None],
+    *,
+    help: str,
+    description: str = "",
+    examples: str = "",
+) -> argparse.ArgumentParser:
+    """Add a subcommand whose `--help` shows a description and worked examples."""
+    epilog = f"examples:\n{examples}" if examples else None
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog=epilog,
+        formatter_class=HELP_FORMATTER,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_corpus_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    group = parser.add_argument_group("corpus")
+    group.add_argument(
+        "--corpus",
+        required=required,
+        help="BEIR corpus.jsonl, pyserini jsonl (id, contents), any jsonl/tsv/csv/parquet, a BEIR dataset "
+        "folder, a folder saved by `datasets`, or a hub dataset id (hf:NAME[:SPLIT])",
+    )
+    group.add_argument("--id-field", help="field holding the document id (default: _id, id, docid, …)")
+    group.add_argument("--text-field", help="field holding the text (default: text, contents, …)")
+    group.add_argument("--title-field", help="field holding the title (default: title when present)")
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser, *, model_default: str | None) -> None:
+    from embedkit.encoding.config import DEFAULT_MODEL
+
+    group = parser.add_argument_group("encoder")
+    group.add_argument(
+        "--model",
+        default=model_default,
+        help=f"sentence-transformers model: local path or hub id (default: {model_default or DEFAULT_MODEL})",
+    )
+    group.add_argument("--query-prefix", help="text put before every query, e.g. 'query: ' for e5")
+    group.add_argument("--passage-prefix", help="text put before every document, e.g. 'passage: ' for e5")
+    group.add_argument(
+        "--query-instruction",
+        help="task instruction for instruction-tuned models; becomes the query prefix through --instruction-template",
+    )
+    group.add_argument(
+        "--instruction-template",
+        default=None,
+        help="how an instruction becomes a query prefix (default: 'Instruct: {instruction}\\nQuery: ')",
+    )
+    group.add_argument("--no-normalize", action="store_true", help="keep raw embeddings (default: L2-normalize)")
+    group.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: the model's)")
+    group.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
+    group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="weights' precision (auto: float16 on CUDA, float32 elsewhere)",
+    )
+
+
+def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
