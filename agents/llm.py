@@ -1,0 +1,193 @@
+"""LLM backends shared by judges, reward models and search agents.
+
+Anything with a `generate(prompts, *, max_new_tokens, temperature, stop)` method is an `LLMBackend`.
+Two implementations ship here:
+
+    backend = TransformersBackend(model, tokenizer)                    # a local HF causal LM
+    backend = OpenAICompatibleBackend("http://127.0.0.1:8000", "qwen")  # vLLM, SGLang, TGI, OpenAI …
+    texts = backend.generate(["Is 2+2=4? Answer yes or no."], max_new_tokens=8, temperature=0.0, stop=None)
+
+A prompt is either a plain string or a chat (a list of `{"role": ..., "content": ...}` messages).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from embedkit.errors import EmbedkitError
+
+Message = dict[str, str]
+Prompt = str | list[Message]
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    """Text in, text out: one completion per prompt, in order."""
+
+    def generate(
+        self,
+        prompts: list[str] | list[list[dict]],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        stop: list[str] | None,
+    ) -> list[str]: ...
+
+
+def truncate_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    """Cut `text` before the first occurrence of any stop string (the stop string is not kept)."""
+    if not stop:
+        return text
+    cut = len(text)
+    for s in stop:
+        if s:
+            at = text.find(s)
+            if at != -1:
+                cut = min(cut, at)
+    return text[:cut]
+
+
+class TransformersBackend:
+    """A local `transformers` causal LM; chats go through the tokenizer's chat template.
+
+    `temperature == 0` decodes greedily. Prompts are left-padded and generated in batches of `batch_size`.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, chat_template: bool = True) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.chat_template = chat_template
+
+    def _render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if self.chat_template and getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        # Tokenizers without a chat template (tiny test models, base LMs): a plain transcript.
+        lines = [f"{m['role']}: {m['content']}" for m in prompt]
+        return "\n".join(lines) + "\nassistant:"
+
+    def generate(
+        self,
+        prompts: list[str] | list[list[dict]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        stop: list[str] | None = None,
+    ) -> list[str]:
+        import torch
+
+        texts = [self._render(p) for p in prompts]
+        tok = self.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        device = next(self.model.parameters()).device
+        outputs: list[str] = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = [tok.encode(t, add_special_tokens=False) for t in texts[start : start + self.batch_size]]
+            width = max(len(ids) for ids in chunk)
+            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, ids in enumerate(chunk):  # left padding so every prompt ends at the same column
+                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                attention[row, width - len(ids) :] = 1
+            kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id}
+            if temperature > 0:
+                kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+            else:
+                kwargs.update(do_sample=False)
+            if stop:
+                kwargs.update(stop_strings=list(stop), tokenizer=tok)
+            with torch.no_grad():
+                generated = self.model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
+                )
+            for row in generated[:, width:]:
+                outputs.append(truncate_at_stop(tok.decode(row.tolist(), skip_special_tokens=True), stop))
+        return outputs
+
+
+class OpenAICompatibleBackend:
+    """POST /v1/chat/completions (or /v1/completions for plain strings when `chat=False`) on any server.
+
+    Retries connection errors, 429 and 5xx with exponential back-off; other HTTP errors raise
+    `EmbedkitError` with the server's message.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        *,
+        chat: bool = True,
+        backoff_s: float = 0.5,
+    ) -> None:
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        if self.base_url.endswith("/v1"):
+            self.base_url = self.base_url[: -len("/v1")]
+        self.model = model
+        self.max_retries = max_retries
+        self.chat = chat
+        self.backoff_s = backoff_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        last: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self._client.post(path, json=payload)
+            except httpx.TransportError as error:  # connection refused, timeouts: worth retrying
+                last = error
+            else:
+                if response.status_code == 429 or response.status_code >= 500:
+                    last = EmbedkitError(f"{self.base_url}{path}: HTTP {response.status_code}: {response.text[:300]}")
+                elif response.status_code >= 400:
+                    raise EmbedkitError(f"{self.base_url}{path}: HTTP {response.status_code}: {response.text[:300]}")
+                else:
+                    return response.json()
+            if attempt < self.max_retries:
+                time.sleep(self.backoff_s * 2**attempt)
+        raise EmbedkitError(f"LLM endpoint {self.base_url}{path} failed after {self.max_retries + 1} attempts: {last}")
+
+    def generate(
+        self,
+        prompts: list[str] | list[list[dict]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        stop: list[str] | None = None,
+    ) -> list[str]:
+        outputs: list[str] = []
+        for prompt in prompts:
+            payload: dict[str, Any] = {"model": self.model, "max_tokens": max_new_tokens, "temperature": temperature}
+            if stop:
+                payload["stop"] = list(stop)
+            if self.chat or not isinstance(prompt, str):
+                messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+                data = self._post("/v1/chat/completions", {**payload, "messages": messages})
+                try:
+                    text = data["choices"][0]["message"]["content"] or ""
+                except (KeyError, IndexError, TypeError) as error:
+                    raise EmbedkitError(f"unexpected chat completion response: {str(data)[:300]}") from error
+            else:
+                data = self._post("/v1/completions", {**payload, "prompt": prompt})
+                try:
+                    text = data["choices"][0]["text"] or ""
+                except (KeyError, IndexError, TypeError) as error:
+                    raise EmbedkitError(f"unexpected completion response: {str(data)[:300]}") from error
+            # Servers may ignore `stop`; cut client-side so both backends behave the same.
+            outputs.append(truncate_at_stop(text, stop))
+        return outputs
