@@ -77,3 +77,46 @@ def add_encoder_arguments(parser: argparse.ArgumentParser, *, model_default: str
 
 def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def encoder_config_from_args(args: argparse.Namespace):
+    """The `EncoderConfig` described by the options of `add_encoder_arguments`."""
+    from embedkit.encoding.config import DEFAULT_INSTRUCTION_TEMPLATE, DEFAULT_MODEL, EncoderConfig
+
+    return EncoderConfig(
+        model=args.model or DEFAULT_MODEL,
+        query_prefix=args.query_prefix,
+        passage_prefix=args.passage_prefix,
+        query_instruction=args.query_instruction,
+        instruction_template=args.instruction_template or DEFAULT_INSTRUCTION_TEMPLATE,
+        normalize=not args.no_normalize,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+    )
+
+
+def field_map_from_args(args: argparse.Namespace):
+    from embedkit.data.corpus import FieldMap
+
+    return FieldMap(id_field=args.id_field, text_field=args.text_field, title_field=args.title_field)
+
+
+def print_hits(query: str, hits, *, width: int = 100, out=None) -> None:
+    """A readable ranked table: rank, score, id, title and a snippet of the text."""
+    import sys
+
+    out = out or sys.stdout
+    print(f"\nquery: {query}", file=out)
+    print(f"{'rank':>4}  {'score':>7}  {'id':<14} title / snippet", file=out)
+    for hit in hits:
+        title = _shorten(hit.title, 48)
+        snippet = _shorten(hit.text, max(20, width - 32 - len(title)))
+        label = f"{title} — {snippet}" if title else snippet
+        print(f"{hit.rank:>4}  {hit.score:>7.4f}  {_shorten(hit.id, 14):<14} {label}", file=out)
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

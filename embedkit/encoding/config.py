@@ -1,0 +1,51 @@
+"""What the user asks of an encoder (`EncoderConfig`) and what an index records about it (`EncoderSpec`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery: "
+
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class EncoderConfig(BaseModel):
+    """Settings for encoding queries and documents.
+
+    >>> EncoderConfig(model="intfloat/e5-small-v2", query_prefix="query: ", passage_prefix="passage: ")
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = DEFAULT_MODEL
+    query_prefix: str | None = Field(None, description="prefix for queries; None uses the model's saved 'query' prompt")
+    passage_prefix: str | None = Field(None, description="prefix for documents; None uses the model's saved prompt")
+    query_instruction: str | None = Field(None, description="task instruction; formatted with instruction_template")
+    instruction_template: str = DEFAULT_INSTRUCTION_TEMPLATE
+    normalize: bool = True
+    max_length: int | None = None
+    batch_size: int = Field(64, gt=0)
+    device: str = "auto"
+    dtype: Dtype = "auto"
+    chunk_size: int = Field(
+        8192, gt=0, description="documents encoded per call; sorting by length happens within a chunk"
+    )
+
+
+class EncoderSpec(BaseModel):
+    """Everything needed to encode queries exactly as an index's documents were encoded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    fingerprint: str
+    pooling: str
+    normalize: bool
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    max_length: int | None = None
+    dim: int
+    similarity: str = "cosine"

