@@ -1,0 +1,107 @@
+"""Gradient surgery across task domains (registry `GRADIENT_SURGERY`): `none`, `pcgrad`, `mgs`.
+
+Each takes `grads: dict[domain, list[Tensor | None]]` (one gradient per parameter, same order for every
+domain) and returns the combined list of gradients to step with.
+
+- `none`: plain sum.
+- `pcgrad` (global PCGrad): flatten every domain's whole gradient; for each domain i (random order) and each
+  other domain j (shuffled), if ⟨g_i, g_j⟩ < 0 project g_i ← g_i − ⟨g_i, g_j⟩/‖g_j‖² · g_j against the
+  ORIGINAL g_j; sum.
+- `mgs` (modular gradient surgery): the same projection, but for every parameter tensor separately, so a
+  conflict in one module does not distort the others.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+
+from agents.rl.registry import Registry
+
+Grads = list[torch.Tensor | None]
+Surgery = Callable[..., Grads]
+GRADIENT_SURGERY: Registry[Surgery] = Registry("gradient surgery")
+
+
+def project_conflicts(vectors: Sequence[torch.Tensor], rng: random.Random) -> list[torch.Tensor]:
+    """PCGrad projection of each vector against the original others; returns the projected vectors.
+
+    Domains i are visited in random order; for each, the other domains j in a freshly shuffled order.
+    """
+    originals = [v.detach().clone() for v in vectors]
+    projected = [v.clone() for v in originals]
+    order = list(range(len(originals)))
+    rng.shuffle(order)
+    for i in order:
+        others = [j for j in range(len(originals)) if j != i]
+        rng.shuffle(others)
+        g_i = projected[i]
+        for j in others:
+            g_j = originals[j]
+            dot = torch.dot(g_i.flatten().double(), g_j.flatten().double())
+            norm_sq = torch.dot(g_j.flatten().double(), g_j.flatten().double())
+            if dot < 0 and norm_sq > 0:
+                g_i = g_i - (dot / norm_sq).to(g_i.dtype) * g_j
+        projected[i] = g_i
+    return projected
+
+
+def _domain_tensors(grads: dict[object, Grads], index: int, like: torch.Tensor) -> list[torch.Tensor]:
+    return [g[index] if g[index] is not None else torch.zeros_like(like) for g in grads.values()]
+
+
+def _reference(grads: dict[object, Grads], index: int) -> torch.Tensor | None:
+    for g in grads.values():
+        if g[index] is not None:
+            return g[index]
+    return None
+
+
+@GRADIENT_SURGERY.register("none")
+def no_surgery(grads: dict[object, Grads], rng: random.Random | None = None) -> Grads:
+    n_params = len(next(iter(grads.values())))
+    out: Grads = []
+    for p in range(n_params):
+        ref = _reference(grads, p)
+        out.append(None if ref is None else torch.stack(_domain_tensors(grads, p, ref)).sum(0))
+    return out
+
+
+@GRADIENT_SURGERY.register("mgs")
+def mgs(grads: dict[object, Grads], rng: random.Random | None = None) -> Grads:
+    """Per-parameter-tensor projection, then the sum over domains."""
+    rng = rng or random.Random()
+    n_params = len(next(iter(grads.values())))
+    out: Grads = []
+    for p in range(n_params):
+        ref = _reference(grads, p)
+        if ref is None:
+            out.append(None)
+            continue
+        projected = project_conflicts(_domain_tensors(grads, p, ref), rng)
+        out.append(torch.stack(projected).sum(0))
+    return out
+
+
+@GRADIENT_SURGERY.register("pcgrad")
+def pcgrad(grads: dict[object, Grads], rng: random.Random | None = None) -> Grads:
+    """Projection of the flattened whole-model gradients, then the sum over domains."""
+    rng = rng or random.Random()
+    n_params = len(next(iter(grads.values())))
+    refs = [_reference(grads, p) for p in range(n_params)]
+    live = [p for p in range(n_params) if refs[p] is not None]
+    flats = []
+    for domain_grads in grads.values():
+        parts = [(domain_grads[p] if domain_grads[p] is not None else torch.zeros_like(refs[p])).flatten()
+                 for p in live]  # fmt: skip
+        flats.append(torch.cat(parts))
+    combined = torch.stack(project_conflicts(flats, rng)).sum(0)
+    out: Grads = [None] * n_params
+    offset = 0
+    for p in live:
+        size = refs[p].numel()
+        out[p] = combined[offset : offset + size].view_as(refs[p])
+        offset += size
+    return out
