@@ -1,0 +1,116 @@
+"""Training records for CoCoA: pre-training inputs (text and/or image) and contrastive pairs.
+
+Pre-training jsonl: one object per line with `text` (or `caption`) and/or `image` (or `image_path`,
+`img_path`). Contrastive jsonl: MMEB-train's fields `qry`, `qry_image_path`, `pos_text`,
+`pos_image_path`, `neg_text`, `neg_image_path` (Phi-3-V placeholders such as `<|image_1|>` are dropped:
+images are placed by the sequence builder), plus optional `qry_instruction` / `pos_instruction`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from embedkit.errors import DataFormatError
+from embedkit.multimodal.sequence import MultimodalInput
+
+_PLACEHOLDER = re.compile(r"<\|image_\d+\|>")
+
+
+@dataclass(frozen=True)
+class ContrastivePair:
+    query: MultimodalInput
+    positive: MultimodalInput
+    negatives: list[MultimodalInput] = field(default_factory=list)
+
+
+def clean_text(text: str | None) -> str | None:
+    """Drop MMEB/Phi-3-V image placeholders and surrounding blank space; empty becomes None."""
+    if text is None:
+        return None
+    cleaned = _PLACEHOLDER.sub("", str(text)).strip()
+    return cleaned or None
+
+
+def _json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
+    path = Path(path)
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as error:
+        raise DataFormatError(f"cannot read: {error}", path=path) from error
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(f"not valid JSON: {error.msg}", path=path, line=number) from error
+            if not isinstance(record, dict):
+                raise DataFormatError("expected a JSON object", path=path, line=number)
+            yield number, record
+
+
+def _first(record: dict, *names: str):
+    for name in names:
+        value = record.get(name)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def read_pretrain_records(path: str | Path) -> list[MultimodalInput]:
+    """Inputs to reconstruct; each needs text or an image."""
+    records = []
+    for number, record in _json_lines(path):
+        text = clean_text(_first(record, "text", "caption", "contents"))
+        image = _first(record, "image", "image_path", "img_path")
+        if text is None and image is None:
+            raise DataFormatError("a record needs 'text' or 'image'", path=path, line=number,
+                                  fields_found=record.keys())
+        records.append(MultimodalInput(text=text, image=image, instruction=record.get("instruction")))
+    if not records:
+        raise DataFormatError("no records", path=path)
+    return records
+
+
+def _side(record: dict, text_names: tuple[str, ...], image_names: tuple[str, ...], instruction: str,
+          path, number: int, what: str) -> MultimodalInput | None:
+    text = clean_text(_first(record, *text_names))
+    image = _first(record, *image_names)
+    if text is None and image is None:
+        return None
+    return MultimodalInput(text=text, image=image, instruction=record.get(instruction))
+
+
+def read_contrastive_pairs(path: str | Path) -> list[ContrastivePair]:
+    """Query / positive / optional hard-negative triples in MMEB-train's field names."""
+    pairs = []
+    for number, record in _json_lines(path):
+        query = _side(record, ("qry", "qry_text", "query"), ("qry_image_path", "qry_img_path"),
+                      "qry_instruction", path, number, "query")
+        positive = _side(record, ("pos_text",), ("pos_image_path", "pos_img_path"), "pos_instruction",
+                         path, number, "positive")
+        if query is None:
+            raise DataFormatError("no query: needs 'qry' text or 'qry_image_path'", path=path, line=number,
+                                  fields_found=record.keys())
+        if positive is None:
+            raise DataFormatError("no positive: needs 'pos_text' or 'pos_image_path'", path=path,
+                                  line=number, fields_found=record.keys())
+        negatives = []
+        neg_text, neg_image = record.get("neg_text"), record.get("neg_image_path")
+        texts = neg_text if isinstance(neg_text, list) else [neg_text]
+        images = neg_image if isinstance(neg_image, list) else [neg_image]
+        for index in range(max(len(texts), len(images))):
+            text = clean_text(texts[index] if index < len(texts) else None)
+            image = images[index] if index < len(images) else None
+            if text is not None or image not in (None, ""):
+                negatives.append(MultimodalInput(text=text, image=image or None,
+                                                 instruction=record.get("pos_instruction")))
+        pairs.append(ContrastivePair(query, positive, negatives))
+    if not pairs:
+        raise DataFormatError("no pairs", path=path)
+    return pairs

@@ -1,0 +1,177 @@
+"""The loss of each CoCoA stage for one batch.
+
+Stage 1 (`warmup_loss`): bidirectional attention; masked text tokens are predicted (MNTP or MLM) and masked
+image tokens regress their patches' pixels (or the vision tower's features) through a linear head.
+Stage 2 (`bridge_loss`): `content <EOS> target`, where the target sees the content only through <EOS>;
+the text is decoded from <EOS> and image query slots regress the image's patches.
+Stage 3 (`contrastive_loss`): InfoNCE over <EOS> embeddings with in-batch and hard negatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embedkit.cocoa.config import Stage1Settings, Stage2Settings, Stage3Settings
+from embedkit.cocoa.masks import build_attention_mask
+from embedkit.multimodal.forward import forward_hidden, lm_logits
+from embedkit.multimodal.loading import unwrap
+from embedkit.multimodal.sequence import EncodedBatch, Segment
+
+
+class ReconstructionHeads(nn.Module):
+    """Linear heads from hidden states to image targets (pixels of the merged patches, or features)."""
+
+    def __init__(self, hidden_size: int, pixel_dim: int) -> None:
+        super().__init__()
+        self.pixels = nn.Linear(hidden_size, pixel_dim)
+        self.features = nn.Linear(hidden_size, hidden_size)
+
+    @classmethod
+    def for_model(cls, model, image_processor) -> ReconstructionHeads:
+        config = unwrap(model).config
+        merge = image_processor.merge_size
+        patch = image_processor.patch_size
+        pixel_dim = merge * merge * 3 * image_processor.temporal_patch_size * patch * patch
+        return cls(config.text_config.hidden_size, pixel_dim)
+
+
+@dataclass
+class StepLoss:
+    total: torch.Tensor
+    parts: dict[str, float]
+
+
+def pixel_targets(batch: EncodedBatch, merge_size: int) -> torch.Tensor:
+    """One row per image token: its merge x merge patches' pixels, normalised per token (MAE's norm_pix)."""
+    per_token = batch.pixel_values.reshape(-1, merge_size * merge_size * batch.pixel_values.shape[-1]).float()
+    mean = per_token.mean(dim=-1, keepdim=True)
+    std = per_token.std(dim=-1, keepdim=True)
+    return (per_token - mean) / (std + 1e-6)
+
+
+def _image_targets(kind: str, batch: EncodedBatch, features, merge_size: int) -> torch.Tensor:
+    if kind == "pixels":
+        return pixel_targets(batch, merge_size)
+    return features.detach().float()
+
+
+def warmup_loss(model, heads: ReconstructionHeads, batch: EncodedBatch, settings: Stage1Settings,
+                mask_token_id: int, merge_size: int, generator: torch.Generator) -> StepLoss:
+    """Stage 1: masked-token and masked-patch reconstruction under bidirectional attention."""
+    device = batch.input_ids.device
+    segments = batch.segments
+    text = segments == int(Segment.TEXT)
+    if settings.text_objective == "mntp":
+        # The token before a masked one predicts it, so the first text token needs a real predecessor.
+        has_before = torch.zeros_like(text)
+        has_before[:, 1:] = segments[:, :-1] != int(Segment.PAD)
+        text &= has_before
+    draws = torch.rand(segments.shape, generator=generator).to(device)
+    masked_text = text & (draws < settings.text_mask_prob)
+    image = segments == int(Segment.IMAGE)
+    masked_image = image & (draws < settings.image_mask_prob)
+    if settings.text_weight > 0 and text.any() and not masked_text.any():
+        masked_text[text.nonzero()[0].unbind()] = True  # at least one prediction per batch
+    if settings.image_weight > 0 and image.any() and not masked_image.any():
+        masked_image[image.nonzero()[0].unbind()] = True
+
+    original_ids = batch.input_ids
+    inputs = EncodedBatch(**{**batch.__dict__, "input_ids": original_ids.masked_fill(masked_text, mask_token_id)})
+    replace = None
+    if masked_image.any():
+        embed = unwrap(model).model.get_input_embeddings()
+        mask_vector = embed(torch.tensor([mask_token_id], device=device))
+        replace = (masked_image, mask_vector.expand(int(masked_image.sum()), -1))
+    allowed = build_attention_mask(segments, "bidirectional")
+    out = forward_hidden(model, inputs, allowed, replace=replace)
+
+    parts: dict[str, float] = {}
+    total = out.hidden.new_zeros((), dtype=torch.float32)
+    if masked_text.any() and settings.text_weight > 0:
+        if settings.text_objective == "mntp":
+            source = torch.zeros_like(masked_text)
+            source[:, :-1] = masked_text[:, 1:]
+            hidden = out.hidden[source]
+        else:
+            hidden = out.hidden[masked_text]
+        text_loss = F.cross_entropy(lm_logits(model, hidden).float(), original_ids[masked_text])
+        total = total + settings.text_weight * text_loss
+        parts["text"] = float(text_loss.detach())
+    if masked_image.any() and settings.image_weight > 0:
+        targets = _image_targets(settings.image_target, batch, out.image_features, merge_size)
+        token_rank = image.flatten().cumsum(0).reshape(image.shape) - 1  # index among image tokens
+        chosen = token_rank[masked_image]
+        head = heads.pixels if settings.image_target == "pixels" else heads.features
+        predicted = head(out.hidden[masked_image].float())
+        image_loss = F.mse_loss(predicted, targets[chosen])
+        total = total + settings.image_weight * image_loss
+        parts["image"] = float(image_loss.detach())
+    parts["loss"] = float(total.detach())
+    return StepLoss(total, parts)
+
+
+def bridge_loss(model, heads: ReconstructionHeads, batch: EncodedBatch, settings: Stage2Settings,
+                merge_size: int) -> StepLoss:
+    """Stage 2: reconstruct the input from <EOS> alone (the mask truncates every other path)."""
+    segments = batch.segments
+    allowed = build_attention_mask(segments, "eos_bridge", content_attention=settings.content_attention,
+                                   image_slot_attention=settings.image_slot_attention)
+    out = forward_hidden(model, batch, allowed)
+    parts: dict[str, float] = {}
+    total = out.hidden.new_zeros((), dtype=torch.float32)
+    target = segments == int(Segment.TARGET)
+    if settings.reconstruct_text and target.any() and settings.text_weight > 0:
+        source = torch.zeros_like(target)
+        source[:, :-1] = target[:, 1:]  # <EOS> predicts the first target token, each target the next
+        logits = lm_logits(model, out.hidden[source]).float()
+        text_loss = F.cross_entropy(logits, batch.input_ids[target])
+        total = total + settings.text_weight * text_loss
+        parts["text"] = float(text_loss.detach())
+    slots = segments == int(Segment.TARGET_IMAGE)
+    if settings.reconstruct_image and slots.any() and settings.image_weight > 0:
+        # Slots follow the image tokens one to one, row by row, so boolean gathers line them up.
+        targets = _image_targets(settings.image_target, batch, out.image_features, merge_size)
+        head = heads.pixels if settings.image_target == "pixels" else heads.features
+        image_loss = F.mse_loss(head(out.hidden[slots].float()), targets)
+        total = total + settings.image_weight * image_loss
+        parts["image"] = float(image_loss.detach())
+    parts["loss"] = float(total.detach())
+    return StepLoss(total, parts)
+
+
+def info_nce(queries: torch.Tensor, candidates: torch.Tensor, temperature: float, *,
+             allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE where query i's positive is candidate i; `allowed` [Q, C] hides candidates (False)."""
+    scores = queries @ candidates.T / temperature
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    labels = torch.arange(queries.shape[0], device=queries.device)
+    return F.cross_entropy(scores, labels)
+
+
+def contrastive_loss(query_vectors: torch.Tensor, positive_vectors: torch.Tensor,
+                     negative_vectors: torch.Tensor | None, negative_owner: list[int],
+                     settings: Stage3Settings) -> StepLoss:
+    """Stage 3: queries against [positives; hard negatives]; `negative_owner[n]` = query of negative n."""
+    candidates = positive_vectors
+    n_query = query_vectors.shape[0]
+    if negative_vectors is not None and len(negative_owner):
+        candidates = torch.cat([positive_vectors, negative_vectors])
+    allowed = None
+    if not settings.in_batch_negatives:
+        allowed = torch.zeros((n_query, candidates.shape[0]), dtype=torch.bool, device=candidates.device)
+        allowed[torch.arange(n_query), torch.arange(n_query)] = True
+        for column, owner in enumerate(negative_owner):
+            allowed[owner, n_query + column] = True
+    loss = info_nce(query_vectors, candidates, settings.temperature, allowed=allowed)
+    parts = {"query_to_target": float(loss.detach())}
+    if settings.symmetric:
+        backward = info_nce(positive_vectors, query_vectors, settings.temperature)
+        parts["target_to_query"] = float(backward.detach())
+        loss = (loss + backward) / 2
+    parts["loss"] = float(loss.detach())
+    return StepLoss(loss, parts)
