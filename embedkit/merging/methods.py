@@ -1,0 +1,159 @@
+"""Registry of merge methods: how each maps onto a mergekit configuration.
+
+Users pick a method by name (`multislerp` by default, as in the BOOM release); each entry knows whether
+mergekit needs a base model, how many models it takes and which per-model parameters it reads.
+Register more with `register_merge_method`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from embedkit.errors import EmbedkitError
+
+DEFAULT_MERGE_METHOD = "multislerp"
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """One selectable merge method.
+
+    `mergekit_name` is the `merge_method` written to the mergekit YAML. `needs_base`: a base model is
+    required (task vectors are taken relative to it). `exact_models`: the method takes exactly this many
+    models (slerp: 2). `model_parameters`: per-model parameters with their defaults (a weight per model).
+    `global_parameters`: method-level parameters with defaults.
+    """
+
+    name: str
+    mergekit_name: str
+    description: str
+    needs_base: bool = False
+    exact_models: int | None = None
+    model_parameters: dict[str, Any] = field(default_factory=dict)
+    global_parameters: dict[str, Any] = field(default_factory=dict)
+
+
+MERGE_METHODS: dict[str, MergeMethod] = {}
+
+
+def register_merge_method(method: MergeMethod) -> MergeMethod:
+    MERGE_METHODS[method.name] = method
+    return method
+
+
+def get_merge_method(name: str) -> MergeMethod:
+    try:
+        return MERGE_METHODS[name]
+    except KeyError:
+        raise EmbedkitError(
+            f"unknown merge method '{name}'; choose one of: {', '.join(sorted(MERGE_METHODS))}"
+        ) from None
+
+
+register_merge_method(
+    MergeMethod(
+        "multislerp",
+        "multislerp",
+        "spherical interpolation of any number of models (BOOM default)",
+        model_parameters={"weight": 1.0},
+    )
+)
+register_merge_method(
+    MergeMethod("linear", "linear", "weighted average of the weights", model_parameters={"weight": 1.0})
+)
+register_merge_method(
+    MergeMethod(
+        "slerp",
+        "slerp",
+        "spherical interpolation of two models; t=0 gives the base, t=1 the other",
+        needs_base=True,
+        exact_models=2,
+        global_parameters={"t": 0.5},
+    )
+)
+register_merge_method(
+    MergeMethod(
+        "task_arithmetic",
+        "task_arithmetic",
+        "base + weighted sum of the task vectors (model - base)",
+        needs_base=True,
+        model_parameters={"weight": 1.0},
+    )
+)
+register_merge_method(
+    MergeMethod(
+        "ties",
+        "ties",
+        "TIES: trim task vectors to `density`, elect signs, merge agreeing entries",
+        needs_base=True,
+        model_parameters={"weight": 1.0, "density": 0.5},
+    )
+)
+register_merge_method(
+    MergeMethod(
+        "dare_ties",
+        "dare_ties",
+        "DARE (random drop with rescale to `density`) then TIES sign election",
+        needs_base=True,
+        model_parameters={"weight": 1.0, "density": 0.5},
+    )
+)
+
+
+def mergekit_config_dict(
+    method_name: str,
+    models: Sequence[str],
+    *,
+    weights: Sequence[float] | None = None,
+    base_model: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    model_parameters: Sequence[dict[str, Any]] | None = None,
+    dtype: str = "float32",
+) -> dict[str, Any]:
+    """Build the mergekit YAML (as a dict) for merging `models` with a registered method.
+
+    `weights` gives one weight per model (methods that read `weight`); `parameters` sets method-level
+    parameters (slerp's `t`, `normalize`, ...); `model_parameters` overrides per-model ones such as
+    `density`. For base-model methods the base defaults to the first model.
+    """
+    method = get_merge_method(method_name)
+    models = [str(m) for m in models]
+    if len(models) < 2:
+        raise EmbedkitError(f"merging needs at least 2 models, got {len(models)}")
+    if weights is not None and len(weights) != len(models):
+        raise EmbedkitError(f"{len(weights)} weights given for {len(models)} models")
+    if model_parameters is not None and len(model_parameters) != len(models):
+        raise EmbedkitError(f"{len(model_parameters)} per-model parameter sets given for {len(models)} models")
+    if method.needs_base and base_model is None:
+        base_model = models[0]
+    if method.exact_models is not None and len(models) != method.exact_models:
+        raise EmbedkitError(f"merge method '{method.name}' takes exactly {method.exact_models} models, got {len(models)}")
+
+    entries = []
+    for index, model in enumerate(models):
+        params = dict(method.model_parameters)
+        if weights is not None and "weight" in params:
+            params["weight"] = float(weights[index])
+        if model_parameters is not None:
+            params.update(model_parameters[index])
+        entry: dict[str, Any] = {"model": model}
+        # mergekit ignores the base model's own task vector; keeping its parameters is harmless but
+        # confusing in the written YAML, so the base entry carries none.
+        if params and not (method.needs_base and model == base_model and method.name != "slerp"):
+            entry["parameters"] = params
+        entries.append(entry)
+
+    config: dict[str, Any] = {"merge_method": method.mergekit_name, "dtype": dtype}
+    if method.name == "slerp":
+        # mergekit's slerp is expressed over slices of exactly two models with `t` a global parameter.
+        config["models"] = [{"model": m} for m in models]
+    else:
+        config["models"] = entries
+    if base_model is not None:
+        config["base_model"] = str(base_model)
+    global_params = {**method.global_parameters, **(parameters or {})}
+    if global_params:
+        config["parameters"] = global_params
+    return config

@@ -1,0 +1,193 @@
+"""Training data: FlagEmbedding-style jsonl and BEIR train qrels, read into per-task query groups.
+
+A *group* is one query with its positives and hard negatives (one jsonl line, or one BEIR query with all
+its judged-relevant documents). Sampling (BOOM bags, history subsets) works on groups; `to_dataset`
+expands groups into (anchor, positive, negative_1..k) rows for sentence-transformers losses.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from embedkit.errors import DataFormatError
+from embedkit.training.config import DatasetConfig
+
+
+@dataclass(frozen=True)
+class QueryGroup:
+    query: str
+    positives: tuple[str, ...]
+    negatives: tuple[str, ...] = ()
+    instruction: str | None = None  # per-row prompt (FlagEmbedding `prompt`); overrides the task's
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """One task's groups plus its settings (weight, instruction, hard-negative count, stage)."""
+
+    config: DatasetConfig
+    groups: tuple[QueryGroup, ...]
+    source_rows: int = 0  # groups in the source before any sampling
+    sampled_from: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def with_groups(self, groups: Sequence[QueryGroup], **sampling) -> TaskData:
+        return replace(self, groups=tuple(groups), sampled_from={**self.sampled_from, **sampling})
+
+
+def load_task(config: DatasetConfig) -> TaskData:
+    """Read one dataset as configured; errors name the file, line and field."""
+    path = Path(config.path)
+    kind = config.format
+    if kind == "auto":
+        kind = "beir" if path.is_dir() else "jsonl"
+    groups = _load_beir(path, config.split) if kind == "beir" else _load_jsonl(path)
+    if config.max_examples is not None:
+        groups = groups[: config.max_examples]
+    if not groups:
+        raise DataFormatError(f"dataset '{config.name}' has no training examples", path=path)
+    return TaskData(config=config, groups=tuple(groups), source_rows=len(groups))
+
+
+def load_tasks(configs: Sequence[DatasetConfig]) -> list[TaskData]:
+    return [load_task(c) for c in configs]
+
+
+def _as_text_list(value, path: Path, line: int, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataFormatError("expected a list of strings", path=path, line=line, field=name)
+    return tuple(v for v in value if v.strip())
+
+
+def _load_jsonl(path: Path) -> list[QueryGroup]:
+    if not path.is_file():
+        raise DataFormatError("training file not found", path=path)
+    groups: list[QueryGroup] = []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(f"not valid JSON: {error.msg}", path=path, line=line_no) from None
+            if not isinstance(record, dict):
+                raise DataFormatError("expected a JSON object", path=path, line=line_no)
+            query = record.get("query")
+            if not isinstance(query, str) or not query.strip():
+                raise DataFormatError("missing or empty query", path=path, line=line_no, field="query", fields_found=record)
+            positives = _as_text_list(record.get("pos"), path, line_no, "pos")
+            if not positives:
+                raise DataFormatError("no positive passage", path=path, line=line_no, field="pos", fields_found=record)
+            negatives = _as_text_list(record.get("neg"), path, line_no, "neg")
+            prompt = record.get("prompt")
+            if prompt is not None and not isinstance(prompt, str):
+                raise DataFormatError("expected a string", path=path, line=line_no, field="prompt")
+            groups.append(QueryGroup(query, positives, negatives, prompt or None))
+    return groups
+
+
+def _load_beir(folder: Path, split: str) -> list[QueryGroup]:
+    from embedkit.data import iter_documents, load_qrels, load_queries
+
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise DataFormatError(f"BEIR folder has no qrels/{split}.tsv", path=folder)
+    qrels = load_qrels(qrels_path)
+    queries = load_queries(folder / "queries.jsonl")
+    wanted = {doc_id for judged in qrels.values() for doc_id, rel in judged.items() if rel > 0}
+    texts = {doc.id: doc.joined() for doc in iter_documents(folder / "corpus.jsonl") if doc.id in wanted}
+    groups = []
+    for query_id, judged in qrels.items():  # qrels file order keeps sampling reproducible
+        if query_id not in queries:
+            raise DataFormatError(f"query '{query_id}' is judged but not in queries.jsonl", path=qrels_path)
+        positives = tuple(texts[d] for d, rel in judged.items() if rel > 0 and d in texts)
+        if positives:
+            groups.append(QueryGroup(queries[query_id], positives))
+    return groups
+
+
+def write_jsonl(groups: Sequence[QueryGroup], path: str | Path) -> Path:
+    """Write groups as FlagEmbedding jsonl (the format `embedkit boom update --new-data` reads)."""
+    from embedkit.io import atomic_write
+
+    path = Path(path)
+    with atomic_write(path) as handle:
+        for group in groups:
+            record = {"query": group.query, "pos": list(group.positives), "neg": list(group.negatives)}
+            if group.instruction:
+                record["prompt"] = group.instruction
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def apply_weight(task: TaskData, seed: int) -> list[QueryGroup]:
+    """Scale a task by its weight: whole repeats plus a random remainder drawn without replacement."""
+    groups = list(task.groups)
+    weight = task.config.weight
+    whole, fraction = int(weight), weight - int(weight)
+    rng = random.Random(f"{seed}-weight-{task.name}")
+    extra = rng.sample(groups, round(fraction * len(groups)))
+    return groups * whole + extra
+
+
+def query_text(group: QueryGroup, task: DatasetConfig, template: str) -> str:
+    instruction = group.instruction or task.instruction
+    return template.format(instruction=instruction) + group.query if instruction else group.query
+
+
+def task_negative_count(task: TaskData, default: int) -> int:
+    wanted = task.config.hard_negatives if task.config.hard_negatives is not None else default
+    most = max((len(g.negatives) for g in task.groups), default=0)
+    return min(wanted, most)
+
+
+def to_rows(task: TaskData, *, negatives: int, template: str, seed: int) -> dict[str, list[str]]:
+    """Columns anchor, positive, negative_1..k. Each (query, positive) pair becomes a row; groups with
+    fewer than k negatives are filled by re-drawing their own, and groups without any get random
+    passages of other groups of the task (FlagEmbedding's fallback)."""
+    rng = random.Random(f"{seed}-rows-{task.name}")
+    groups = apply_weight(task, seed)
+    pool = [p for g in task.groups for p in g.positives]
+    columns: dict[str, list[str]] = {"anchor": [], "positive": []}
+    for i in range(negatives):
+        columns[f"negative_{i + 1}"] = []
+    for group in groups:
+        anchor = query_text(group, task.config, template)
+        for positive in group.positives:
+            columns["anchor"].append(anchor)
+            columns["positive"].append(positive)
+            chosen = _pick_negatives(group, negatives, rng, pool)
+            for i, text in enumerate(chosen):
+                columns[f"negative_{i + 1}"].append(text)
+    return columns
+
+
+def _pick_negatives(group: QueryGroup, k: int, rng: random.Random, pool: list[str]) -> list[str]:
+    if k == 0:
+        return []
+    own = list(group.negatives)
+    if len(own) >= k:
+        return rng.sample(own, k)
+    if own:
+        return own + [rng.choice(own) for _ in range(k - len(own))]
+    candidates = [p for p in pool if p not in group.positives] or pool
+    return [rng.choice(candidates) for _ in range(k)]
+
+
+def to_dataset(task: TaskData, *, negatives: int, template: str, seed: int):
+    """A `datasets.Dataset` for one task (see `to_rows`)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict(to_rows(task, negatives=negatives, template=template, seed=seed))

@@ -1,0 +1,44 @@
+"""Registry of contrastive losses from sentence-transformers, picked by name in the training config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from embedkit.errors import EmbedkitError
+
+LossFactory = Callable[[Any, Any], Any]  # (SentenceTransformer, TrainConfig) -> loss module
+LOSSES: dict[str, LossFactory] = {}
+
+
+def register_loss(*names: str) -> Callable[[LossFactory], LossFactory]:
+    def decorator(factory: LossFactory) -> LossFactory:
+        for name in names:
+            LOSSES[name] = factory
+        return factory
+
+    return decorator
+
+
+@register_loss("mnrl", "MultipleNegativesRankingLoss")
+def _mnrl(model, config):
+    """InfoNCE over in-batch and hard negatives (every extra column is a hard negative)."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    return MultipleNegativesRankingLoss(model, scale=config.loss_scale)
+
+
+@register_loss("cached_mnrl", "CachedMultipleNegativesRankingLoss", "gradcache")
+def _cached_mnrl(model, config):
+    """The same loss with GradCache: large batches in `mini_batch_size` chunks of activation memory."""
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    return CachedMultipleNegativesRankingLoss(model, scale=config.loss_scale, mini_batch_size=config.mini_batch_size)
+
+
+def build_loss(model, config):
+    try:
+        factory = LOSSES[config.loss]
+    except KeyError:
+        raise EmbedkitError(f"unknown loss '{config.loss}'; choose one of: {', '.join(sorted(LOSSES))}") from None
+    return factory(model, config)

@@ -1,0 +1,126 @@
+"""Building the model to train: pooling for encoders (CLS/mean) and decoders (last token), optional LoRA."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from embedkit.errors import EmbedkitError
+from embedkit.training.config import LoraSettings, TrainConfig
+
+LOG = logging.getLogger(__name__)
+
+DECODER_MODEL_TYPES = frozenset(
+    {"qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "gemma3_text", "gpt2", "phi3", "olmo2", "qwen2_vl", "qwen2_5_vl"}
+)
+
+
+def resolve_model_name(name: str) -> str:
+    """Map known hub ids to bundled copies (all-MiniLM-L6-v2) when the encoding package offers it."""
+    try:
+        from embedkit.encoding.models import resolve_model
+    except ImportError:
+        return name
+    return resolve_model(name)
+
+
+def is_decoder(hf_config) -> bool:
+    architectures = getattr(hf_config, "architectures", None) or []
+    return (
+        bool(getattr(hf_config, "is_decoder", False))
+        or getattr(hf_config, "model_type", "") in DECODER_MODEL_TYPES
+        or any(a.endswith("ForCausalLM") for a in architectures)
+    )
+
+
+def default_pooling(hf_config) -> str:
+    """Last-token pooling for decoders (as in the BOOM release), mean pooling for encoders."""
+    return "lasttoken" if is_decoder(hf_config) else "mean"
+
+
+def build_model(config: TrainConfig, device: str | None = None):
+    """A SentenceTransformer ready to train: an existing ST model keeps its modules unless `pooling` asks
+    for another; a plain transformers model gets Transformer + Pooling (+ Normalize)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    name = resolve_model_name(config.model)
+    kwargs = {"device": device} if device else {}
+    if (Path(name) / "modules.json").exists() or not Path(name).exists() and _hub_is_sentence_transformer(name):
+        model = SentenceTransformer(name, **kwargs)
+        if config.pooling != "auto":
+            _replace_pooling(model, config.pooling)
+        if config.normalize and not any(isinstance(m, Normalize) for m in model):
+            model.append(Normalize())
+    else:
+        transformer = Transformer(name, max_seq_length=config.max_seq_length)
+        pooling = config.pooling if config.pooling != "auto" else default_pooling(transformer.auto_model.config)
+        modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)]
+        if config.normalize:
+            modules.append(Normalize())
+        model = SentenceTransformer(modules=modules, **kwargs)
+    transformer = model[0]
+    if is_decoder(transformer.auto_model.config):
+        tokenizer = transformer.tokenizer
+        if tokenizer.pad_token is None:  # decoders often lack one; padding is masked out anyway
+            tokenizer.pad_token = tokenizer.eos_token
+    if config.max_seq_length:
+        model.max_seq_length = config.max_seq_length
+    return model
+
+
+def _hub_is_sentence_transformer(name: str) -> bool:
+    try:
+        from huggingface_hub import file_exists
+
+        return bool(file_exists(name, "modules.json"))
+    except Exception:  # noqa: BLE001 - offline or unknown: treat as plain transformers
+        return False
+
+
+def _replace_pooling(model, mode: str) -> None:
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    for index, module in enumerate(model):
+        if isinstance(module, Pooling):
+            if module.get_config_dict().get("pooling_mode") != mode:
+                LOG.warning("replacing the model's pooling with '%s' as configured", mode)
+                model[index] = Pooling(module.get_embedding_dimension(), pooling_mode=mode)
+            return
+    raise EmbedkitError("the model has no Pooling module to configure")
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def lora_wanted(settings: LoraSettings, n_params: int) -> bool:
+    if settings.enabled == "auto":
+        return n_params > settings.auto_min_params
+    return bool(settings.enabled)
+
+
+def add_lora(model, settings: LoraSettings) -> None:
+    """Wrap the transformer with peft LoRA adapters; only the adapters train."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    transformer = model[0]
+    lora = LoraConfig(
+        task_type=TaskType.FEATURE_EXTRACTION,
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+    )
+    transformer.auto_model = get_peft_model(transformer.auto_model, lora)
+
+
+def merge_lora(model) -> bool:
+    """Fold trained LoRA adapters into the weights so the saved model is a complete, mergeable model."""
+    from peft import PeftModel
+
+    transformer = model[0]
+    if isinstance(transformer.auto_model, PeftModel):
+        transformer.auto_model = transformer.auto_model.merge_and_unload()
+        return True
+    return False
