@@ -1,0 +1,144 @@
+"""Agentic-R rounds: run the agent → label utility → train the retriever from the base → re-index → update
+the agent; every round is checkpointed in `output_dir/round_K/` and a finished round is never redone.
+
+    results = iterate(IterateConfig.from_yaml("configs/agentic_r.yaml"))
+
+Round K's folder holds `trajectories.jsonl` (the agent with round K-1's retriever), `pairs.jsonl` and
+`label_stats.json`, `retriever/model` (trained from `train.base_model`), `index/` (the corpus re-encoded),
+`policy/` when the agent is updated, and `round.json` (written last: the round's completion mark). From round
+2 on, the agent queries the new retriever with `label.query_template` ("{question} [SEP] {query}"), the
+input it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from agents.agentic_r.config import IterateConfig
+from agents.agentic_r.label import label
+from agents.agentic_r.pairs import read_pairs, write_pairs
+from agents.agentic_r.train import reindex, train_retriever
+from agents.retrieval import IndexRetriever
+from agents.search_agent.agent import SearchAgent
+from agents.search_agent.backends import build_policy
+from agents.search_agent.policy import Policy
+from agents.search_agent.questions import load_questions
+from agents.search_agent.trajectory import read_trajectories, summarize, write_trajectories
+from embedkit.errors import EmbedkitError
+from embedkit.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def iterate(config: IterateConfig, *, policy: Policy | None = None, judge: Any = None, echo=print) -> list[dict]:
+    """Run (or resume) `config.rounds` rounds; returns one summary dict per round."""
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    questions = load_questions(config.questions, start=config.question_start, limit=config.question_limit)
+    policy = policy or build_policy(config.policy)
+    index_path = Path(config.base_index) if config.base_index else _base_index(config, out)
+    agent_config = config.agent
+    summaries: list[dict] = []
+    for round_no in range(1, config.rounds + 1):
+        folder = out / f"round_{round_no}"
+        mark = folder / "round.json"
+        if mark.exists():
+            summary = json.loads(mark.read_text(encoding="utf-8"))
+            echo(f"round {round_no}: done already ({mark})")
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            summary = _round(config, folder, index_path, agent_config, questions, policy, judge, echo)
+            with atomic_write(mark) as handle:
+                json.dump(summary, handle, indent=2)
+        summaries.append(summary)
+        index_path = folder / "index"
+        agent_config = agent_config.model_copy(update={"query_template": config.label.query_template})
+        if summary.get("policy"):
+            policy = build_policy(f"hf:{summary['policy']}", chat=False)
+    return summaries
+
+
+def _round(config: IterateConfig, folder: Path, index_path: Path, agent_config, questions, policy, judge, echo) -> dict:
+    from embedkit.index import Index
+
+    index = Index.load(index_path)
+    retriever = IndexRetriever(index)
+    agent = SearchAgent(policy, retriever, agent_config)
+    trajectories_path = folder / "trajectories.jsonl"
+    if trajectories_path.exists():
+        trajectories = read_trajectories(trajectories_path)
+    else:
+        trajectories = agent.run(questions)
+        write_trajectories(trajectories_path, trajectories)
+    agent_metrics = summarize(trajectories)
+    echo(f"{folder.name}: agent EM {agent_metrics['EM']:.3f} F1 {agent_metrics['F1']:.3f} over "
+         f"{int(agent_metrics['scored'])} questions")  # fmt: skip
+    pairs_path = folder / "pairs.jsonl"
+    stats_path = folder / "label_stats.json"
+    if pairs_path.exists() and stats_path.exists():
+        pairs, stats = read_pairs(pairs_path), json.loads(stats_path.read_text(encoding="utf-8"))
+    else:
+        pairs, stats = label(trajectories, retriever, config.label, agent=agent, judge=judge, index=index)
+        if not pairs:
+            raise EmbedkitError(f"{folder.name}: labelling kept no training pairs ({stats})")
+        write_pairs(pairs_path, pairs)
+        with atomic_write(stats_path) as handle:
+            json.dump(stats, handle, indent=2)
+    echo(f"{folder.name}: {len(pairs)} training pairs from {stats['steps']} search steps ({stats})")
+    model_dir = folder / "retriever" / "model"
+    if not model_dir.exists():
+        train_retriever(pairs, config.train, folder / "retriever", overwrite=True)
+    echo(f"{folder.name}: retriever trained from {config.train.base_model} → {model_dir}")
+    new_index = folder / "index"
+    if not (new_index / "manifest.json").exists():
+        reindex(config.corpus, model_dir, new_index, config.train, overwrite=True)
+    echo(f"{folder.name}: corpus re-indexed → {new_index}")
+    policy_dir = _update_agent(config, folder, new_index)
+    return {"round": int(folder.name.split("_")[-1]), "agent": agent_metrics, "label": stats, "pairs": len(pairs),
+            "retriever": str(model_dir), "index": str(new_index), "policy": policy_dir}  # fmt: skip
+
+
+def _update_agent(config: IterateConfig, folder: Path, index_path: Path) -> str | None:
+    """`none`: the policy stays as it is. `grpo`: RL with `agents.rl` on the training questions, searching the
+    new index through `SearchTool`, exact-match reward; returns the saved policy folder."""
+    if config.agent_update.name == "none":
+        return None
+    if not config.agent_update.rl_config:
+        raise EmbedkitError("agent_update grpo needs rl_config (an agents.rl YAML with the policy and algorithm)")
+    from agents.rl.config import RLConfig
+    from agents.rl.tasks import Example, Task
+    from agents.rl.trainer import RLTrainer
+    from agents.search_agent.tool import SearchTool
+
+    rl_config = RLConfig.from_yaml(config.agent_update.rl_config,
+                                   {"trainer.output_dir": str(folder / "policy_run")})  # fmt: skip
+    questions = load_questions(config.questions, start=config.question_start, limit=config.question_limit)
+    examples = [Example(config.agent.prompt_template.format(question=q.question), q.answers) for q in questions
+                if q.answers]  # fmt: skip
+    # The rollout tool sees only the query, so the agent searches the new index with the plain query here.
+    tool = SearchTool(IndexRetriever.from_path(index_path), config.agent.model_copy(update={"query_template": "{query}"}))
+    trainer = RLTrainer(rl_config, task=Task(examples), tool=tool)
+    trainer.train()
+    policy_dir = folder / "policy"
+    trainer.unwrapped.policy.save_pretrained(policy_dir)
+    trainer.tokenizer.save_pretrained(policy_dir)
+    return str(policy_dir)
+
+
+def _base_index(config: IterateConfig, out: Path) -> Path:
+    """Index the corpus with the untrained base model once (kept in output_dir/base_index)."""
+    from embedkit.data import count_documents, iter_documents
+    from embedkit.encoding import Encoder, EncoderConfig
+    from embedkit.index import build_dense_index
+
+    path = out / "base_index"
+    if not (path / "manifest.json").exists():
+        encoder = Encoder(EncoderConfig(model=config.train.base_model, query_prefix=config.train.query_prefix,
+                                        passage_prefix=config.train.passage_prefix,
+                                        batch_size=config.train.encode_batch_size))  # fmt: skip
+        build_dense_index(iter_documents(config.corpus), encoder, path, overwrite=True, quiet=True,
+                          total=count_documents(config.corpus), corpus=str(config.corpus))  # fmt: skip
+    return path

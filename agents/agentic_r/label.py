@@ -1,0 +1,91 @@
+"""Label passage utility along agent trajectories and write Agentic-R training pairs.
+
+    steps = collect_steps(trajectories, retriever, LabelConfig())          # top-20 candidates per search step
+    pairs, stats = label(trajectories, retriever, LabelConfig(), agent=agent, judge=backend, index=index)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from agents.agentic_r.config import LabelConfig
+from agents.agentic_r.pairs import TrainingPair, build_pairs
+from agents.agentic_r.utility import GLOBAL_SCORERS, LOCAL_SCORERS, Step
+from agents.llm import LLMBackend
+from agents.retrieval import Retriever
+from agents.search_agent.agent import SearchAgent
+from agents.search_agent.resilient import ResilientRetriever
+from agents.search_agent.trajectory import Trajectory
+from embedkit.errors import EmbedkitError
+
+log = logging.getLogger(__name__)
+
+
+def collect_steps(trajectories: Sequence[Trajectory], retriever: Retriever, config: LabelConfig,
+                  *, batch_size: int = 64) -> list[Step]:  # fmt: skip
+    """Every successful search step of trajectories with gold answers, with the current retriever's top-N
+    candidates for `config.query_template`."""
+    pending: list[Step] = []
+    for trajectory in trajectories:
+        if not trajectory.answers:
+            continue  # no gold answer, no global utility
+        for i, turn in enumerate(trajectory.turns):
+            if turn.action == "search" and turn.query and turn.error is None:
+                text = config.query_template.format(question=trajectory.question, query=turn.query)
+                pending.append(Step(trajectory=trajectory, turn=i, query=turn.query, retriever_query=text,
+                                    candidates=[]))  # fmt: skip
+    robust = ResilientRetriever(retriever)
+    steps: list[Step] = []
+    for start in range(0, len(pending), batch_size):
+        chunk = pending[start : start + batch_size]
+        result = robust.retrieve([s.retriever_query for s in chunk], config.candidates)
+        if result.error is not None:
+            log.warning("skipping %d steps: %s", len(chunk), result.error)
+            continue
+        for step, passages in zip(chunk, result.passages, strict=True):
+            step.candidates = passages
+            steps.append(step)
+    robust.close()
+    return steps
+
+
+def label(
+    trajectories: Sequence[Trajectory],
+    retriever: Retriever,
+    config: LabelConfig,
+    *,
+    agent: SearchAgent | None = None,
+    judge: LLMBackend | None = None,
+    index: Any = None,
+    chunk: int = 32,
+    progress=None,
+) -> tuple[list[TrainingPair], dict[str, int]]:
+    """Score every step's candidates (local + global utility) and build training pairs.
+
+    `agent` is needed for `global_utility: rerun`, `judge` for `local: llm_judge`, and a dense `index`
+    (the retriever's) for `local: embedder`.
+    """
+    if config.local == "llm_judge" and judge is None:
+        raise EmbedkitError("local utility 'llm_judge' needs an LLM judge (--judge); or use local: embedder")
+    if config.local == "embedder" and index is None:
+        raise EmbedkitError("local utility 'embedder' needs the dense index of the current retriever")
+    if config.global_utility == "rerun" and agent is None:
+        raise EmbedkitError("global utility 'rerun' needs the agent; or use global_utility: containment")
+    local = LOCAL_SCORERS.get(config.local)(backend=judge, index=index, batch=config.judge_batch,
+                                            max_new_tokens=config.judge_max_new_tokens)  # fmt: skip
+    global_ = GLOBAL_SCORERS.get(config.global_utility)(agent=agent)
+    steps = collect_steps(trajectories, retriever, config)
+    for start in range(0, len(steps), chunk):
+        part = steps[start : start + chunk]
+        global_(part)
+        # The judge is the expensive part: only steps some candidate can pass are worth judging.
+        worth = [s for s in part if max(s.global_, default=0.0) > 0]
+        local(worth)
+        for step in part:
+            if not step.local:
+                step.local = [0.0] * len(step.candidates)
+        if progress is not None:
+            progress(len(part))
+    return build_pairs(steps, config)

@@ -1,0 +1,116 @@
+"""Train the Agentic-R retriever on utility-labelled pairs, and re-index the corpus with it.
+
+InfoNCE over the query's positive, its hard negatives and every other passage in the batch
+(sentence-transformers `MultipleNegativesRankingLoss` with scale = 1 / temperature = 100), trained with
+`SentenceTransformerTrainer`; each round starts again from `base_model`.
+
+    model_dir = train_retriever(read_pairs("pairs.jsonl"), RetrieverTrainConfig(), "runs/r1/retriever")
+    reindex("corpus.jsonl", model_dir, "runs/r1/index", RetrieverTrainConfig())
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from agents.agentic_r.config import RetrieverTrainConfig
+from agents.agentic_r.pairs import TrainingPair
+from embedkit.errors import EmbedkitError
+from embedkit.io import atomic_directory
+
+log = logging.getLogger(__name__)
+
+
+def pair_rows(pairs: Sequence[TrainingPair], hard_negatives: int) -> dict[str, list[str]]:
+    """Columns anchor, positive, negative_1 … negative_n: one row per positive.
+
+    Every row needs the same number of negatives, so n is the smallest count any pair has (capped at
+    `hard_negatives`); rows keep their first n negatives.
+    """
+    if not pairs:
+        raise EmbedkitError("no training pairs: every step was skipped (see the labelling statistics)")
+    n = min([hard_negatives, *(len(p.negatives) for p in pairs)])
+    columns: dict[str, list[str]] = {"anchor": [], "positive": []}
+    columns.update({f"negative_{i + 1}": [] for i in range(n)})
+    for pair in pairs:
+        for positive in pair.positives:
+            columns["anchor"].append(pair.query)
+            columns["positive"].append(positive.joined())
+            for i in range(n):
+                columns[f"negative_{i + 1}"].append(pair.negatives[i].joined())
+    return columns
+
+
+def train_retriever(pairs: Sequence[TrainingPair], config: RetrieverTrainConfig, out: str | Path,
+                    *, overwrite: bool = False, quiet: bool = True) -> Path:  # fmt: skip
+    """Fine-tune `config.base_model` on `pairs`; the sentence-transformers model folder is written atomically
+    at `out`, with the query/passage prefixes saved as its prompts (so `Encoder` applies them)."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
+    from embedkit.encoding import load_sentence_transformer
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise EmbedkitError(f"{out} already exists (use --overwrite to replace it)")
+    columns = pair_rows(pairs, config.hard_negatives)
+    dataset = Dataset.from_dict(columns)
+    torch.manual_seed(config.seed)
+    model = load_sentence_transformer(config.base_model, device="cuda" if torch.cuda.is_available() else "cpu")
+    saved_length = model.max_seq_length
+    if config.max_length is not None:  # a training-time cut only; the saved model keeps the base's limit
+        model.max_seq_length = config.max_length
+    loss = MultipleNegativesRankingLoss(model, scale=1.0 / config.temperature)
+    prompts = {"anchor": config.query_prefix, "positive": config.passage_prefix}
+    prompts.update({name: config.passage_prefix for name in columns if name.startswith("negative_")})
+    with atomic_directory(out, overwrite=overwrite) as folder:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(folder / "trainer"),
+            num_train_epochs=config.epochs,
+            per_device_train_batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            warmup_ratio=config.warmup_ratio,
+            seed=config.seed,
+            # Duplicated texts in a batch would be scored as negatives of themselves.
+            batch_sampler=BatchSamplers.NO_DUPLICATES,
+            prompts={k: v for k, v in prompts.items() if v} or None,
+            save_strategy="no",
+            report_to="none",
+            logging_steps=10,
+            disable_tqdm=quiet,
+            use_cpu=not torch.cuda.is_available(),
+        )
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+        result = trainer.train()
+        log.info("retriever training: %s", result.metrics)
+        model.max_seq_length = saved_length
+        model.prompts = {k: v for k, v in {"query": config.query_prefix, "document": config.passage_prefix}.items() if v}
+        model.save(str(folder / "model"))
+        (folder / "train_metrics.json").write_text(_json({"rows": len(dataset), **result.metrics}), encoding="utf-8")
+        import shutil
+
+        shutil.rmtree(folder / "trainer", ignore_errors=True)
+    return out / "model"
+
+
+def reindex(corpus: str | Path, model_dir: str | Path, out: str | Path, config: RetrieverTrainConfig,
+            *, overwrite: bool = False, quiet: bool = True) -> Path:  # fmt: skip
+    """Encode `corpus` with the trained retriever into a dense index at `out`."""
+    from embedkit.data import count_documents, iter_documents
+    from embedkit.encoding import Encoder, EncoderConfig
+    from embedkit.index import build_dense_index
+
+    encoder = Encoder(EncoderConfig(model=str(model_dir), batch_size=config.encode_batch_size))
+    total = count_documents(corpus)
+    return build_dense_index(iter_documents(corpus), encoder, out, overwrite=overwrite, quiet=quiet, total=total,
+                             corpus=str(corpus))  # fmt: skip
+
+
+def _json(data: dict) -> str:
+    import json
+
+    return json.dumps(data, indent=2, default=float)

@@ -1,0 +1,41 @@
+"""The search tool for token-level RL rollouts (`agents.rl.rollout.RolloutEngine`): query in, passages out.
+
+    engine = RolloutEngine(model, tokenizer, RolloutSettings(...), tool=SearchTool(retriever, AgentConfig()))
+
+It renders passages exactly as `SearchAgent` does (`Doc i(Title: t) text`, top-k), retries and times out
+the same way, and answers a failed retrieval with "(search failed: …)" instead of raising, so an RL step
+survives a flaky retrieval server. The rollout engine adds the `<information>` tags and masks the result
+out of the policy loss. The engine's tool sees only the query, so `query_template` may not use {question}.
+"""
+
+from __future__ import annotations
+
+from agents.retrieval import Retriever
+from agents.search_agent.config import AgentConfig
+from agents.search_agent.format import render_passage
+from agents.search_agent.resilient import ResilientRetriever
+from embedkit.errors import EmbedkitError
+
+
+class SearchTool:
+    def __init__(self, retriever: Retriever, config: AgentConfig | None = None) -> None:
+        self.config = config or AgentConfig()
+        if "{question}" in self.config.query_template:
+            raise EmbedkitError("SearchTool sees only the query; use a query_template without {question}")
+        self.retriever = ResilientRetriever(retriever, timeout_s=self.config.retrieval_timeout_s,
+                                            retries=self.config.retrieval_retries,
+                                            backoff_s=self.config.retrieval_backoff_s)  # fmt: skip
+        self.calls: list[str] = []
+        self.failures = 0
+
+    def __call__(self, query: str) -> str:
+        self.calls.append(query)
+        text = self.config.query_template.format(query=query.strip() or " ")
+        result = self.retriever.retrieve([text], self.config.top_k)
+        if result.error is not None:
+            self.failures += 1
+            return f"(search failed: {result.error})"
+        passages = result.passages[0]
+        if not passages:
+            return "(no results)"
+        return "\n".join(render_passage(p, i, self.config.passage_template) for i, p in enumerate(passages, 1))

@@ -1,0 +1,130 @@
+"""What an agent run records: one `Trajectory` per question, written as jsonl, and summary metrics.
+
+    write_trajectories("runs/agent.jsonl", trajectories)
+    print(summarize(read_trajectories("runs/agent.jsonl")))   # EM, F1, search-turn statistics
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agents.retrieval import Passage
+from embedkit.errors import DataFormatError
+from embedkit.io import atomic_write
+
+
+class PassageRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    title: str = ""
+    text: str = ""
+    score: float = 0.0
+
+    @classmethod
+    def of(cls, passage: Passage) -> PassageRecord:
+        return cls(id=passage.id, title=passage.title, text=passage.text, score=passage.score)
+
+    def passage(self) -> Passage:
+        return Passage(id=self.id, title=self.title, text=self.text, score=self.score)
+
+
+class Turn(BaseModel):
+    """One model turn and, for a search, what the retriever returned and what was injected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = Field(description="the model's text for this turn, stop string included")
+    action: Literal["search", "answer", "invalid"]
+    query: str | None = Field(None, description="the search query the model wrote")
+    retriever_query: str | None = Field(None, description="the text sent to the retriever (query_template)")
+    passages: list[PassageRecord] = Field(default_factory=list)
+    information: str = Field("", description="text appended after the turn (information block or feedback)")
+    error: str | None = Field(None, description="retrieval failure, recorded instead of stopping the run")
+    retrieval_attempts: int = 0
+
+
+class Trajectory(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    question: str
+    answers: list[str] = Field(default_factory=list, description="gold answers; empty when unknown")
+    prompt: str = ""
+    turns: list[Turn] = Field(default_factory=list)
+    prediction: str | None = None
+    status: Literal["answered", "max_turns", "running", "error"] = "running"
+    error: str | None = Field(None, description="why the run of this question failed (LLM endpoint down)")
+    em: float | None = Field(None, description="exact match of the last <answer>; None without gold answers")
+    f1: float | None = None
+
+    @property
+    def transcript(self) -> str:
+        """Everything after the prompt: model turns interleaved with injected information."""
+        return "".join(turn.output + turn.information for turn in self.turns)
+
+    @property
+    def searches(self) -> list[Turn]:
+        return [turn for turn in self.turns if turn.action == "search"]
+
+    def retrieved_ids(self) -> list[str]:
+        """Ids of every passage shown to the agent, in order of appearance, without repeats."""
+        seen: dict[str, None] = {}
+        for turn in self.searches:
+            for passage in turn.passages:
+                seen.setdefault(passage.id, None)
+        return list(seen)
+
+
+def write_trajectories(path: str | Path, trajectories: Iterable[Trajectory]) -> Path:
+    """Write one JSON object per line, atomically."""
+    with atomic_write(path) as handle:
+        for trajectory in trajectories:
+            handle.write(trajectory.model_dump_json() + "\n")
+    return Path(path)
+
+
+def read_trajectories(path: str | Path) -> list[Trajectory]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError("trajectories file not found", path=path)
+    out: list[Trajectory] = []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(Trajectory.model_validate_json(line))
+            except ValidationError as error:
+                first = error.errors()[0]
+                field = ".".join(str(x) for x in first["loc"]) or None
+                raise DataFormatError(f"not a trajectory: {first['msg']}", path=path, line=line_no,
+                                      field=field) from None
+    return out
+
+
+def summarize(trajectories: Sequence[Trajectory]) -> dict[str, float]:
+    """EM / F1 over questions with gold answers, and search-turn statistics over all questions."""
+    scored = [t for t in trajectories if t.em is not None]
+    searches = [len(t.searches) for t in trajectories]
+    histogram = Counter(searches)
+    total = max(len(trajectories), 1)
+    summary: dict[str, float] = {
+        "questions": float(len(trajectories)),
+        "scored": float(len(scored)),
+        "EM": sum(t.em or 0.0 for t in scored) / len(scored) if scored else float("nan"),
+        "F1": sum(t.f1 or 0.0 for t in scored) / len(scored) if scored else float("nan"),
+        "answered": sum(t.status == "answered" for t in trajectories) / total,
+        "searches_mean": sum(searches) / total,
+        "searches_max": float(max(searches, default=0)),
+        "invalid_turns": float(sum(turn.action == "invalid" for t in trajectories for turn in t.turns)),
+        "retrieval_failures": float(sum(turn.error is not None for t in trajectories for turn in t.turns)),
+    }
+    for count in sorted(histogram):
+        summary[f"searches={count}"] = histogram[count] / total
+    return summary

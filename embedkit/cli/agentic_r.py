@@ -1,0 +1,176 @@
+"""`embedkit agentic-r label|train|iterate`: train a retriever on passage utility along agent trajectories."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from embedkit.cli._common import add_command
+from embedkit.cli.agent import add_llm_arguments, agent_config_from_args
+from embedkit.errors import EmbedkitError
+
+LABEL_EXAMPLES = """\
+  embedkit agentic-r label --trajectories runs/agent.jsonl --index indexes/hotpotqa --out runs/pairs.jsonl
+  embedkit agentic-r label --trajectories runs/agent.jsonl --index indexes/hotpotqa --out runs/pairs.jsonl \\
+      --judge openai:http://127.0.0.1:8001/v1 --judge-model Qwen2.5-7B-Instruct --local llm_judge
+  embedkit agentic-r label --trajectories runs/agent.jsonl --index indexes/hotpotqa --out runs/pairs.jsonl \\
+      --global containment          # no agent re-runs: answer containment as the global-utility proxy
+"""
+TRAIN_EXAMPLES = """\
+  embedkit agentic-r train --pairs runs/pairs.jsonl --out runs/retriever           # e5-base-v2, query:/passage:
+  embedkit agentic-r train --pairs runs/pairs.jsonl --out runs/retriever --base-model \\
+      sentence-transformers/all-MiniLM-L6-v2 --query-prefix '' --passage-prefix '' \\
+      --corpus ../shared/data/hotpotqa_dev500/beir --index-out indexes/hotpotqa-agentic-r
+"""
+ITERATE_EXAMPLES = """\
+  embedkit agentic-r iterate --config configs/agentic_r.yaml
+  embedkit agentic-r iterate --config configs/agentic_r_hotpotqa_minilm.yaml --rounds 1 --output-dir runs/ar
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "agentic-r",
+        help="Agentic-R: label passage utility, train the retriever, iterate with the agent",
+        description="Train a retriever on what helps a search agent answer (local + global passage utility).",
+    )
+    sub = parser.add_subparsers(dest="agentic_r_command", metavar="SUBCOMMAND")
+    parser.set_defaults(handler=lambda args: parser.print_help() or 2)
+
+    label = add_command(
+        sub, "label", _label,
+        help="score candidate passages along trajectories and write training pairs (jsonl)",
+        description=(
+            "For every search step: the current retriever's top-20 candidates for '{question} [SEP] {query}' get a\n"
+            "local utility (LLM judge, listwise 0-100, or the embedder's cosine) and a global utility (the agent\n"
+            "re-run with only that passage, exact match of its answer; or answer containment). Pairs: sort by\n"
+            "(EM, local); skip when the best has EM 0 or local < 0.6; up to 3 tied positives; 15 random negatives."
+        ),
+        examples=LABEL_EXAMPLES,
+    )  # fmt: skip
+    label.add_argument("--trajectories", required=True, help="jsonl written by `embedkit agent run`")
+    label.add_argument("--index", required=True, help="the current retriever's dense index")
+    label.add_argument("--out", "-o", required=True, help="training pairs jsonl to write")
+    label.add_argument("--config", help="YAML with a `label` (and `agent`) section, e.g. configs/agentic_r.yaml")
+    label.add_argument("--local", choices=["llm_judge", "embedder"], help="local utility scorer")
+    label.add_argument("--global", dest="global_utility", choices=["rerun", "containment"],
+                       help="global utility scorer")  # fmt: skip
+    label.add_argument("--candidates", type=int, help="candidates per step (default: 20)")
+    label.add_argument("--min-local", type=float, help="skip steps whose best local score is lower (default: 0.6)")
+    label.add_argument("--judge", help="LLM judge for local utility: hf:PATH or openai:URL")
+    label.add_argument("--judge-model", help="model name at the judge's endpoint")
+    label.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="env variable with the judge's API key")
+    add_llm_arguments(label, default="heuristic", flag="--agent-llm")
+    label.add_argument("--agent-config", help="agent YAML used for re-runs (defaults to the config's `agent`)")
+    label.set_defaults(max_turns=None, top_k=None, max_new_tokens=None, temperature=None, query_template=None,
+                       retrieval_timeout=None, retrieval_retries=None)  # fmt: skip
+
+    train = add_command(
+        sub, "train", _train,
+        help="train the retriever on labelled pairs (InfoNCE, τ=0.01) and optionally re-index a corpus",
+        examples=TRAIN_EXAMPLES,
+    )  # fmt: skip
+    train.add_argument("--pairs", required=True, help="training pairs jsonl from `agentic-r label`")
+    train.add_argument("--out", "-o", required=True, help="folder for the trained model (OUT/model)")
+    train.add_argument("--config", help="YAML with a `train` section")
+    train.add_argument("--base-model", help="model to start from (default: intfloat/e5-base-v2)")
+    train.add_argument("--query-prefix", help="default 'query: '")
+    train.add_argument("--passage-prefix", help="default 'passage: '")
+    train.add_argument("--epochs", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--max-length", type=int, help="truncate training inputs to this many tokens")
+    train.add_argument("--corpus", help="re-index this corpus with the trained model")
+    train.add_argument("--index-out", help="where to write the new index (with --corpus)")
+    train.add_argument("--overwrite", action="store_true")
+
+    it = add_command(
+        sub, "iterate", _iterate,
+        help="K rounds of agent run → label → train (from the base) → re-index → agent update, checkpointed",
+        examples=ITERATE_EXAMPLES,
+    )  # fmt: skip
+    it.add_argument("--config", required=True, help="YAML (configs/agentic_r*.yaml)")
+    it.add_argument("--rounds", type=int, help="overrides rounds")
+    it.add_argument("--output-dir", help="overrides output_dir")
+    it.add_argument("--judge", help="LLM judge for local utility (hf:PATH or openai:URL)")
+    it.add_argument("--judge-model")
+    it.add_argument("--judge-key-env", default="OPENAI_API_KEY")
+
+
+def _judge(args: argparse.Namespace):
+    if not args.judge:
+        return None
+    from agents.search_agent.backends import build_backend
+
+    return build_backend(args.judge, model=args.judge_model, api_key=os.environ.get(args.judge_key_env))
+
+
+def _label(args: argparse.Namespace) -> int:
+    from agents.agentic_r import LabelConfig, label, write_pairs
+    from agents.retrieval import IndexRetriever
+    from agents.search_agent import SearchAgent, read_trajectories
+    from agents.search_agent.backends import build_policy
+    from agents.search_agent.config import AgentConfig
+    from embedkit.index import Index
+
+    overrides = {"local": args.local, "global_utility": args.global_utility, "candidates": args.candidates,
+                 "min_local": args.min_local}  # fmt: skip
+    if args.config:
+        config = LabelConfig.from_yaml(args.config, section="label", **overrides)
+    else:
+        config = LabelConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if args.agent_config:
+        args.config = args.agent_config
+        agent_config = agent_config_from_args(args)
+    elif args.config:
+        agent_config = AgentConfig.from_yaml(args.config)
+    else:
+        agent_config = AgentConfig()
+    trajectories = read_trajectories(args.trajectories)
+    index = Index.load(args.index)
+    retriever = IndexRetriever(index)
+    agent = None
+    if config.global_utility == "rerun":
+        policy = build_policy(args.llm, model=args.llm_model, api_key=os.environ.get(args.llm_key_env),
+                              chat=not args.no_chat)  # fmt: skip
+        agent = SearchAgent(policy, retriever, agent_config)
+    pairs, stats = label(trajectories, retriever, config, agent=agent, judge=_judge(args), index=index)
+    if not pairs:
+        raise EmbedkitError(f"no training pairs: {stats}")
+    write_pairs(args.out, pairs)
+    print(json.dumps(stats))
+    print(f"{len(pairs)} training pairs → {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from agents.agentic_r import RetrieverTrainConfig, read_pairs, reindex, train_retriever
+
+    overrides = {"base_model": args.base_model, "query_prefix": args.query_prefix,
+                 "passage_prefix": args.passage_prefix, "epochs": args.epochs, "batch_size": args.batch_size,
+                 "learning_rate": args.learning_rate, "max_length": args.max_length}  # fmt: skip
+    if args.config:
+        config = RetrieverTrainConfig.from_yaml(args.config, section="train", **overrides)
+    else:
+        config = RetrieverTrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if bool(args.corpus) != bool(args.index_out):
+        raise EmbedkitError("give --corpus and --index-out together to re-index")
+    model_dir = train_retriever(read_pairs(args.pairs), config, args.out, overwrite=args.overwrite)
+    print(f"retriever: {model_dir}")
+    if args.corpus:
+        index = reindex(args.corpus, model_dir, args.index_out, config, overwrite=args.overwrite)
+        print(f"index: {index}")
+    return 0
+
+
+def _iterate(args: argparse.Namespace) -> int:
+    from agents.agentic_r import IterateConfig, iterate
+
+    config = IterateConfig.from_yaml(args.config, rounds=args.rounds, output_dir=args.output_dir)
+    summaries = iterate(config, judge=_judge(args))
+    for summary in summaries:
+        agent = summary["agent"]
+        print(f"round {summary['round']}: agent EM {agent['EM']:.4f} (before this round's retriever), "
+              f"{summary['pairs']} pairs, index {summary['index']}")  # fmt: skip
+    return 0
