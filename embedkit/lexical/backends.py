@@ -1,0 +1,87 @@
+"""The BM25 backend registry. A backend writes its files into an index folder and searches them.
+
+Both built-in backends (`pyserini`, `bm25s`) register here; `resolve_backend("auto")` picks pyserini when
+a Java 21+ runtime exists and bm25s otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from embedkit.data.corpus import Document
+from embedkit.errors import EmbedkitError
+from embedkit.lexical.settings import BM25Settings
+
+log = logging.getLogger(__name__)
+
+# (doc id, score) per query, best first
+ScoredIds = list[list[tuple[str, float]]]
+
+
+class LexicalBuilder(ABC):
+    """Receives the corpus in chunks while the document store is written, then writes the index files."""
+
+    @abstractmethod
+    def add(self, documents: Sequence[Document]) -> None: ...
+
+    @abstractmethod
+    def finish(self) -> dict:
+        """Write the index; returns facts worth recording in the manifest (library versions, …)."""
+
+
+class LexicalSearcher(ABC):
+    @abstractmethod
+    def search(self, queries: Sequence[str], k: int, *, k1: float | None = None, b: float | None = None) -> ScoredIds:
+        """Top-k (doc id, score) per query; queries with no indexed term get no hits."""
+
+
+class LexicalBackend(ABC):
+    name: ClassVar[str]
+    folder: ClassVar[str]  # subfolder of the index folder holding the backend's files
+
+    @abstractmethod
+    def builder(self, folder: Path, settings: BM25Settings) -> LexicalBuilder: ...
+
+    @abstractmethod
+    def open(self, folder: Path, settings: BM25Settings, *, ids: Callable[[], list[str]]) -> LexicalSearcher:
+        """Open the files under `folder`; `ids()` lists document ids by row (for backends storing rows)."""
+
+
+BACKENDS: dict[str, str] = {
+    # name -> module defining a `Backend` class; imported on demand (pyserini is heavy and needs a JVM)
+    "pyserini": "embedkit.lexical.pyserini_backend",
+    "bm25s": "embedkit.lexical.bm25s_backend",
+}
+
+
+def get_backend(name: str) -> LexicalBackend:
+    if name not in BACKENDS:
+        raise EmbedkitError(f"unknown BM25 backend '{name}' (choose {', '.join(BACKENDS)})")
+    return importlib.import_module(BACKENDS[name]).Backend()
+
+
+def resolve_backend(name: str) -> str:
+    """`auto` → pyserini when Java 21+ is installed, else bm25s; an explicit name is checked."""
+    from embedkit.lexical.java import java_available
+
+    if name == "auto":
+        chosen = "pyserini" if java_available() and _pyserini_installed() else "bm25s"
+        log.info("BM25 backend: %s", chosen)
+        return chosen
+    if name == "pyserini" and not _pyserini_installed():
+        raise EmbedkitError("the pyserini backend needs pyserini: pip install 'embedkit[lexical]' "
+                            "(or use --backend bm25s)")
+    if name not in BACKENDS:
+        raise EmbedkitError(f"unknown BM25 backend '{name}' (choose auto, {', '.join(BACKENDS)})")
+    return name
+
+
+def _pyserini_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyserini") is not None
