@@ -1,0 +1,138 @@
+"""BOOM: train M models from one base, each on a per-dataset sample of the data, and merge them.
+
+>>> result = boom_train(load_boom_config("configs/boom.yaml"))
+>>> SentenceTransformer(str(result.model_dir))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from embedkit.boom.config import BoomConfig, MergeSettings
+from embedkit.boom.lineage import describe_tasks, write_lineage
+from embedkit.boom.sampling import sample_tasks
+from embedkit.training.data import load_tasks
+from embedkit.training.trainer import TRAINING_RECORD, train
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class BagResult:
+    index: int
+    ratio: float
+    seed: int
+    path: Path
+    train_seconds: float
+    reused: bool = False
+
+
+@dataclass
+class BoomResult:
+    model_dir: Path
+    bags: list[BagResult] = field(default_factory=list)
+    merge_seconds: float = 0.0
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(b.train_seconds for b in self.bags)
+
+
+def merge_base(settings: MergeSettings, training_base: str) -> str | None:
+    """The base model for methods that need one: the configured one, else the model the bags started from."""
+    from embedkit.merging.methods import get_merge_method
+    from embedkit.training.modeling import resolve_model_name
+
+    method = get_merge_method(settings.method)
+    # slerp interpolates exactly two models; its "base" is the first of them, not the training base.
+    if not method.needs_base or method.exact_models == 2:
+        return None
+    return resolve_model_name(settings.base_model or training_base)
+
+
+def boom_train(config: BoomConfig, *, quiet: bool = False) -> BoomResult:
+    """Train every bag (bags finished by an earlier run are reused) and merge them into `<output_dir>/model`."""
+    import time
+
+    from embedkit.merging import merge_models
+
+    tasks = load_tasks(config.datasets)
+    result = BoomResult(model_dir=config.model_dir)
+    bag_records = []
+    for index, (ratio, seed) in enumerate(zip(config.bags, config.bag_seeds, strict=True)):
+        bag_tasks = sample_tasks(tasks, ratio / 100.0, seed, purpose="bag")
+        path = config.bag_dir(index)
+        record_file = path / TRAINING_RECORD
+        if record_file.exists():
+            LOG.warning("bag %d already trained at %s; reusing it", index, path)
+            seconds = json.loads(record_file.read_text())["train_seconds"]
+            result.bags.append(BagResult(index, ratio, seed, path, seconds, reused=True))
+        else:
+            trained = train(config.train_config(index), bag_tasks, quiet=quiet)
+            result.bags.append(BagResult(index, ratio, seed, path, trained.train_seconds))
+        bag_records.append(
+            {"index": index, "ratio": ratio, "seed": seed, "path": str(path), "data": describe_tasks(bag_tasks),
+             "train_seconds": round(result.bags[-1].train_seconds, 2)}
+        )
+
+    started = time.perf_counter()
+    settings = config.merge
+    base = merge_base(settings, config.model)
+    models = [str(b.path) for b in result.bags]
+    merged = merge_models(
+        ([base] if base else []) + models,
+        config.model_dir,
+        method=settings.method,
+        weights=([1.0] if base else []) + list(settings.weights) if settings.weights else None,
+        base_model=base,
+        parameters=settings.parameters or None,
+        overwrite=True,
+    )
+    result.merge_seconds = time.perf_counter() - started
+    write_lineage(
+        config.model_dir,
+        {
+            "kind": "boom_train",
+            "base_model": config.model,
+            "sampling": config.sampling,
+            "bags": bag_records,
+            "merge": {"method": settings.method, "weights": settings.weights, "base_model": base,
+                      "parameters": settings.parameters, "mergekit_config": merged.mergekit_config},
+            "training": config.training,
+            "parents": [],
+        },
+    )
+    _refresh_card(config.model_dir)
+    if not config.keep_bags:
+        shutil.rmtree(Path(config.output_dir) / "bags", ignore_errors=True)
+    return result
+
+
+def _refresh_card(model_dir: Path) -> None:
+    """Append the lineage to the merged model's card (the bags' cards describe their own training)."""
+    from embedkit.boom.lineage import read_lineage
+    from embedkit.io import atomic_write
+
+    lineage = read_lineage(model_dir)
+    lines = [
+        "---",
+        "library_name: sentence-transformers",
+        "tags: [sentence-transformers, embedkit, boom, merge]",
+        "---",
+        "",
+        "# BOOM-merged embedder (embedkit)",
+        "",
+        "Merged with mergekit; the merge configuration is in `mergekit_config.yml`.",
+        "",
+        "## Lineage",
+        "",
+        "```json",
+        json.dumps(lineage, indent=2),
+        "```",
+    ]
+    with atomic_write(model_dir / "README.md") as handle:
+        handle.write("\n".join(lines) + "\n")
