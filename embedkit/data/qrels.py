@@ -8,6 +8,7 @@ from embedkit.data._files import iter_delimited, require_file
 from embedkit.errors import DataFormatError
 
 Qrels = dict[str, dict[str, int]]
+HEADER_WORDS = {"query-id", "corpus-id", "score", "qid", "docid", "query_id", "doc_id", "corpus_id", "relevance"}
 
 
 def load_qrels(path: str | Path) -> Qrels:
@@ -20,7 +21,7 @@ def load_qrels(path: str | Path) -> Qrels:
     qrels: Qrels = {}
     layout: int | None = None
     for line, columns in iter_delimited(path, None):
-        if line == 1 and not columns[-1].lstrip("-").isdigit():
+        if line == 1 and {column.lower() for column in columns} & HEADER_WORDS:
             continue  # header row (BEIR: query-id corpus-id score)
         if layout is None:
             layout = len(columns)

@@ -105,14 +105,24 @@ class Encoder:
     ) -> Iterator[tuple[list[Document], np.ndarray]]:
         """Stream (documents, vectors) chunk by chunk; only one chunk of text is held in memory.
 
-        sentence-transformers sorts each chunk by length before batching, so little time goes to padding.
+        Each chunk is sorted by length once, so batches hold texts of similar length and little time goes
+        to padding; the progress bar advances every few batches with docs/s and ETA.
         """
         iterator = iter(documents)
-        with tqdm(total=total, unit="doc", desc="encoding", disable=quiet, smoothing=0.1) as bar:
+        with tqdm(total=total, unit="doc", desc="encoding", disable=quiet, smoothing=0.05) as bar:
             while chunk := list(islice(iterator, self.config.chunk_size)):
-                vectors = self.encode_documents(chunk)
-                bar.update(len(chunk))
-                yield chunk, vectors
+                texts = [doc.joined() for doc in chunk]
+                yield chunk, self._encode_sorted(texts, self.passage_prefix, bar)
+
+    def _encode_sorted(self, texts: list[str], prefix: str, bar: tqdm) -> np.ndarray:
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        step = self.config.batch_size * 4
+        for start in range(0, len(texts), step):
+            rows = order[start : start + step]
+            vectors[rows] = self._encode([texts[row] for row in rows], prefix)
+            bar.update(len(rows))
+        return vectors
 
 
 def _pooling_mode(model) -> str:
