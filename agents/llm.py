@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic import BaseModel, ConfigDict
+
 from embedkit.errors import EmbedkitError
 
 Message = dict[str, str]
@@ -191,3 +193,41 @@ class OpenAICompatibleBackend:
             # Servers may ignore `stop`; cut client-side so both backends behave the same.
             outputs.append(truncate_at_stop(text, stop))
         return outputs
+
+
+class BackendConfig(BaseModel):
+    """Which LLM a judge uses, as YAML: `{kind: openai, base_url: http://…, model: qwen}` or
+    `{kind: transformers, model: path/or/hub-id}`. The API key is read from the environment variable
+    named by `api_key_env` so it never lands in a config file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = "openai"  # openai | transformers
+    model: str
+    base_url: str = "http://127.0.0.1:8000"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout: float = 60.0
+    max_retries: int = 3
+    batch_size: int = 8
+
+
+def build_backend(config: BackendConfig | dict[str, Any]) -> LLMBackend:
+    """An `LLMBackend` from a `BackendConfig` (or its dict form)."""
+    import os
+
+    if not isinstance(config, BackendConfig):
+        config = BackendConfig.model_validate(config)
+    if config.kind == "openai":
+        key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        return OpenAICompatibleBackend(config.base_url, config.model, api_key=key, timeout=config.timeout,
+                                       max_retries=config.max_retries)  # fmt: skip
+    if config.kind == "transformers":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(config.model, padding_side="left")
+            model = AutoModelForCausalLM.from_pretrained(config.model).eval()
+        except OSError as error:
+            raise EmbedkitError(f"cannot load judge model '{config.model}': {error}") from None
+        return TransformersBackend(model, tokenizer, batch_size=config.batch_size)
+    raise EmbedkitError(f"unknown LLM backend kind '{config.kind}'; choose openai or transformers")

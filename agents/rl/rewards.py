@@ -37,8 +37,14 @@ RewardFn = Callable[[RewardBatch], list[float]]
 REWARDS: Registry[Callable[..., RewardFn]] = Registry("reward")
 
 
+def load_reward_plugins() -> None:
+    """Register the generative reward models (`agents.rewards`) too."""
+    import agents.rewards  # noqa: F401  (registers consistrm, reflectrm_*, acpo)
+
+
 def build_reward(name: str, **params: Any) -> RewardFn:
     """Instantiate a registered reward with its parameters."""
+    load_reward_plugins()
     return REWARDS.get(name)(**params)
 
 

@@ -1,0 +1,11 @@
+"""Generative reward models: ConsistRM, ReflectRM, AC-GenRM with ACPO.
+
+Judges talk to any `agents.llm.LLMBackend`. Importing this package registers the training rewards
+(`consistrm`, `reflectrm_response`, `reflectrm_analysis`, `acpo`) in `agents.rl.rewards.REWARDS`.
+"""
+
+from agents.rewards.acgenrm import ACGenRM, acpo_rewards, round_robin_scores
+from agents.rewards.consistrm import ConsistRMReward, PseudoLabeler
+from agents.rewards.reflectrm import ReflectRM
+
+__all__ = ["ACGenRM", "ConsistRMReward", "PseudoLabeler", "ReflectRM", "acpo_rewards", "round_robin_scores"]
