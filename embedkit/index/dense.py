@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,23 @@ from embedkit.encoding.encoder import Encoder
 from embedkit.errors import EmbedkitError, IndexFormatError, ModelMismatchError
 from embedkit.index.base import Hit, Index, register_index_kind
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
-from embedkit.index.faiss_ops import add_vectors, create_index, set_search_parameters, train_index
+from embedkit.index.faiss_ops import (
+    add_vectors,
+    create_index,
+    reconstruct_rows,
+    search_defaults,
+    stores_exact_vectors,
+    train_index,
+)
+from embedkit.index.faiss_ops import search as faiss_search
 from embedkit.index.manifest import HistoryEntry, IndexManifest
 from embedkit.io import atomic_directory
 
 FAISS_NAME = "index.faiss"
 VECTORS_SCRATCH = "vectors.f32"
+DELETED_NAME = "deleted.npy"
+VECTOR_FILES = {"float16": "vectors.f16", "float32": "vectors.f32"}
+BACKENDS = ("faiss", "faiss-gpu", "torch")
 DEFAULT_TRAIN_SAMPLE = 100_000
 
 
@@ -45,12 +56,13 @@ def build_dense_index(
     total: int | None = None,
     quiet: bool = False,
     corpus: str | None = None,
+    store_vectors: str = "auto",
 ) -> Path:
     """Encode `documents` and write an index folder at `out` atomically. Returns `out`."""
     create_index(encoder.dim, factory, metric)  # fail on a bad factory string before spending time encoding
     chunks = encoder.iter_encoded(documents, total=total, quiet=quiet)
     return _write(out, chunks, encoder.spec, factory=factory, metric=metric, train_sample=train_sample,
-                  overwrite=overwrite, corpus=corpus)
+                  overwrite=overwrite, corpus=corpus, store_vectors=store_vectors)
 
 
 def write_dense_index(
@@ -64,6 +76,7 @@ def write_dense_index(
     train_sample: int = DEFAULT_TRAIN_SAMPLE,
     overwrite: bool = False,
     corpus: str | None = None,
+    store_vectors: str = "auto",
 ) -> Path:
     """Write an index folder from vectors computed elsewhere (e.g. a multimodal encoder).
 
@@ -74,7 +87,8 @@ def write_dense_index(
     if len(documents) == 0:
         raise EmbedkitError("cannot build an index with no documents")
     return _write(out, [(list(documents), np.asarray(vectors, dtype=np.float32))], spec, factory=factory,
-                  metric=metric, train_sample=train_sample, overwrite=overwrite, corpus=corpus)
+                  metric=metric, train_sample=train_sample, overwrite=overwrite, corpus=corpus,
+                  store_vectors=store_vectors)
 
 
 def _write(
@@ -87,11 +101,22 @@ def _write(
     train_sample: int,
     overwrite: bool,
     corpus: str | None,
+    store_vectors: str = "auto",
+    history: list[HistoryEntry] | None = None,
+    action: str = "build",
+    created_at: str | None = None,
 ) -> Path:
+    """Write an index folder from streamed (documents, vectors) chunks; rows are numbered 0..n-1 in order.
+
+    `store_vectors` keeps a copy of the vectors in the folder ("float16", "float32", "none"; "auto" keeps
+    float16 only for lossy kinds such as PQ/SQ), so updates, compaction and merges never need to re-encode.
+    """
     import faiss
 
     from embedkit import __version__
 
+    if store_vectors not in ("auto", *VECTOR_FILES, "none"):
+        raise EmbedkitError(f"unknown vector storage '{store_vectors}' (auto, float16, float32 or none)")
     out = Path(out)
     if out.exists() and not overwrite:
         raise EmbedkitError(f"{out} already exists (use --overwrite to replace it)")
@@ -108,13 +133,34 @@ def _write(
                 handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
                 count += len(docs)
         store.close()
-        matrix = np.memmap(scratch, dtype=np.float32, mode="r", shape=(count, spec.dim))
+        if count == 0:
+            raise EmbedkitError("cannot build an index with no documents")
         index = create_index(spec.dim, factory, metric)
-        trained_on = train_index(index, matrix, sample_size=train_sample)
-        add_vectors(index, matrix, np.arange(count, dtype=np.int64))
-        del matrix
+        if not index.is_trained:
+            matrix = np.memmap(scratch, dtype=np.float32, mode="r", shape=(count, spec.dim))
+            trained_on = train_index(index, matrix, sample_size=train_sample)
+            del matrix  # unmapped: its pages stop counting towards this process's memory
+        else:
+            trained_on = 0
+        for start, part in iter_vector_file(scratch, spec.dim, np.float32):
+            add_vectors(index, part, np.arange(start, start + len(part), dtype=np.int64))
         faiss.write_index(index, str(folder / FAISS_NAME))
-        scratch.unlink()
+        mode = store_vectors
+        if mode == "auto":
+            mode = "none" if stores_exact_vectors(index) else "float16"
+        settings: dict[str, Any] = {"train_sample": trained_on, "next_row": count, "search": search_defaults(index)}
+        if mode != "none":
+            settings["vectors"] = {"file": VECTOR_FILES[mode], "dtype": mode}
+        del index
+        if mode == "float32":
+            pass  # the scratch file is already the float32 copy
+        elif mode == "float16":
+            with open(folder / VECTOR_FILES["float16"], "wb") as handle:
+                for _, part in iter_vector_file(scratch, spec.dim, np.float32):
+                    handle.write(part.astype(np.float16).tobytes())
+            scratch.unlink()
+        else:
+            scratch.unlink()
         manifest = IndexManifest(
             kind="dense",
             encoder=spec,
@@ -123,26 +169,54 @@ def _write(
             num_docs=count,
             corpus=corpus,
             embedkit_version=__version__,
-            settings={"train_sample": trained_on},
-            history=[HistoryEntry(action="build", documents=count, source=corpus)],
+            settings=settings,
+            history=[*(history or []), HistoryEntry(action=action, documents=count, source=corpus)],
         )
+        if created_at is not None:
+            manifest.created_at = created_at
         manifest.record_files(folder)
         manifest.save(folder)
     return out
 
 
+def iter_vector_file(path: Path, dim: int, dtype, *, chunk_rows: int = 65536, start: int = 0,
+                     stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Read a raw row-major vector file in chunks with plain reads (no mmap, so memory stays one chunk)."""
+    dtype = np.dtype(dtype)
+    row_bytes = dim * dtype.itemsize
+    total = path.stat().st_size // row_bytes
+    stop = total if stop is None else min(stop, total)
+    with open(path, "rb") as handle:
+        handle.seek(start * row_bytes)
+        row = start
+        while row < stop:
+            take = min(chunk_rows, stop - row)
+            data = np.frombuffer(handle.read(take * row_bytes), dtype=dtype).reshape(take, dim)
+            yield row, data.astype(np.float32)
+            row += take
+
+
 @register_index_kind("dense")
 class DenseIndex(Index):
-    """A FAISS index with the encoder that must be used to query it."""
+    """A FAISS index with the encoder that must be used to query it.
+
+    Options of `Index.load(path, ...)`: `backend` ("faiss"; "faiss-gpu" when faiss-gpu is installed; "torch":
+    exact fp16/fp32 matrix products on `search_device`, see `embedkit.index.torch_search`), `mmap=True` to
+    memory-map the FAISS file instead of reading it into RAM.
+    """
 
     def __init__(self, path: Path, manifest: IndexManifest, *, encoder: Encoder | None = None,
-                 model: str | None = None, device: str = "auto", batch_size: int = 64) -> None:
+                 model: str | None = None, device: str = "auto", batch_size: int = 64, backend: str = "faiss",
+                 search_device: str = "auto", mmap: bool = False) -> None:
         super().__init__(path, manifest)
         if manifest.encoder is None:
             raise IndexFormatError(f"{path}: dense index manifest has no encoder")
+        if backend not in BACKENDS:
+            raise EmbedkitError(f"unknown search backend '{backend}' (use {', '.join(BACKENDS)})")
         self.spec: EncoderSpec = manifest.encoder
         self._encoder = encoder
         self._model_override, self._device, self._batch_size = model, device, batch_size
+        self.backend, self._search_device, self._mmap = backend, search_device, mmap
         if encoder is not None and encoder.fingerprint != self.spec.fingerprint:
             raise ModelMismatchError(
                 f"the given encoder's weights (fingerprint {encoder.fingerprint}) differ from the index's "
@@ -157,10 +231,23 @@ class DenseIndex(Index):
     def faiss_index(self):
         import faiss
 
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if self._mmap else 0
         try:
-            return faiss.read_index(str(self.path / FAISS_NAME))
+            index = faiss.read_index(str(self.path / FAISS_NAME), flags)
         except RuntimeError as error:
             raise IndexFormatError(f"{self.path / FAISS_NAME} cannot be read ({str(error).splitlines()[-1]}); rebuild the index") from None
+        if self.backend == "faiss-gpu":
+            if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
+                raise EmbedkitError("backend 'faiss-gpu' needs faiss-gpu and a CUDA GPU (pip install embedkit[gpu]); "
+                                    "or use backend 'torch'")
+            index = faiss.index_cpu_to_all_gpus(index)
+        return index
+
+    @cached_property
+    def deleted_rows(self) -> np.ndarray:
+        """Rows still inside the FAISS index but deleted (kinds that cannot remove, e.g. HNSW); masked in search."""
+        path = self.path / DELETED_NAME
+        return np.load(path) if path.is_file() else np.zeros(0, dtype=np.int64)
 
     @property
     def encoder(self) -> Encoder:
@@ -172,6 +259,36 @@ class DenseIndex(Index):
     @cached_property
     def _ids_by_row(self) -> dict[int, str]:
         return self.docstore.ids_by_row()
+
+    def live_rows(self) -> np.ndarray:
+        """Rows of the documents in the index, ascending."""
+        return np.fromiter(sorted(self._ids_by_row), dtype=np.int64, count=len(self._ids_by_row))
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The document vectors of `rows` (float32): from the folder's stored copy, else from the FAISS index.
+
+        Exact unless the index is lossy and was built without stored vectors (then an approximation).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        stored = self.manifest.settings.get("vectors")
+        if stored:
+            dtype = np.dtype(stored["dtype"])
+            matrix = np.memmap(self.path / stored["file"], dtype=dtype, mode="r")
+            matrix = matrix.reshape(-1, self.spec.dim)
+            return np.asarray(matrix[rows], dtype=np.float32)
+        return reconstruct_rows(self.faiss_index, rows)
+
+    @property
+    def vectors_exact(self) -> bool:
+        return bool(self.manifest.settings.get("vectors")) or stores_exact_vectors(self.faiss_index)
+
+    @cached_property
+    def torch_searcher(self):
+        from embedkit.index.torch_search import TorchExactSearch
+
+        rows = self.live_rows()
+        return TorchExactSearch(self.vectors(rows), rows, metric=self.manifest.metric or "ip",
+                                device=self._search_device)
 
     def search(self, queries: str | Sequence[str], k: int = 10, *, nprobe: int | None = None,
                ef_search: int | None = None, with_text: bool = True) -> list[list[Hit]]:
@@ -186,8 +303,14 @@ class DenseIndex(Index):
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape[1] != self.spec.dim:
             raise EmbedkitError(f"query vectors have dim {vectors.shape[1]}, the index has {self.spec.dim}")
-        set_search_parameters(self.faiss_index, nprobe=nprobe, ef_search=ef_search)
-        scores, rows = self.faiss_index.search(vectors, min(k, max(self.faiss_index.ntotal, 1)))
+        if self.backend == "torch":
+            scores, rows = self.torch_searcher.search(vectors, k)
+        else:
+            defaults = self.manifest.settings.get("search") or {}
+            nprobe = nprobe if nprobe is not None else defaults.get("nprobe")
+            ef_search = ef_search if ef_search is not None else defaults.get("ef_search")
+            scores, rows = faiss_search(self.faiss_index, vectors, k, nprobe=nprobe, ef_search=ef_search,
+                                        exclude=self.deleted_rows)
         return self._hits(scores, rows, with_text=with_text)
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray, *, with_text: bool) -> list[list[Hit]]:

@@ -84,3 +84,134 @@ def _faiss_message(error: Exception) -> str:
         if line.lower().startswith("error:") or "Error" in line:
             return line
     return lines[-1] if lines else type(error).__name__
+
+
+def unwrap(index):
+    """The index inside IndexIDMap/IndexIDMap2/IndexPreTransform wrappers, downcast to its real class."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
+        index = faiss.downcast_index(index.index)
+    return index
+
+
+def ivf_of(index):
+    """The IndexIVF inside `index`, or None."""
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def stores_exact_vectors(index) -> bool:
+    """True when the index can give back the exact float32 vectors it was fed (Flat, HNSW-Flat, IVF-Flat).
+
+    Lossy kinds (PQ, SQ, OPQ/PCA pre-transforms) cannot, so an index folder keeps a copy of the vectors for them.
+    """
+    import faiss
+
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, faiss.IndexIDMap) or isinstance(outer, faiss.IndexIDMap2):
+        outer = faiss.downcast_index(outer.index)
+    if isinstance(outer, faiss.IndexPreTransform):
+        return False
+    ivf = ivf_of(outer)
+    if ivf is not None:
+        return isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat)
+    if isinstance(outer, faiss.IndexHNSW):
+        return isinstance(faiss.downcast_index(outer.storage), faiss.IndexFlat)
+    return isinstance(outer, faiss.IndexFlat)
+
+
+def reconstruct_rows(index, rows: np.ndarray) -> np.ndarray:
+    """Stored vectors for the given row ids (exact only when `stores_exact_vectors(index)`)."""
+    import faiss
+
+    ivf = ivf_of(index)
+    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # rows are arbitrary ids, not 0..n-1
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return np.zeros((0, index.d), dtype=np.float32)
+    return np.asarray(index.reconstruct_batch(rows), dtype=np.float32)
+
+
+def try_remove(index, rows: np.ndarray) -> bool:
+    """Remove row ids from the index; False when this index kind cannot remove (HNSW): mask them instead."""
+    import faiss
+
+    if len(rows) == 0:
+        return True
+    ivf = ivf_of(index)
+    if ivf is not None and ivf.direct_map.type != faiss.DirectMap.NoMap:
+        ivf.set_direct_map_type(faiss.DirectMap.NoMap)  # remove_ids refuses hashtable direct maps
+    selector = faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))
+    try:
+        index.remove_ids(selector)
+    except RuntimeError:
+        return False
+    return True
+
+
+def default_nprobe(nlist: int) -> int:
+    """embedkit's default IVF nprobe: FAISS's 1 loses too much recall; nlist/16, between 8 and 64, keeps it high."""
+    return int(min(nlist, max(8, min(64, nlist // 16))))
+
+
+def search_defaults(index) -> dict[str, int]:
+    """Search parameters recorded in the manifest at build time (see `default_nprobe`)."""
+    ivf = ivf_of(index)
+    if ivf is not None:
+        return {"nprobe": default_nprobe(ivf.nlist)}
+    return {}
+
+
+def search(index, vectors: np.ndarray, k: int, *, nprobe: int | None = None, ef_search: int | None = None,
+           exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Search, optionally excluding row ids (deleted documents of indexes that cannot remove them).
+
+    The exclusion goes into FAISS's search parameters (an IDSelector), so the k results are k live rows;
+    when an index kind rejects selectors, it over-fetches and filters instead.
+    """
+    import faiss
+
+    set_search_parameters(index, nprobe=nprobe, ef_search=ef_search)
+    k = max(1, min(k, index.ntotal))
+    if exclude is None or len(exclude) == 0:
+        return index.search(vectors, k)
+    inner = unwrap(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(ef_search or inner.hnsw.efSearch, k)
+    elif ivf_of(index) is not None:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe or faiss.extract_index_ivf(index).nprobe
+    else:
+        params = faiss.SearchParameters()
+    batch = faiss.IDSelectorBatch(np.ascontiguousarray(exclude, dtype=np.int64))
+    params.sel = faiss.IDSelectorNot(batch)
+    try:
+        return index.search(vectors, k, params=params)
+    except RuntimeError:
+        return _search_filtered(index, vectors, k, exclude)
+
+
+def _search_filtered(index, vectors: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    fetch = min(index.ntotal, k + len(exclude))
+    scores, rows = index.search(vectors, fetch)
+    keep = ~np.isin(rows, exclude)
+    out_scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
+    out_rows = np.full((len(vectors), k), -1, dtype=np.int64)
+    for i in range(len(vectors)):
+        found_rows, found_scores = rows[i][keep[i]][:k], scores[i][keep[i]][:k]
+        out_rows[i, : len(found_rows)], out_scores[i, : len(found_scores)] = found_rows, found_scores
+    return out_scores, out_rows
+
+
+def serialized_size(index) -> int:
+    import faiss
+
+    return int(faiss.serialize_index(index).nbytes)

@@ -1,0 +1,170 @@
+"""`embedkit index add|remove|compact|merge|tune`: keep an index up to date and pick an index kind."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from embedkit.cli._common import add_command, add_corpus_arguments, add_quiet_argument, field_map_from_args
+
+ADD_EXAMPLES = """\
+  embedkit index add indexes/scifact --corpus new_docs.jsonl         # new ids inserted, known ids replaced
+  embedkit index add indexes/scifact --corpus updates.tsv --id-field pid --text-field passage
+"""
+REMOVE_EXAMPLES = """\
+  embedkit index remove indexes/scifact --ids ids.txt                # one id per line
+  embedkit index remove indexes/scifact --id 4983 --id 5836
+"""
+COMPACT_EXAMPLES = """\
+  embedkit index compact indexes/hnsw                                # drop rows masked by removals (HNSW)
+  embedkit index compact indexes/flat --index-factory HNSW32         # rebuild as another kind, no re-encoding
+"""
+MERGE_EXAMPLES = """\
+  embedkit index merge shards/ --out indexes/big                      # the output of `embedkit encode`
+  embedkit index merge indexes/part1 indexes/part2 --out indexes/all --index-factory IVF4096,Flat
+"""
+TUNE_EXAMPLES = """\
+  embedkit index tune indexes/scifact                                # 1000 documents as queries
+  embedkit index tune indexes/scifact --queries ../shared/data/scifact/queries.jsonl --output tune.md
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    add = add_command(subparsers, "add", run_add, help="insert or replace (upsert) documents in an index",
+                      description="Encode documents with the index's own encoder (recorded in manifest.json) and\n"
+                                  "insert them; a document whose id is already in the index replaces it.\n"
+                                  "The index is updated in a copy and swapped in when complete.",
+                      examples=ADD_EXAMPLES)
+    add.add_argument("index", help="index folder")
+    add_corpus_arguments(add)
+    _add_encoder_runtime_arguments(add)
+    add_quiet_argument(add)
+
+    remove = add_command(subparsers, "remove", run_remove, help="delete documents from an index by id",
+                         description="Delete documents by id. FAISS kinds that cannot remove vectors (HNSW) mask\n"
+                                     "them at search time until `embedkit index compact`.",
+                         examples=REMOVE_EXAMPLES)
+    remove.add_argument("index", help="index folder")
+    remove.add_argument("--ids", help="file with one document id per line")
+    remove.add_argument("--id", action="append", default=[], dest="id_list", help="a document id (repeatable)")
+
+    compact = add_command(subparsers, "compact", run_compact, help="rebuild an index from its live vectors",
+                          description="Rebuild the FAISS index from the stored vectors of the live documents (no\n"
+                                      "re-encoding): drops masked rows and retrains IVF/PQ on the current corpus.",
+                          examples=COMPACT_EXAMPLES)
+    compact.add_argument("index", help="index folder")
+    compact.add_argument("--index-factory", help="rebuild as another FAISS kind (default: the current one)")
+    compact.add_argument("--train-sample", type=int, default=100_000)
+
+    merge = add_command(subparsers, "merge", run_merge, help="join encode shards and/or indexes into one index",
+                        description="Build one index from encode-shard folders (`embedkit encode --out`) and/or\n"
+                                    "index folders, in the order given. All must use the same encoder.",
+                        examples=MERGE_EXAMPLES)
+    merge.add_argument("inputs", nargs="+", help="encode-shard folders and/or index folders")
+    merge.add_argument("--out", required=True, help="index folder to write")
+    merge.add_argument("--overwrite", action="store_true")
+    merge.add_argument("--index-factory", help="FAISS factory (default: the first input index's, else Flat)")
+    merge.add_argument("--metric", choices=["ip", "l2"], help="default: the first input index's, else ip")
+    merge.add_argument("--train-sample", type=int, default=100_000)
+    merge.add_argument("--store-vectors", default="auto", choices=["auto", "float16", "float32", "none"],
+                       help="keep a copy of the vectors in the folder (auto: float16 for lossy kinds)")
+
+    tune = add_command(subparsers, "tune", run_tune,
+                       help="compare index kinds on this index's vectors (recall, QPS, build time, size)",
+                       description="Build Flat, HNSW32, IVF-Flat, IVF-PQ and SQ8 on the index's own vectors and\n"
+                                   "report recall@k against exact search, queries/s, build time and size.",
+                       examples=TUNE_EXAMPLES)
+    tune.add_argument("index", help="index folder")
+    tune.add_argument("--queries", help="queries file to encode with the index's encoder (default: sample documents)")
+    tune.add_argument("--num-queries", type=int, default=1000, help="documents sampled as queries (default: 1000)")
+    tune.add_argument("--k", type=int, default=10)
+    tune.add_argument("--kinds", help="comma-separated subset of Flat,HNSW32,IVF-Flat,IVF-PQ,SQ8")
+    tune.add_argument("--output", "-o", help="also write the table (markdown) to this file")
+    _add_encoder_runtime_arguments(tune)
+
+
+def _add_encoder_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("encoder (settings come from the index manifest)")
+    group.add_argument("--model", help="local copy of the index's model (must have the same weights)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    group.add_argument("--batch-size", type=int, default=64)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from embedkit.data.corpus import iter_documents
+    from embedkit.index.lifecycle import add_documents
+
+    report = add_documents(args.index, iter_documents(args.corpus, field_map_from_args(args)), model=args.model,
+                           device=args.device, batch_size=args.batch_size, source=str(args.corpus), quiet=args.quiet)
+    print(f"{args.index}: {report.summary()}")
+    return 0
+
+
+def read_ids(path: str | Path) -> list[str]:
+    from embedkit.errors import DataFormatError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataFormatError(f"cannot read ids: {error}", path=path) from None
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    from embedkit.errors import EmbedkitError
+    from embedkit.index.lifecycle import remove_documents
+
+    ids = list(args.id_list) + (read_ids(args.ids) if args.ids else [])
+    if not ids:
+        raise EmbedkitError("nothing to remove: give --ids FILE or --id ID")
+    report = remove_documents(args.index, ids, source=args.ids or "command line")
+    print(f"{args.index}: {report.summary()}")
+    if report.missing:
+        print(f"not in the index: {', '.join(report.missing[:10])}{' …' if len(report.missing) > 10 else ''}")
+    return 0
+
+
+def run_compact(args: argparse.Namespace) -> int:
+    from embedkit.index.lifecycle import compact_index
+
+    report = compact_index(args.index, factory=args.index_factory, train_sample=args.train_sample)
+    print(f"{args.index}: {report.summary()}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from embedkit.index.lifecycle import merge_indexes
+    from embedkit.index.manifest import IndexManifest
+
+    merge_indexes(args.inputs, args.out, factory=args.index_factory, metric=args.metric,
+                  train_sample=args.train_sample, overwrite=args.overwrite, store_vectors=args.store_vectors)
+    manifest = IndexManifest.load(args.out)
+    print(f"wrote {args.out}: {manifest.num_docs} documents, {manifest.index_factory}")
+    return 0
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from embedkit.index.tune import default_candidates, format_table, tune_index
+    from embedkit.io import atomic_write
+
+    queries = None
+    if args.queries:
+        from embedkit.data.queries import load_queries
+        from embedkit.index.lifecycle import encoder_for
+
+        encoder = encoder_for(args.index, model=args.model, device=args.device, batch_size=args.batch_size)
+        queries = encoder.encode_queries(list(load_queries(args.queries).values()))
+    candidates = None
+    if args.kinds:
+        from embedkit.index.base import Index
+
+        index = Index.load(args.index)
+        wanted = set(args.kinds.split(","))
+        candidates = [c for c in default_candidates(index.manifest.num_docs, index.manifest.encoder.dim) if c.name in wanted]
+    results = tune_index(args.index, queries=queries, num_queries=args.num_queries, candidates=candidates, k=args.k)
+    table = format_table(results, k=args.k)
+    print(table)
+    if args.output:
+        with atomic_write(args.output) as handle:
+            handle.write(table + "\n")
+    return 0

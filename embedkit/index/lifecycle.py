@@ -1,0 +1,338 @@
+"""Keep a dense index up to date without rebuilding it: add/upsert, remove, compact, merge.
+
+    from embedkit.data import iter_documents
+    from embedkit.index.lifecycle import add_documents, remove_documents, compact_index, merge_indexes
+
+    add_documents("indexes/mine", iter_documents("new.jsonl"))     # new ids inserted, existing ids replaced
+    remove_documents("indexes/mine", ["doc7", "doc9"])
+    compact_index("indexes/mine")                                 # rebuild without masked (deleted) rows
+    merge_indexes(["shards/", "indexes/other"], "indexes/all")    # encode shards and/or index folders
+
+Every update works on a copy of the folder and swaps it in when complete (`embedkit.io.atomic_directory`),
+under a lock, so a killed update leaves the old index intact and two concurrent updates cannot lose each
+other's changes. Documents are encoded with the encoder recorded in the manifest (same weights, prefixes,
+normalization and max length); anything else is refused. Where FAISS cannot remove vectors (HNSW), removed
+rows are listed in `deleted.npy` and masked at search time until `compact_index` rebuilds the index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from embedkit.data.corpus import Document
+from embedkit.encoding.config import EncoderSpec
+from embedkit.encoding.encoder import Encoder
+from embedkit.errors import DataFormatError, EmbedkitError, IndexFormatError, ModelMismatchError
+from embedkit.index.dense import (
+    DEFAULT_TRAIN_SAMPLE,
+    DELETED_NAME,
+    FAISS_NAME,
+    DenseIndex,
+    _write,
+)
+from embedkit.index.docstore import DOCSTORE_NAME, DocStore
+from embedkit.index.faiss_ops import try_remove
+from embedkit.index.manifest import HistoryEntry, IndexManifest
+from embedkit.io import atomic_directory
+
+# Fields of the encoder spec that change the vectors; the model name may differ (a local copy of the same weights).
+SPEC_FIELDS = ("fingerprint", "pooling", "normalize", "passage_prefix", "query_prefix", "max_length", "dim")
+READ_BATCH = 8192
+
+
+@dataclass
+class UpdateReport:
+    """What an update did, also recorded in the manifest's history."""
+
+    action: str
+    added: int = 0
+    replaced: int = 0
+    removed: int = 0
+    missing: list[str] = field(default_factory=list)
+    masked: int = 0
+    num_docs: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{self.action}: {self.num_docs} documents now"]
+        for name in ("added", "replaced", "removed"):
+            if getattr(self, name):
+                parts.append(f"{getattr(self, name)} {name}")
+        if self.missing:
+            parts.append(f"{len(self.missing)} ids not in the index")
+        if self.masked:
+            parts.append(f"{self.masked} deleted rows masked until `embedkit index compact`")
+        return ", ".join(parts)
+
+
+def check_encoder(spec: EncoderSpec, encoder: Encoder) -> None:
+    """Refuse an encoder whose settings would produce vectors unlike the index's."""
+    given = encoder.spec
+    differing = [name for name in SPEC_FIELDS if getattr(given, name) != getattr(spec, name)]
+    if differing:
+        details = "; ".join(f"{name}: index {getattr(spec, name)!r}, encoder {getattr(given, name)!r}" for name in differing)
+        raise ModelMismatchError(f"the encoder differs from the one the index was built with ({details})")
+
+
+def encoder_for(path: str | Path, *, encoder: Encoder | None = None, model: str | None = None,
+                device: str = "auto", batch_size: int = 64) -> Encoder:
+    """The encoder recorded in an index's manifest (or `encoder`, after checking it matches)."""
+    manifest = _dense_manifest(Path(path))
+    if encoder is not None:
+        check_encoder(manifest.encoder, encoder)
+        return encoder
+    return Encoder.from_spec(manifest.encoder, model_path=model, device=device, batch_size=batch_size)
+
+
+def add_documents(path: str | Path, documents: Iterable[Document], *, encoder: Encoder | None = None,
+                  model: str | None = None, device: str = "auto", batch_size: int = 64,
+                  source: str | None = None, quiet: bool = True) -> UpdateReport:
+    """Encode and insert documents; a document whose id is already indexed replaces it (upsert)."""
+    encoder = encoder_for(path, encoder=encoder, model=model, device=device, batch_size=batch_size)
+    with _update(Path(path), "add", source) as update:
+        for docs, vectors in encoder.iter_encoded(documents, quiet=quiet):
+            update.upsert(docs, vectors)
+        return update.report
+
+
+def add_vectors(path: str | Path, documents: Sequence[Document], vectors: np.ndarray, *,
+                spec: EncoderSpec | None = None, source: str | None = None) -> UpdateReport:
+    """Upsert documents whose vectors were computed elsewhere; `spec` (when given) must match the index's."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if len(vectors) != len(documents):
+        raise EmbedkitError(f"{len(vectors)} vectors for {len(documents)} documents")
+    with _update(Path(path), "add", source) as update:
+        if spec is not None:
+            differing = [name for name in SPEC_FIELDS if getattr(spec, name) != getattr(update.manifest.encoder, name)]
+            if differing:
+                raise ModelMismatchError(f"vectors come from a different encoder (differs in {', '.join(differing)})")
+        for start in range(0, len(documents), READ_BATCH):
+            update.upsert(list(documents[start : start + READ_BATCH]), vectors[start : start + READ_BATCH])
+        return update.report
+
+
+def remove_documents(path: str | Path, ids: Iterable[str], *, source: str | None = None) -> UpdateReport:
+    """Delete documents by id; ids not in the index are reported in `missing`, not an error."""
+    with _update(Path(path), "remove", source) as update:
+        iterator = iter(ids)
+        while batch := list(islice(iterator, READ_BATCH)):
+            update.remove(batch)
+        return update.report
+
+
+def compact_index(path: str | Path, *, factory: str | None = None, train_sample: int = DEFAULT_TRAIN_SAMPLE,
+                  store_vectors: str | None = None) -> UpdateReport:
+    """Rebuild the index from its live documents' vectors (no re-encoding): drops masked rows, retrains IVF/PQ.
+
+    `factory` switches the index kind at the same time (e.g. to HNSW32 once the corpus grew).
+    """
+    path = Path(path)
+    with _locked(path):
+        index = _open_dense(path)
+        manifest = index.manifest
+        _require_vectors(index, "compact")
+        chunks = _index_chunks(index)
+        stored = manifest.settings.get("vectors")
+        mode = store_vectors or (stored["dtype"] if stored else "auto")
+        masked = len(index.deleted_rows)
+        _write(path, chunks, manifest.encoder, factory=factory or manifest.index_factory or "Flat",
+               metric=manifest.metric or "ip", train_sample=train_sample, overwrite=True, corpus=manifest.corpus,
+               store_vectors=mode, history=manifest.history, action="compact", created_at=manifest.created_at)
+    return UpdateReport(action="compact", removed=masked, num_docs=IndexManifest.load(path).num_docs)
+
+
+def merge_indexes(inputs: Sequence[str | Path], out: str | Path, *, factory: str | None = None,
+                  metric: str | None = None, train_sample: int = DEFAULT_TRAIN_SAMPLE, overwrite: bool = False,
+                  store_vectors: str = "auto") -> Path:
+    """One index from index folders and/or encode-shard folders (`embedkit encode --out`), in the given order.
+
+    All inputs must come from the same encoder; document ids must be unique across inputs.
+    """
+    from embedkit.encoding.shards import is_shard_folder, open_shards
+
+    if not inputs:
+        raise EmbedkitError("nothing to merge: give index folders or encode-shard folders")
+    sources: list = []
+    for item in inputs:
+        item = Path(item)
+        sources.append(open_shards(item) if is_shard_folder(item) else _open_dense(item))
+    first = sources[0]
+    spec: EncoderSpec = first.spec
+    for source, item in zip(sources[1:], inputs[1:], strict=True):
+        differing = [name for name in SPEC_FIELDS if getattr(source.spec, name) != getattr(spec, name)]
+        if differing:
+            raise ModelMismatchError(f"{item} was encoded differently from {inputs[0]} ({', '.join(differing)} differ)")
+    indexes = [source for source in sources if isinstance(source, DenseIndex)]
+    for index in indexes:
+        _require_vectors(index, "merge")
+    factory = factory or (indexes[0].manifest.index_factory if indexes else None) or "Flat"
+    metric = metric or (indexes[0].manifest.metric if indexes else None) or "ip"
+
+    def chunks() -> Iterator[tuple[list[Document], np.ndarray]]:
+        for source in sources:
+            yield from (_index_chunks(source) if isinstance(source, DenseIndex) else source.iter_chunks())
+
+    history = [HistoryEntry(action="merge", documents=None, source=", ".join(str(item) for item in inputs))]
+    try:
+        return _write(out, chunks(), spec, factory=factory, metric=metric, train_sample=train_sample,
+                      overwrite=overwrite, corpus=None, store_vectors=store_vectors, history=history, action="build")
+    except DataFormatError as error:
+        raise EmbedkitError(f"cannot merge: {error}; document ids must be unique across the merged inputs") from None
+
+
+# --- internals -------------------------------------------------------------------------------------------
+
+
+def _dense_manifest(path: Path) -> IndexManifest:
+    manifest = IndexManifest.load(path)
+    if manifest.kind != "dense" or manifest.encoder is None:
+        raise IndexFormatError(f"{path} is a {manifest.kind} index; only dense indexes can be updated this way")
+    manifest.check_files(path)
+    return manifest
+
+
+def _open_dense(path: Path) -> DenseIndex:
+    return DenseIndex(path, _dense_manifest(path))
+
+
+def _require_vectors(index: DenseIndex, what: str) -> None:
+    if not index.vectors_exact:
+        raise EmbedkitError(
+            f"cannot {what} {index.path}: its FAISS index is lossy ({index.manifest.index_factory}) and the folder "
+            "keeps no copy of the vectors (indexes built by older embedkit); rebuild it with `embedkit index build`"
+        )
+
+
+def _index_chunks(index: DenseIndex) -> Iterator[tuple[list[Document], np.ndarray]]:
+    batch: list[tuple[int, Document]] = []
+    for item in index.docstore.iter_documents():
+        batch.append(item)
+        if len(batch) == READ_BATCH:
+            yield _materialize(index, batch)
+            batch = []
+    if batch:
+        yield _materialize(index, batch)
+
+
+def _materialize(index: DenseIndex, batch: list[tuple[int, Document]]) -> tuple[list[Document], np.ndarray]:
+    rows = np.array([row for row, _ in batch], dtype=np.int64)
+    return [doc for _, doc in batch], index.vectors(rows)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside the index folder, so concurrent updates run one after the other."""
+    lock_path = path.with_name(f".{path.name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class _Update:
+    """An index folder being changed in a temporary copy."""
+
+    def __init__(self, source: Path, folder: Path, action: str) -> None:
+        import faiss
+
+        self.folder = folder
+        self.manifest = _dense_manifest(source).model_copy(deep=True)
+        for name in self.manifest.files:
+            if name != FAISS_NAME:  # the FAISS index is read into memory and written anew
+                shutil.copyfile(source / name, folder / name)
+        self.index = faiss.read_index(str(source / FAISS_NAME))
+        self.store = DocStore(folder / DOCSTORE_NAME, readonly=False)
+        deleted = folder / DELETED_NAME
+        self.deleted: set[int] = set(np.load(deleted).tolist()) if deleted.is_file() else set()
+        self.dim = self.manifest.encoder.dim
+        settings = self.manifest.settings
+        if "next_row" not in settings:  # indexes written before rows were tracked in the manifest
+            settings["next_row"] = max(self.store.next_row(), max(self.deleted, default=-1) + 1)
+        self.report = UpdateReport(action=action)
+
+    def upsert(self, docs: list[Document], vectors: np.ndarray) -> None:
+        if vectors.shape != (len(docs), self.dim):
+            raise EmbedkitError(f"expected vectors of shape ({len(docs)}, {self.dim}), got {vectors.shape}")
+        last = {doc.id: position for position, doc in enumerate(docs)}  # a repeated id: the last one wins
+        if len(last) < len(docs):
+            keep = sorted(last.values())
+            docs, vectors = [docs[i] for i in keep], vectors[keep]
+        existing = self.store.row_of([doc.id for doc in docs])
+        self._delete_rows(np.array(sorted(existing.values()), dtype=np.int64))
+        start = int(self.manifest.settings["next_row"])
+        rows = np.arange(start, start + len(docs), dtype=np.int64)
+        self.store.add(rows.tolist(), docs)
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), rows)
+        self._store_vectors(start, vectors)
+        self.manifest.settings["next_row"] = start + len(docs)
+        self.report.replaced += len(existing)
+        self.report.added += len(docs) - len(existing)
+
+    def remove(self, ids: list[str]) -> None:
+        existing = self.store.row_of(ids)
+        self.report.missing += [doc_id for doc_id in dict.fromkeys(ids) if doc_id not in existing]
+        self._delete_rows(np.array(sorted(existing.values()), dtype=np.int64))
+        self.report.removed += len(existing)
+
+    def _delete_rows(self, rows: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        self.store.delete_rows(rows.tolist())
+        if not try_remove(self.index, rows):
+            self.deleted.update(rows.tolist())
+
+    def _store_vectors(self, start: int, vectors: np.ndarray) -> None:
+        stored = self.manifest.settings.get("vectors")
+        if not stored:
+            return
+        dtype = np.dtype(stored["dtype"])
+        row_bytes = self.dim * dtype.itemsize
+        with open(self.folder / stored["file"], "r+b") as handle:
+            handle.truncate(start * row_bytes)  # rows are dense in the file: row r at offset r·row_bytes
+            handle.seek(start * row_bytes)
+            handle.write(np.ascontiguousarray(vectors, dtype=dtype).tobytes())
+
+    def finish(self, source: str | None) -> None:
+        import faiss
+
+        from embedkit import __version__
+
+        self.store.close()
+        faiss.write_index(self.index, str(self.folder / FAISS_NAME))
+        deleted_path = self.folder / DELETED_NAME
+        if self.deleted:
+            with open(deleted_path, "wb") as handle:
+                np.save(handle, np.array(sorted(self.deleted), dtype=np.int64))
+        elif deleted_path.exists():
+            deleted_path.unlink()
+        num_docs = len(DocStore(self.folder / DOCSTORE_NAME))
+        report = self.report
+        report.num_docs, report.masked = num_docs, len(self.deleted)
+        entry = HistoryEntry(action=report.action, documents=report.added + report.replaced or report.removed,
+                             source=source, added=report.added, replaced=report.replaced, removed=report.removed,
+                             missing=len(report.missing), masked=len(self.deleted), num_docs=num_docs)
+        self.manifest.num_docs = num_docs
+        self.manifest.embedkit_version = __version__
+        self.manifest.history.append(entry)
+        self.manifest.record_files(self.folder)
+        self.manifest.save(self.folder)
+
+
+@contextlib.contextmanager
+def _update(path: Path, action: str, source: str | None) -> Iterator[_Update]:
+    with _locked(path):
+        _dense_manifest(path)  # fail before copying anything
+        with atomic_directory(path, overwrite=True) as folder:
+            update = _Update(path, folder, action)
+            yield update
+            update.finish(source)
