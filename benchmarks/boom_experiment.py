@@ -92,7 +92,7 @@ def main() -> int:
     parser.add_argument("--work-dir", default="/tmp/embedkit-boom-exp")
     parser.add_argument("--train-max-seq-length", type=int, default=64)
     parser.add_argument("--eval-max-length", type=int, default=128)
-    parser.add_argument("--corpus-cap", type=int, default=1000, help="0: full corpora")
+    parser.add_argument("--corpus-cap", type=int, default=500, help="0: full corpora")
     parser.add_argument("--hotpot-negatives", type=int, default=1, help="hard negatives per HotpotQA question")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
