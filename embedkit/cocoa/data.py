@@ -9,15 +9,12 @@ images are placed by the sequence builder), plus optional `qry_instruction` / `p
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedkit.errors import DataFormatError
-from embedkit.multimodal.sequence import MultimodalInput
-
-_PLACEHOLDER = re.compile(r"<\|image_\d+\|>")
+from embedkit.multimodal.sequence import MultimodalInput, clean_text
 
 
 @dataclass(frozen=True)
@@ -25,14 +22,6 @@ class ContrastivePair:
     query: MultimodalInput
     positive: MultimodalInput
     negatives: list[MultimodalInput] = field(default_factory=list)
-
-
-def clean_text(text: str | None) -> str | None:
-    """Drop MMEB/Phi-3-V image placeholders and surrounding blank space; empty becomes None."""
-    if text is None:
-        return None
-    cleaned = _PLACEHOLDER.sub("", str(text)).strip()
-    return cleaned or None
 
 
 def _json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:

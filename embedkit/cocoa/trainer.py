@@ -57,7 +57,12 @@ class CocoaTrainer:
     def __init__(self, config: CocoaConfig, *, init: str | Path | None = None,
                  loaded: LoadedVLM | None = None) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, PartialState
 
+        # accelerate keeps one process-wide state; in a single process (tests, notebooks, benchmarks) a new
+        # trainer may ask for another precision, so start that state afresh.
+        if AcceleratorState._shared_state and PartialState().num_processes == 1:
+            AcceleratorState._reset_state()
         self.config = config
         self.init = str(init or config.model.name_or_path)
         device = pick_device(config.run.device)
@@ -122,9 +127,7 @@ class CocoaTrainer:
         phase_dir = Path(self.config.run.output_dir) / "pretrain"
         checkpoint = latest_checkpoint(phase_dir) if resume else None
         state = _read_state(checkpoint) if checkpoint else {"stage": "stage1", "step": 0}
-        self._prepare_model(adapter_dir=checkpoint if (checkpoint and self.config.model.lora) else None)
-        if checkpoint is not None:
-            self._load_checkpoint(checkpoint)
+        self._start_from(checkpoint)
         stages = [("stage1", self.config.stage1.steps, self.config.stage1.learning_rate, self._stage1_step),
                   ("stage2", self.config.stage2.steps, self.config.stage2.learning_rate, self._stage2_step)]
         order = [name for name, *_ in stages]
@@ -143,9 +146,7 @@ class CocoaTrainer:
         phase_dir = Path(self.config.run.output_dir) / "contrastive"
         checkpoint = latest_checkpoint(phase_dir) if resume else None
         state = _read_state(checkpoint) if checkpoint else {"stage": "stage3", "step": 0}
-        self._prepare_model(adapter_dir=checkpoint if (checkpoint and self.config.model.lora) else None)
-        if checkpoint is not None:
-            self._load_checkpoint(checkpoint)
+        self._start_from(checkpoint)
         settings = self.config.stage3
         self._run_stage(phase_dir, "stage3", settings.steps, settings.learning_rate, state["step"], pairs,
                         self._stage3_step, checkpoint / OPTIMIZER_NAME if checkpoint else None)
@@ -264,19 +265,18 @@ class CocoaTrainer:
             }, indent=2), encoding="utf-8")
         _prune(phase_dir, self.config.run.keep_checkpoints)
 
-    def _load_checkpoint(self, checkpoint: Path) -> None:
-        log.info("resuming from %s", checkpoint)
-        if self.config.model.lora is None:
-            from safetensors.torch import load_file
-
-            weights: dict[str, torch.Tensor] = {}
-            for shard in sorted(checkpoint.glob("*.safetensors")):
-                weights.update(load_file(str(shard)))
-            missing, unexpected = unwrap(self.vlm.model).load_state_dict(weights, strict=False)
-            if unexpected:
-                raise EmbedkitError(f"{checkpoint}: weights do not fit the model ({unexpected[:3]}...)")
-        heads = checkpoint / HEADS_NAME
-        if heads.exists():
+    def _start_from(self, checkpoint: Path | None) -> None:
+        """Set the model up for training, from a checkpoint's weights (or LoRA adapter) when resuming."""
+        lora = self.config.model.lora
+        if checkpoint is not None:
+            log.info("resuming from %s", checkpoint)
+            if lora is None and not self._lora_applied:
+                settings = self.config.model
+                self.vlm.model = load_vlm(checkpoint, device=str(self.device), dtype=settings.dtype,
+                                          attn_implementation=settings.attn_implementation).model
+        self._prepare_model(adapter_dir=checkpoint if (checkpoint is not None and lora is not None) else None)
+        heads = checkpoint / HEADS_NAME if checkpoint is not None else None
+        if heads is not None and heads.exists():
             self.heads.load_state_dict(torch.load(heads, map_location="cpu", weights_only=True))
 
     def _export(self, phase_dir: Path) -> Path:

@@ -11,6 +11,7 @@ so the same sequence can be read under any stage's attention rules.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -32,6 +33,20 @@ class Segment(IntEnum):
     EOS = 5
     TARGET = 6  # stage-2 text to reconstruct from <EOS>
     TARGET_IMAGE = 7  # stage-2 query slots that regress image patches from <EOS>
+
+
+_PLACEHOLDER = re.compile(r"<\|image_\d+\|>")
+
+
+def clean_text(text: str | None) -> str | None:
+    """Drop MMEB/Phi-3-V image placeholders (`<|image_1|>`) and surrounding blank space; empty -> None.
+
+    Images are placed by `encode_batch`, so datasets' inline placeholders must not reach the tokenizer.
+    """
+    if text is None:
+        return None
+    cleaned = _PLACEHOLDER.sub("", str(text)).strip()
+    return cleaned or None
 
 
 CONTENT_SEGMENTS = (Segment.INSTRUCTION, Segment.TEXT, Segment.VISION_MARK, Segment.IMAGE)

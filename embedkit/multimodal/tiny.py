@@ -140,3 +140,17 @@ def build_tiny_vlm(out: str | Path, family: Family = "qwen2-vl", *, seed: int = 
         tokenizer.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     return out
+
+
+_CACHE: dict[tuple, Path] = {}
+
+
+def cached_tiny_vlm(family: Family = "qwen2-vl", **options) -> Path:
+    """`build_tiny_vlm` once per process and option set, into a temporary folder (tests, examples)."""
+    import tempfile
+
+    key = (family, tuple(sorted(options.items())))
+    if key not in _CACHE or not (_CACHE[key] / "config.json").exists():
+        folder = Path(tempfile.mkdtemp(prefix="embedkit-tiny-vlm-"))
+        _CACHE[key] = build_tiny_vlm(folder / "model", family, **options)
+    return _CACHE[key]
