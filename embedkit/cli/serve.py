@@ -1,0 +1,114 @@
+"""`embedkit serve`: a retrieval server (FastAPI/uvicorn) speaking Search-R1's `/retrieve` protocol."""
+
+from __future__ import annotations
+
+import argparse
+
+from embedkit.cli._common import add_command
+
+EXAMPLES = """\
+  embedkit serve indexes/wiki                                  # http://127.0.0.1:8000/retrieve, docs at /docs
+  embedkit serve indexes/wiki --bm25 indexes/wiki-bm25 --retrieve-mode hybrid --port 8001
+  EMBEDKIT_API_KEY=secret embedkit serve indexes/wiki --host 0.0.0.0
+  embedkit serve --config configs/serve.yaml
+  curl -s localhost:8000/retrieve -H 'content-type: application/json' \\
+       -d '{"queries": ["who wrote Hamlet?"], "topk": 3, "return_scores": true}'
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = add_command(
+        subparsers,
+        "serve",
+        serve,
+        help="serve indexes over HTTP (Search-R1 /retrieve, /search, /health, /info)",
+        description=(
+            "Serve a dense and/or a BM25 index over HTTP. POST /retrieve is wire-compatible with Search-R1's\n"
+            "retrieval server, so agent training loops (Search-R1, verl's search tool) can use it unchanged.\n"
+            "Concurrent requests are micro-batched into one encoder call. Binds 127.0.0.1 unless --host says\n"
+            "otherwise; set --api-key or $EMBEDKIT_API_KEY to require 'Authorization: Bearer <key>'."
+        ),
+        examples=EXAMPLES,
+    )
+    parser.add_argument("index", nargs="?", help="main index folder (dense or bm25)")
+    parser.add_argument("--bm25", help="BM25 index folder for bm25 and hybrid modes")
+    parser.add_argument("--config", help="YAML file with ServerConfig settings (command-line options win)")
+    parser.add_argument("--host", help="interface to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: 8000)")
+    parser.add_argument("--api-key", help="require this bearer token (default: $EMBEDKIT_API_KEY, else no auth)")
+    parser.add_argument("--retrieve-mode", choices=["dense", "bm25", "hybrid"],
+                        help="what /retrieve searches (default: the main index's kind)")
+    parser.add_argument("--default-topk", type=int, help="topk when a /retrieve request omits it (default: 3)")
+    group = parser.add_argument_group("limits")
+    group.add_argument("--max-topk", type=int, help="largest topk/k accepted (default: 100)")
+    group.add_argument("--max-queries", type=int, help="queries per request (default: 256)")
+    group.add_argument("--max-query-length", type=int, help="characters per query (default: 4096)")
+    group = parser.add_argument_group("micro-batching")
+    group.add_argument("--max-batch-size", type=int, help="queries per encoder call (default: 128)")
+    group.add_argument("--max-wait-ms", type=float, help="wait for more requests before a call (default: 2)")
+    group.add_argument("--no-batching", action="store_true", help="one encoder call per request")
+    group = parser.add_argument_group("hybrid")
+    from embedkit.hybrid.cli_search import FUSION_METHODS
+
+    group.add_argument("--fusion", choices=sorted(FUSION_METHODS), help="default fusion of hybrid mode (default: rrf)")
+    group.add_argument("--alpha", type=float, help="weight of the dense ranking for interpolation")
+    group.add_argument("--hybrid-depth", type=int, help="hits per index entering fusion (default: 100)")
+    parser.add_argument("--device", help="encoder device: auto, cpu, cuda, mps")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def config_from_args(args: argparse.Namespace):
+    from embedkit.errors import EmbedkitError
+    from embedkit.server.config import ServerConfig
+
+    overrides: dict = {}
+    for name, key in (("index", "index"), ("bm25", "bm25"), ("host", "host"), ("port", "port"),
+                      ("api_key", "api_key"), ("retrieve_mode", "retrieve_mode"), ("default_topk", "default_topk"),
+                      ("hybrid_depth", "hybrid_depth"), ("device", "device")):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[key] = value
+    limits = {key: getattr(args, name) for name, key in (("max_topk", "max_topk"), ("max_queries", "max_queries"),
+                                                          ("max_query_length", "max_query_chars"))
+              if getattr(args, name) is not None}
+    batching = {key: getattr(args, key) for key in ("max_batch_size", "max_wait_ms") if getattr(args, key) is not None}
+    if args.no_batching:
+        batching["enabled"] = False
+    fusion = {key: getattr(args, name) for name, key in (("fusion", "method"), ("alpha", "alpha"))
+              if getattr(args, name) is not None}
+    if args.config:
+        base = ServerConfig.from_yaml(args.config)
+    else:
+        base = ServerConfig()
+    data = base.model_dump()
+    data.update(overrides)
+    data["limits"] = {**data["limits"], **limits}
+    data["batching"] = {**data["batching"], **batching}
+    data["fusion"] = {**data["fusion"], **fusion}
+    from pydantic import ValidationError
+
+    try:
+        config = ServerConfig.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise EmbedkitError(f"bad server settings: {problems}") from None
+    if config.index is None and config.bm25 is None:
+        raise EmbedkitError("nothing to serve: give an index folder (and/or --bm25 FOLDER)")
+    return config
+
+
+def serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from embedkit.server.app import create_app
+
+    config = config_from_args(args)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and config.resolved_api_key() is None:
+        logging.getLogger("embedkit.serve").warning(
+            "serving on %s without an API key: anyone who can reach this port can query the index "
+            "(set --api-key or $EMBEDKIT_API_KEY)", config.host)
+    app = create_app(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
+    return 0

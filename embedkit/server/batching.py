@@ -1,0 +1,131 @@
+"""Micro-batching: gather the queries of concurrent requests into one search call.
+
+Requests put their queries on an asyncio queue. One worker coroutine takes the first waiting request,
+collects others that arrive within `max_wait_ms` (or are already queued, which is the common case under
+load because they piled up while the previous call ran) up to `max_batch_size` queries, and runs a single
+`search(texts, k)` on a worker thread. So the encoder does one forward pass for many requests and the
+event loop stays free to accept more. With batching disabled each request gets its own call (same thread,
+same order), which is the baseline `benchmarks/serve_load.py` compares against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from embedkit.index.base import Hit
+
+SearchFn = Callable[[list[str], int], list[list[Hit]]]
+
+
+@dataclass
+class _Request:
+    queries: list[str]
+    k: int
+    future: asyncio.Future
+
+
+@dataclass
+class BatchStats:
+    requests: int = 0
+    queries: int = 0
+    calls: int = 0
+    largest_call: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"requests": self.requests, "queries": self.queries, "calls": self.calls,
+                "largest_call": self.largest_call,
+                "mean_queries_per_call": round(self.queries / self.calls, 2) if self.calls else 0.0}
+
+
+@dataclass
+class MicroBatcher:
+    """`await batcher.submit(queries, k)` → hits per query; calls `search` on `executor` with batches."""
+
+    search: SearchFn
+    executor: Executor
+    max_batch_size: int = 128
+    max_wait_ms: float = 2.0
+    enabled: bool = True
+    stats: BatchStats = field(default_factory=BatchStats)
+
+    def __post_init__(self) -> None:
+        self._queue: asyncio.Queue[_Request] | None = None
+        self._held: _Request | None = None  # arrived, but would have overfilled the previous batch
+        self._worker: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._run(), name="embedkit-microbatcher")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def submit(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        if not queries:
+            return []
+        if self._queue is None:
+            raise RuntimeError("MicroBatcher.start() was not called")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Request(list(queries), k, future))
+        return await future
+
+    async def _next_batch(self) -> list[_Request]:
+        assert self._queue is not None
+        first = self._held if self._held is not None else await self._queue.get()
+        self._held = None
+        batch, size = [first], len(first.queries)
+        if not self.enabled:
+            return batch
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_ms / 1000
+        while size < self.max_batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                # Sleep, then drain: cancelling a pending queue.get() on timeout can lose an item.
+                await asyncio.sleep(remaining)
+                continue
+            if size + len(item.queries) > self.max_batch_size:
+                self._held = item
+                break
+            batch.append(item)
+            size += len(item.queries)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            live = [item for item in batch if not item.future.done()]  # a client may have gone away
+            if not live:
+                continue
+            texts = [query for item in live for query in item.queries]
+            k = max(item.k for item in live)
+            self.stats.requests += len(live)
+            self.stats.queries += len(texts)
+            self.stats.calls += 1
+            self.stats.largest_call = max(self.stats.largest_call, len(texts))
+            try:
+                results = await loop.run_in_executor(self.executor, self.search, texts, k)
+            except Exception as error:  # handed to every waiting request; the worker keeps serving
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                continue
+            start = 0
+            for item in live:
+                part = results[start:start + len(item.queries)]
+                start += len(item.queries)
+                if not item.future.done():
+                    item.future.set_result([hits[:item.k] for hits in part])

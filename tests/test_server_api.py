@@ -1,0 +1,302 @@
+"""The real server (uvicorn on a free local port): Search-R1's /retrieve wire format, auth, limits, bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+DOCS = [
+    {"_id": "d1", "title": "Cats", "text": "Cats are small domesticated felines that purr and hunt mice."},
+    {"_id": "d2", "title": "Dogs", "text": "Dogs are loyal companions that bark and love to play fetch."},
+    {"_id": "d3", "title": "FAISS", "text": "FAISS is a library for fast similarity search over dense vectors."},
+    {"_id": "d4", "title": "Volcano", "text": "A volcano erupts when molten rock rises through the crust."},
+    {"_id": "d5", "title": "Bread", "text": "Bread is baked from flour, water, salt and yeast."},
+    {"_id": "d6", "title": "Python", "text": "Python is a programming language with readable syntax."},
+    {"_id": "d7", "title": "Kittens", "text": "Kittens are young cats; they purr, play and sleep a lot."},
+    {"_id": "d8", "title": "", "text": "Lava flows from an erupting volcano and cools into basalt."},
+]
+
+
+def write_corpus(folder: Path) -> Path:
+    path = folder / "corpus.jsonl"
+    path.write_text("".join(json.dumps(doc) + "\n" for doc in DOCS), encoding="utf-8")
+    return path
+
+
+def build_indexes(folder: Path, encoder) -> tuple[Path, Path]:
+    from embedkit.data import iter_documents
+    from embedkit.index import build_dense_index
+    from embedkit.lexical import BM25Settings, build_bm25_index
+
+    corpus = write_corpus(folder)
+    dense = build_dense_index(iter_documents(corpus), encoder, folder / "dense", quiet=True)
+    bm25 = build_bm25_index(iter_documents(corpus), folder / "bm25", BM25Settings(backend="bm25s"))
+    return Path(dense), Path(bm25)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(app, port: int) -> Iterator[str]:
+    """Run `app` under a real uvicorn on 127.0.0.1:port in a thread; yields the base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+KEY = "test-secret-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def indexes(tmp_path_factory, minilm_encoder):
+    return build_indexes(tmp_path_factory.mktemp("server-indexes"), minilm_encoder)
+
+
+@pytest.fixture(scope="module")
+def server(indexes, minilm_encoder):
+    from embedkit.index import Index
+    from embedkit.server.app import create_app
+    from embedkit.server.config import BatchingConfig, Limits, ServerConfig
+    from embedkit.server.service import RetrievalService
+
+    dense, bm25 = indexes
+    config = ServerConfig(index=str(dense), bm25=str(bm25), api_key=KEY,
+                          limits=Limits(max_topk=5, max_queries=4, max_query_chars=200),
+                          batching=BatchingConfig(max_batch_size=64, max_wait_ms=5))
+    service = RetrievalService(config, {"dense": Index.load(dense, encoder=minilm_encoder), "bm25": Index.load(bm25)})
+    with running_server(create_app(config, service), free_port()) as url:
+        yield url
+
+
+def post(server: str, path: str, payload=None, *, content: bytes | None = None, headers=None) -> httpx.Response:
+    headers = {**AUTH, **(headers or {})}
+    if content is not None:
+        headers.setdefault("content-type", "application/json")
+        return httpx.post(server + path, content=content, headers=headers, timeout=60)
+    return httpx.post(server + path, json=payload, headers=headers, timeout=60)
+
+
+def test_retrieve_with_scores_matches_search_r1_wire_format(server):
+    response = post(server, "/retrieve", {"queries": ["cats that purr", "erupting volcano"], "topk": 3,
+                                          "return_scores": True})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    # Field names and nesting exactly as Search-R1's server writes them.
+    assert response.content.startswith(b'{"result":[[{"document":{"id":"')
+    body = response.json()
+    assert list(body) == ["result"]
+    assert len(body["result"]) == 2 and all(len(hits) == 3 for hits in body["result"])
+    for hits in body["result"]:
+        for item in hits:
+            assert list(item) == ["document", "score"]
+            assert list(item["document"]) == ["id", "contents"]
+            assert isinstance(item["score"], float)
+        scores = [item["score"] for item in hits]
+        assert scores == sorted(scores, reverse=True)
+    first = body["result"][0][0]["document"]
+    assert first["id"] in {"d1", "d7"}
+    title = {"d1": "Cats", "d7": "Kittens"}[first["id"]]
+    assert first["contents"].startswith(title + "\n") and "purr" in first["contents"]
+    assert body["result"][1][0]["document"]["id"] in {"d4", "d8"}
+    untitled = next(item["document"] for hits in body["result"] for item in hits if item["document"]["id"] == "d8")
+    assert untitled["contents"].startswith("Lava flows")  # no title: no leading newline
+
+
+def test_retrieve_without_scores_returns_plain_documents(server):
+    body = post(server, "/retrieve", {"queries": ["bread baking"], "topk": 2, "return_scores": False}).json()
+    assert [list(doc) for doc in body["result"][0]] == [["id", "contents"], ["id", "contents"]]
+    assert body["result"][0][0]["id"] == "d5"
+
+
+def test_retrieve_defaults_topk_to_three_and_accepts_empty_batches(server):
+    for payload in ({"queries": ["python syntax"]}, {"queries": ["python syntax"], "topk": None}):
+        body = post(server, "/retrieve", payload).json()
+        assert len(body["result"][0]) == 3 and list(body["result"][0][0]) == ["id", "contents"]
+    assert post(server, "/retrieve", {"queries": []}).json() == {"result": []}
+
+
+def test_auth_is_required_with_a_key(server):
+    payload = {"queries": ["cats"], "topk": 1}
+    missing = httpx.post(server + "/retrieve", json=payload, timeout=30)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert "API key" in missing.json()["detail"]
+    wrong = httpx.post(server + "/retrieve", json=payload, headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 401
+    assert httpx.get(server + "/info", timeout=30).status_code == 401
+    assert httpx.get(server + "/health", timeout=30).status_code == 200  # liveness probes need no key
+    assert post(server, "/retrieve", payload).status_code == 200
+
+
+@pytest.mark.parametrize(("payload", "status", "message"), [
+    ({"queries": ["cats"], "topk": 6}, 422, "between 1 and 5"),
+    ({"queries": ["cats"], "topk": 0}, 422, "between 1 and 5"),
+    ({"queries": ["q"] * 5, "topk": 1}, 413, "limit is 4"),
+    ({"queries": ["x" * 201], "topk": 1}, 413, "limit is 200"),
+])
+def test_limits_answer_4xx_with_a_clear_message(server, payload, status, message):
+    response = post(server, "/retrieve", payload)
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+
+
+@pytest.mark.parametrize("content", [
+    b'{"queries": ["cats"', b"not json", b"", b"[]", b'{"queries": "cats"}', b'{"queries": [1, 2]}',
+    b'{"topk": 3}', b'{"queries": ["cats"], "topk": "three"}', b'{"queries": ["cats"], "topk": 2.5}',
+    b'{"queries": ["\\ud800"]}', b'{"queries": null}',
+])
+def test_malformed_requests_get_422_not_500(server, content):
+    response = post(server, "/retrieve", content=content)
+    assert response.status_code == 422, response.text
+    assert "detail" in response.json()
+
+
+def test_search_modes_and_id_filters(server):
+    for mode in ("dense", "bm25", "hybrid"):
+        body = post(server, "/search", {"queries": ["volcano lava"], "mode": mode, "k": 2}).json()
+        assert body["mode"] == mode
+        hits = body["results"][0]
+        assert {hit["id"] for hit in hits} == {"d4", "d8"}, (mode, hits)
+        assert [hit["rank"] for hit in hits] == [1, 2] and set(hits[0]) == {"id", "title", "text", "score", "rank"}
+    excluded = post(server, "/search", {"queries": ["volcano lava"], "k": 2, "exclude_ids": ["d8"]}).json()
+    assert "d8" not in [hit["id"] for hit in excluded["results"][0]]
+    included = post(server, "/search", {"queries": ["volcano lava"], "k": 3, "include_ids": ["d2", "d5"]}).json()
+    assert {hit["id"] for hit in included["results"][0]} <= {"d2", "d5"}
+    fused = post(server, "/search", {"queries": ["kittens"], "mode": "hybrid", "k": 1,
+                                     "fusion": {"method": "interpolate", "alpha": 0.5}}).json()
+    assert fused["results"][0][0]["id"] == "d7"
+    bad = post(server, "/search", {"queries": ["x"], "mode": "sparse"})
+    assert bad.status_code == 422
+
+
+def test_info_and_health(server):
+    info = httpx.get(server + "/info", headers=AUTH, timeout=30).json()
+    assert info["modes"] == ["dense", "bm25", "hybrid"] and info["retrieve_mode"] == "dense"
+    assert info["indexes"]["dense"]["manifest"]["kind"] == "dense"
+    assert info["indexes"]["bm25"]["manifest"]["settings"]["k1"] == 0.9
+    assert info["limits"]["max_topk"] == 5 and info["auth"] is True
+    health = httpx.get(server + "/health", timeout=30).json()
+    assert health == {"status": "ok", "modes": ["dense", "bm25", "hybrid"], "documents": {"dense": 8, "bm25": 8}}
+    schema = httpx.get(server + "/openapi.json", timeout=30).json()
+    assert {"/retrieve", "/search", "/health", "/info"} <= set(schema["paths"])
+
+
+def test_concurrent_requests_each_get_their_own_answers(server):
+    queries = {"cats purr": {"d1", "d7"}, "dogs fetch": {"d2"}, "vector similarity search library": {"d3"},
+               "bread yeast flour": {"d5"}, "programming language syntax": {"d6"}, "lava basalt": {"d8", "d4"}}
+    jobs = list(queries.items()) * 4
+
+    def ask(item):
+        query, expected = item
+        body = post(server, "/retrieve", {"queries": [query], "topk": 1, "return_scores": True}).json()
+        return body["result"][0][0]["document"]["id"] in expected
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        assert all(pool.map(ask, jobs))
+    stats = httpx.get(server + "/info", headers=AUTH, timeout=30).json()["batching"]["stats"]["dense"]
+    assert stats["requests"] >= len(jobs) and stats["calls"] <= stats["requests"]
+
+
+def test_http_retriever_matches_in_process_retriever(server, indexes, minilm_encoder):
+    from agents.http_retriever import HttpRetriever, RetrievalClient, RetrievalError
+    from agents.retrieval import IndexRetriever, Retriever
+    from embedkit.index import Index
+
+    remote = HttpRetriever(server + "/retrieve", api_key=KEY, timeout=30, retries=0)
+    local = IndexRetriever(Index.load(indexes[0], encoder=minilm_encoder))
+    assert isinstance(remote, Retriever)
+    questions = ["young cats", "bread baking"]
+    got, want = remote.retrieve(questions, k=3), local.retrieve(questions, k=3)
+    assert [[p.id for p in hits] for hits in got] == [[p.id for p in hits] for hits in want]
+    assert got[0][0].title == want[0][0].title and got[0][0].text == want[0][0].text
+    assert got[0][0].score == pytest.approx(want[0][0].score, rel=1e-5)
+    with pytest.raises(RetrievalError) as refused:
+        HttpRetriever(server, api_key="wrong", retries=3, backoff=5).retrieve(["x"])  # 401: not retried
+    assert refused.value.status == 401
+    with RetrievalClient(server, api_key=KEY) as client:
+        assert client.search(["dogs"], k=1, mode="bm25")[0][0]["id"] == "d2"
+        assert client.health()["status"] == "ok"
+
+
+def test_http_retriever_retries_transport_failures_then_gives_up():
+    from agents.http_retriever import HttpRetriever, RetrievalError
+
+    retriever = HttpRetriever(f"http://127.0.0.1:{free_port()}", timeout=2, retries=2, backoff=0.01)
+    with pytest.raises(RetrievalError, match="after 3 attempts"):
+        retriever.retrieve(["anything"])
+
+
+def test_http_retriever_retries_503_and_succeeds():
+    from agents.http_retriever import HttpRetriever
+
+    answers = iter([httpx.Response(503, json={"detail": "busy"}),
+                    httpx.Response(200, json={"result": [[{"document": {"id": "7", "contents": "T\nbody"},
+                                                           "score": 1.5}]]})])
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return next(answers)
+
+    from agents.http_retriever import RetrievalClient
+
+    client = RetrievalClient("http://retriever", retries=2, backoff=0.01, transport=httpx.MockTransport(handler))
+    passages = HttpRetriever("unused", client=client).retrieve(["q"], k=1)
+    assert seen[0] == {"queries": ["q"], "topk": 1, "return_scores": True} and len(seen) == 2
+    assert passages[0][0].id == "7" and passages[0][0].title == "T" and passages[0][0].text == "body"
+
+
+# --- fuzzing from the OpenAPI schema: whatever schemathesis sends, the answer is never a 5xx -------------
+
+
+def test_fuzz_api_from_openapi_schema_finds_no_server_error(server):
+    """Positive and negative cases for every operation, generated by schemathesis from /openapi.json."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error, response_schema_conformance
+
+    schema = schemathesis.openapi.from_url(server + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/retrieve", "/search", "/health", "/info"}
+    calls: list[int] = []
+    for operation in operations:
+        for mode in schemathesis.GenerationMode:
+            if mode.name == "NEGATIVE" and operation.method.upper() == "GET":
+                continue  # no parameters, so nothing can be made invalid
+            checks = [not_a_server_error] + ([response_schema_conformance] if mode.name == "POSITIVE" else [])
+            _fuzzer(operation.as_strategy(generation_mode=mode), checks, calls, given, settings, HealthCheck)()
+    assert calls and all(status < 500 for status in calls)
+
+
+def _fuzzer(strategy, checks, calls, given, settings, health_check):
+    @given(case=strategy)
+    @settings(max_examples=6, deadline=None, database=None, suppress_health_check=list(health_check))
+    def fuzz(case):
+        calls.append(case.call_and_validate(headers=AUTH, checks=checks, timeout=60).status_code)
+
+    return fuzz
