@@ -81,8 +81,9 @@ def _runtime(home: str | Path) -> JavaRuntime | None:
     return runtime if runtime.libjvm is not None else None
 
 
-def installed_runtimes(roots: tuple[str, ...] | list[str] = JVM_ROOTS) -> list[JavaRuntime]:
-    """Every JVM found under `roots` and the one `java` on PATH belongs to, newest first."""
+def installed_runtimes(roots: tuple[str, ...] | list[str] | None = None) -> list[JavaRuntime]:
+    """Every JVM found under `roots` (default: JVM_ROOTS) and the one `java` on PATH belongs to, newest first."""
+    roots = JVM_ROOTS if roots is None else roots
     found: dict[Path, JavaRuntime] = {}
     for root in roots:
         folder = Path(root).expanduser()
@@ -100,7 +101,7 @@ def installed_runtimes(roots: tuple[str, ...] | list[str] = JVM_ROOTS) -> list[J
     return sorted(found.values(), key=lambda r: (-r.version, str(r.home)))
 
 
-def find_java(minimum: int = MIN_JAVA, *, roots: tuple[str, ...] | list[str] = JVM_ROOTS,
+def find_java(minimum: int = MIN_JAVA, *, roots: tuple[str, ...] | list[str] | None = None,
               environ: dict[str, str] | None = None) -> JavaRuntime | None:
     """The JVM to use: `JAVA_HOME` when it is new enough, else the newest installed one that is.
 
