@@ -113,6 +113,7 @@ class RLConfig(_Frozen):
     term: NamedConfig = NamedConfig()
     surgery: NamedConfig = NamedConfig()
     reward: NamedConfig = NamedConfig(name="exact_match")
+    metric_rewards: list[str] = Field(default_factory=list)  # extra rewards logged as metric/<name>, not trained on
     tool: ToolConfig = ToolConfig()
     trainer: TrainerConfig = TrainerConfig()
 
@@ -130,6 +131,7 @@ class RLConfig(_Frozen):
         checks = [(ADVANTAGE_ESTIMATORS, self.algorithm.estimator), (POLICY_TERMS, self.term.name),
                   (GRADIENT_SURGERY, self.surgery.name), (REWARDS, self.reward.name),
                   (ROLLOUT_STRATEGIES, self.rollout.strategy), (TASKS, self.task.name)]  # fmt: skip
+        checks += [(REWARDS, name) for name in self.metric_rewards]
         for registry, name in checks:
             if name not in registry:
                 raise ValueError(f"unknown {registry.kind} '{name}'; choose one of: {', '.join(registry.names())}")

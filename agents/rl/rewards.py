@@ -172,6 +172,25 @@ def math_equal(prediction: str, gold: str) -> bool:
     return x is not None and y is not None and x == y
 
 
+@REWARDS.register("closeness")
+def closeness(scale: float = 5.0, modulo: int | None = 10, format_penalty: float = 0.0) -> RewardFn:
+    """Dense numeric reward max(0, 1 − distance / scale) for the last `<answer>` (1 only when exact);
+    `modulo` measures the distance around a circle (digits mod 10). Toy tasks learn fast with it."""
+
+    def score(response: str, gt: Any) -> float:
+        pred = extract_answer(response)
+        try:
+            value, gold = float(pred), float(_golds(gt)[0])  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return format_penalty
+        distance = abs(value - gold)
+        if modulo:
+            distance = min(distance % modulo, modulo - distance % modulo)
+        return max(0.0, 1.0 - distance / scale)
+
+    return _per_sample(score)
+
+
 @REWARDS.register("math_boxed")
 def math_boxed(format_penalty: float = 0.0) -> RewardFn:
     """1 when the last \\boxed{} answer equals the gold answer (symbolic normalisation, exact fractions)."""

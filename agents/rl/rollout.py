@@ -142,7 +142,9 @@ class RolloutEngine:
         else:
             kwargs.update(do_sample=False)
         if stops:
-            kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnStrings(self.tokenizer, stops, width)])
         was_training = self.model.training
         self.model.eval()
         out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
@@ -168,6 +170,23 @@ class RolloutEngine:
             else:
                 lo = mid + 1
         return tokens[:lo]
+
+
+class StopOnStrings:
+    """Per-row stop when the generated text ends with a stop string (cheaper than HF's `stop_strings`,
+    which rebuilds vocabulary tables on every `generate` call)."""
+
+    def __init__(self, tokenizer: Any, stops: list[str], prompt_width: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.prompt_width = prompt_width
+        self.window = max(len(s) for s in stops) + 2  # tokens are at least one character
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - self.window) :].tolist()
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        done = [any(t.rstrip().endswith(s) for s in self.stops) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 RolloutFn = Callable[..., list[Trajectory]]

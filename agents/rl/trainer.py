@@ -101,6 +101,7 @@ class RLTrainer:
         self.task = task or self._build_task()
         self.tool = tool or self._build_tool() or self.task.tool
         self.reward_fn = reward or self._build_reward()
+        self.metric_rewards = {name: build_reward(name) for name in config.metric_rewards}
         if model is None:
             model, tokenizer = load_policy(config)
         elif tokenizer is None:
@@ -260,6 +261,8 @@ class RLTrainer:
             metadata=[{"domain": d, "tool_calls": t.tool_calls} for t, d in zip(trajectories, domains, strict=True)],
         )
         rewards = [float(r) for r in self.reward_fn(batch)]
+        self._metric_values = {f"metric/{name}": sum(fn(batch)) / len(trajectories)
+                               for name, fn in self.metric_rewards.items()}  # fmt: skip
         return trajectories, domains, rewards
 
     def _forward(self, batch: dict[str, torch.Tensor], rows: torch.Tensor | None = None):
@@ -332,6 +335,7 @@ class RLTrainer:
             "rollout_s": rollout_s,
             "step_s": time.perf_counter() - started,
         }
+        metrics.update(getattr(self, "_metric_values", {}))
         for name in domain_names:
             rs = [r for r, d in zip(rewards, domains, strict=True) if d == name]
             if len(domain_names) > 1:

@@ -58,5 +58,5 @@ def sft_warmup(model: Any, tokenizer: Any, examples: Sequence[Example], *, steps
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-        losses.append(float(out.loss))
+        losses.append(out.loss.item())
     return losses

@@ -69,8 +69,9 @@ YES_NO_START = frozenset(
 )
 # Capitalised word sequences, allowing lower-case joiners inside ("Bank of America", "Leonardo da Vinci").
 ENTITY_RE = re.compile(
-    r"\b[A-Z][\w'’.-]*(?:\s+(?:(?:of|the|and|de|da|del|von|van|la|le|du|for|on)\s+)*[A-Z0-9][\w'’.-]*)*"
+    r"\b[A-Z][\w'’-]*(?:\s+(?:(?:of|the|and|de|da|del|von|van|la|le|du|for|on)\s+)*[A-Z0-9][\w'’-]*)*"
 )
+CHOICE_RE = re.compile(r"[,:]\s*(.+?)\s+or\s+(.+?)\s*\?*$")
 YEAR_RE = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})\b")
 NUMBER_RE = re.compile(r"\b\d[\d,.]*(?:\s+(?:million|billion|thousand|hundred))?\b")
 DATE_RE = re.compile(
@@ -107,6 +108,19 @@ def answer_type(question: str) -> str:
     return "entity"
 
 
+def normalize_text(text: str) -> str:
+    return " ".join(words(text))
+
+
+def choice_options(question: str) -> list[str]:
+    """The two options of "…, X or Y?" questions (answered by one of them), else []."""
+    match = CHOICE_RE.search(question)
+    if not match:
+        return []
+    options = [match.group(1).strip(" \"'"), match.group(2).strip(" \"'?")]
+    return options if all(0 < len(o.split()) <= 8 for o in options) else []
+
+
 def entities(text: str) -> list[str]:
     """Capitalised spans in order of appearance, with a leading sentence-initial stopword dropped."""
     found = []
@@ -130,11 +144,14 @@ class HeuristicPolicy:
     """A deterministic two-hop search policy that needs no LLM.
 
     Turn 1: search the question itself.
-    Turn 2: search the *bridge entity*: walking the turn-1 passages best first, the first of (its title without
-      a parenthetical, then the capitalised spans of its text in order) that has a content word the question
-      lacks and is not the title of a passage already shown.
+    Turn 2: search the *bridge entity*: walking the turn-1 passages best first, their titles (without a
+      parenthetical) and the capitalised spans of their texts, in order, that have a content word the question
+      lacks and are not the title of a passage already shown — the first with two or more words, else the
+      first such span.
     Turn 3 (or the last allowed turn): answer with the best span —
       * questions starting with an auxiliary verb (is/was/did/…) are yes/no: answer "yes" (the majority class);
+      * "…, X or Y?" questions are answered with one of the two options, scored like the spans below
+        (the first option when neither occurs);
       * otherwise candidates are dates/years ("when", "what year"), numbers ("how many/much/old…") or
         capitalised spans (everything else) in the shown passages, excluding spans whose content words all
         occur in the question; each occurrence scores search_weight × 1/rank × (1 + overlap), where overlap
@@ -166,18 +183,20 @@ class HeuristicPolicy:
         question_words = content_words(trajectory.question)
         shown_titles = {base_title(p.title).lower() for turn in trajectory.searches for p in turn.passages}
         first = trajectory.searches[0].passages if trajectory.searches else []
-        for passage in first:
-            for span in [base_title(passage.title), *entities(passage.text)]:
-                if span and _novel(span, question_words) and span.lower() not in shown_titles:
-                    return span
-        return None
+        spans = [span for passage in first for span in [base_title(passage.title), *entities(passage.text)]]
+        spans = [s for s in spans if s and _novel(s, question_words) and s.lower() not in shown_titles]
+        # Multi-word names first: single capitalised words are often adjectives ("American") or months.
+        return next((s for s in spans if len(s.split()) >= 2), spans[0] if spans else None)
 
     def best_span(self, trajectory: Trajectory) -> str:
         question = trajectory.question
         if is_yes_no(question):
             return "yes"
+        options = choice_options(question)
         kind = answer_type(question)
         question_words = content_words(question)
+        if options:
+            question_words -= {w for option in options for w in content_words(option)}
         scores: dict[str, float] = defaultdict(float)
         order: dict[str, int] = {}
         searches = trajectory.searches
@@ -188,13 +207,15 @@ class HeuristicPolicy:
                 sentences = [base_title(passage.title)] + SENTENCE_RE.split(passage.text)
                 for sentence in sentences:
                     overlap = len(content_words(sentence) & focus)
-                    for span in self._candidates(sentence, kind):
+                    for span in options or self._candidates(sentence, kind):
+                        if options and normalize_text(span) not in normalize_text(sentence):
+                            continue
                         if not _novel(span, question_words):
                             continue
                         scores[span] += search_weight / rank * (1 + overlap)
                         order.setdefault(span, len(order))
         if not scores:
-            return "unknown"
+            return options[0] if options else "unknown"
         return max(scores, key=lambda span: (scores[span], -order[span]))
 
     @staticmethod

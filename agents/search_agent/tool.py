@@ -39,3 +39,14 @@ class SearchTool:
         if not passages:
             return "(no results)"
         return "\n".join(render_passage(p, i, self.config.passage_template) for i, p in enumerate(passages, 1))
+
+
+def trajectory_example(trajectory, *, eos: str = ""):
+    """An `agents.rl` demonstration (prompt + transcript) for supervised warm-up on agent trajectories.
+
+    `agents.rl.warmup.demonstration_tokens` masks every `<information>` block out of the labels; corrective
+    feedback after invalid turns is not inside such a block, so warm up on clean trajectories.
+    """
+    from agents.rl.tasks import Example
+
+    return Example(trajectory.prompt, list(trajectory.answers), "search", trajectory.transcript + eos)
