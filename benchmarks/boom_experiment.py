@@ -99,6 +99,9 @@ def main() -> int:
     parser.add_argument("--bags", type=float, nargs="+", default=[80.0, 100.0])
     parser.add_argument("--history-ratio", type=float, default=0.4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--part", choices=["all", "shuffle", "boom", "updates", "report"], default="all",
+                        help="run one part (parts can run as parallel processes; 'report' only writes the table)")
+    parser.add_argument("--skip-a-only-eval", action="store_true", help="do not evaluate the intermediate A model")
     args = parser.parse_args()
 
     import torch
@@ -136,11 +139,13 @@ def main() -> int:
         "logging_steps": 20,
         "save_steps": 50,
     }
-    state_file = work / "state.json"
+    # One state file per part, so the parts can run as parallel processes; the report merges them.
+    state_file = work / f"state-{args.part}.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"train_seconds": {}, "metrics": {}}
 
     def save_state() -> None:
         state_file.write_text(json.dumps(state, indent=2))
+        write_results(merged_state(work), args, suite)
 
     def trained(name: str, path: Path, make) -> Path:
         if name not in state["train_seconds"]:
@@ -165,13 +170,14 @@ def main() -> int:
         state["metrics"][name] = dict(result.metrics)
         state.setdefault("eval_seconds", {})[name] = time.perf_counter() - started
         save_state()
-        write_results(state, args, suite)
         log(f"{name}: " + ", ".join(f"{k} {v['nDCG@10']:.3f}" for k, v in result.metrics.items()))
 
     # Each model is evaluated right after it is trained, so an interrupted run still leaves results.
-    evaluate("base", Path(base))
-    evaluate("batch_shuffle_AB", trained("batch_shuffle_AB", work / "models" / "batch_shuffle_AB",
-                                         lambda: run_train("batch_shuffle_AB", base, [task_a, task_b])))
+    part = args.part
+    if part in ("all", "shuffle"):
+        evaluate("base", Path(base))
+        evaluate("batch_shuffle_AB", trained("batch_shuffle_AB", work / "models" / "batch_shuffle_AB",
+                                             lambda: run_train("batch_shuffle_AB", base, [task_a, task_b])))
 
     def run_boom() -> float:
         config = BoomConfig(model=base, output_dir=str(work / "models" / "boom_AB"), datasets=[task_a, task_b],
@@ -179,20 +185,34 @@ def main() -> int:
         result = boom_train(config, quiet=True)
         return result.train_seconds + result.merge_seconds
 
-    evaluate("boom_AB", trained("boom_AB", work / "models" / "boom_AB" / "model", run_boom))
-    a_model = str(trained("A_only", work / "models" / "A_only", lambda: run_train("A_only", base, [task_a])))
-    evaluate("A_then_B_finetune", trained("A_then_B_finetune", work / "models" / "A_then_B_finetune",
-                                          lambda: run_train("A_then_B_finetune", a_model, [task_b])))
+    if part in ("all", "boom"):
+        evaluate("boom_AB", trained("boom_AB", work / "models" / "boom_AB" / "model", run_boom))
+    if part in ("all", "updates"):
+        a_model = str(trained("A_only", work / "models" / "A_only", lambda: run_train("A_only", base, [task_a])))
+        evaluate("A_then_B_finetune", trained("A_then_B_finetune", work / "models" / "A_then_B_finetune",
+                                              lambda: run_train("A_then_B_finetune", a_model, [task_b])))
 
-    def run_update() -> float:
-        result = boom_update(a_model, new_data=[task_b], history=[task_a], output_dir=work / "models" / "A_then_boom_update",
-                             history_ratio=args.history_ratio, training=training, quiet=True)
-        return result.train_seconds + result.merge_seconds
+        def run_update() -> float:
+            result = boom_update(a_model, new_data=[task_b], history=[task_a],
+                                 output_dir=work / "models" / "A_then_boom_update",
+                                 history_ratio=args.history_ratio, training=training, quiet=True)
+            return result.train_seconds + result.merge_seconds
 
-    evaluate("A_then_boom_update", trained("A_then_boom_update", work / "models" / "A_then_boom_update" / "model", run_update))
-    evaluate("A_only", Path(a_model))
-    write_results(state, args, suite)
+        evaluate("A_then_boom_update", trained("A_then_boom_update", work / "models" / "A_then_boom_update" / "model",
+                                               run_update))
+        if not args.skip_a_only_eval:
+            evaluate("A_only", Path(a_model))
+    write_results(merged_state(work), args, suite)
     return 0
+
+
+def merged_state(work: Path) -> dict:
+    merged: dict = {"train_seconds": {}, "metrics": {}, "eval_seconds": {}}
+    for file in sorted(work.glob("state-*.json")):
+        part = json.loads(file.read_text())
+        for key in merged:
+            merged[key].update(part.get(key, {}))
+    return merged
 
 
 def write_results(state: dict, args, suite: dict) -> None:
@@ -205,7 +225,8 @@ def write_results(state: dict, args, suite: dict) -> None:
         "A_then_boom_update": f"update (ii): BOOM update, B + {args.history_ratio:.0%} of A, merged into the A model",
     }
     rows = []
-    for name, metrics in state["metrics"].items():
+    order = ["base", "batch_shuffle_AB", "boom_AB", "A_only", "A_then_B_finetune", "A_then_boom_update"]
+    for name, metrics in sorted(state["metrics"].items(), key=lambda item: order.index(item[0]) if item[0] in order else 99):
         ood = sum(metrics[n]["nDCG@10"] for n in OOD) / len(OOD)
         rows.append(
             f"| {labels.get(name, name)} | {metrics['scifact']['nDCG@10']:.4f} | {metrics['hotpotqa']['nDCG@10']:.4f} | "

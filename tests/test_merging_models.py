@@ -60,9 +60,9 @@ def test_linear_merge_is_weighted_average_and_keeps_st_settings(models, tmp_path
 
 
 def test_merging_identical_models_reproduces_them(models, tmp_path):
-    from sentence_transformers import SentenceTransformer
-
     import shutil
+
+    from sentence_transformers import SentenceTransformer
 
     copy = shutil.copytree(models["a"], tmp_path / "a-copy")  # mergekit refuses the same path twice
     out = merge_models([models["a"], copy], tmp_path / "same", method="multislerp").path
