@@ -1,0 +1,83 @@
+"""Micro-batching: requests that arrive while a search runs share the next call, and get their own answers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from embedkit.index.base import Hit
+from embedkit.server.batching import MicroBatcher
+
+
+class RecordingSearch:
+    """A search function that records each call's queries; the first call blocks until released."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.release = threading.Event()
+
+    def __call__(self, texts: list[str], k: int) -> list[list[Hit]]:
+        self.calls.append(list(texts))
+        if len(self.calls) == 1:
+            self.release.wait(timeout=30)
+        if "boom" in texts:
+            raise ValueError("search failed")
+        return [[Hit(id=f"{text}#{i}", score=float(k - i), rank=i + 1) for i in range(k)] for text in texts]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_waiting_requests_are_gathered_into_one_call(enabled):
+    search = RecordingSearch()
+
+    async def scenario():
+        batcher = MicroBatcher(search, ThreadPoolExecutor(1), max_batch_size=64, max_wait_ms=0, enabled=enabled)
+        await batcher.start()
+        first = asyncio.create_task(batcher.submit(["q0"], 1))
+        while not search.calls:  # the first call is running (and blocked) on the worker thread
+            await asyncio.sleep(0.005)
+        rest = [asyncio.create_task(batcher.submit([f"q{i}", f"q{i}b"], k=i)) for i in range(1, 8)]
+        await asyncio.sleep(0.05)  # all seven are queued behind the running call
+        search.release.set()
+        answers = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return answers, batcher.stats
+
+    answers, stats = run(scenario())
+    if enabled:
+        assert search.calls[1] == [q for i in range(1, 8) for q in (f"q{i}", f"q{i}b")]  # one call for seven requests
+        assert stats.calls == 2 and stats.largest_call == 14
+    else:
+        assert len(search.calls) == 8 and stats.calls == 8
+    # every request gets its own queries' hits, cut to its own k
+    assert [h.id for h in answers[0][0]] == ["q0#0"]
+    for i, answer in enumerate(answers[1:], start=1):
+        assert [[h.id for h in hits] for hits in answer] == [[f"q{i}#{j}" for j in range(i)],
+                                                             [f"q{i}b#{j}" for j in range(i)]]
+
+
+def test_batches_respect_the_size_limit_and_errors_reach_only_their_batch():
+    search = RecordingSearch()
+    search.release.set()
+
+    async def scenario():
+        batcher = MicroBatcher(search, ThreadPoolExecutor(1), max_batch_size=4, max_wait_ms=20)
+        await batcher.start()
+        results = await asyncio.gather(*[batcher.submit([f"a{i}", f"b{i}"], 1) for i in range(5)],
+                                       return_exceptions=True)
+        failed = await asyncio.gather(batcher.submit(["boom"], 1), return_exceptions=True)
+        after = await batcher.submit(["fine"], 1)  # the worker survives a failing search
+        await batcher.stop()
+        return results, failed, after
+
+    results, failed, after = run(scenario())
+    assert all(len(call) <= 4 for call in search.calls)
+    assert [[h.id for h in hits] for hits in results[3]] == [["a3#0"], ["b3#0"]]
+    assert isinstance(failed[0], ValueError)
+    assert after[0][0].id == "fine#0"
