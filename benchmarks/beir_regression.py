@@ -9,6 +9,7 @@ Writes benchmarks/results/beir_regression.md and exits non-zero when a number is
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,8 @@ def main() -> int:
         "# BEIR regressions",
         "",
         "Produced by `python benchmarks/beir_regression.py` (expected values: `benchmarks/regressions.yaml`).",
-        "Time includes encoding the corpus unless a matching index was reused.",
+        "Time includes encoding the corpus unless a matching index was reused; it depends on the machine's load",
+        f"(1-minute load average at the end of this run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores).",
         "",
         "| entry | metric | expected | embedkit | tolerance | status | seconds |",
         "|---|---|---|---|---|---|---|",
