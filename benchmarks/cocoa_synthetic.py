@@ -3,7 +3,7 @@
 Arms (same random init, same data):
   contrastive-only : stage 3 for N steps
   cocoa            : stage 1 for N/4 + stage 2 for N/4 + stage 3 for N/2 steps (same number of steps)
-  cocoa+N          : (--extra-arm) the same pre-training, then stage 3 for N steps (more budget)
+  cocoa+N          : (--arms ... cocoa+N) the same pre-training, then stage 3 for N steps (more budget)
 Reported: text->image and image->text recall@1 over the held-out renders (every combination once),
 searched through embedkit's FAISS index code, and MMEB-style precision@1 (positive + 9 random candidates).
 
@@ -81,7 +81,7 @@ def write_mmeb(test, folder: Path, seed: int) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
-def run(seed: int, steps: int, batch: int, size: int, work: Path, extra_arm: bool) -> list[dict]:
+def run(seed: int, steps: int, batch: int, size: int, work: Path, arms: list[str]) -> list[dict]:
     torch.manual_seed(seed)
     model = build_tiny_vlm(work / "init", "qwen2-vl", seed=seed, image_pixels=size * size)
     train = make_scenes(seed=1000 + seed, repeats=4, size=size)
@@ -101,11 +101,15 @@ def run(seed: int, steps: int, batch: int, size: int, work: Path, extra_arm: boo
                      "train_s": round(time.time() - started, 1), **extra})
         print(json.dumps(rows[-1]), flush=True)
 
-    started = time.time()
-    baseline = CocoaTrainer(config(str(model), str(work / "base"), 0, 0, steps, seed, batch))
-    baseline.contrastive(pairs, resume=False)
-    first, last = loss_trend(baseline.history[-1])
-    evaluate(baseline, "contrastive-only", started, {"stage3_loss": f"{first:.2f}->{last:.2f}"})
+    if "contrastive-only" in arms:
+        started = time.time()
+        baseline = CocoaTrainer(config(str(model), str(work / "base"), 0, 0, steps, seed, batch))
+        baseline.contrastive(pairs, resume=False)
+        first, last = loss_trend(baseline.history[-1])
+        evaluate(baseline, "contrastive-only", started, {"stage3_loss": f"{first:.2f}->{last:.2f}"})
+    cocoa_arms = [(arm, steps - 2 * (steps // 4) if arm == "cocoa" else steps) for arm in arms if arm.startswith("cocoa")]
+    if not cocoa_arms:
+        return rows
 
     started = time.time()
     quarter = steps // 4
@@ -113,14 +117,13 @@ def run(seed: int, steps: int, batch: int, size: int, work: Path, extra_arm: boo
     pretrained = pre.pretrain(pretrain, resume=False)
     losses = {f"{r.stage}_loss": "{:.2f}->{:.2f}".format(*loss_trend(r)) for r in pre.history}
     pre_seconds = time.time() - started
-    arms = [("cocoa", steps - 2 * quarter)] + ([(f"cocoa+{steps}", steps)] if extra_arm else [])
-    for arm, stage3_steps in arms:
+    for arm, stage3_steps in cocoa_arms:
         started = time.time()
         cfg = config(str(model), str(work / arm), quarter, quarter, stage3_steps, seed, batch)
         trainer = CocoaTrainer(cfg, init=pretrained)
         trainer.contrastive(pairs, resume=False)
         first, last = loss_trend(trainer.history[-1])
-        evaluate(trainer, arm, started - pre_seconds, {**losses, "stage3_loss": f"{first:.2f}->{last:.2f}"})
+        evaluate(trainer, arm.replace("+N", f"+{steps}"), started - pre_seconds, {**losses, "stage3_loss": f"{first:.2f}->{last:.2f}"})
     return rows
 
 
@@ -131,7 +134,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--size", type=int, default=16, help="image side in pixels (16: 4 image tokens)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--extra-arm", action="store_true", help="also run pre-training + N contrastive steps")
+    parser.add_argument("--arms", nargs="+", default=["contrastive-only", "cocoa"],
+                        choices=["contrastive-only", "cocoa", "cocoa+N"], help="which arms to run")
     parser.add_argument("--out", default=str(ROOT / "cocoa_synthetic"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -142,7 +146,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            rows += run(seed, args.steps, args.batch, args.size, Path(tmp), args.extra_arm)
+            rows += run(seed, args.steps, args.batch, args.size, Path(tmp), args.arms)
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     lines = [
         "# CoCoA synthetic benchmark (tiny random-init Qwen2-VL, CPU)", "",
