@@ -56,7 +56,8 @@ def hotpot_split(data: Path, work: Path, negatives_per_question: int) -> tuple[P
     return path, [row["question_id"] for row in rows[250:]]
 
 
-def capped_beir(source: Path, out: Path, cap: int | None, query_ids: list[str] | None = None, seed: int = 0) -> Path:
+def capped_beir(source: Path, out: Path, cap: int | None, query_ids: list[str] | None = None, seed: int = 0,
+                max_queries: int | None = None) -> Path:
     """A BEIR folder with the test qrels (optionally restricted to `query_ids`) and a corpus of every judged
     document plus random others up to `cap` (None: the whole corpus)."""
     from embedkit.data import load_qrels
@@ -67,6 +68,9 @@ def capped_beir(source: Path, out: Path, cap: int | None, query_ids: list[str] |
     if query_ids is not None:
         keep = set(query_ids)
         qrels = {q: d for q, d in qrels.items() if q in keep}
+    if max_queries is not None and len(qrels) > max_queries:
+        kept = set(random.Random(seed).sample(sorted(qrels), max_queries))
+        qrels = {q: d for q, d in qrels.items() if q in kept}
     judged = {doc for docs in qrels.values() for doc in docs}
     lines = open(source / "corpus.jsonl", encoding="utf-8").read().splitlines()
     ids = [json.loads(line)["_id"] for line in lines]
@@ -90,16 +94,17 @@ def capped_beir(source: Path, out: Path, cap: int | None, query_ids: list[str] |
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default="/tmp/embedkit-boom-exp")
-    parser.add_argument("--train-max-seq-length", type=int, default=64)
-    parser.add_argument("--eval-max-length", type=int, default=128)
-    parser.add_argument("--corpus-cap", type=int, default=500, help="0: full corpora")
+    parser.add_argument("--train-max-seq-length", type=int, default=32)
+    parser.add_argument("--eval-max-length", type=int, default=64)
+    parser.add_argument("--corpus-cap", type=int, default=200, help="0: full corpora")
+    parser.add_argument("--eval-queries", type=int, default=50, help="judged queries per dataset (seeded sample); 0: all")
     parser.add_argument("--hotpot-negatives", type=int, default=1, help="hard negatives per HotpotQA question")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--bags", type=float, nargs="+", default=[80.0, 100.0])
     parser.add_argument("--history-ratio", type=float, default=0.4)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--part", choices=["all", "shuffle", "boom", "updates", "report"], default="all",
+    parser.add_argument("--part", choices=["all", "shuffle", "boom", "updates", "update_merge", "report"], default="all",
                         help="run one part (parts can run as parallel processes; 'report' only writes the table)")
     parser.add_argument("--skip-a-only-eval", action="store_true", help="do not evaluate the intermediate A model")
     args = parser.parse_args()
@@ -125,10 +130,12 @@ def main() -> int:
     hotpot_train, hotpot_eval_ids = hotpot_split(data, work, args.hotpot_negatives)
     task_a = DatasetConfig(name="scifact", path=str(data / "scifact"), format="beir", split="train")
     task_b = DatasetConfig(name="hotpotqa", path=str(hotpot_train), format="jsonl")
+    mq = args.eval_queries or None
     suite = {
-        "scifact": capped_beir(data / "scifact", work / "eval" / "scifact", cap),
-        "hotpotqa": capped_beir(data / "hotpotqa_dev500" / "beir", work / "eval" / "hotpotqa", cap, hotpot_eval_ids),
-        **{name: capped_beir(data / name, work / "eval" / name, cap) for name in OOD},
+        "scifact": capped_beir(data / "scifact", work / "eval" / "scifact", cap, max_queries=mq),
+        "hotpotqa": capped_beir(data / "hotpotqa_dev500" / "beir", work / "eval" / "hotpotqa", cap, hotpot_eval_ids,
+                                max_queries=mq),
+        **{name: capped_beir(data / name, work / "eval" / name, cap, max_queries=mq) for name in OOD},
     }
     training = {
         "batch_size": args.batch_size,
@@ -187,10 +194,17 @@ def main() -> int:
 
     if part in ("all", "boom"):
         evaluate("boom_AB", trained("boom_AB", work / "models" / "boom_AB" / "model", run_boom))
+    a_path = work / "models" / "A_only"
+    if part == "update_merge":  # runs beside the `updates` part: waits for the A model it trains
+        while "A_only" not in merged_state(work)["train_seconds"]:
+            time.sleep(30)
+        state["train_seconds"]["A_only"] = merged_state(work)["train_seconds"]["A_only"]
+    if part in ("all", "updates", "update_merge"):
+        a_model = str(trained("A_only", a_path, lambda: run_train("A_only", base, [task_a])))
     if part in ("all", "updates"):
-        a_model = str(trained("A_only", work / "models" / "A_only", lambda: run_train("A_only", base, [task_a])))
         evaluate("A_then_B_finetune", trained("A_then_B_finetune", work / "models" / "A_then_B_finetune",
                                               lambda: run_train("A_then_B_finetune", a_model, [task_b])))
+    if part in ("all", "update_merge"):
 
         def run_update() -> float:
             result = boom_update(a_model, new_data=[task_b], history=[task_a],
@@ -200,8 +214,8 @@ def main() -> int:
 
         evaluate("A_then_boom_update", trained("A_then_boom_update", work / "models" / "A_then_boom_update" / "model",
                                                run_update))
-        if not args.skip_a_only_eval:
-            evaluate("A_only", Path(a_model))
+    if part in ("all", "updates") and not args.skip_a_only_eval:
+        evaluate("A_only", Path(a_model))
     write_results(merged_state(work), args, suite)
     return 0
 
@@ -254,9 +268,11 @@ def write_results(state: dict, args, suite: dict) -> None:
         f"max_seq_length {args.train_max_seq_length} (bounded for CPU), seed 42 (BOOM bags 42, 43), strategy batch_shuffle.",
         f"- Evaluation: cosine, exact search, documents truncated to {args.eval_max_length} tokens.",
         "- Corpus sizes used: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
-        + (f" — **corpora capped at {args.corpus_cap} documents** (all judged documents of the evaluated queries kept, "
-           "random others added up to the cap), so absolute nDCG@10 is higher than on the full corpora; the "
-           "comparison between models is on identical corpora." if args.corpus_cap else " (full corpora)."),
+        + (f" — **reduced for CPU: at most {args.eval_queries} judged queries per dataset (seeded sample), and the "
+           f"corpus is every judged document of those queries plus random other documents up to {args.corpus_cap}** "
+           "(no fill when the judged documents already exceed it). Absolute nDCG@10 is therefore higher than on the "
+           "full corpora and not comparable with published numbers; all models are compared on identical sets."
+           if args.corpus_cap else " (full corpora)."),
         "- HotpotQA evaluation: the last 250 questions of `hotpotqa_dev500` over its BEIR paragraph corpus.",
         "- Update (iii) \"retrained on A+B from scratch\" has exactly the data, seed and settings of the batch-shuffling run; "
         "the same model is reported once.",
