@@ -78,6 +78,10 @@ DATE_RE = re.compile(
     r"\b(?:\d{1,2}\s+)?(?:January|February|March|April|May|June|July|August|September|October|November|December)"
     r"(?:\s+\d{1,2})?,?\s+\d{4}\b"
 )
+DATE_START_RE = re.compile(
+    r"(?:January|February|March|April|May|June|July|August|September|October|November|December|Monday|Tuesday|"
+    r"Wednesday|Thursday|Friday|Saturday|Sunday)\b"
+)
 SENTENCE_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
 
 
@@ -146,8 +150,8 @@ class HeuristicPolicy:
     Turn 1: search the question itself.
     Turn 2: search the *bridge entity*: walking the turn-1 passages best first, their titles (without a
       parenthetical) and the capitalised spans of their texts, in order, that have a content word the question
-      lacks and are not the title of a passage already shown — the first with two or more words, else the
-      first such span.
+      lacks, contain no digit, do not start with a month or weekday, and are not the title of a passage already
+      shown — the first with two or more words, else the first such span.
     Turn 3 (or the last allowed turn): answer with the best span —
       * questions starting with an auxiliary verb (is/was/did/…) are yes/no: answer "yes" (the majority class);
       * "…, X or Y?" questions are answered with one of the two options, scored like the spans below
@@ -155,7 +159,7 @@ class HeuristicPolicy:
       * otherwise candidates are dates/years ("when", "what year"), numbers ("how many/much/old…") or
         capitalised spans (everything else) in the shown passages, excluding spans whose content words all
         occur in the question; each occurrence scores search_weight × 1/rank × (1 + overlap), where overlap
-        counts the question's and bridge entity's content words in the sentence, and search_weight is 2 for the
+        counts the question's content words in the sentence, and search_weight is 2 for the
         second search and 1 for the first (the second hop usually holds the answer). The top total wins; ties
         go to the span seen first; "unknown" when there is no candidate.
     """
@@ -184,7 +188,8 @@ class HeuristicPolicy:
         shown_titles = {base_title(p.title).lower() for turn in trajectory.searches for p in turn.passages}
         first = trajectory.searches[0].passages if trajectory.searches else []
         spans = [span for passage in first for span in [base_title(passage.title), *entities(passage.text)]]
-        spans = [s for s in spans if s and _novel(s, question_words) and s.lower() not in shown_titles]
+        spans = [s for s in spans if s and _novel(s, question_words) and s.lower() not in shown_titles
+                 and not DATE_START_RE.match(s) and not any(ch.isdigit() for ch in s)]  # fmt: skip
         # Multi-word names first: single capitalised words are often adjectives ("American") or months.
         return next((s for s in spans if len(s.split()) >= 2), spans[0] if spans else None)
 
@@ -202,11 +207,10 @@ class HeuristicPolicy:
         searches = trajectory.searches
         for s, turn in enumerate(searches):
             search_weight = 2.0 if s >= 1 else 1.0
-            focus = question_words | content_words(turn.query or "")
             for rank, passage in enumerate(turn.passages, start=1):
                 sentences = [base_title(passage.title)] + SENTENCE_RE.split(passage.text)
                 for sentence in sentences:
-                    overlap = len(content_words(sentence) & focus)
+                    overlap = len(content_words(sentence) & question_words)
                     for span in options or self._candidates(sentence, kind):
                         if options and normalize_text(span) not in normalize_text(sentence):
                             continue
