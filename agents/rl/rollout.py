@@ -106,7 +106,8 @@ class RolloutEngine:
                 text = self.tokenizer.decode(st.response_ids, skip_special_tokens=True)
                 if (piece and piece[-1] == self.eos_id) or (s.answer_close and text.rstrip().endswith(s.answer_close)):
                     st.finished = True
-                elif self.tool and text.rstrip().endswith(s.search_close) and st.turns < s.max_turns:
+                elif (self.tool and text.rstrip().endswith(s.search_close) and st.turns < s.max_turns
+                      and self._search_re.findall(text)):  # a close tag without an open one ends the response
                     query = self._search_re.findall(text)[-1].strip()
                     st.tool_calls.append(query)
                     info = s.information_template.format(result=self.tool(query))

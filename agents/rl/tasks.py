@@ -60,15 +60,20 @@ DIGIT_OPS: dict[str, Callable[[int], int]] = {
 
 
 @TASKS.register("digit_map")
-def digit_map(domains: list[str] | tuple[str, ...] = ("next",), seed: int = 0) -> Task:
+def digit_map(domains: list[str] | tuple[str, ...] = ("next",), seed: int = 0, demo: str = "copy") -> Task:
+    """`demo: copy` warms up on `<answer>d</answer>` (the prompt's own digit: the format, and an answer that
+    depends on the prompt, never the right one for next/double/prev); `demo: random` on random digits."""
     rng = random.Random(seed)
     examples = []
+    if demo not in ("copy", "random"):
+        raise EmbedkitError(f"digit_map demo must be copy or random, not '{demo}'")
     for domain in domains:
         if domain not in DIGIT_OPS:
             raise EmbedkitError(f"unknown digit_map domain '{domain}'; choose from {', '.join(DIGIT_OPS)}")
         for d in range(10):
-            demo = f"<answer>{rng.randrange(10)}</answer>"
-            examples.append(Example(f"{domain} {d}:", str(DIGIT_OPS[domain](d)), domain, demo))
+            demo_digit = d if demo == "copy" else rng.randrange(10)
+            demo_text = f"<answer>{demo_digit}</answer>"
+            examples.append(Example(f"{domain} {d}:", str(DIGIT_OPS[domain](d)), domain, demo_text))
     return Task(examples)
 
 
