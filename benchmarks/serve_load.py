@@ -132,12 +132,13 @@ def main() -> None:
 
 
 def write(args: argparse.Namespace, index: Path, results: dict[str, list[dict]]) -> None:
-    meta = {"index": str(index), "seconds_per_level": args.seconds, "max_requests_per_level": args.max_requests,
+    meta = {"index": str(index), "server_args": args.server_args, "seconds_per_level": args.seconds, "max_requests_per_level": args.max_requests,
             "cpus": os.cpu_count(), "python": platform.python_version(),
             "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     lines = ["# Retrieval server under load (loopback)", "",
-             f"`python benchmarks/serve_load.py`: `embedkit serve {index.name}` (MiniLM, FAISS Flat, 5,183 SciFact "
+             f"`python benchmarks/serve_load.py{' --server-args ' + ' '.join(args.server_args) if args.server_args else ''}`: "
+             f"`embedkit serve {index.name}` (MiniLM, FAISS Flat, 5,183 SciFact "
              f"docs) on 127.0.0.1; N concurrent clients each send `/retrieve` (1 query, topk 3) back to back, "
              f"≤ {args.max_requests} requests or {args.seconds:.0f} s per level. Client and server share a "
              f"{os.cpu_count()}-core machine that other jobs were also using, so absolute numbers are low and noisy; "

@@ -54,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--alpha", type=float, help="weight of the dense ranking for interpolation")
     group.add_argument("--hybrid-depth", type=int, help="hits per index entering fusion (default: 100)")
     parser.add_argument("--device", help="encoder device: auto, cpu, cuda, mps")
+    parser.add_argument("--torch-threads", type=int,
+                        help="torch threads for query encoding (1 helps on CPUs shared with other jobs)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -64,7 +66,8 @@ def config_from_args(args: argparse.Namespace):
     overrides: dict = {}
     for name, key in (("index", "index"), ("bm25", "bm25"), ("host", "host"), ("port", "port"),
                       ("api_key", "api_key"), ("retrieve_mode", "retrieve_mode"), ("default_topk", "default_topk"),
-                      ("hybrid_depth", "hybrid_depth"), ("device", "device")):
+                      ("hybrid_depth", "hybrid_depth"), ("device", "device"),
+                      ("torch_threads", "torch_threads")):
         value = getattr(args, name)
         if value is not None:
             overrides[key] = value

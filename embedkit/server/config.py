@@ -55,6 +55,8 @@ class ServerConfig(BaseModel):
     batching: BatchingConfig = BatchingConfig()
     device: str = "auto"
     encode_batch_size: int = Field(64, ge=1)
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice); "
+                                      "1 is much faster on machines whose cores are shared with other jobs")
 
     def resolved_api_key(self) -> str | None:
         return self.api_key or os.environ.get(API_KEY_ENV) or None

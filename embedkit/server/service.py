@@ -61,6 +61,13 @@ class RetrievalService:
         return search
 
     async def start(self) -> None:
+        if self.config.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.config.torch_threads)
+            # OpenMP settings are per thread: apply it where the searches run too.
+            await asyncio.get_running_loop().run_in_executor(self.executor, torch.set_num_threads,
+                                                             self.config.torch_threads)
         for batcher in self.batchers.values():
             await batcher.start()
         # Load the model / start the JVM now, not on the first user request.
