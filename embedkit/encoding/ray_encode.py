@@ -50,7 +50,7 @@ class ShardEncoder:
 def encode_with_ray(corpus: str | Path, out: str | Path, config: EncoderConfig, *, fields: FieldMap | None = None,
                     address: str | None = None, workers: int = 2, num_shards: int | None = None,
                     part_size: int = 8192, dtype: StoreDtype = "float32", gpus_per_worker: float | None = None,
-                    init_options: dict | None = None) -> int:
+                    cpus_per_worker: float = 1.0, init_options: dict | None = None) -> int:
     """Encode `corpus` into shard folder `out` on Ray; returns the number of documents encoded.
 
     Connects to `address` (e.g. "auto" or "ray://head:10001"), or uses the running/local Ray instance.
@@ -71,11 +71,13 @@ def encode_with_ray(corpus: str | Path, out: str | Path, config: EncoderConfig, 
         gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     fields = fields or FieldMap()
     config = config.model_copy(update={"device": "cuda" if gpus_per_worker > 0 else config.device})
-    dataset = ray.data.range(num_shards, override_num_blocks=num_shards).map_batches(
+    # from_items keeps the (tiny) shard list in the object store: no read tasks competing with the actors for CPUs.
+    dataset = ray.data.from_items([{"id": shard} for shard in range(num_shards)]).map_batches(
         ShardEncoder,
         batch_size=1,
         concurrency=min(workers, num_shards),
         num_gpus=gpus_per_worker,
+        num_cpus=cpus_per_worker,
         fn_constructor_kwargs={
             "corpus": corpus, "out": str(out), "config_json": config.model_dump_json(),
             "fields": (fields.id_field, fields.text_field, fields.title_field), "num_shards": num_shards,

@@ -161,11 +161,18 @@ def default_nprobe(nlist: int) -> int:
     return int(min(nlist, max(8, min(64, nlist // 16))))
 
 
+DEFAULT_EF_SEARCH = 64  # FAISS's 16 often stays well below 0.95 recall@10 on real embeddings
+
+
 def search_defaults(index) -> dict[str, int]:
-    """Search parameters recorded in the manifest at build time (see `default_nprobe`)."""
+    """Search parameters recorded in the manifest at build time (see `default_nprobe`, `DEFAULT_EF_SEARCH`)."""
+    import faiss
+
     ivf = ivf_of(index)
     if ivf is not None:
         return {"nprobe": default_nprobe(ivf.nlist)}
+    if isinstance(unwrap(index), faiss.IndexHNSW):
+        return {"ef_search": DEFAULT_EF_SEARCH}
     return {}
 
 
