@@ -73,7 +73,7 @@ def train_retriever(pairs: Sequence[TrainingPair], config: RetrieverTrainConfig,
             num_train_epochs=config.epochs,
             per_device_train_batch_size=config.batch_size,
             learning_rate=config.learning_rate,
-            warmup_ratio=config.warmup_ratio,
+            warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps (transformers 5)
             seed=config.seed,
             # Duplicated texts in a batch would be scored as negatives of themselves.
             batch_sampler=BatchSamplers.NO_DUPLICATES,
