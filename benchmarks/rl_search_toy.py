@@ -76,7 +76,7 @@ def main() -> None:
         f"{len(trainer.task.examples)} key-value documents in a FAISS Flat index built with the bundled",
         "all-MiniLM-L6-v2 (`embedkit.index.build_dense_index`); the search tool is a plain `(query) -> str`",
         "callback over `Index.search`. Policy: 2-layer character-level GPT-2, 80 warm-up steps on format-only",
-        "demonstrations (random answers), then GRPO: 24 prompts × 8 responses, KL(k3) 0.04, lr 1e-3.",
+        "demonstrations (random answers), then GRPO: 16 prompts × 8 responses, KL(k3) 0.04, lr 1e-3.",
         "Run by `python benchmarks/rl_search_toy.py` on a shared, heavily loaded 2-core CPU machine.",
         "",
         "| | before RL | after RL |",

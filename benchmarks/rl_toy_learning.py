@@ -30,7 +30,7 @@ from embedkit.io import atomic_write  # noqa: E402
 RUNS: dict[str, tuple[str, dict]] = {
     "grpo": ("configs/rl_grpo_toy.yaml", {}),
     "grpo+tre_k": ("configs/rl_tre_toy.yaml", {}),
-    "rose": ("configs/rl_rose_toy.yaml", {}),
+    "rose": ("configs/rl_rose_toy.yaml", {}),  # sequential rollouts: ~3x slower per step
     "grpo-2dom": ("configs/rl_mgs_toy.yaml", {"surgery.name": "none"}),
     "grpo-2dom+mgs": ("configs/rl_mgs_toy.yaml", {}),
 }
@@ -75,8 +75,9 @@ def report(workdir: Path) -> None:
         "# RL module: learning curves on the CPU toy task",
         "",
         "Task `digit_map` (prompt `next 3:` → `<answer>4</answer>`; `double` d → 2d mod 10 as the second domain),",
-        "2-layer character-level GPT-2 (≈120k parameters), 60 supervised warm-up steps on format-only",
-        "demonstrations (random digits), then RL: 32 prompts × 8 responses per step, lr 1e-3, KL(k3) 0.04 to the",
+        "2-layer character-level GPT-2 (≈120k parameters), 60 supervised warm-up steps on format demonstrations",
+        "that copy the prompt's digit (never the right answer), then RL: 32 prompts × 8 responses per step,",
+        "2 mini-batches, lr 1e-3, KL(k3) 0.04 to the",
         "warmed-up reference. Reward: closeness 1 − circular distance / 5 (1 only when exact); exact match logged.",
         "Written by `python benchmarks/rl_toy_learning.py` on a shared, heavily loaded 2-core CPU machine",
         f"({platform.processor() or platform.machine()}); times are wall-clock and inflated by other jobs.",

@@ -99,6 +99,7 @@ class RolloutEngine:
                 budget = min(budget, s.max_turn_tokens)
             pieces = self._generate([st.prompt_ids + st.response_ids for st in active], budget, stops)
             still: list[Trajectory] = []
+            calls: list[Trajectory] = []
             for st, piece in zip(active, pieces, strict=True):
                 piece = piece[: s.max_new_tokens - len(st.response_ids)]
                 st.response_ids += piece
@@ -108,21 +109,33 @@ class RolloutEngine:
                     st.finished = True
                 elif (self.tool and text.rstrip().endswith(s.search_close) and st.turns < s.max_turns
                       and self._search_re.findall(text)):  # a close tag without an open one ends the response
-                    query = self._search_re.findall(text)[-1].strip()
-                    st.tool_calls.append(query)
-                    info = s.information_template.format(result=self.tool(query))
-                    info_ids = self.tokenizer.encode(info, add_special_tokens=False)
-                    info_ids = info_ids[: s.max_new_tokens - len(st.response_ids)]
-                    st.response_ids += info_ids
-                    st.loss_mask += [0] * len(info_ids)
-                    st.turns += 1
-                    if len(st.response_ids) < s.max_new_tokens:
-                        still.append(st)
+                    st.tool_calls.append(self._search_re.findall(text)[-1].strip())
+                    calls.append(st)
                 elif len(st.response_ids) < s.max_new_tokens and piece and s.max_turn_tokens:
                     still.append(st)  # per-turn budget hit: keep going
+            results = self._call_tool([st.tool_calls[-1] for st in calls])
+            for st, result in zip(calls, results, strict=True):
+                info = s.information_template.format(result=result)
+                info_ids = self.tokenizer.encode(info, add_special_tokens=False)
+                info_ids = info_ids[: s.max_new_tokens - len(st.response_ids)]
+                st.response_ids += info_ids
+                st.loss_mask += [0] * len(info_ids)
+                st.turns += 1
+                if len(st.response_ids) < s.max_new_tokens:
+                    still.append(st)
             active = still
         for st in states:
             st.text = self.tokenizer.decode(st.response_ids, skip_special_tokens=True)
+
+    def _call_tool(self, queries: list[str]) -> list[str]:
+        """Each distinct query once; a tool with a `batch` attribute (list → list) gets them in one call."""
+        if not queries:
+            return []
+        unique = list(dict.fromkeys(queries))
+        batch = getattr(self.tool, "batch", None)
+        answers = batch(unique) if callable(batch) else [self.tool(q) for q in unique]
+        found = dict(zip(unique, answers, strict=True))
+        return [found[q] for q in queries]
 
     # -- generation --------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -88,15 +88,20 @@ def search_kv_documents(keys: list[str] | None = None, seed: int = 0) -> list[tu
 
 
 def make_index_tool(index_path: str | Path, k: int = 1, max_chars: int = 400) -> Tool:
-    """A search tool over an embedkit index: the top-`k` hits' text, joined (truncated to `max_chars`)."""
+    """A search tool over an embedkit index: the top-`k` hits' text, joined (truncated to `max_chars`).
+    Its `batch` attribute searches a list of queries in one encoder call."""
     from embedkit.index import Index
 
     index = Index.load(index_path)
 
-    def search(query: str) -> str:
-        hits = index.search(query or " ", k)[0]
+    def render(hits: list) -> str:
         return " ".join(hit.text for hit in hits)[:max_chars]
 
+    def search(query: str) -> str:
+        return render(index.search(query or " ", k)[0])
+
+    # many rollouts search at once: one encoder call for all of them
+    search.batch = lambda queries: [render(h) for h in index.search([q or " " for q in queries], k)]  # type: ignore[attr-defined]
     return search
 
 
