@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
+# Idle OpenMP threads sleep instead of spinning: on a shared, oversubscribed CPU spinning only burns time.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -96,14 +99,17 @@ def main() -> int:
     parser.add_argument("--work-dir", default="/tmp/embedkit-boom-exp")
     parser.add_argument("--train-max-seq-length", type=int, default=32)
     parser.add_argument("--eval-max-length", type=int, default=64)
-    parser.add_argument("--corpus-cap", type=int, default=200, help="0: full corpora")
-    parser.add_argument("--eval-queries", type=int, default=50, help="judged queries per dataset (seeded sample); 0: all")
+    parser.add_argument("--corpus-cap", type=int, default=150, help="0: full corpora")
+    parser.add_argument("--eval-queries", type=int, default=25, help="judged queries per dataset (seeded sample); 0: all")
     parser.add_argument("--hotpot-negatives", type=int, default=1, help="hard negatives per HotpotQA question")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--bags", type=float, nargs="+", default=[80.0, 100.0])
     parser.add_argument("--history-ratio", type=float, default=0.4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process (1 wastes least CPU on an oversubscribed machine)")
+    parser.add_argument("--train-fraction", type=float, default=0.5,
+                        help="train on this per-dataset sample of A and B (1: all), the same for every model")
     parser.add_argument("--part", choices=["all", "shuffle", "boom", "updates", "update_merge", "report"], default="all",
                         help="run one part (parts can run as parallel processes; 'report' only writes the table)")
     parser.add_argument("--skip-a-only-eval", action="store_true", help="do not evaluate the intermediate A model")
@@ -130,6 +136,18 @@ def main() -> int:
     hotpot_train, hotpot_eval_ids = hotpot_split(data, work, args.hotpot_negatives)
     task_a = DatasetConfig(name="scifact", path=str(data / "scifact"), format="beir", split="train")
     task_b = DatasetConfig(name="hotpotqa", path=str(hotpot_train), format="jsonl")
+    if args.train_fraction < 1:
+        # One fixed per-dataset subsample (without replacement), shared by every model of the experiment.
+        from embedkit.boom import sample_task
+        from embedkit.training.data import write_jsonl
+
+        subsets = []
+        for task in (task_a, task_b):
+            path = work / "data" / f"{task.name}_train_{args.train_fraction:g}.jsonl"
+            if not path.exists():
+                write_jsonl(sample_task(load_tasks([task])[0], args.train_fraction, 0, purpose="subset").groups, path)
+            subsets.append(DatasetConfig(name=task.name, path=str(path), format="jsonl"))
+        task_a, task_b = subsets
     mq = args.eval_queries or None
     suite = {
         "scifact": capped_beir(data / "scifact", work / "eval" / "scifact", cap, max_queries=mq),
@@ -263,7 +281,9 @@ def write_results(state: dict, args, suite: dict) -> None:
         "## Settings",
         "",
         f"- Task A: SciFact `qrels/train.tsv` (in-batch negatives only). Task B: first 250 HotpotQA dev questions -> "
-        f"their 2 supporting paragraphs, {args.hotpot_negatives} of the 8 distractor paragraphs as hard negatives.",
+        f"their 2 supporting paragraphs, {args.hotpot_negatives} of the 8 distractor paragraphs as hard negatives."
+        + (f" **Reduced for CPU: every model trains on the same fixed {args.train_fraction:.0%} per-dataset sample "
+           "(without replacement, seed 0) of A and of B.**" if args.train_fraction < 1 else ""),
         f"- Training: MultipleNegativesRankingLoss, 1 epoch, batch {args.batch_size}, lr {args.learning_rate}, "
         f"max_seq_length {args.train_max_seq_length} (bounded for CPU), seed 42 (BOOM bags 42, 43), strategy batch_shuffle.",
         f"- Evaluation: cosine, exact search, documents truncated to {args.eval_max_length} tokens.",

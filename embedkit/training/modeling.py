@@ -104,7 +104,6 @@ def add_lora(model, settings: LoraSettings) -> None:
     """Wrap the transformer with peft LoRA adapters; only the adapters train."""
     from peft import LoraConfig, TaskType, get_peft_model
 
-    transformer = model[0]
     lora = LoraConfig(
         task_type=TaskType.FEATURE_EXTRACTION,
         r=settings.r,
@@ -112,7 +111,7 @@ def add_lora(model, settings: LoraSettings) -> None:
         lora_dropout=settings.dropout,
         target_modules=settings.target_modules,
     )
-    transformer.auto_model = get_peft_model(transformer.auto_model, lora)
+    _set_inner_model(model[0], get_peft_model(model[0].auto_model, lora))
 
 
 def merge_lora(model) -> bool:
@@ -121,6 +120,15 @@ def merge_lora(model) -> bool:
 
     transformer = model[0]
     if isinstance(transformer.auto_model, PeftModel):
-        transformer.auto_model = transformer.auto_model.merge_and_unload()
+        _set_inner_model(transformer, transformer.auto_model.merge_and_unload())
         return True
     return False
+
+
+def _set_inner_model(transformer, inner) -> None:
+    # sentence-transformers >= 6 keeps the model in `.model` (`auto_model` is a read-only alias);
+    # older versions store `auto_model` itself.
+    if isinstance(getattr(type(transformer), "auto_model", None), property):
+        transformer.model = inner
+    else:
+        transformer.auto_model = inner

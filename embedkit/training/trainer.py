@@ -119,7 +119,7 @@ def train(config: TrainConfig, tasks: Sequence[TaskData] | None = None, *, quiet
             add_lora(model, config.lora)
         steps += _run_stage(model, dataset, config, stage_dir, quiet=quiet)
         merge_lora(model)
-        if len(stages) > 1:
+        if len(stages) > 1 and is_main_process():
             model.save(str(final), create_model_card=False)
             (stage_dir / STAGE_DONE).write_text(json.dumps({"steps": steps}))
         if torch.cuda.is_available():
@@ -127,6 +127,8 @@ def train(config: TrainConfig, tasks: Sequence[TaskData] | None = None, *, quiet
     train_seconds = time.perf_counter() - started
 
     result = TrainResult(output_dir=output, train_seconds=train_seconds, steps=steps, rows=rows, lora=use_lora)
+    if not is_main_process():  # under torchrun every rank trains; only rank 0 writes the model
+        return result
     _save(model, config, tasks, result)
     if config.evaluation:
         from embedkit.training.evaluation import evaluate_suite
@@ -139,6 +141,12 @@ def train(config: TrainConfig, tasks: Sequence[TaskData] | None = None, *, quiet
     if not config.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     return result
+
+
+def is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _run_stage(model, dataset, config: TrainConfig, stage_dir: Path, *, quiet: bool) -> int:
