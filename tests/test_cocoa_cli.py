@@ -64,6 +64,20 @@ def test_pretrain_contrastive_and_mmeb_from_the_command_line(tmp_path, capsys):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["per_task"]["Squares"]["queries"] == 4 and "recall@10" in report["average"]
 
+    # An image corpus by file path into an embedkit index, then searched by image: the same image ranks first.
+    (tmp_path / "images" / "corpus.jsonl").write_text("".join(
+        json.dumps({"id": f"img{i}", "image": n}) + "\n" for i, n in enumerate(names)))
+    model = str(tmp_path / "run" / "contrastive" / "model")
+    capsys.readouterr()
+    assert main(["cocoa", "index", "--model", model, "--corpus", str(tmp_path / "images" / "corpus.jsonl"),
+                 "--out", str(tmp_path / "photos"), "--device", "cpu"]) == 0
+    assert main(["cocoa", "search", str(tmp_path / "photos"), "--model", model, "--device", "cpu",
+                 "--image", str(tmp_path / "images" / names[2]), "-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].split("\t")[:3:2] == ["1", "img2"] and names[2] in lines[-2]
+    assert main(["cocoa", "search", str(tmp_path / "photos"), "--model", str(cached_tiny_vlm("qwen2-vl")),
+                 "--device", "cpu", "--text", "a red square"]) == 2  # other weights: refused
+
 
 def test_config_problems_exit_2(tmp_path, capsys):
     assert main(["cocoa", "pretrain", "--config", str(tmp_path / "missing.yaml")]) == 2

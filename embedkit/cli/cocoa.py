@@ -27,6 +27,11 @@ MMEB_EXAMPLES = """\
   embedkit cocoa mmeb --model runs/cocoa/contrastive/model --data mmeb-eval/ --image-dir mmeb-eval/eval_images
   embedkit cocoa mmeb --model runs/cocoa/contrastive/model --data tasks/N24News.jsonl --index-dir indexes/mmeb --out report.json
 """
+INDEX_EXAMPLES = """\
+  embedkit cocoa index --model runs/cocoa/contrastive/model --corpus photos.jsonl --out indexes/photos
+  embedkit cocoa search indexes/photos --model runs/cocoa/contrastive/model --text "a red circle" -k 5
+  embedkit cocoa search indexes/photos --model runs/cocoa/contrastive/model --image query.png
+"""
 STAGE_NAMES = {"1": "bidirectional", "2": "eos_bridge", "3": "causal",
                "bidirectional": "bidirectional", "eos_bridge": "eos_bridge", "causal": "causal"}
 
@@ -85,6 +90,73 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mmeb.add_argument("--batch-size", type=int, default=8)
     mmeb.add_argument("--device", default="auto")
     mmeb.add_argument("--out", help="write the report as JSON here")
+
+
+    index = add_command(commands, "index", run_index, help="embed a text/image corpus into an embedkit FAISS index",
+                        description="Rows: jsonl with id and text and/or image (path, URL). The index is a regular\n"
+                                    "embedkit index (manifest, docstore); the image reference is the title.",
+                        examples=INDEX_EXAMPLES)
+    index.add_argument("--model", required=True)
+    index.add_argument("--corpus", required=True, help="jsonl: id, text, title, image (image_path, img_path, url)")
+    index.add_argument("--out", required=True)
+    index.add_argument("--factory", default="Flat", help="FAISS index factory string (default Flat)")
+    index.add_argument("--image-dir", help="folder relative image paths are under (default: the corpus' folder)")
+    index.add_argument("--instruction", help="instruction for every document")
+    index.add_argument("--batch-size", type=int, default=8)
+    index.add_argument("--device", default="auto")
+    index.add_argument("--overwrite", action="store_true")
+
+    search = add_command(commands, "search", run_search, help="query a multimodal index with text and/or an image",
+                         examples=INDEX_EXAMPLES)
+    search.add_argument("index")
+    search.add_argument("--model", required=True, help="the model the index was built with")
+    search.add_argument("--text")
+    search.add_argument("--image")
+    search.add_argument("--instruction", help="query instruction")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--device", default="auto")
+
+
+def _embedder(model: str, device: str, batch_size: int = 8, image_dir: str | None = None):
+    from embedkit.multimodal.embedder import MultimodalEmbedder, MultimodalEmbedderConfig
+
+    return MultimodalEmbedder(MultimodalEmbedderConfig(model=model, device=device, batch_size=batch_size,
+                                                       image_base_dir=image_dir))
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from embedkit.multimodal.corpus import build_multimodal_index, read_multimodal_corpus
+
+    rows = read_multimodal_corpus(args.corpus)
+    image_dir = args.image_dir or str(Path(args.corpus).resolve().parent)
+    embedder = _embedder(args.model, args.device, args.batch_size, image_dir)
+    if args.instruction:
+        rows = [(doc, item.model_copy(update={"instruction": args.instruction})) for doc, item in rows]
+    out = build_multimodal_index(embedder, rows, args.out, factory=args.factory, overwrite=args.overwrite,
+                                 corpus=str(args.corpus))
+    print(f"indexed {len(rows)} documents: {out}")
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from embedkit.encoding.models import weights_fingerprint
+    from embedkit.errors import EmbedkitError, ModelMismatchError
+    from embedkit.index import Index
+    from embedkit.multimodal.sequence import MultimodalInput
+
+    if not args.text and not args.image:
+        raise EmbedkitError("give --text, --image or both")
+    index = Index.load(args.index)
+    embedder = _embedder(args.model, args.device)
+    spec = index.manifest.encoder
+    if spec is not None and spec.fingerprint != weights_fingerprint(embedder.model):
+        raise ModelMismatchError(f"{args.model} is not the model {args.index} was built with ({spec.model})")
+    query = MultimodalInput(text=args.text, image=args.image, instruction=args.instruction)
+    [hits] = index.search_vectors(embedder.encode_queries([query]), k=args.k)
+    for hit in hits:
+        shown = " ".join(part for part in (hit.title, hit.text) if part)
+        print(f"{hit.rank}\t{hit.score:.4f}\t{hit.id}\t{shown[:100]}")
+    return 0
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
