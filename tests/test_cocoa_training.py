@@ -70,6 +70,7 @@ def test_three_stages_learn_save_reload_and_index(family, tmp_path):
     in_memory = trainer.embedder().encode(documents)
     reloaded = MultimodalEmbedder(MultimodalEmbedderConfig(model=str(final), device="cpu"))
     np.testing.assert_array_equal(reloaded.encode(documents), in_memory)
+    assert json.loads((final / "embedkit_embedder.json").read_text())["content_attention"] == "causal"
     history = json.loads((final / "cocoa_history.json").read_text())
     assert [entry["stage"] for entry in history] == ["stage3"]
 

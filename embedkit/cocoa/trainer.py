@@ -34,6 +34,7 @@ from embedkit.cocoa.objectives import (
 )
 from embedkit.errors import EmbedkitError
 from embedkit.io import atomic_directory, atomic_write
+from embedkit.multimodal.embedder import EMBEDDER_SETTINGS
 from embedkit.multimodal.loading import LoadedVLM, load_vlm, pick_device, unwrap
 from embedkit.multimodal.sequence import MultimodalInput, VisionTokens, encode_batch
 
@@ -190,7 +191,9 @@ class CocoaTrainer:
 
         settings = dict(model=self.init, max_length=self.config.model.max_length,
                         padding_side=self.config.model.padding_side, eos_token=self.config.model.eos_token,
-                        image_base_dir=self.config.data.image_base_dir)
+                        image_base_dir=self.config.data.image_base_dir,
+                        content_attention=self.config.stage3.content_attention,
+                        normalize=self.config.stage3.normalize)
         settings.update(overrides)
         return MultimodalEmbedder(MultimodalEmbedderConfig(**settings), loaded=self.vlm)
 
@@ -299,6 +302,10 @@ class CocoaTrainer:
             self.vlm.image_processor.save_pretrained(tmp)
             with atomic_write(tmp / "cocoa_history.json") as handle:
                 json.dump([result.__dict__ for result in self.history], handle, indent=1)
+            with atomic_write(tmp / EMBEDDER_SETTINGS) as handle:  # how to embed with this model
+                json.dump({"eos_token": self.config.model.eos_token,
+                           "content_attention": self.config.stage3.content_attention,
+                           "normalize": self.config.stage3.normalize}, handle, indent=1)
         return target
 
 

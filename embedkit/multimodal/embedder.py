@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict
 from embedkit.multimodal.loading import LoadedVLM, load_vlm, pick_device
 from embedkit.multimodal.sequence import MultimodalInput, VisionTokens, encode_batch, last_token_index
 
+EMBEDDER_SETTINGS = "embedkit_embedder.json"  # written beside a trained model: its pooling settings
+
 
 class MultimodalEmbedderConfig(BaseModel):
     """How to embed: the model and the reading and pooling settings."""
@@ -46,6 +48,7 @@ class MultimodalEmbedder:
     """Pooled <EOS> embeddings of a vision-language model."""
 
     def __init__(self, config: MultimodalEmbedderConfig, loaded: LoadedVLM | None = None) -> None:
+        config = _with_saved_settings(config)
         self.config = config
         device = pick_device(config.device)
         self.vlm = loaded or load_vlm(config.model, device=device, dtype=config.dtype,
@@ -121,6 +124,19 @@ class MultimodalEmbedder:
     def encode_documents(self, items: Sequence[MultimodalInput | str],
                          instruction: str | None = None) -> np.ndarray:
         return self.encode(items, instruction=instruction or self.config.document_instruction)
+
+
+def _with_saved_settings(config: MultimodalEmbedderConfig) -> MultimodalEmbedderConfig:
+    """Settings a trained model was saved with fill in what the caller did not set explicitly."""
+    import json
+
+    saved = Path(config.model) / EMBEDDER_SETTINGS
+    if not saved.is_file():
+        return config
+    values = json.loads(saved.read_text(encoding="utf-8"))
+    update = {key: value for key, value in values.items()
+              if key in MultimodalEmbedderConfig.model_fields and key not in config.model_fields_set}
+    return config.model_copy(update=update)
 
 
 def _as_input(item: MultimodalInput | str | Path, instruction: str | None) -> MultimodalInput:
