@@ -135,7 +135,8 @@ def test_retrieve_without_scores_returns_plain_documents(server):
 
 
 def test_retrieve_defaults_topk_to_three_and_accepts_empty_batches(server):
-    for payload in ({"queries": ["python syntax"]}, {"queries": ["python syntax"], "topk": None}):
+    for payload in ({"queries": ["python syntax"]}, {"queries": ["python syntax"], "topk": None},
+                    {"queries": ["python syntax"], "topk": 0}):  # Search-R1 reads a falsy topk as "default"
         body = post(server, "/retrieve", payload).json()
         assert len(body["result"][0]) == 3 and list(body["result"][0][0]) == ["id", "contents"]
     assert post(server, "/retrieve", {"queries": []}).json() == {"result": []}
@@ -155,7 +156,7 @@ def test_auth_is_required_with_a_key(server):
 
 @pytest.mark.parametrize(("payload", "status", "message"), [
     ({"queries": ["cats"], "topk": 6}, 422, "between 1 and 5"),
-    ({"queries": ["cats"], "topk": 0}, 422, "between 1 and 5"),
+    ({"queries": ["cats"], "topk": -1}, 422, "between 1 and 5"),
     ({"queries": ["q"] * 5, "topk": 1}, 413, "limit is 4"),
     ({"queries": ["x" * 201], "topk": 1}, 413, "limit is 200"),
 ])

@@ -112,7 +112,8 @@ def create_app(config: ServerConfig, service: RetrievalService | None = None) ->
               dependencies=[Depends(authorize)], summary="Search-R1-compatible retrieval")
     async def retrieve(body: RetrieveRequest) -> dict[str, Any]:
         """Top-k documents per query, as Search-R1's retrieval server returns them."""
-        topk = config.default_topk if body.topk is None else body.topk
+        # As in Search-R1's server, a missing, null or 0 topk means the server's default.
+        topk = body.topk or config.default_topk
         check_k("topk", topk)
         check_queries(body.queries)
         results = await service.search(body.queries, topk)

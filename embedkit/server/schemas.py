@@ -23,7 +23,7 @@ class RetrieveRequest(BaseModel):
         {"queries": ["who wrote Hamlet?"], "topk": 3, "return_scores": True}]})
 
     queries: list[str]
-    topk: int | None = Field(None, description="hits per query; omitted or null: the server's default (3)")
+    topk: int | None = Field(None, description="hits per query; omitted, null or 0: the server's default (3)")
     return_scores: bool = False
 
     _text = field_validator("queries")(_check_text)
