@@ -85,7 +85,9 @@ class IterateConfig(_Config):
     corpus: str = Field(description="the corpus to (re-)index: BEIR folder, corpus.jsonl, …")
     base_index: str | None = Field(None, description="an index of the corpus built with base_model (else built)")
     output_dir: str = "runs/agentic_r"
-    policy: str = Field("heuristic", description="'heuristic' or an --llm spec (hf:PATH, openai:URL#MODEL)")
+    policy: str = Field("heuristic", description="'heuristic' or an LLM spec: hf:PATH or openai:URL")
+    policy_model: str | None = Field(None, description="model name at an OpenAI-compatible policy endpoint")
+    policy_chat: bool = Field(True, description="chat messages (instruction models) or plain continuation")
     agent: AgentConfig = AgentConfig()
     label: LabelConfig = LabelConfig()
     train: RetrieverTrainConfig = RetrieverTrainConfig()

@@ -38,7 +38,7 @@ def iterate(config: IterateConfig, *, policy: Policy | None = None, judge: Any =
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     questions = load_questions(config.questions, start=config.question_start, limit=config.question_limit)
-    policy = policy or build_policy(config.policy)
+    policy = policy or build_policy(config.policy, model=config.policy_model, chat=config.policy_chat)
     index_path = Path(config.base_index) if config.base_index else _base_index(config, out)
     agent_config = config.agent
     summaries: list[dict] = []
