@@ -1,0 +1,89 @@
+"""`embedkit agent run --retriever-url`: the agent over the real `embedkit serve` app (Search-R1's POST
+/retrieve with bearer auth) on a local port, and over a server that is down (failures recorded, run completes)."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+from agents.search_agent import read_trajectories
+from embedkit.cli import main
+from embedkit.data import Document
+from embedkit.index import build_dense_index
+
+DOCS = [
+    ("k1", "Kiss and Tell (1945 film)",
+     "Kiss and Tell is a 1945 comedy film starring Shirley Temple as the teenager Corliss Archer."),
+    ("s1", "Shirley Temple",
+     "Shirley Temple Black was an American actress. She held the government position of Chief of Protocol."),
+    ("b1", "Bread", "Bread is baked from flour, water, salt and yeast in an oven."),
+]
+QUESTION = {"id": "q1", "question": "What government position was held by the actress who starred in Kiss and Tell?",
+            "answers": ["Chief of Protocol"]}  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, minilm_encoder):
+    pytest.importorskip("embedkit.server")
+    import uvicorn
+
+    from embedkit.server.app import create_app
+    from embedkit.server.config import ServerConfig
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("served") / "index"
+    build_dense_index([Document(id=i, title=t, text=x) for i, t, x in DOCS], minilm_encoder, out, quiet=True)
+    port = _free_port()
+    app = create_app(ServerConfig(index=str(out), api_key="secret", port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(1200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/retrieve"
+    server.should_exit = True
+    thread.join(timeout=10)
+    torch.set_num_threads(before)
+
+
+def test_agent_over_embedkit_serve(served, tmp_path, monkeypatch, capsys):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps(QUESTION) + "\n", encoding="utf-8")
+    monkeypatch.setenv("AGENT_TEST_KEY", "secret")
+    out = tmp_path / "t.jsonl"
+    assert main(["agent", "run", "--questions", str(questions), "--retriever-url", served, "--retriever-key-env",
+                 "AGENT_TEST_KEY", "--top-k", "1", "--retrieval-timeout", "60", "--out", str(out), "-q"]) == 0  # fmt: skip
+    trajectory = read_trajectories(out)[0]
+    assert [p.id for s in trajectory.searches for p in s.passages] == ["k1", "s1"]
+    assert trajectory.searches[0].passages[0].title == "Kiss and Tell (1945 film)"  # from Search-R1's contents
+    assert trajectory.em == 1.0 and "EM 1.0000" in capsys.readouterr().out
+
+    monkeypatch.setenv("AGENT_TEST_KEY", "wrong")  # 401: recorded as a failure, the run still completes
+    assert main(["agent", "run", "--questions", str(questions), "--retriever-url", served, "--retriever-key-env",
+                 "AGENT_TEST_KEY", "--retrieval-retries", "0", "--out", str(out), "-q"]) == 0  # fmt: skip
+    failed = read_trajectories(out)[0]
+    assert "401" in failed.searches[0].error and failed.status == "answered"
+
+
+def test_agent_with_retrieval_server_down(tmp_path, capsys):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps(QUESTION) + "\n", encoding="utf-8")
+    out = tmp_path / "t.jsonl"
+    url = f"http://127.0.0.1:{_free_port()}/retrieve"
+    assert main(["agent", "run", "--questions", str(questions), "--retriever-url", url, "--retrieval-retries", "1",
+                 "--retrieval-timeout", "5", "--out", str(out), "-q"]) == 0  # fmt: skip
+    trajectory = read_trajectories(out)[0]
+    assert trajectory.searches[0].retrieval_attempts == 2 and trajectory.searches[0].error
+    assert "retrieval failures 1" in capsys.readouterr().out
