@@ -24,7 +24,9 @@ PAIRS = [
     ("search retrieval index", "embedding vector index search"),
     ("merge the model", "merge train test model"),
 ]
-TRAINING = {"batch_size": 2, "learning_rate": 1e-2, "device": "cpu", "max_steps": 1, "logging_steps": 1}
+# No warm-up: with one step, a warm-up would make that step's learning rate 0 and nothing would train.
+TRAINING = {"batch_size": 2, "learning_rate": 1e-2, "device": "cpu", "max_steps": 1, "logging_steps": 1,
+            "warmup_ratio": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def test_update_cli_reencode_and_eval(setup, tmp_path, capsys):
     root, base, old, new, config, result = setup
     out = tmp_path / "v2"
     status = main(["boom", "update", "--base", str(result.model_dir), "--new-data", str(new), "--history", str(old),
-                   "--history-ratio", "0.4", "--output-dir", str(out), "--batch-size", "2", "--max-steps", "1",
+                   "--history-ratio", "0.4", "--output-dir", str(out), "--batch-size", "2", "--max-steps", "2",
                    "--device", "cpu", "-q"])
     assert status == 0
     lineage = read_lineage(out / "model")
@@ -91,7 +93,7 @@ def test_update_cli_reencode_and_eval(setup, tmp_path, capsys):
     assert manifest.history[-1].action == "reencode"
     assert Index.load(index_dir).search("who is the king", k=3)[0]
 
-    beir = tmp_path / "beir"
+    beir = tmp_path / "tiny_beir"
     (beir / "qrels").mkdir(parents=True)
     (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in docs))
     (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": q}) + "\n" for i, (q, _) in enumerate(PAIRS)))
@@ -100,7 +102,7 @@ def test_update_cli_reencode_and_eval(setup, tmp_path, capsys):
     assert main(["boom", "eval", "--model", str(out / "model"), "--datasets", str(beir), "--device", "cpu", "-q",
                  "--output", str(tmp_path / "table.md")]) == 0
     printed = capsys.readouterr().out
-    assert "| beir |" in printed and "nDCG@10" in printed
+    assert "| tiny_beir |" in printed and "nDCG@10" in printed
     assert (tmp_path / "table.md").read_text().startswith("| dataset | nDCG@10")
 
 

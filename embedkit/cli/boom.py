@@ -129,8 +129,12 @@ def _dataset_configs(paths: list[str]):
 def _merge_settings(args: argparse.Namespace):
     from embedkit.boom import MergeSettings
 
-    parameters = {"t": args.t} if args.t is not None else {}
-    return MergeSettings(method=args.method, weights=args.weights, parameters=parameters)
+    return MergeSettings(method=args.method, weights=args.weights, parameters=_merge_parameters(args))
+
+
+def _merge_parameters(args: argparse.Namespace) -> dict:
+    # mergekit reads top-level parameters as defaults for every model (density) or the method (t).
+    return {k: v for k, v in (("t", args.t), ("density", args.density)) if v is not None}
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -186,10 +190,8 @@ def run_merge(args: argparse.Namespace) -> int:
     if args.mergekit_config:
         result = merge_from_yaml(args.mergekit_config, args.out, overwrite=args.overwrite)
     else:
-        parameters = {"t": args.t} if args.t is not None else None
-        per_model = [{"density": args.density}] * len(args.models) if args.density is not None else None
         result = merge_models(args.models, args.out, method=args.method, weights=args.weights,
-                              base_model=args.base_model, parameters=parameters, model_parameters=per_model,
+                              base_model=args.base_model, parameters=_merge_parameters(args) or None,
                               overwrite=args.overwrite)
     print(f"merged -> {result.path} (mergekit YAML: {result.path / 'mergekit_config.yml'})")
     return 0

@@ -133,7 +133,8 @@ def mergekit_config_dict(
 
     entries = []
     for index, model in enumerate(models):
-        params = dict(method.model_parameters)
+        # A parameter given globally applies to every model, so its per-model default must not shadow it.
+        params = {k: v for k, v in method.model_parameters.items() if k not in (parameters or {})}
         if weights is not None and "weight" in params:
             params["weight"] = float(weights[index])
         if model_parameters is not None:
