@@ -60,12 +60,12 @@ class SearchAgent:
             batch = trajectories[start : start + size]
             try:
                 self._advance(batch)
-            except EmbedkitError as error:  # the LLM endpoint stayed down: record it, go on with the next batch
-                log.error("agent batch failed: %s", error)
+            except Exception as error:  # LLM endpoint down, context overflow…: record it, go on with the next batch
+                log.error("agent batch failed: %s: %s", type(error).__name__, error)
                 for trajectory in batch:
                     if trajectory.status == "running":
                         trajectory.status = "error"
-                        trajectory.error = str(error)[:500]
+                        trajectory.error = f"{type(error).__name__}: {str(error)[:500]}"
             for trajectory in batch:
                 score(trajectory)
             if progress is not None:
