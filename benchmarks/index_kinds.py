@@ -46,7 +46,7 @@ def synthetic(args) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def scifact(args) -> tuple[np.ndarray, np.ndarray, str]:
-    from embedkit.data import iter_documents, load_queries
+    from embedkit.data import load_queries
     from embedkit.encoding import Encoder, EncoderConfig
     from embedkit.paths import shared_data_dir
 
@@ -55,15 +55,19 @@ def scifact(args) -> tuple[np.ndarray, np.ndarray, str]:
         sys.exit("../shared/data is not available")
     CACHE.mkdir(parents=True, exist_ok=True)
     docs_cache, queries_cache = CACHE / "scifact-minilm-docs.npy", CACHE / "scifact-minilm-queries.npy"
-    if not docs_cache.exists():
+    if not docs_cache.exists() or not queries_cache.exists():
         import torch
+
+        from embedkit.encoding.shards import encode_shards, open_shards
 
         torch.set_num_threads(2)
         encoder = Encoder(EncoderConfig(model="sentence-transformers/all-MiniLM-L6-v2", batch_size=64))
-        documents = list(iter_documents(data / "scifact" / "corpus.jsonl"))
+        # checkpointed parts: a benchmark killed while encoding resumes where it stopped
+        shards = CACHE / "scifact-minilm-shards"
         started = time.perf_counter()
-        np.save(docs_cache, encoder.encode_documents(documents))
-        print(f"encoded {len(documents)} docs in {time.perf_counter() - started:.0f}s", flush=True)
+        encode_shards(data / "scifact" / "corpus.jsonl", shards, encoder, part_size=256)
+        np.save(docs_cache, np.concatenate([vectors for _, vectors in open_shards(shards).iter_chunks()]))
+        print(f"encoded the corpus in {time.perf_counter() - started:.0f}s", flush=True)
         np.save(queries_cache, encoder.encode_queries(list(load_queries(data / "scifact" / "queries.jsonl").values())))
     vectors, queries = np.load(docs_cache), np.load(queries_cache)
     description = (f"SciFact corpus ({len(vectors):,} docs) encoded with the bundled all-MiniLM-L6-v2 (dim 384, normalized); "

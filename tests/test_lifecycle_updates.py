@@ -91,7 +91,7 @@ def test_flat_upserts_and_deletes_equal_a_rebuild(tmp_path, encoder):
     live.manifest.check_files(index_path)  # sizes recorded after the update
 
 
-@pytest.mark.parametrize("factory", ["HNSW16", "IVF16,Flat", "IVF16,PQ8"])
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF16,Flat", "IVF16,PQ8x4"])
 def test_ann_updates_match_a_rebuild(tmp_path, factory):
     dim, spec = 32, EncoderSpec(model="synthetic", fingerprint="0", pooling="mean", normalize=True, dim=32)
     vectors = clustered(2000, dim, seed=0)
@@ -192,3 +192,20 @@ def test_cli_add_remove_compact(tmp_path, tiny_model, capsys):
     assert [doc.id for doc in iter_documents(new)][0] in Index.load(out).docstore.row_of(["z0"])
     assert main(["index", "remove", str(tmp_path / "missing")]) == 2
     assert main(["index", "add", str(out), "--corpus", str(tmp_path / "nothing.jsonl"), "-q"]) == 2
+
+
+def test_on_disk_ivf_and_memory_mapped_loading(tmp_path):
+    spec = EncoderSpec(model="synthetic", fingerprint="0", pooling="mean", normalize=True, dim=16)
+    vectors, docs = clustered(1200, 16, seed=3), [Document(id=f"o{i}", text="") for i in range(1200)]
+    in_memory = write_dense_index(tmp_path / "memory", vectors, docs, spec, factory="IVF8,Flat")
+    on_disk = write_dense_index(tmp_path / "disk", vectors, docs, spec, factory="IVF8,Flat", on_disk=True)
+    assert (on_disk / "index.ivfdata").stat().st_size > 1200 * 16 * 4  # the lists live in their own file
+    moved = on_disk.rename(tmp_path / "moved")  # found beside index.faiss wherever the folder goes
+    queries = clustered(30, 16, seed=8)
+    want = ids_of(Index.load(in_memory).search_vectors(queries, 10, with_text=False))
+    assert ids_of(Index.load(moved).search_vectors(queries, 10, with_text=False)) == want
+    assert ids_of(Index.load(in_memory, mmap=True).search_vectors(queries, 10, with_text=False)) == want
+    with pytest.raises(EmbedkitError, match="on disk"):
+        remove_documents(moved, ["o1"])
+    merged = merge_indexes([moved], tmp_path / "rebuilt", on_disk=True)
+    assert ids_of(Index.load(merged).search_vectors(queries, 10, with_text=False)) == want

@@ -53,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="any FAISS index-factory string: Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64, OPQ64,IVF4096,PQ64, … (default: Flat)")
     group.add_argument("--metric", default="ip", choices=["ip", "l2"], help="inner product (cosine when normalized) or L2")
     group.add_argument("--train-sample", type=int, default=100_000, help="vectors used to train IVF/PQ indexes (default: 100000)")
+    group.add_argument("--store-vectors", default="auto", choices=["auto", "float16", "float32", "none"],
+                       help="keep the vectors in the folder for compact/merge/tune (auto: float16 for lossy kinds)")
+    group.add_argument("--on-disk", action="store_true",
+                       help="IVF only: inverted lists in index.ivfdata, read from disk (corpora larger than RAM)")
     for module_name in KIND_BUILDERS.values():
         try:
             module = __import__(module_name, fromlist=["add_build_arguments"])
@@ -82,7 +86,8 @@ def build(args: argparse.Namespace) -> int:
     documents = iter_documents(args.corpus, field_map_from_args(args))
     build_dense_index(documents, encoder, out, factory=args.index_factory, metric=args.metric,
                       train_sample=args.train_sample, overwrite=args.overwrite,
-                      total=count_documents(args.corpus), quiet=args.quiet, corpus=str(args.corpus))
+                      total=count_documents(args.corpus), quiet=args.quiet, corpus=str(args.corpus),
+                      store_vectors=args.store_vectors, on_disk=args.on_disk)
     from embedkit.index.manifest import IndexManifest
 
     manifest = IndexManifest.load(out)

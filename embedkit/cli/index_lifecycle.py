@@ -68,6 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--train-sample", type=int, default=100_000)
     merge.add_argument("--store-vectors", default="auto", choices=["auto", "float16", "float32", "none"],
                        help="keep a copy of the vectors in the folder (auto: float16 for lossy kinds)")
+    merge.add_argument("--on-disk", action="store_true",
+                       help="IVF only: inverted lists in index.ivfdata, read from disk (corpora larger than RAM)")
 
     tune = add_command(subparsers, "tune", run_tune,
                        help="compare index kinds on this index's vectors (recall, QPS, build time, size)",
@@ -137,7 +139,8 @@ def run_merge(args: argparse.Namespace) -> int:
     from embedkit.index.manifest import IndexManifest
 
     merge_indexes(args.inputs, args.out, factory=args.index_factory, metric=args.metric,
-                  train_sample=args.train_sample, overwrite=args.overwrite, store_vectors=args.store_vectors)
+                  train_sample=args.train_sample, overwrite=args.overwrite, store_vectors=args.store_vectors,
+                  on_disk=args.on_disk)
     manifest = IndexManifest.load(args.out)
     print(f"wrote {args.out}: {manifest.num_docs} documents, {manifest.index_factory}")
     return 0

@@ -27,6 +27,7 @@ from embedkit.index.docstore import DOCSTORE_NAME, DocStore
 from embedkit.index.faiss_ops import (
     add_vectors,
     create_index,
+    ivf_of,
     reconstruct_rows,
     search_defaults,
     stores_exact_vectors,
@@ -39,6 +40,7 @@ from embedkit.io import atomic_directory
 FAISS_NAME = "index.faiss"
 VECTORS_SCRATCH = "vectors.f32"
 DELETED_NAME = "deleted.npy"
+IVFDATA_NAME = "index.ivfdata"
 VECTOR_FILES = {"float16": "vectors.f16", "float32": "vectors.f32"}
 BACKENDS = ("faiss", "faiss-gpu", "torch")
 DEFAULT_TRAIN_SAMPLE = 100_000
@@ -57,12 +59,17 @@ def build_dense_index(
     quiet: bool = False,
     corpus: str | None = None,
     store_vectors: str = "auto",
+    on_disk: bool = False,
 ) -> Path:
-    """Encode `documents` and write an index folder at `out` atomically. Returns `out`."""
+    """Encode `documents` and write an index folder at `out` atomically. Returns `out`.
+
+    `on_disk=True` (IVF factories) keeps the inverted lists in `index.ivfdata`, read from disk at search time
+    (FAISS `OnDiskInvertedLists`), for corpora larger than RAM.
+    """
     create_index(encoder.dim, factory, metric)  # fail on a bad factory string before spending time encoding
     chunks = encoder.iter_encoded(documents, total=total, quiet=quiet)
     return _write(out, chunks, encoder.spec, factory=factory, metric=metric, train_sample=train_sample,
-                  overwrite=overwrite, corpus=corpus, store_vectors=store_vectors)
+                  overwrite=overwrite, corpus=corpus, store_vectors=store_vectors, on_disk=on_disk)
 
 
 def write_dense_index(
@@ -77,6 +84,7 @@ def write_dense_index(
     overwrite: bool = False,
     corpus: str | None = None,
     store_vectors: str = "auto",
+    on_disk: bool = False,
 ) -> Path:
     """Write an index folder from vectors computed elsewhere (e.g. a multimodal encoder).
 
@@ -88,7 +96,7 @@ def write_dense_index(
         raise EmbedkitError("cannot build an index with no documents")
     return _write(out, [(list(documents), np.asarray(vectors, dtype=np.float32))], spec, factory=factory,
                   metric=metric, train_sample=train_sample, overwrite=overwrite, corpus=corpus,
-                  store_vectors=store_vectors)
+                  store_vectors=store_vectors, on_disk=on_disk)
 
 
 def _write(
@@ -105,6 +113,7 @@ def _write(
     history: list[HistoryEntry] | None = None,
     action: str = "build",
     created_at: str | None = None,
+    on_disk: bool = False,
 ) -> Path:
     """Write an index folder from streamed (documents, vectors) chunks; rows are numbered 0..n-1 in order.
 
@@ -142,13 +151,18 @@ def _write(
             del matrix  # unmapped: its pages stop counting towards this process's memory
         else:
             trained_on = 0
-        for start, part in iter_vector_file(scratch, spec.dim, np.float32):
-            add_vectors(index, part, np.arange(start, start + len(part), dtype=np.int64))
+        if on_disk:
+            _add_on_disk(index, scratch, folder, spec.dim)
+        else:
+            for start, part in iter_vector_file(scratch, spec.dim, np.float32):
+                add_vectors(index, part, np.arange(start, start + len(part), dtype=np.int64))
         faiss.write_index(index, str(folder / FAISS_NAME))
         mode = store_vectors
         if mode == "auto":
             mode = "none" if stores_exact_vectors(index) else "float16"
         settings: dict[str, Any] = {"train_sample": trained_on, "next_row": count, "search": search_defaults(index)}
+        if on_disk:
+            settings["on_disk"] = True
         if mode != "none":
             settings["vectors"] = {"file": VECTOR_FILES[mode], "dtype": mode}
         del index
@@ -177,6 +191,25 @@ def _write(
         manifest.record_files(folder)
         manifest.save(folder)
     return out
+
+
+def _add_on_disk(index, scratch: Path, folder: Path, dim: int, *, chunk_rows: int = 262_144) -> None:
+    """Fill an IVF index's lists into `index.ivfdata` one chunk at a time (memory: one chunk's lists)."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    if ivf_of(index) is None:
+        raise EmbedkitError("on-disk indexes need an IVF factory, e.g. IVF4096,Flat or IVF4096,PQ64")
+    parts = []
+    for number, (start, part) in enumerate(iter_vector_file(scratch, dim, np.float32, chunk_rows=chunk_rows)):
+        piece = faiss.clone_index(index)
+        add_vectors(piece, part, np.arange(start, start + len(part), dtype=np.int64))
+        parts.append(str(folder / f"part-{number}.ivf.tmp"))
+        faiss.write_index(piece, parts[-1])
+        del piece
+    merge_ondisk(index, parts, str(folder / IVFDATA_NAME))
+    for part_path in parts:
+        Path(part_path).unlink()
 
 
 def iter_vector_file(path: Path, dim: int, dtype, *, chunk_rows: int = 65536, start: int = 0,
@@ -232,6 +265,8 @@ class DenseIndex(Index):
         import faiss
 
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if self._mmap else 0
+        if self.manifest.settings.get("on_disk"):
+            flags |= faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is found beside index.faiss wherever it moved
         try:
             index = faiss.read_index(str(self.path / FAISS_NAME), flags)
         except RuntimeError as error:

@@ -144,13 +144,14 @@ def compact_index(path: str | Path, *, factory: str | None = None, train_sample:
         masked = len(index.deleted_rows)
         _write(path, chunks, manifest.encoder, factory=factory or manifest.index_factory or "Flat",
                metric=manifest.metric or "ip", train_sample=train_sample, overwrite=True, corpus=manifest.corpus,
-               store_vectors=mode, history=manifest.history, action="compact", created_at=manifest.created_at)
+               store_vectors=mode, history=manifest.history, action="compact", created_at=manifest.created_at,
+               on_disk=bool(manifest.settings.get("on_disk")))
     return UpdateReport(action="compact", removed=masked, num_docs=IndexManifest.load(path).num_docs)
 
 
 def merge_indexes(inputs: Sequence[str | Path], out: str | Path, *, factory: str | None = None,
                   metric: str | None = None, train_sample: int = DEFAULT_TRAIN_SAMPLE, overwrite: bool = False,
-                  store_vectors: str = "auto") -> Path:
+                  store_vectors: str = "auto", on_disk: bool = False) -> Path:
     """One index from index folders and/or encode-shard folders (`embedkit encode --out`), in the given order.
 
     All inputs must come from the same encoder; document ids must be unique across inputs.
@@ -182,7 +183,8 @@ def merge_indexes(inputs: Sequence[str | Path], out: str | Path, *, factory: str
     history = [HistoryEntry(action="merge", documents=None, source=", ".join(str(item) for item in inputs))]
     try:
         return _write(out, chunks(), spec, factory=factory, metric=metric, train_sample=train_sample,
-                      overwrite=overwrite, corpus=None, store_vectors=store_vectors, history=history, action="build")
+                      overwrite=overwrite, corpus=None, store_vectors=store_vectors, history=history, action="build",
+                      on_disk=on_disk)
     except DataFormatError as error:
         raise EmbedkitError(f"cannot merge: {error}; document ids must be unique across the merged inputs") from None
 
@@ -247,6 +249,11 @@ class _Update:
 
         self.folder = folder
         self.manifest = _dense_manifest(source).model_copy(deep=True)
+        if self.manifest.settings.get("on_disk"):
+            raise EmbedkitError(
+                f"{source} keeps its inverted lists on disk, which FAISS would change in place; add documents by "
+                "merging: `embedkit index merge OLD NEW --out NEW_INDEX` (no re-encoding of OLD)"
+            )
         for name in self.manifest.files:
             if name != FAISS_NAME:  # the FAISS index is read into memory and written anew
                 shutil.copyfile(source / name, folder / name)
