@@ -79,7 +79,9 @@ class CocoaTrainer:
         self.tokens = VisionTokens.from_tokenizer(self.vlm.tokenizer, config.model.eos_token,
                                                   config.model.mask_token)
         self.merge_size = int(self.vlm.image_processor.merge_size)
-        self.heads = ReconstructionHeads.for_model(self.vlm.model, self.vlm.image_processor).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # heads' init depends on the seed only, not on earlier work
+            torch.manual_seed(config.optim.seed)
+            self.heads = ReconstructionHeads.for_model(self.vlm.model, self.vlm.image_processor).to(self.device)
         self._lora_applied = False
         self.history: list[StageResult] = []
 
