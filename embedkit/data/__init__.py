@@ -1,5 +1,6 @@
 """Readers and writers for the formats users already have: BEIR, pyserini jsonl, TREC runs and qrels."""
 
+from embedkit.data._files import iter_json_lines
 from embedkit.data.corpus import Document, FieldMap, count_documents, iter_documents
 from embedkit.data.qrels import Qrels, load_qrels
 from embedkit.data.queries import load_queries
@@ -12,6 +13,7 @@ __all__ = [
     "Run",
     "count_documents",
     "iter_documents",
+    "iter_json_lines",
     "load_qrels",
     "load_queries",
     "read_run",

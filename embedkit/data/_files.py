@@ -24,8 +24,12 @@ def base_suffix(path: Path) -> str:
     return suffixes[-1].lower() if suffixes else ""
 
 
-def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; a line that is not a JSON object is an error."""
+def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a line that is not a JSON object is an error.
+
+    >>> for line, record in iter_json_lines("train.jsonl"): ...
+    """
+    path = require_file(path, "file")
     with open_text(path) as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
