@@ -7,29 +7,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from agents.search_agent.config import AgentConfig, load_yaml_mapping
-from embedkit.errors import DataFormatError
+from agents.search_agent.config import AgentConfig
+from embedkit.config import YamlConfig
 
 AGENTIC_R_QUERY = "{question} [SEP] {query}"
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class _Config(YamlConfig):
     @classmethod
-    def from_yaml(cls, path: str | Path, *, section: str | None = None, **overrides: Any):
-        data = {**load_yaml_mapping(path, section=section), **{k: v for k, v in overrides.items() if v is not None}}
-        try:
-            return cls.model_validate(data)
-        except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(x) for x in first["loc"]) or None
-            raise DataFormatError(first["msg"], path=path, field=field) from None
+    def from_yaml(cls, path: str | Path, *, section: str | None = None, overrides: Mapping[str, Any] | None = None):
+        """Like `YamlConfig.from_yaml`; overrides that are None (flags not given) are ignored."""
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        return super().from_yaml(path, section=section, overrides=given)
 
 
 class LabelConfig(_Config):

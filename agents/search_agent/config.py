@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from embedkit.errors import DataFormatError, EmbedkitError
+from embedkit.config import YamlConfig, load_yaml_mapping
 
 # Our own wording of the Search-R1 instruction; the tags and their meaning are the protocol, not the text.
 DEFAULT_PROMPT = (
@@ -28,10 +30,8 @@ DEFAULT_INVALID_FEEDBACK = (
 )
 
 
-class AgentConfig(BaseModel):
+class AgentConfig(YamlConfig):
     """Everything that shapes an agent run except the policy and the retriever."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     prompt_template: str = Field(DEFAULT_PROMPT, description="the first user message; must contain {question}")
     stop: list[str] = Field(default_factory=lambda: ["</search>", "</answer>"],
@@ -66,33 +66,11 @@ class AgentConfig(BaseModel):
         return value
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: object) -> AgentConfig:
-        """Load a config file; `overrides` (e.g. from command-line flags) win over the file."""
-        from pydantic import ValidationError
-
-        try:
-            return cls.model_validate({**load_yaml_mapping(path, section="agent"), **overrides})
-        except ValidationError as error:
-            first = error.errors()[0]
-            raise DataFormatError(first["msg"], path=path, field=".".join(map(str, first["loc"])) or None) from None
-
-
-def load_yaml_mapping(path: str | Path, *, section: str | None = None) -> dict:
-    """A YAML file's mapping (or its `section` when the file has one), with a clear error for bad files."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise EmbedkitError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise DataFormatError(f"not valid YAML: {error}", path=path) from None
-    if not isinstance(data, dict):
-        raise DataFormatError("expected a mapping at the top level", path=path)
-    if section is not None:
-        if isinstance(data.get(section), dict):
-            data = data[section]
-        elif any(isinstance(v, dict) for v in data.values()):
-            data = {}  # a file of several sections without this one: all defaults
-    return dict(data)
+    def from_yaml(cls, path: str | Path, *, section: str | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> AgentConfig:  # fmt: skip
+        """Load a config file: its `agent` section when it has one, else the whole file; `overrides` win."""
+        data = load_yaml_mapping(path) if section is None else {}
+        # A file of several sections (e.g. configs/agentic_r.yaml) holds the agent under `agent`.
+        if section is None and any(isinstance(value, dict) for value in data.values()):
+            section = "agent"
+        return super().from_yaml(path, section=section, overrides=overrides)

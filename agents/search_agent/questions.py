@@ -12,11 +12,11 @@ Recognised fields (first present wins):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedkit.data import iter_json_lines
 from embedkit.errors import DataFormatError
 
 ID_FIELDS = ("id", "_id", "question_id", "qid")
@@ -38,21 +38,12 @@ def load_questions(path: str | Path, *, start: int = 0, limit: int | None = None
         raise DataFormatError("questions file not found", path=path)
     out: list[Question] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(f"not valid JSON: {error.msg}", path=path, line=line_no) from None
-            if not isinstance(record, dict):
-                raise DataFormatError("expected a JSON object", path=path, line=line_no)
-            question = _parse(record, path, line_no)
-            if question.id in seen:
-                raise DataFormatError(f"duplicate question id '{question.id}'", path=path, line=line_no)
-            seen.add(question.id)
-            out.append(question)
+    for line_no, record in iter_json_lines(path):
+        question = _parse(record, path, line_no)
+        if question.id in seen:
+            raise DataFormatError(f"duplicate question id '{question.id}'", path=path, line=line_no)
+        seen.add(question.id)
+        out.append(question)
     if not out:
         raise DataFormatError("no questions in file", path=path)
     end = None if limit is None else start + limit

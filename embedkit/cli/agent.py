@@ -85,7 +85,7 @@ def agent_config_from_args(args: argparse.Namespace):
     overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
         if args.config:
-            return AgentConfig.from_yaml(args.config, **overrides)
+            return AgentConfig.from_yaml(args.config, overrides=overrides)
         return AgentConfig(**overrides)
     except ValidationError as error:
         first = error.errors()[0]

@@ -117,7 +117,7 @@ def _label(args: argparse.Namespace) -> int:
     overrides = {"local": args.local, "global_utility": args.global_utility, "candidates": args.candidates,
                  "min_local": args.min_local}  # fmt: skip
     if args.config:
-        config = LabelConfig.from_yaml(args.config, section="label", **overrides)
+        config = LabelConfig.from_yaml(args.config, section="label", overrides=overrides)
     else:
         config = LabelConfig(**{k: v for k, v in overrides.items() if v is not None})
     if args.agent_config:
@@ -151,7 +151,7 @@ def _train(args: argparse.Namespace) -> int:
                  "passage_prefix": args.passage_prefix, "epochs": args.epochs, "batch_size": args.batch_size,
                  "learning_rate": args.learning_rate, "max_length": args.max_length}  # fmt: skip
     if args.config:
-        config = RetrieverTrainConfig.from_yaml(args.config, section="train", **overrides)
+        config = RetrieverTrainConfig.from_yaml(args.config, section="train", overrides=overrides)
     else:
         config = RetrieverTrainConfig(**{k: v for k, v in overrides.items() if v is not None})
     if bool(args.corpus) != bool(args.index_out):
@@ -167,7 +167,7 @@ def _train(args: argparse.Namespace) -> int:
 def _iterate(args: argparse.Namespace) -> int:
     from agents.agentic_r import IterateConfig, iterate
 
-    config = IterateConfig.from_yaml(args.config, rounds=args.rounds, output_dir=args.output_dir)
+    config = IterateConfig.from_yaml(args.config, overrides={"rounds": args.rounds, "output_dir": args.output_dir})
     summaries = iterate(config, judge=_judge(args))
     for summary in summaries:
         agent = summary["agent"]
