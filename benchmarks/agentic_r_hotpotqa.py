@@ -179,7 +179,7 @@ def markdown(report: dict) -> str:
               "answers 'yes'). EM therefore mostly reflects the answer rule, not retrieval.",
               "- No LLM anywhere: global utility is answer containment and local utility the embedder's cosine "
               "(the documented proxies); re-running the deterministic agent (`--global rerun`) kept only 16 "
-              "of 500 steps at local ≥ 0.6 in a trial run, since its EM on bridge questions is about 6%.",
+              "of 500 steps at local ≥ 0.6 in a trial run, since its EM on the (bridge) training questions is about 5%.",
               "- Wall time is for a 2-core machine shared with several other jobs (load average ≈ 25); "
               "re-encoding the 4,858 paragraphs dominates it.",
               "- To bound CPU time, rows keep 3 of their 15 hard negatives and training inputs are cut to 64 "
