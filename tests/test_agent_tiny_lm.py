@@ -11,7 +11,6 @@ from agents.llm import TransformersBackend
 from agents.retrieval import IndexRetriever
 from agents.rl.rewards import RewardBatch, build_reward
 from agents.rl.rollout import RolloutEngine, RolloutSettings
-from agents.rl.tasks import Example
 from agents.rl.toy import build_char_tokenizer, build_tiny_causal_lm
 from agents.rl.warmup import demonstration_tokens, sft_warmup
 from agents.search_agent import AgentConfig, LLMPolicy, SearchAgent
