@@ -55,8 +55,15 @@ def test_policy_loss_adapters():
 
 def test_register_with_verl():
     core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
-    from agents.rl.verl_adapter import register_with_verl
+    from agents.rl.verl_adapter import probe_config, register_with_verl
 
     names = register_with_verl()
     assert core_algos.get_adv_estimator_fn("embedkit_grpo") is verl_grpo_advantage
     assert "embedkit_ppo_clip" in core_algos.POLICY_LOSS_REGISTRY and "embedkit_rose" in names
+    # our loss returns what this verl version's own vanilla loss returns (tuple arity differs across versions)
+    old, new, adv, mask = torch.zeros(2, 3), torch.full((2, 3), -0.1), torch.ones(2, 3), torch.ones(2, 3)
+    config = probe_config()
+    ours = core_algos.get_policy_loss_fn("embedkit_ppo_clip")(old, new, adv, mask, "token-mean", config)
+    theirs = core_algos.get_policy_loss_fn("vanilla")(old, new, adv, mask, "token-mean", config)
+    assert len(ours) == len(theirs)
+    assert ours[0].item() == pytest.approx(theirs[0].item(), rel=1e-5)

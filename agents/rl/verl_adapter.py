@@ -27,6 +27,7 @@ from agents.rl.regularizers import forking_mask, tre_k_entropy, tre_p_entropy
 from agents.rl.rose import segment_advantages
 
 ADV_ESTIMATORS = ("embedkit_grpo", "embedkit_drgrpo", "embedkit_rose")
+_VERL_AGG: Any = None  # set by register_with_verl: verl's agg_loss, which knows the global batch size
 POLICY_LOSSES = ("embedkit_ppo_clip", "embedkit_forking")
 
 
@@ -96,7 +97,10 @@ def verl_ppo_clip_loss(old_log_prob: torch.Tensor, log_prob: torch.Tensor, advan
     high = float(_config_get(config, "clip_ratio_high", clip))
     mask = response_mask if mask_override is None else mask_override
     loss_tok, clipped = ppo_clip_loss(log_prob, old_log_prob, advantages, clip_low=low, clip_high=high)
-    loss = aggregate(loss_tok, mask, loss_agg_mode)
+    if _VERL_AGG is not None:  # data-parallel aware normalisation (dp size, global token count)
+        loss = _VERL_AGG(loss_tok, mask, loss_agg_mode, config)
+    else:
+        loss = aggregate(loss_tok, mask, loss_agg_mode)
     kl = aggregate(old_log_prob - log_prob, response_mask, "token-mean")
     metrics = {"actor/pg_clipfrac": float(aggregate(clipped, response_mask, "token-mean")),
                "actor/ppo_kl": float(kl.detach())}  # fmt: skip
@@ -116,11 +120,19 @@ def verl_forking_loss(old_log_prob: torch.Tensor, log_prob: torch.Tensor, advant
                               rollout_log_probs, mask_override=mask)  # fmt: skip
 
 
+def probe_config() -> Any:
+    """A minimal actor config verl's own losses accept (clip ratios, no global batch info)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"clip_ratio": 0.2, "clip_ratio_low": 0.2, "clip_ratio_high": 0.2, "clip_ratio_c": 3.0,
+                             "global_batch_info": {}})  # fmt: skip
+
+
 def _adapt_return_arity(fn: Any, reference: Any) -> Any:
     """Older verl policy losses return (loss, clipfrac, ppo_kl, clipfrac_lower); newer ones (loss, metrics)."""
     probe = torch.zeros(1, 2)
     try:
-        out = reference(probe, probe, probe, torch.ones(1, 2), "token-mean", None)
+        out = reference(probe, probe, probe, torch.ones(1, 2), "token-mean", probe_config())
     except Exception:  # noqa: BLE001 - the newest signature is the safest default
         return fn
     if isinstance(out, tuple) and len(out) == 4:
@@ -141,6 +153,14 @@ def register_with_verl() -> list[str]:
     Raises ImportError when verl is not installed (install the `verl` extra)."""
     from verl.trainer.ppo import core_algos
 
+    global _VERL_AGG
+    if hasattr(core_algos, "agg_loss"):
+
+        def verl_agg(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, config: Any) -> torch.Tensor:
+            info = _config_get(config, "global_batch_info", None) or {}
+            return core_algos.agg_loss(loss_mat=loss_mat, loss_mask=mask, loss_agg_mode=mode, **dict(info))
+
+        _VERL_AGG = verl_agg
     registered = []
     for name, fn in (("embedkit_grpo", verl_grpo_advantage), ("embedkit_drgrpo", verl_drgrpo_advantage),
                      ("embedkit_rose", verl_rose_advantage)):  # fmt: skip
