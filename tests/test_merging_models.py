@@ -22,8 +22,10 @@ PROMPTS = {"query": "query: ", "document": ""}
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("merge")
+    a = build_tiny_bert(root / "a", seed=1, pooling="cls", prompts=PROMPTS)
+    (a / "embedkit_training.json").write_text("{}")  # as a trained model would have
     return {
-        "a": build_tiny_bert(root / "a", seed=1, pooling="cls", prompts=PROMPTS),
+        "a": a,
         "b": build_tiny_bert(root / "b", seed=2, pooling="cls", prompts=PROMPTS),
         "base": build_tiny_bert(root / "base", seed=3, pooling="cls", prompts=PROMPTS),
         "mean": build_tiny_bert(root / "mean", seed=4, pooling="mean", prompts=PROMPTS),
@@ -53,6 +55,7 @@ def test_linear_merge_is_weighted_average_and_keeps_st_settings(models, tmp_path
     assert any(isinstance(mod, Normalize) for mod in model)
     assert model.prompts["query"] == "query: "
     assert (out / "mergekit_config.yml").exists()
+    assert not (out / "embedkit_training.json").exists()  # input models' records are not copied
     record = json.loads((out / "embedkit_merge.json").read_text())
     assert record["pooling"] == "cls" and record["mergekit_config"]["merge_method"] == "linear"
     vectors = model.encode(["the protein of the cell"], convert_to_tensor=True)

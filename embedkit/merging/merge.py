@@ -30,6 +30,7 @@ LOG = logging.getLogger(__name__)
 
 MERGEKIT_YAML = "mergekit_config.yml"
 MERGE_RECORD = "embedkit_merge.json"
+MODEL_RECORDS = ("README.md", MERGE_RECORD, "embedkit_training.json", "embedkit_lineage.json", MERGEKIT_YAML)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,8 @@ def _assemble(reference: STLayout, merged: Path, out: Path) -> None:
     """Copy the reference model minus its transformer weights, then put the merged transformer in place."""
     for source in reference.root.rglob("*"):
         relative = source.relative_to(reference.root)
-        if source.is_dir() or relative.parts[0].startswith(".") or relative.name in ("README.md", MERGE_RECORD):
+        # Records describing the reference model's own history would be false for the merge.
+        if source.is_dir() or relative.parts[0].startswith(".") or relative.name in MODEL_RECORDS:
             continue
         in_transformer = (reference.transformer_path == "" and len(relative.parts) == 1) or (
             reference.transformer_path != "" and relative.parts[0] == reference.transformer_path
