@@ -55,6 +55,14 @@ def scifact(args) -> tuple[np.ndarray, np.ndarray, str]:
         sys.exit("../shared/data is not available")
     CACHE.mkdir(parents=True, exist_ok=True)
     docs_cache, queries_cache = CACHE / "scifact-minilm-docs.npy", CACHE / "scifact-minilm-queries.npy"
+    if args.from_index and not docs_cache.exists():
+        # an index the CLI already built with the bundled MiniLM (rows are in corpus order): reuse its vectors
+        from embedkit.index import Index
+
+        index = Index.load(args.from_index)
+        if index.manifest.num_docs != 5183 or "MiniLM-L6" not in index.spec.model or not index.vectors_exact:
+            sys.exit(f"{args.from_index} is not an exact SciFact all-MiniLM-L6-v2 index")
+        np.save(docs_cache, index.vectors(index.live_rows()))
     if not docs_cache.exists() or not queries_cache.exists():
         import torch
 
@@ -65,9 +73,10 @@ def scifact(args) -> tuple[np.ndarray, np.ndarray, str]:
         # checkpointed parts: a benchmark killed while encoding resumes where it stopped
         shards = CACHE / "scifact-minilm-shards"
         started = time.perf_counter()
-        encode_shards(data / "scifact" / "corpus.jsonl", shards, encoder, part_size=256)
-        np.save(docs_cache, np.concatenate([vectors for _, vectors in open_shards(shards).iter_chunks()]))
-        print(f"encoded the corpus in {time.perf_counter() - started:.0f}s", flush=True)
+        if not docs_cache.exists():
+            encode_shards(data / "scifact" / "corpus.jsonl", shards, encoder, part_size=256)
+            np.save(docs_cache, np.concatenate([vectors for _, vectors in open_shards(shards).iter_chunks()]))
+            print(f"encoded the corpus in {time.perf_counter() - started:.0f}s", flush=True)
         np.save(queries_cache, encoder.encode_queries(list(load_queries(data / "scifact" / "queries.jsonl").values())))
     vectors, queries = np.load(docs_cache), np.load(queries_cache)
     description = (f"SciFact corpus ({len(vectors):,} docs) encoded with the bundled all-MiniLM-L6-v2 (dim 384, normalized); "
@@ -87,6 +96,7 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, help="IVF lists (default: ~4·sqrt(n))")
     parser.add_argument("--train-sample", type=int, default=100_000)
     parser.add_argument("--kinds", default="Flat,HNSW32,IVF-Flat,IVF-PQ,SQ8", help="comma-separated subset")
+    parser.add_argument("--from-index", help="scifact: take document vectors from an exact (Flat) MiniLM index folder")
     parser.add_argument("--out", help="results file (default benchmarks/index_kinds_<dataset>.md)")
     args = parser.parse_args()
     import faiss

@@ -21,6 +21,7 @@ import numpy as np
 from embedkit.data.corpus import Document
 from embedkit.encoding.config import EncoderSpec
 from embedkit.encoding.encoder import Encoder
+from embedkit.encoding.registry import encoder_from_spec
 from embedkit.errors import EmbedkitError, IndexFormatError, ModelMismatchError
 from embedkit.index.base import Hit, Index, register_index_kind
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
@@ -29,6 +30,7 @@ from embedkit.index.faiss_ops import (
     create_index,
     ivf_of,
     reconstruct_rows,
+    reserve_rows,
     search_defaults,
     stores_exact_vectors,
     train_index,
@@ -154,6 +156,7 @@ def _write(
         if on_disk:
             _add_on_disk(index, scratch, folder, spec.dim)
         else:
+            reserve_rows(index, count)
             for start, part in iter_vector_file(scratch, spec.dim, np.float32):
                 add_vectors(index, part, np.arange(start, start + len(part), dtype=np.int64))
         faiss.write_index(index, str(folder / FAISS_NAME))
@@ -212,7 +215,7 @@ def _add_on_disk(index, scratch: Path, folder: Path, dim: int, *, chunk_rows: in
         Path(part_path).unlink()
 
 
-def iter_vector_file(path: Path, dim: int, dtype, *, chunk_rows: int = 65536, start: int = 0,
+def iter_vector_file(path: Path, dim: int, dtype, *, chunk_rows: int = 16384, start: int = 0,
                      stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Read a raw row-major vector file in chunks with plain reads (no mmap, so memory stays one chunk)."""
     dtype = np.dtype(dtype)
@@ -224,8 +227,10 @@ def iter_vector_file(path: Path, dim: int, dtype, *, chunk_rows: int = 65536, st
         row = start
         while row < stop:
             take = min(chunk_rows, stop - row)
-            data = np.frombuffer(handle.read(take * row_bytes), dtype=dtype).reshape(take, dim)
-            yield row, data.astype(np.float32)
+            data = np.empty((take, dim), dtype=dtype)
+            if handle.readinto(memoryview(data).cast("B")) != take * row_bytes:
+                raise IndexFormatError(f"{path} is truncated")
+            yield row, data.astype(np.float32, copy=False)
             row += take
 
 
@@ -287,7 +292,7 @@ class DenseIndex(Index):
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = Encoder.from_spec(self.spec, model_path=self._model_override, device=self._device,
+            self._encoder = encoder_from_spec(self.spec, model_path=self._model_override, device=self._device,
                                               batch_size=self._batch_size)
         return self._encoder
 
