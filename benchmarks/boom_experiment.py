@@ -34,8 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 OOD = ["cranfield", "cisi", "medline", "cacm"]
-RESULTS_MD = REPO / "benchmarks" / "boom_results.md"
-RESULTS_JSON = REPO / "benchmarks" / "boom_results.json"
+RESULTS_NAME = "boom_results"
 
 
 def log(message: str) -> None:
@@ -112,6 +111,7 @@ def main() -> int:
                         help="train on this per-dataset sample of A and B (1: all), the same for every model")
     parser.add_argument("--part", choices=["all", "shuffle", "boom", "updates", "update_merge", "report"], default="all",
                         help="run one part (parts can run as parallel processes; 'report' only writes the table)")
+    parser.add_argument("--results-name", default=RESULTS_NAME, help="benchmarks/<name>.md and .json")
     parser.add_argument("--skip-a-only-eval", action="store_true", help="do not evaluate the intermediate A model")
     args = parser.parse_args()
 
@@ -305,9 +305,11 @@ def write_results(state: dict, args, suite: dict) -> None:
         "- Update (iii) \"retrained on A+B from scratch\" has exactly the data, seed and settings of the batch-shuffling run; "
         "the same model is reported once.",
     ]
-    RESULTS_MD.write_text("\n".join(text) + "\n", encoding="utf-8")
-    RESULTS_JSON.write_text(json.dumps({"settings": vars(args), "corpus_sizes": sizes, **state}, indent=2), encoding="utf-8")
-    log(f"wrote {RESULTS_MD}")
+    results = REPO / "benchmarks" / args.results_name
+    results.with_suffix(".md").write_text("\n".join(text) + "\n", encoding="utf-8")
+    results.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "corpus_sizes": sizes, **state}, indent=2),
+                                            encoding="utf-8")
+    log(f"wrote {results.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
