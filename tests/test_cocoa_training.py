@@ -78,7 +78,11 @@ def test_three_stages_learn_save_reload_and_index(family, tmp_path):
                             reloaded.spec(), factory="Flat")
     hits = Index.load(out).search_vectors(in_memory, k=2)
     assert [h[0].id for h in hits] == list(COLOURS)
-    assert Index.load(out).manifest is not None
+    assert Index.load(out).manifest.encoder.family == "qwen-vl"
+    # A text query through the generic search path rebuilds the multimodal embedder from the manifest.
+    text_hits = Index.load(out, device="cpu").search(["a red square"], k=3)[0]
+    expected = Index.load(out).search_vectors(reloaded.encode_queries(["a red square"]), k=3)[0]
+    assert [h.id for h in text_hits] == [h.id for h in expected]
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path):

@@ -40,6 +40,7 @@ class EncoderSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    family: str = Field("sentence-transformers", description="which encoder registry entry rebuilds it")
     model: str
     fingerprint: str
     pooling: str

@@ -69,6 +69,7 @@ class MultimodalEmbedder:
         from embedkit.encoding.models import weights_fingerprint
 
         return EncoderSpec(
+            family="qwen-vl",
             model=self.config.model,
             fingerprint=weights_fingerprint(self.model),
             pooling="last-token",
@@ -78,6 +79,30 @@ class MultimodalEmbedder:
             max_length=self.config.max_length,
             dim=self.dimension,
         )
+
+    @property
+    def fingerprint(self) -> str:
+        from embedkit.encoding.models import weights_fingerprint
+
+        return weights_fingerprint(self.model)
+
+    @classmethod
+    def from_spec(cls, spec, *, model_path: str | None = None, device: str = "auto",
+                  batch_size: int = 8) -> MultimodalEmbedder:
+        """Rebuild the query embedder an index was built with (see `embedkit.encoding.registry`)."""
+        from embedkit.errors import ModelMismatchError
+
+        embedder = cls(MultimodalEmbedderConfig(
+            model=model_path or spec.model, device=device, batch_size=batch_size, normalize=spec.normalize,
+            max_length=spec.max_length or 512, query_instruction=spec.query_prefix or None,
+            document_instruction=spec.passage_prefix or None,
+        ))
+        if embedder.fingerprint != spec.fingerprint:
+            raise ModelMismatchError(
+                f"model '{model_path or spec.model}' has weights fingerprint {embedder.fingerprint}, but the index "
+                f"was built with '{spec.model}' (fingerprint {spec.fingerprint})"
+            )
+        return embedder
 
     def encode_batch_tensor(self, items: Sequence[MultimodalInput]):
         """Pooled embeddings of one batch as a tensor with gradients (used in training)."""
