@@ -88,6 +88,9 @@ def main() -> None:
         f"| policy tokens / all response tokens (last 10 steps) | | {mean(last, 'response_length'):.1f} / "
         f"{mean(last, 'total_length'):.1f} |",
         "",
+        "The key→value map is fixed, so a policy can also memorise answers instead of reading them: compare the",
+        "exact-match rows with the right-document row (queries drift while answers improve).",
+        "",
         f"Steps: {len(records)}; wall time {elapsed:.0f} s (warm-up, index load and RL).",
         "",
         "Greedy transcripts after RL:",

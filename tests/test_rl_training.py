@@ -55,7 +55,7 @@ def test_multi_turn_rollout_masks_tool_output(search_policy):
         assert tool_text == " <information> apple is 7 </information> "
         policy_text = tok.decode([i for i, m in zip(t.response_ids, t.loss_mask, strict=True) if m == 1])
         assert policy_text.startswith("<search> apple </search>")
-    assert calls == ["apple", "apple"]
+    assert calls == ["apple"]  # identical queries of one turn reach the tool once
     batch = pack(traj, tok.pad_token_id)
     assert batch["response_mask"].sum().item() == sum(sum(t.loss_mask) for t in traj)
     # the response index points at the logits that predict each response token
