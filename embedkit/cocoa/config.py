@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from embedkit.errors import DataFormatError
+from embedkit.config import load_yaml_mapping, validate_config
 
 
 class _Frozen(BaseModel):
@@ -122,19 +121,7 @@ class CocoaConfig(_Frozen):
     @classmethod
     def from_yaml(cls, path: str | Path) -> CocoaConfig:
         """Read a YAML config; errors name the file and the offending field."""
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except OSError as error:
-            raise DataFormatError(f"cannot read config: {error}", path=path) from error
-        except yaml.YAMLError as error:
-            raise DataFormatError(f"not valid YAML: {error}", path=path) from error
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"])
-            raise DataFormatError(f"invalid config: {first['msg']}", path=path, field=field) from error
+        return validate_config(cls, load_yaml_mapping(path), path=path)
 
     def with_overrides(self, **sections) -> CocoaConfig:
         """A copy with some sections' fields replaced, e.g. `with_overrides(run={"output_dir": "x"})`."""

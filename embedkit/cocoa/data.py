@@ -8,11 +8,10 @@ images are placed by the sequence builder), plus optional `qry_instruction` / `p
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedkit.data import iter_json_lines
 from embedkit.errors import DataFormatError
 from embedkit.multimodal.sequence import MultimodalInput, clean_text
 
@@ -22,25 +21,6 @@ class ContrastivePair:
     query: MultimodalInput
     positive: MultimodalInput
     negatives: list[MultimodalInput] = field(default_factory=list)
-
-
-def _json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
-    path = Path(path)
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as error:
-        raise DataFormatError(f"cannot read: {error}", path=path) from error
-    with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(f"not valid JSON: {error.msg}", path=path, line=number) from error
-            if not isinstance(record, dict):
-                raise DataFormatError("expected a JSON object", path=path, line=number)
-            yield number, record
 
 
 def _first(record: dict, *names: str):
@@ -54,7 +34,7 @@ def _first(record: dict, *names: str):
 def read_pretrain_records(path: str | Path) -> list[MultimodalInput]:
     """Inputs to reconstruct; each needs text or an image."""
     records = []
-    for number, record in _json_lines(path):
+    for number, record in iter_json_lines(path):
         text = clean_text(_first(record, "text", "caption", "contents"))
         image = _first(record, "image", "image_path", "img_path")
         if text is None and image is None:
@@ -78,7 +58,7 @@ def _side(record: dict, text_names: tuple[str, ...], image_names: tuple[str, ...
 def read_contrastive_pairs(path: str | Path) -> list[ContrastivePair]:
     """Query / positive / optional hard-negative triples in MMEB-train's field names."""
     pairs = []
-    for number, record in _json_lines(path):
+    for number, record in iter_json_lines(path):
         query = _side(record, ("qry", "qry_text", "query"), ("qry_image_path", "qry_img_path"),
                       "qry_instruction", path, number, "query")
         positive = _side(record, ("pos_text",), ("pos_image_path", "pos_img_path"), "pos_instruction",

@@ -9,11 +9,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from embedkit.data import Document
+from embedkit.data import Document, iter_json_lines
 from embedkit.errors import DataFormatError
 from embedkit.multimodal.sequence import MultimodalInput, clean_text
 
@@ -25,29 +24,18 @@ def read_multimodal_corpus(path: str | Path) -> list[tuple[Document, MultimodalI
     """Rows of a jsonl corpus as (document for the docstore, input for the embedder)."""
     path = Path(path)
     rows = []
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as error:
-        raise DataFormatError(f"cannot read: {error}", path=path) from error
-    with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(f"not valid JSON: {error.msg}", path=path, line=number) from error
-            doc_id = next((record[f] for f in ID_FIELDS if record.get(f) not in (None, "")), None)
-            if doc_id is None:
-                raise DataFormatError("no document id", path=path, line=number, field="id", fields_found=record.keys())
-            image = next((record[f] for f in IMAGE_FIELDS if record.get(f)), None)
-            text = clean_text(record.get("text") or record.get("caption"))
-            title = record.get("title") or ""
-            if text is None and image is None and not title:
-                raise DataFormatError("a row needs text or an image", path=path, line=number, fields_found=record.keys())
-            body = " ".join(part for part in (title, text or "") if part) or None
-            rows.append((Document(id=str(doc_id), text=text or "", title=title or (str(image) if image else "")),
-                         MultimodalInput(text=body, image=image)))
+    for number, record in iter_json_lines(path):
+        doc_id = next((record[f] for f in ID_FIELDS if record.get(f) not in (None, "")), None)
+        if doc_id is None:
+            raise DataFormatError("no document id", path=path, line=number, field="id", fields_found=record.keys())
+        image = next((record[f] for f in IMAGE_FIELDS if record.get(f)), None)
+        text = clean_text(record.get("text") or record.get("caption"))
+        title = record.get("title") or ""
+        if text is None and image is None and not title:
+            raise DataFormatError("a row needs text or an image", path=path, line=number, fields_found=record.keys())
+        body = " ".join(part for part in (title, text or "") if part) or None
+        rows.append((Document(id=str(doc_id), text=text or "", title=title or (str(image) if image else "")),
+                     MultimodalInput(text=body, image=image)))
     if not rows:
         raise DataFormatError("no documents", path=path)
     return rows

@@ -6,10 +6,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from embedkit.errors import EmbedkitError
+from embedkit.config import load_yaml_mapping, validate_config
 from embedkit.hybrid.fusion import FusionConfig
 
 API_KEY_ENV = "EMBEDKIT_API_KEY"
@@ -63,15 +62,4 @@ class ServerConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> ServerConfig:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise EmbedkitError(f"cannot read server config {path}: {error}") from None
-        if not isinstance(data, dict):
-            raise EmbedkitError(f"{path}: a server config is a mapping of settings")
-        try:
-            return cls.model_validate({**data, **overrides})
-        except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            raise EmbedkitError(f"{path}: {problems}") from None
+        return validate_config(cls, {**load_yaml_mapping(path), **overrides}, path=path)
