@@ -41,7 +41,7 @@ task = Task(
 )
 config = RLConfig.from_dict({
     "task": {"name": "digit_map"},  # replaced by the Task object passed below
-    "warmup": {"steps": 40},
+    "warmup": {"steps": 100, "lr": 1e-2, "batch_size": 8},
     "rollout": {"group_size": 4, "settings": {"max_new_tokens": 48, "max_turns": 1}},
     "reward": {"name": "answer_is_digit"},
     "metric_rewards": ["exact_match"],
