@@ -86,7 +86,8 @@ def _config(tmp_path: Path, **sections) -> RLConfig:
 @pytest.mark.parametrize(
     "sections",
     [
-        {"algorithm": {"estimator": "grpo", "kl_coef": 0.05}, "term": {"name": "tre_k", "params": {"k": 2}}},
+        {"algorithm": {"estimator": "grpo", "kl_coef": 0.05}, "term": {"name": "tre_k", "params": {"k": 2}},
+         "trainer": {"lr_warmup_steps": 4}},
         {"algorithm": {"estimator": "drgrpo"}, "term": {"name": "tre_p"}, "surgery": {"name": "mgs"}},
         {"algorithm": {"estimator": "rose", "length_alpha": 1.0}, "rollout": {"strategy": "rose"},
          "term": {"name": "forking"}},
@@ -105,6 +106,8 @@ def test_training_loop_combinations(tmp_path, sections):
             assert key in m and m[key] == m[key]  # present and not NaN
     if sections["algorithm"].get("kl_coef"):
         assert "kl" in history[-1]
+    if sections.get("trainer", {}).get("lr_warmup_steps"):  # one update per step: 1/4, 2/4 of 1e-3
+        assert [m["lr"] for m in history] == pytest.approx([2.5e-4, 5e-4])
     if sections["algorithm"]["estimator"] == "gae":
         assert "value_loss" in history[-1]
     after = list(trainer.unwrapped.policy.parameters())

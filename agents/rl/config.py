@@ -92,6 +92,7 @@ class TrainerConfig(_Frozen):
     steps: int = 100
     prompts_per_step: int = 8
     lr: float = 1e-4
+    lr_warmup_steps: int = 0  # linear LR warm-up over the first optimizer updates (Adam's first steps are large)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0

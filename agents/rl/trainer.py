@@ -129,6 +129,9 @@ class RLTrainer:
 
                 self.reference = AutoModelForCausalLM.from_pretrained(checkpoint / "reference").eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        warm = max(0, tc.lr_warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda update: min(1.0, (update + 1) / warm) if warm else 1.0)
         if checkpoint is not None:
             self._load_state(checkpoint)
         self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
@@ -191,6 +194,7 @@ class RLTrainer:
                 state = {
                     "step": step,
                     "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
                     "value_head": None if self.unwrapped.value_head is None else self.unwrapped.value_head.state_dict(),
                     "python_rng": self.rng.getstate(),
                     "engine_rng": self.engine.rng.getstate(),
@@ -213,6 +217,8 @@ class RLTrainer:
     def _load_state(self, checkpoint: Path) -> None:
         state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         if state["value_head"] is not None and self.module.value_head is not None:
             self.module.value_head.load_state_dict(state["value_head"])
         self.rng.setstate(state["python_rng"])
@@ -392,12 +398,15 @@ class RLTrainer:
             with torch.no_grad():
                 loss = loss_for(torch.ones_like(row_domains, dtype=torch.bool))
         grad_norm = self.accelerator.clip_grad_norm_(params, self.config.trainer.max_grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used
         self.optimizer.step()
+        self.scheduler.step()
         out = {
             "loss": float(loss.detach()),
             "pg_loss": float(aggregate(pg_tok.detach(), pg_mask, agg, norm_length=norm_length)),
             "clip_frac": float(masked_mean(clipped, m)),
             "grad_norm": float(grad_norm) if grad_norm is not None and math.isfinite(float(grad_norm)) else float("nan"),
+            "lr": lr,
         }
         if kl_tok is not None:
             out["kl"] = float(masked_mean(kl_tok.detach(), m))
