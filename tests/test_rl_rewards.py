@@ -16,7 +16,7 @@ from agents.rewards.acgenrm import (
     strip_planning,
     structure_penalty,
 )
-from agents.rewards.consistrm import ConsistRMReward, PseudoLabeler, consistrm_item_rewards, encoder_embed
+from agents.rewards.consistrm import ConsistRMReward, PseudoLabeler, consistrm_item_rewards
 from agents.rewards.reflectrm import ReflectRM, analysis_preference_score, response_preference_score
 from agents.rl.rewards import RewardBatch, build_reward, countdown_score, f1_score, last_boxed, math_equal
 
@@ -94,7 +94,9 @@ def test_consistrm_reward_tracks_rounds_per_item():
 
 
 def test_consistrm_with_real_minilm_embeddings(minilm_encoder):
-    embed = encoder_embed("sentence-transformers/all-MiniLM-L6-v2")
+    def embed(texts):  # what encoder_embed() builds, on the session's already loaded encoder
+        return minilm_encoder.encode_queries(list(texts))
+
     texts = ["The sum 2 + 2 equals 4, so the response is right. <verdict>yes</verdict>",
              "Two plus two is four; the response computes it correctly. <verdict>yes</verdict>",
              "Penguins live in Antarctica and eat fish. <verdict>yes</verdict>",

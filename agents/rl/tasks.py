@@ -106,8 +106,9 @@ def make_index_tool(index_path: str | Path, k: int = 1, max_chars: int = 400) ->
 
 
 def build_search_kv_index(out: str | Path, keys: list[str] | None = None, seed: int = 0,
-                          model: str = "sentence-transformers/all-MiniLM-L6-v2") -> Path:  # fmt: skip
-    """Write the toy environment's documents into a real dense index at `out` (kept if already there)."""
+                          model: str = "sentence-transformers/all-MiniLM-L6-v2", encoder: Any = None) -> Path:  # fmt: skip
+    """Write the toy environment's documents into a real dense index at `out` (kept if already there);
+    pass an already loaded `embedkit.encoding.Encoder` to skip loading `model`."""
     from embedkit.data import Document
     from embedkit.encoding import Encoder, EncoderConfig
     from embedkit.index import build_dense_index
@@ -116,7 +117,7 @@ def build_search_kv_index(out: str | Path, keys: list[str] | None = None, seed: 
     if (out / "manifest.json").exists():
         return out
     docs = [Document(id=f"kv{i}", text=f"{key} is {value}") for i, (key, value) in enumerate(search_kv_documents(keys, seed))]
-    encoder = Encoder(EncoderConfig(model=model, batch_size=32))
+    encoder = encoder or Encoder(EncoderConfig(model=model, batch_size=32))
     return build_dense_index(docs, encoder, out, quiet=True, overwrite=True)
 
 
