@@ -84,7 +84,7 @@ def main() -> None:
         f"{args.docs:,} synthetic documents, parts of 50, tiny random-init BERT (2 layers, hidden 64). Each trial "
         "starts the encode, waits for its first checkpoint, sleeps a random delay, sends SIGKILL, restarts the same "
         "command, then compares with an uninterrupted run. Command: "
-        f"`python benchmarks/index_kill_resume.py --trials {args.trials}`.",
+        f"`python benchmarks/index_kill_resume.py --trials {args.trials} --docs {args.docs}`.",
         "",
         "| trial | exit code at kill | delay after 1st checkpoint s | parts done at kill | resume s | same vectors (sha256 per part) | same documents | byte-identical index.faiss |",
         "|---|---|---|---|---|---|---|---|",

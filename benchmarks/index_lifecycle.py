@@ -63,7 +63,7 @@ def main() -> None:
     final[upserted] = new_vectors
     keep = np.setdiff1d(np.arange(n), deleted)
     nlist = pick_nlist(len(initial))
-    factories = ["Flat", "HNSW32", f"IVF{nlist},Flat", f"IVF{nlist},PQ{pick_pq_m(dim)}", "SQ8"]
+    factories = ["Flat", "HNSW32", f"IVF{nlist},Flat", f"IVF{nlist},PQ{pick_pq_m(dim) // 4}", "SQ8"]
     if WORK.exists():
         shutil.rmtree(WORK)
     exact = Index.load(write_dense_index(WORK / "exact", final[keep], [docs[i] for i in keep], spec))
