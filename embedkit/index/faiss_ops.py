@@ -240,3 +240,49 @@ def reserve_rows(index, count: int) -> None:
     if isinstance(inner, faiss.IndexFlatCodes) and inner.ntotal == 0:
         inner.codes.resize(count * inner.code_size)  # std::vector keeps the capacity after shrinking back
         inner.codes.resize(0)
+
+
+def exact_top_k(chunks, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Exact top-k row numbers for `queries` over (start_row, vectors) chunks, one chunk in memory at a time."""
+    import faiss
+
+    best_scores = np.full((len(queries), 0), 0, dtype=np.float32)
+    best_rows = np.zeros((len(queries), 0), dtype=np.int64)
+    for start, part in chunks:
+        flat = faiss.IndexFlatIP(part.shape[1]) if metric == "ip" else faiss.IndexFlatL2(part.shape[1])
+        flat.add(np.ascontiguousarray(part, dtype=np.float32))
+        scores, rows = flat.search(queries, min(k, len(part)))
+        scores = scores if metric == "ip" else -scores
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_rows = np.concatenate([best_rows, rows + start], axis=1)
+        order = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
+        best_scores, best_rows = np.take_along_axis(best_scores, order, 1), np.take_along_axis(best_rows, order, 1)
+    return best_rows
+
+
+def calibrate_search(index, queries: np.ndarray, truth: np.ndarray, *, target_recall: float = 0.99) -> dict:
+    """The cheapest nprobe (IVF) or efSearch (HNSW) whose recall@k on sample queries reaches `target_recall`.
+
+    Recorded in the manifest as the index's default search parameters, so "default" means "calibrated on this
+    corpus" rather than FAISS's fixed nprobe=1 / efSearch=16.
+    """
+    import faiss
+
+    k = truth.shape[1]
+    ivf = ivf_of(index)
+    if ivf is not None:
+        key, values = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v < ivf.nlist] + [ivf.nlist]
+    elif isinstance(unwrap(index), faiss.IndexHNSW):
+        key, values = "ef_search", [16, 32, 64, 128, 256, 512, 1024]
+    else:
+        return {}
+    chosen, recall = values[0], -1.0
+    for value in values:
+        _, found = search(index, queries, k, **{key: value})
+        new = float(np.mean([len(set(f.tolist()) & set(t.tolist())) / k for f, t in zip(found, truth, strict=True)]))
+        if new - recall < 0.002 and recall >= 0:
+            break  # a plateau (lossy codes such as PQ cap recall): searching wider only costs time
+        chosen, recall = value, new
+        if recall >= target_recall:
+            break
+    return {key: int(chosen), "calibrated_recall": round(recall, 4), "target_recall": target_recall}
