@@ -3,7 +3,7 @@
     python benchmarks/beir_regression.py            # all entries of benchmarks/regressions.yaml
     python benchmarks/beir_regression.py --only scifact-minilm-flat
 
-Writes benchmarks/results/beir_regression.md and exits non-zero when a number is out of tolerance.
+Writes benchmarks/beir_regression.md and exits non-zero when a number is out of tolerance.
 """
 
 from __future__ import annotations
@@ -58,8 +58,7 @@ def main() -> int:
         "|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {n} | {m} | {e:.4f} | {g:.4f} | ±{t} | {s} | {sec:.0f} |" for n, m, e, g, t, s, sec in rows]
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "beir_regression.md").write_text("\n".join(lines) + "\n")
+    (HERE / "beir_regression.md").write_text("\n".join(lines) + "\n")
     return 1 if failures else 0
 
 

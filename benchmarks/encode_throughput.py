@@ -5,7 +5,7 @@ Runs alternate (A B A B …) so that load on the machine affects both alike; the
 
     python benchmarks/encode_throughput.py [--rounds 2] [--batch-size 64] [--limit N]
 
-Writes benchmarks/results/encode_throughput.md.
+Writes benchmarks/encode_throughput.md.
 """
 
 from __future__ import annotations
@@ -90,8 +90,7 @@ def main() -> int:
         "|---|---|---|---|",
         *[f"| {r} | {name} | {rate:.1f} | {load:.1f} |" for r, name, rate, load in rounds],
     ]
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "encode_throughput.md").write_text("\n".join(lines) + "\n")
+    (HERE / "encode_throughput.md").write_text("\n".join(lines) + "\n")
     return 0
 
 
