@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.rl.rollout import RolloutSettings
-from embedkit.errors import DataFormatError
+from embedkit.config import apply_overrides, load_yaml_mapping, validate_config
 
 
 class _Frozen(BaseModel):
@@ -147,32 +147,11 @@ class RLConfig(_Frozen):
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> RLConfig:
         """Load a YAML file; `overrides` maps dotted keys (`trainer.steps`) to values."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise DataFormatError("config file not found", path=path) from None
-        except yaml.YAMLError as error:
-            line = getattr(getattr(error, "problem_mark", None), "line", None)
-            raise DataFormatError(f"invalid YAML: {error}", path=path, line=None if line is None else line + 1) from None
-        if not isinstance(data, dict):
-            raise DataFormatError("the config must be a mapping", path=path)
-        for dotted, value in (overrides or {}).items():
-            node = data
-            *parents, last = dotted.split(".")
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[last] = value
-        return cls.from_dict(data, source=path)
+        return cls.from_dict(apply_overrides(load_yaml_mapping(path), overrides or {}), source=path)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str | Path | None = None) -> RLConfig:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or None
-            raise DataFormatError(first["msg"], path=source, field=field) from None
+        return validate_config(cls, data, path=source)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -13,7 +13,6 @@ has everything left to learn.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 
 from agents.rl.registry import Registry
 from agents.rl.rollout import Tool
+from embedkit.data import iter_json_lines
 from embedkit.errors import DataFormatError, EmbedkitError
 
 
@@ -141,23 +141,12 @@ def search_kv(index: str = "indexes/rl-search-kv", keys: list[str] | None = None
 def jsonl(path: str, prompt_field: str = "prompt", answer_field: str = "answer", domain_field: str = "domain",
           demonstration_field: str = "demonstration") -> Task:  # fmt: skip
     examples = []
-    try:
-        handle = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise DataFormatError("file not found", path=path) from None
-    with handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(f"invalid JSON: {error.msg}", path=path, line=line_no) from None
-            for field in (prompt_field, answer_field):
-                if field not in record:
-                    raise DataFormatError("missing field", path=path, line=line_no, field=field, fields_found=record)
-            examples.append(Example(str(record[prompt_field]), record[answer_field],
-                                    str(record.get(domain_field, "default")), record.get(demonstration_field)))  # fmt: skip
+    for line_no, record in iter_json_lines(path):
+        for field in (prompt_field, answer_field):
+            if field not in record:
+                raise DataFormatError("missing field", path=path, line=line_no, field=field, fields_found=record)
+        examples.append(Example(str(record[prompt_field]), record[answer_field],
+                                str(record.get(domain_field, "default")), record.get(demonstration_field)))  # fmt: skip
     if not examples:
         raise DataFormatError("no examples", path=path)
     return Task(examples)
