@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from embedkit.errors import EmbedkitError
+from embedkit.config import load_yaml_mapping, validate_config
 from embedkit.merging.methods import DEFAULT_MERGE_METHOD, get_merge_method
-from embedkit.training.config import DatasetConfig, TrainConfig, load_yaml_mapping, validation_message
+from embedkit.training.config import DatasetConfig, TrainConfig
 
 DEFAULT_BAGS = (80.0, 100.0)  # inferred from the released models
 DEFAULT_HISTORY_RATIO = 0.4  # inferred from the BOOM release
@@ -95,7 +95,4 @@ class BoomConfig(BaseModel):
 def load_boom_config(path: str | Path, **overrides) -> BoomConfig:
     data = load_yaml_mapping(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return BoomConfig.model_validate(data)
-    except ValidationError as error:
-        raise EmbedkitError(validation_message(path, error)) from None
+    return validate_config(BoomConfig, data, path=path)

@@ -151,7 +151,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_update(args: argparse.Namespace) -> int:
     from embedkit.boom import boom_update
-    from embedkit.training.config import load_yaml_mapping
+    from embedkit.config import load_yaml_mapping
 
     training = load_yaml_mapping(args.training_config) if args.training_config else {}
     for key in ("batch_size", "epochs", "learning_rate", "max_seq_length", "hard_negatives", "max_steps", "device"):

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from embedkit.config import load_yaml_mapping
 from embedkit.errors import EmbedkitError
 from embedkit.io import atomic_directory, atomic_write
 from embedkit.merging.methods import DEFAULT_MERGE_METHOD, mergekit_config_dict
@@ -71,16 +72,7 @@ def merge_from_yaml(
     yaml_path: str | Path, out: str | Path, *, overwrite: bool = False, seed: int | None = 0, verify: bool = True
 ) -> MergeResult:
     """Run a mergekit YAML whose models are sentence-transformers folders."""
-    path = Path(yaml_path)
-    if not path.is_file():
-        raise EmbedkitError(f"merge config not found: {path}")
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise EmbedkitError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(config, dict):
-        raise EmbedkitError(f"{path}: expected a mergekit configuration mapping")
-    return merge_with_config(config, out, overwrite=overwrite, seed=seed, verify=verify)
+    return merge_with_config(load_yaml_mapping(yaml_path), out, overwrite=overwrite, seed=seed, verify=verify)
 
 
 def merge_with_config(

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from embedkit.errors import EmbedkitError
+from embedkit.config import load_yaml_mapping, validate_config
 
 Strategy = Literal["batch_shuffle", "mixed", "sequential", "two_stage"]
 Pooling = Literal["auto", "cls", "mean", "lasttoken", "max", "weightedmean"]
@@ -118,29 +117,8 @@ class TrainConfig(BaseModel):
         return Path(self.checkpoint_dir) if self.checkpoint_dir else Path(f"{self.output_dir.rstrip('/')}.checkpoints")
 
 
-def load_yaml_mapping(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise EmbedkitError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise EmbedkitError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise EmbedkitError(f"{path}: expected a mapping at the top level")
-    return data
-
-
-def validation_message(path: str | Path, error: ValidationError) -> str:
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in error.errors())
-    return f"{path}: invalid config: {problems}"
-
-
 def load_train_config(path: str | Path, **overrides) -> TrainConfig:
     """Read a training YAML; keyword overrides (e.g. output_dir=...) replace top-level keys."""
     data = load_yaml_mapping(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as error:
-        raise EmbedkitError(validation_message(path, error)) from None
+    return validate_config(TrainConfig, data, path=path)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from embedkit.data import iter_json_lines
 from embedkit.errors import DataFormatError
 from embedkit.training.config import DatasetConfig
 
@@ -74,27 +75,18 @@ def _load_jsonl(path: Path) -> list[QueryGroup]:
     if not path.is_file():
         raise DataFormatError("training file not found", path=path)
     groups: list[QueryGroup] = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(f"not valid JSON: {error.msg}", path=path, line=line_no) from None
-            if not isinstance(record, dict):
-                raise DataFormatError("expected a JSON object", path=path, line=line_no)
-            query = record.get("query")
-            if not isinstance(query, str) or not query.strip():
-                raise DataFormatError("missing or empty query", path=path, line=line_no, field="query", fields_found=record)
-            positives = _as_text_list(record.get("pos"), path, line_no, "pos")
-            if not positives:
-                raise DataFormatError("no positive passage", path=path, line=line_no, field="pos", fields_found=record)
-            negatives = _as_text_list(record.get("neg"), path, line_no, "neg")
-            prompt = record.get("prompt")
-            if prompt is not None and not isinstance(prompt, str):
-                raise DataFormatError("expected a string", path=path, line=line_no, field="prompt")
-            groups.append(QueryGroup(query, positives, negatives, prompt or None))
+    for line_no, record in iter_json_lines(path):
+        query = record.get("query")
+        if not isinstance(query, str) or not query.strip():
+            raise DataFormatError("missing or empty query", path=path, line=line_no, field="query", fields_found=record)
+        positives = _as_text_list(record.get("pos"), path, line_no, "pos")
+        if not positives:
+            raise DataFormatError("no positive passage", path=path, line=line_no, field="pos", fields_found=record)
+        negatives = _as_text_list(record.get("neg"), path, line_no, "neg")
+        prompt = record.get("prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            raise DataFormatError("expected a string", path=path, line=line_no, field="prompt")
+        groups.append(QueryGroup(query, positives, negatives, prompt or None))
     return groups
 
 
