@@ -104,3 +104,22 @@ def test_jsonl_run_is_valid_json(tmp_path: Path) -> None:
 
     write_jsonl_run({"q1": {"query": "x", "hits": [{"id": "d1", "score": 1.0}]}}, tmp_path / "run.jsonl")
     assert json.loads((tmp_path / "run.jsonl").read_text())["hits"][0]["id"] == "d1"
+
+
+def test_pydantic_records_round_trip_and_bad_lines(tmp_path: Path) -> None:
+    from pydantic import BaseModel
+
+    from embedkit.data.records import read_records, write_records
+
+    class Step(BaseModel):
+        query: str
+        k: int
+
+    path = write_records(tmp_path / "steps.jsonl", [Step(query="a", k=1), Step(query="b", k=2)])
+    assert read_records(path, Step, what="step") == [Step(query="a", k=1), Step(query="b", k=2)]
+    path.write_text('{"query": "a", "k": 1}\n{"query": "b", "k": "many"}\n')
+    with pytest.raises(DataFormatError, match=r"steps\.jsonl, line 2: not a step: .*\(field 'k'\)"):
+        read_records(path, Step, what="step")
+    path.write_text("")
+    with pytest.raises(DataFormatError, match="no step in file"):
+        read_records(path, Step, what="step", allow_empty=False)

@@ -15,13 +15,12 @@ import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from agents.agentic_r.config import LabelConfig
 from agents.agentic_r.utility import Step
 from agents.retrieval import Passage
-from embedkit.errors import DataFormatError
-from embedkit.io import atomic_write
+from embedkit.data.records import read_records, write_records
 
 
 class PairPassage(BaseModel):
@@ -81,30 +80,11 @@ def build_pairs(steps: Sequence[Step], config: LabelConfig) -> tuple[list[Traini
 
 
 def write_pairs(path: str | Path, pairs: Iterable[TrainingPair]) -> Path:
-    with atomic_write(path) as handle:
-        for pair in pairs:
-            handle.write(pair.model_dump_json() + "\n")
-    return Path(path)
+    return write_records(path, pairs)
 
 
 def read_pairs(path: str | Path) -> list[TrainingPair]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError("training pairs file not found", path=path)
-    pairs = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                pairs.append(TrainingPair.model_validate_json(line))
-            except ValidationError as error:
-                first = error.errors()[0]
-                raise DataFormatError(f"not a training pair: {first['msg']}", path=path, line=line_no,
-                                      field=".".join(str(x) for x in first["loc"]) or None) from None
-    if not pairs:
-        raise DataFormatError("no training pairs in file", path=path)
-    return pairs
+    return read_records(path, TrainingPair, what="training pair", allow_empty=False)
 
 
 def as_passage(p: PairPassage) -> Passage:

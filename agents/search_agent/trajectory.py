@@ -11,11 +11,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.retrieval import Passage
-from embedkit.errors import DataFormatError
-from embedkit.io import atomic_write
+from embedkit.data.records import read_records, write_records
 
 
 class PassageRecord(BaseModel):
@@ -83,29 +82,11 @@ class Trajectory(BaseModel):
 
 def write_trajectories(path: str | Path, trajectories: Iterable[Trajectory]) -> Path:
     """Write one JSON object per line, atomically."""
-    with atomic_write(path) as handle:
-        for trajectory in trajectories:
-            handle.write(trajectory.model_dump_json() + "\n")
-    return Path(path)
+    return write_records(path, trajectories)
 
 
 def read_trajectories(path: str | Path) -> list[Trajectory]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError("trajectories file not found", path=path)
-    out: list[Trajectory] = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append(Trajectory.model_validate_json(line))
-            except ValidationError as error:
-                first = error.errors()[0]
-                field = ".".join(str(x) for x in first["loc"]) or None
-                raise DataFormatError(f"not a trajectory: {first['msg']}", path=path, line=line_no,
-                                      field=field) from None
-    return out
+    return read_records(path, Trajectory, what="trajectory", allow_empty=True)
 
 
 def summarize(trajectories: Sequence[Trajectory]) -> dict[str, float]:
