@@ -90,3 +90,13 @@ def test_python_dash_m_exit_code(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "is not an embedkit index" in result.stderr
     assert subprocess.run([sys.executable, "-m", "embedkit", "--help"], capture_output=True, timeout=120).returncode == 0
+
+
+def test_search_backends_agree(cli_index: Path, beir_dataset: Path, tmp_path: Path) -> None:
+    queries = str(beir_dataset / "queries.jsonl")
+    runs = {}
+    for name, extra in {"faiss": [], "torch": ["--backend", "torch"], "mmap": ["--mmap"]}.items():
+        out = tmp_path / f"{name}.trec"
+        assert main(["search", str(cli_index), "--queries", queries, "--k", "4", "-o", str(out), "-q", *extra]) == 0
+        runs[name] = [line.split()[:4] for line in out.read_text().splitlines()]
+    assert runs["faiss"] == runs["torch"] == runs["mmap"]

@@ -13,6 +13,7 @@ EXAMPLES = """\
   embedkit search indexes/scifact --queries queries.tsv --output runs/scifact.jsonl      # with texts
   embedkit search indexes/ivfpq "a query" --nprobe 64
   embedkit search indexes/hnsw "a query" --ef-search 256
+  embedkit search indexes/scifact "a query" --backend torch      # exact search with torch (fp16 on GPU)
 """
 
 SEARCH_OPTION_HOOKS: list[str] = [
@@ -44,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="local copy of the index's model (must have the same weights)")
     parser.add_argument("--query-prefix", help="refused unless it equals the prefix recorded in the manifest")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--backend", choices=["faiss", "faiss-gpu", "torch"],
+                        help="dense search backend: faiss (default), faiss-gpu, or exact search on torch")
+    parser.add_argument("--mmap", action="store_true", help="memory-map the FAISS index instead of reading it into RAM")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--tag", default="embedkit", help="run tag, the 6th TREC column")
     for module_name in SEARCH_OPTION_HOOKS:
@@ -105,6 +109,10 @@ def _open_options(args: argparse.Namespace) -> dict:
     options = {"device": args.device, "batch_size": args.batch_size}
     if args.model:
         options["model"] = args.model
+    if args.backend:
+        options["backend"] = args.backend
+    if args.mmap:
+        options["mmap"] = True
     return options
 
 
