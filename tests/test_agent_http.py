@@ -2,17 +2,14 @@
 /retrieve with bearer auth) on a local port, and over a server that is down (failures recorded, run completes)."""
 
 import json
-import socket
-import threading
-import time
 
 import pytest
-import torch
 
 from agents.search_agent import read_trajectories
 from embedkit.cli import main
 from embedkit.data import Document
 from embedkit.index import build_dense_index
+from tests.conftest import free_port, running_server
 
 DOCS = [
     ("k1", "Kiss and Tell (1945 film)",
@@ -25,37 +22,22 @@ QUESTION = {"id": "q1", "question": "What government position was held by the ac
             "answers": ["Chief of Protocol"]}  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, minilm_encoder):
     pytest.importorskip("embedkit.server")
-    import uvicorn
 
     from embedkit.server.app import create_app
     from embedkit.server.config import ServerConfig
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("served") / "index"
     build_dense_index([Document(id=i, title=t, text=x) for i, t, x in DOCS], minilm_encoder, out, quiet=True)
-    port = _free_port()
+    port = free_port()
     app = create_app(ServerConfig(index=str(out), api_key="secret", port=port))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(1200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/retrieve"
-    server.should_exit = True
-    thread.join(timeout=10)
-    torch.set_num_threads(before)
+    with running_server(app, port) as base:
+        yield f"{base}/retrieve"
 
 
 def test_agent_over_embedkit_serve(served, tmp_path, monkeypatch, capsys):
@@ -81,7 +63,7 @@ def test_agent_with_retrieval_server_down(tmp_path, capsys):
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps(QUESTION) + "\n", encoding="utf-8")
     out = tmp_path / "t.jsonl"
-    url = f"http://127.0.0.1:{_free_port()}/retrieve"
+    url = f"http://127.0.0.1:{free_port()}/retrieve"
     assert main(["agent", "run", "--questions", str(questions), "--retriever-url", url, "--retrieval-retries", "1",
                  "--retrieval-timeout", "5", "--out", str(out), "-q"]) == 0  # fmt: skip
     trajectory = read_trajectories(out)[0]

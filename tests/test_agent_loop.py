@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from agents.retrieval import IndexRetriever, Retriever
 from agents.search_agent import (
@@ -41,12 +40,7 @@ QUESTION = Question("q1", "What government position was held by the actress who 
 TWO_HOP = AgentConfig(top_k=1, retrieval_timeout_s=2.0, retrieval_retries=1, retrieval_backoff_s=0.01)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # several threads thrash on a shared CPU
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 that plays the LLM: it searches, then answers from the injected information; one reply is unparseable."""
 
 import re
-import socket
-import threading
-import time
 
 import pytest
 
@@ -14,12 +11,7 @@ from agents.search_agent import AgentConfig, LLMPolicy, SearchAgent
 from agents.search_agent.questions import Question
 from embedkit.data import Document
 from embedkit.index import Index, build_dense_index
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port, running_server
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +19,6 @@ def llm_server():
     """Chat completions: on the first turn, think and search (the text runs past the stop string,
     which a real server would cut); after the information, answer with the first Title it shows; the question
     'confuse me' gets prose without tags."""
-    import uvicorn
     from fastapi import FastAPI, Request
 
     app = FastAPI()
@@ -48,17 +39,8 @@ def llm_server():
             text = f"<think>Found it.</think>\n<answer> {title} </answer>"
         return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(400):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1", seen
-    server.should_exit = True
-    thread.join(timeout=5)
+    with running_server(app) as base:
+        yield f"{base}/v1", seen
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +75,7 @@ def test_agent_over_openai_compatible_endpoint(llm_server, retriever):
 
 
 def test_llm_endpoint_down_marks_trajectories_and_continues(retriever):
-    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{_free_port()}", "m", timeout=1, max_retries=0)
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{free_port()}", "m", timeout=1, max_retries=0)
     agent = SearchAgent(LLMPolicy(backend), retriever, AgentConfig(batch_size=1))
     trajectories = agent.run([Question("a", "q?", ["x"]), Question("b", "q2?", [])])
     assert [t.status for t in trajectories] == ["error", "error"]

@@ -36,12 +36,7 @@ class Scripted:
         return ["<search> cats </search>" if not t.turns else "<answer> mice </answer>" for t in trajectories]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # several threads thrash on a shared CPU
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,8 @@
 containment, global utility by re-running the deterministic agent, and `embedkit agentic-r label`."""
 
 import json
-import socket
-import threading
-import time
 
 import pytest
-import torch
 from fastapi import FastAPI, Request
 
 from agents.agentic_r import LabelConfig, build_pairs, label, parse_listwise_scores, read_pairs
@@ -20,6 +16,7 @@ from agents.search_agent.trajectory import Trajectory
 from embedkit.cli import main
 from embedkit.data import Document
 from embedkit.index import Index, build_dense_index
+from tests.conftest import running_server
 
 DOCS = [
     ("k1", "Kiss and Tell (1945 film)",
@@ -35,12 +32,7 @@ QUESTION = Question("q1", "What government position was held by the actress who 
 AGENT = AgentConfig(top_k=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -101,16 +93,9 @@ def test_label_with_rerun_global_utility(setup):
     assert [p.id for p in bridge.positives] == ["s1"] and all(p.em == 0.0 for p in bridge.negatives)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def judge_url():
     """A judge: infers the sub-answer 'Shirley Temple'; scores passages naming Shirley Temple 90, others 5."""
-    import uvicorn
 
     app = FastAPI()
 
@@ -124,17 +109,8 @@ def judge_url():
             text = "\n".join(f"[{i}] {90 if 'Shirley Temple' in line else 5}" for i, line in enumerate(lines, 1))
         return {"choices": [{"message": {"role": "assistant", "content": text}}]}
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(400):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=5)
+    with running_server(app) as base:
+        yield f"{base}/v1"
 
 
 def test_label_with_llm_judge_and_containment(setup, judge_url):

@@ -1,27 +1,18 @@
 """LLM backends: a real local transformers model and a real HTTP server speaking the OpenAI API."""
 
 
-import socket
-import threading
-import time
 
 import pytest
 
 from agents.llm import LLMBackend, OpenAICompatibleBackend, TransformersBackend, truncate_at_stop
 from agents.rl.toy import build_char_tokenizer, build_tiny_causal_lm
 from embedkit.errors import EmbedkitError
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port, running_server
 
 
 @pytest.fixture(scope="module")
 def server():
     """A tiny OpenAI-compatible chat server: echoes the last user message reversed; fails the first call."""
-    import uvicorn
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
@@ -40,18 +31,8 @@ def server():
         text = payload["messages"][-1]["content"][::-1] + " STOP tail"
         return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
 
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", state
-    srv.should_exit = True
-    thread.join(timeout=5)
+    with running_server(app) as base:
+        yield f"{base}", state
 
 
 def test_openai_backend_retries_and_truncates(server):
@@ -72,7 +53,7 @@ def test_openai_backend_client_error_is_user_error(server):
 
 
 def test_openai_backend_unreachable():
-    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{_free_port()}", "m", timeout=1, max_retries=1,
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{free_port()}", "m", timeout=1, max_retries=1,
                                       backoff_s=0.01)  # fmt: skip
     with pytest.raises(EmbedkitError, match="failed after 2 attempts"):
         backend.generate(["abc"], max_new_tokens=4, temperature=0.0, stop=None)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.conftest import free_port, running_server
 
 DOCS = [
     {"_id": "d1", "title": "Cats", "text": "Cats are small domesticated felines that purr and hunt mice."},
@@ -43,32 +40,6 @@ def build_indexes(folder: Path, encoder) -> tuple[Path, Path]:
     return Path(dense), Path(bm25)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(app, port: int) -> Iterator[str]:
-    """Run `app` under a real uvicorn on 127.0.0.1:port in a thread; yields the base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 KEY = "test-secret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -90,7 +61,7 @@ def server(indexes, minilm_encoder):
                           limits=Limits(max_topk=5, max_queries=4, max_query_chars=200),
                           batching=BatchingConfig(max_batch_size=64, max_wait_ms=5))
     service = RetrievalService(config, {"dense": Index.load(dense, encoder=minilm_encoder), "bm25": Index.load(bm25)})
-    with running_server(create_app(config, service), free_port()) as url:
+    with running_server(create_app(config, service), lifespan="on") as url:
         yield url
 
 
