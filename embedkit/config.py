@@ -54,6 +54,31 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     return merged
 
 
+def parse_set_overrides(assignments: list[str] | None) -> dict[str, Any]:
+    """Parse repeated ``--set a.b=VALUE`` flags; each VALUE is read as YAML (``1e-5``, ``true``, ``[1, 2]``).
+
+    >>> parse_set_overrides(["optim.lr=1e-5", "run.name=exp 1", "tags=[a, b]"])
+    {'optim.lr': 1e-05, 'run.name': 'exp 1', 'tags': ['a', 'b']}
+    """
+    overrides: dict[str, Any] = {}
+    for assignment in assignments or []:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key.strip():
+            raise DataFormatError(f"--set expects KEY=VALUE (dotted KEY), got {assignment!r}", field="--set")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads "1e-5" as a string; users mean a number.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        overrides[key.strip()] = value
+    return overrides
+
+
 def validate_config(model: type[BaseModel], data: Mapping[str, Any], *, path: str | Path | None = None):
     """Validate `data` as `model`; the first problem is reported with its dotted field name."""
     try:
