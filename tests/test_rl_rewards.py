@@ -26,6 +26,35 @@ def _batch(responses, golds, groups=None, prompts=None):
                        group_ids=groups or [])  # fmt: skip
 
 
+# ---- one registry, no import cycle --------------------------------------------------------------------------
+@pytest.mark.parametrize("first", ["agents.rewards", "agents.rl.rewards", "agents.rl.config"])
+def test_reward_registry_has_no_cycle(first):
+    """Whichever side is imported first, every reward is listed, and the rule rewards never import the
+    reward-model package (nor the reverse)."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, {first}\n"
+            "from agents.rl.reward_registry import REWARDS\n"
+            "names = set(REWARDS.names())\n"
+            "assert {'exact_match', 'f1', 'format', 'consistrm', 'acpo', 'reflectrm_response'} <= names, names\n"
+            f"other = {{'agents.rewards': 'agents.rl.rewards', 'agents.rl.rewards': 'agents.rewards', "
+            f"'agents.rl.config': 'agents.rewards'}}['{first}']\n"
+            "assert other not in sys.modules, other\n"
+            "assert callable(REWARDS.get('acpo')) and callable(REWARDS.get('exact_match'))\n")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reward_models_and_rule_rewards_share_one_registry():
+    import agents.rewards.consistrm as consistrm_module
+    import agents.rl.rewards as rule_module
+    from agents.rl.reward_registry import REWARDS
+
+    assert rule_module.REWARDS is REWARDS
+    assert REWARDS.get("consistrm") is consistrm_module.consistrm
+    assert REWARDS.get("format") is rule_module.answer_format
+
+
 # ---- rule rewards ------------------------------------------------------------------------------------------
 def test_exact_match_uses_last_answer_and_normalises():
     reward = build_reward("exact_match", format_penalty=-1.0)

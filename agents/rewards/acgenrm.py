@@ -20,7 +20,7 @@ from typing import Any
 
 from agents.llm import LLMBackend, build_backend
 from agents.rewards.parsing import last_tag, parse_choice
-from agents.rl.rewards import REWARDS, RewardBatch, RewardFn
+from agents.rl.reward_registry import REWARDS, RewardBatch, RewardFn
 
 PLAN_RE = re.compile(r"<(plan|think)>.*?</\1>", re.DOTALL | re.IGNORECASE)
 

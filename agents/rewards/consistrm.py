@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable, Sequence
 import numpy as np
 
 from agents.rewards.parsing import critique_of, parse_vote
-from agents.rl.rewards import REWARDS, RewardBatch, RewardFn
+from agents.rl.reward_registry import REWARDS, RewardBatch, RewardFn
 
 Embed = Callable[[list[str]], np.ndarray]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from agents.llm import LLMBackend
 from agents.rewards.parsing import last_tag, parse_choice
-from agents.rl.rewards import REWARDS, RewardBatch, RewardFn
+from agents.rl.reward_registry import REWARDS, RewardBatch, RewardFn
 
 ANALYSIS_PROMPT = """You are an impartial judge. Analyse both responses to the query step by step, then give \
 your verdict as <verdict>A</verdict> or <verdict>B</verdict>.

@@ -123,12 +123,11 @@ class RLConfig(_Frozen):
         from agents.rl.advantages import ADVANTAGE_ESTIMATORS
         from agents.rl.aggregation import AGG_MODES
         from agents.rl.regularizers import POLICY_TERMS
-        from agents.rl.rewards import REWARDS, load_reward_plugins
+        from agents.rl.reward_registry import REWARDS
         from agents.rl.rollout import ROLLOUT_STRATEGIES
         from agents.rl.surgery import GRADIENT_SURGERY
         from agents.rl.tasks import TASKS
 
-        load_reward_plugins()
         checks = [(ADVANTAGE_ESTIMATORS, self.algorithm.estimator), (POLICY_TERMS, self.term.name),
                   (GRADIENT_SURGERY, self.surgery.name), (REWARDS, self.reward.name),
                   (ROLLOUT_STRATEGIES, self.rollout.strategy), (TASKS, self.task.name)]  # fmt: skip

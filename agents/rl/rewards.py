@@ -15,37 +15,18 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from agents.rl.registry import Registry
+from agents.rl.reward_registry import REWARDS, RewardBatch, RewardFn, build_reward
+
+__all__ = ["REWARDS", "RewardBatch", "RewardFn", "build_reward", "extract_answer", "normalize_answer"]
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
-@dataclass
-class RewardBatch:
-    prompts: list[str]
-    responses: list[str]
-    ground_truths: list[Any]  # a string, a list of acceptable strings, or a task-specific dict
-    group_ids: list[int] = field(default_factory=list)
-    metadata: list[dict] = field(default_factory=list)
-
-
-RewardFn = Callable[[RewardBatch], list[float]]
-REWARDS: Registry[Callable[..., RewardFn]] = Registry("reward")
-
-
 def load_reward_plugins() -> None:
-    """Register the generative reward models (`agents.rewards`) too."""
-    import agents.rewards  # noqa: F401  (registers consistrm, reflectrm_*, acpo)
-
-
-def build_reward(name: str, **params: Any) -> RewardFn:
-    """Instantiate a registered reward with its parameters."""
-    load_reward_plugins()
-    return REWARDS.get(name)(**params)
+    """Kept for old callers: the reward models are lazy entries of `REWARDS`, nothing needs loading."""
 
 
 def extract_answer(text: str) -> str | None:
