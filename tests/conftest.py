@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+from tests.helpers import MINILM, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -39,14 +36,6 @@ def minilm_encoder():
     return Encoder(EncoderConfig(model=MINILM, batch_size=32))
 
 
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
-    return path
-
-
 @pytest.fixture
 def small_corpus(tmp_path: Path) -> Path:
     """A tiny BEIR-style corpus with distinct topics, so rankings are predictable."""
@@ -59,39 +48,6 @@ def small_corpus(tmp_path: Path) -> Path:
         {"_id": "d6", "title": "Python", "text": "Python is a programming language with readable syntax."},
     ]
     return write_jsonl(tmp_path / "corpus.jsonl", records)
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(app, port: int | None = None, *, lifespan: str = "auto") -> Iterator[str]:
-    """Run an ASGI `app` under a real uvicorn on 127.0.0.1 in a thread; yields the base URL."""
-    import threading
-    import time
-
-    import uvicorn
-
-    port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

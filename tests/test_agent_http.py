@@ -9,7 +9,7 @@ from agents.search_agent import read_trajectories
 from embedkit.cli import main
 from embedkit.data import Document
 from embedkit.index import build_dense_index
-from tests.conftest import free_port, running_server
+from tests.helpers import free_port, running_server
 
 DOCS = [
     ("k1", "Kiss and Tell (1945 film)",

@@ -11,7 +11,7 @@ from agents.search_agent import AgentConfig, LLMPolicy, SearchAgent
 from agents.search_agent.questions import Question
 from embedkit.data import Document
 from embedkit.index import Index, build_dense_index
-from tests.conftest import free_port, running_server
+from tests.helpers import free_port, running_server
 
 
 @pytest.fixture(scope="module")

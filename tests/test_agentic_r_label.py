@@ -16,7 +16,7 @@ from agents.search_agent.trajectory import Trajectory
 from embedkit.cli import main
 from embedkit.data import Document
 from embedkit.index import Index, build_dense_index
-from tests.conftest import running_server
+from tests.helpers import running_server
 
 DOCS = [
     ("k1", "Kiss and Tell (1945 film)",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from embedkit.cli import main
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from embedkit.data import FieldMap, iter_documents, load_qrels, load_queries, read_run, write_trec_run
 from embedkit.errors import DataFormatError
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 
 def test_beir_and_pyserini_jsonl(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from embedkit.index import Index, IndexManifest, build_dense_index, write_dense_
 
 @pytest.fixture(scope="module")
 def built_index(tmp_path_factory, minilm_encoder) -> Path:
-    from tests.conftest import write_jsonl
+    from tests.helpers import write_jsonl
 
     folder = tmp_path_factory.mktemp("dense")
     corpus = write_jsonl(folder / "corpus.jsonl", [

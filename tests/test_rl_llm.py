@@ -7,7 +7,7 @@ import pytest
 from agents.llm import LLMBackend, OpenAICompatibleBackend, TransformersBackend, truncate_at_stop
 from agents.rl.toy import build_char_tokenizer, build_tiny_causal_lm
 from embedkit.errors import EmbedkitError
-from tests.conftest import free_port, running_server
+from tests.helpers import free_port, running_server
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, running_server
+from tests.helpers import free_port, running_server
 
 DOCS = [
     {"_id": "d1", "title": "Cats", "text": "Cats are small domesticated felines that purr and hunt mice."},
