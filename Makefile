@@ -14,8 +14,13 @@ $(VENV)/.demo-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) -e '.[demo]'
 	touch $@
 
+# verl (RL adapter tests): same range as the `verl` extra, without its GPU-side pins; `verl-cpu` in `dev`
+# brings what its loss/advantage modules import.
+VERL_SPEC := verl>=0.9.1,<0.10
+
 $(VENV)/.dev-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) -e '.[dev]'
+	$(PIP) --no-deps '$(VERL_SPEC)'
 	touch $@
 
 install: $(VENV)/.dev-installed
