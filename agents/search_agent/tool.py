@@ -5,10 +5,14 @@
 It renders passages exactly as `SearchAgent` does (`Doc i(Title: t) text`, top-k), retries and times out
 the same way, and answers a failed retrieval with "(search failed: …)" instead of raising, so an RL step
 survives a flaky retrieval server. The rollout engine adds the `<information>` tags and masks the result
-out of the policy loss. The engine's tool sees only the query, so `query_template` may not use {question}.
+out of the policy loss. The engine's tool sees only the query; a `query_template` with {question} (Agentic-R's "{question} [SEP]
+{query}") needs the tool bound to the rollout's question with `bind(question)`, so that training and
+evaluation send the retriever the same input.
 """
 
 from __future__ import annotations
+
+import copy
 
 from agents.retrieval import Retriever
 from agents.search_agent.config import AgentConfig
@@ -18,19 +22,32 @@ from embedkit.errors import EmbedkitError
 
 
 class SearchTool:
-    def __init__(self, retriever: Retriever, config: AgentConfig | None = None) -> None:
+    def __init__(self, retriever: Retriever, config: AgentConfig | None = None, *,
+                 question: str | None = None) -> None:  # fmt: skip
         self.config = config or AgentConfig()
-        if "{question}" in self.config.query_template:
-            raise EmbedkitError("SearchTool sees only the query; use a query_template without {question}")
+        self.question = question
         self.retriever = ResilientRetriever(retriever, timeout_s=self.config.retrieval_timeout_s,
                                             retries=self.config.retrieval_retries,
                                             backoff_s=self.config.retrieval_backoff_s)  # fmt: skip
         self.calls: list[str] = []
         self.failures = 0
 
+    @property
+    def needs_question(self) -> bool:
+        return "{question}" in self.config.query_template
+
+    def bind(self, question: str) -> SearchTool:
+        """This tool for one question (same retriever): `{question}` in `query_template` is filled with it."""
+        bound = copy.copy(self)
+        bound.question = question
+        return bound
+
     def __call__(self, query: str) -> str:
+        if self.needs_question and self.question is None:
+            raise EmbedkitError("query_template uses {question} but the tool is not bound to a question: "
+                                "use SearchTool.bind(question) per rollout prompt")  # fmt: skip
         self.calls.append(query)
-        text = self.config.query_template.format(query=query.strip() or " ")
+        text = self.config.query_template.format(question=self.question or "", query=query.strip() or " ")
         result = self.retriever.retrieve([text], self.config.top_k)
         if result.error is not None:
             self.failures += 1

@@ -48,6 +48,22 @@ class Turn(BaseModel):
     retrieval_attempts: int = 0
 
 
+class PolicyRecord(BaseModel):
+    """Which policy produced a trajectory, in `--llm` terms, so that it can be rebuilt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: str = Field(description="heuristic, hf:PATH or openai:URL")
+    model: str | None = Field(None, description="the model's name at an openai: endpoint")
+    chat: bool = True
+    mode: Literal["chat", "completion", "search_r1"] | None = Field(None, description="the prompt mode, if set")
+    tokenizer: str | None = Field(None, description="the served model's tokenizer (search_r1 mode at openai:)")
+
+    def describe(self) -> str:
+        shown = f"mode {self.mode}" if self.mode else ("chat" if self.chat else "no chat")
+        return self.spec + (f" (model {self.model})" if self.model else "") + f", {shown}"
+
+
 class Trajectory(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,6 +77,7 @@ class Trajectory(BaseModel):
     error: str | None = Field(None, description="why the run of this question failed (LLM endpoint down)")
     em: float | None = Field(None, description="exact match of the last <answer>; None without gold answers")
     f1: float | None = None
+    policy: PolicyRecord | None = Field(None, description="the policy that produced it (Agentic-R re-runs it)")
 
     @property
     def transcript(self) -> str:
