@@ -2,6 +2,9 @@
 
 Defaults from the BOOM release (inferred, not a published recipe): bags [80, 100] merged with
 Multi-SLERP, per-dataset sampling without replacement, history subset 40% for updates.
+
+The merge recipe is data: every bag states its sampling ratio, seed and merge weight, and the merge
+states whether it works on the models themselves or on task vectors relative to a base model.
 """
 
 from __future__ import annotations
@@ -9,61 +12,108 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from embedkit.config import load_yaml_mapping, validate_config
+from embedkit.config import YamlConfig, apply_overrides, load_yaml_mapping, validate_config
 from embedkit.merging.methods import DEFAULT_MERGE_METHOD, get_merge_method
 from embedkit.training.config import DatasetConfig, TrainConfig
 
 DEFAULT_BAGS = (80.0, 100.0)  # inferred from the released models
 DEFAULT_HISTORY_RATIO = 0.4  # inferred from the BOOM release
 DEFAULT_SEED = 42
+#: Weight of the update model in an incremental update; the current model gets 1 - this. With the
+#: default the update moves the model halfway towards the update model (as in the BOOM release).
+DEFAULT_UPDATE_WEIGHT = 0.5
 
 
-class MergeSettings(BaseModel):
-    """How models are merged. `base_model` is only read by methods that need one (task_arithmetic,
-    ties, dare_ties, slerp); it defaults to the training base model."""
+class MergeSettings(YamlConfig):
+    """How models are merged.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    `base_model`: the model task vectors are taken relative to. Methods that need one (task_arithmetic,
+    ties, dare_ties) default to the training base; multislerp uses one only when `base_model` is set or
+    `relative_to_base: true` (then the training base); methods that cannot take one (linear) refuse it.
+    slerp's "base" is the first of its two models.
+    """
 
     method: str = DEFAULT_MERGE_METHOD
     weights: list[float] | None = None
     base_model: str | None = None
+    relative_to_base: bool = Field(False, description="multislerp on task vectors relative to the training base")
     parameters: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known(self) -> MergeSettings:
-        get_merge_method(self.method)
+        method = get_merge_method(self.method)
+        wants_base = self.base_model is not None or self.relative_to_base
+        if wants_base and not (method.needs_base or method.accepts_base):
+            raise ValueError(f"merge method '{self.method}' does not take a base model; remove base_model/"
+                             "relative_to_base or pick multislerp, task_arithmetic, ties or dare_ties")
         return self
 
 
-class BoomConfig(BaseModel):
-    """`embedkit boom train --config configs/boom.yaml`.
+class BagSettings(YamlConfig):
+    """One bag: the percentage of each dataset it samples, its seed, and its weight in the merge."""
 
-    `bags`: sampling ratios in percent, one model per entry (e.g. [80, 100] or [60, 60, 60]).
-    `seeds`: one per bag (default training.seed + bag index); recorded in the lineage.
-    `training`: any `TrainConfig` option except model/output_dir/datasets/seed (strategy, loss, ...).
+    ratio: float = Field(gt=0, le=100, description="percent of each dataset's query groups")
+    seed: int | None = None
+    weight: float | None = Field(None, ge=0, description="merge weight (default: 1.0, i.e. equal weights)")
+
+
+class UpdateSettings(YamlConfig):
+    """How an incremental update is trained and merged (`embedkit boom update`).
+
+    `weight`: the update model's weight w in the merge; the current model gets 1 - w. With `linear`
+    the result is exactly (1 - w)·current + w·update per tensor. `merge_base` (task_arithmetic, ties,
+    dare_ties, and multislerp on task vectors): "backbone" = the original base model from the lineage
+    (so merged = backbone + (1-w)·(current - backbone) + w·(update - backbone)), "current" = the current
+    model, or a path. `init`: the update model starts from the current model (default) or from the
+    original backbone.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    weight: float = Field(DEFAULT_UPDATE_WEIGHT, gt=0, le=1)
+    merge_base: str = "backbone"
+    init: Literal["current", "backbone"] = "current"
+    history_ratio: float = Field(DEFAULT_HISTORY_RATIO, ge=0, le=1)
+
+
+class BoomConfig(YamlConfig):
+    """`embedkit boom train --config configs/boom.yaml`.
+
+    `bags`: one model per entry, a percentage (`[80, 100]`) or a mapping (`{ratio: 80, weight: 0.6,
+    seed: 7}`). `seeds`: one per bag (default training.seed + bag index); recorded in the lineage.
+    `training`: any `TrainConfig` option except model/output_dir/datasets/seed (strategy, loss, ...).
+    """
 
     model: str
     output_dir: str
     datasets: list[DatasetConfig] = Field(min_length=1)
-    bags: list[float] = Field(default_factory=lambda: list(DEFAULT_BAGS), min_length=2)
+    bags: list[BagSettings] = Field(default_factory=lambda: [BagSettings(ratio=r) for r in DEFAULT_BAGS],
+                                    min_length=2)
     seeds: list[int] | None = None
     sampling: Literal["per_dataset_without_replacement"] = "per_dataset_without_replacement"
     merge: MergeSettings = MergeSettings()
+    update: UpdateSettings = UpdateSettings()
     training: dict[str, Any] = Field(default_factory=dict)
     keep_bags: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bag_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("bags"), list):
+            data = {**data, "bags": [{"ratio": b} if isinstance(b, (int, float)) else b for b in data["bags"]]}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> BoomConfig:
-        for ratio in self.bags:
-            if not 0 < ratio <= 100:
-                raise ValueError(f"bag ratios are percentages in (0, 100], got {ratio}")
         if self.seeds is not None and len(self.seeds) != len(self.bags):
             raise ValueError(f"{len(self.seeds)} seeds for {len(self.bags)} bags")
+        if self.seeds is not None and any(b.seed is not None for b in self.bags):
+            raise ValueError("give seeds either in `seeds` or per bag, not both")
+        if self.merge.weights is not None:
+            if any(b.weight is not None for b in self.bags):
+                raise ValueError("give merge weights either in merge.weights or per bag, not both")
+            if len(self.merge.weights) != len(self.bags):
+                raise ValueError(f"{len(self.merge.weights)} merge weights for {len(self.bags)} bags")
         reserved = {"model", "output_dir", "datasets", "seed"} & set(self.training)
         if reserved:
             raise ValueError(f"set {sorted(reserved)} at the top level (or `seeds`), not under training")
@@ -71,8 +121,23 @@ class BoomConfig(BaseModel):
         return self
 
     @property
+    def ratios(self) -> list[float]:
+        return [b.ratio for b in self.bags]
+
+    @property
     def bag_seeds(self) -> list[int]:
-        return list(self.seeds) if self.seeds is not None else [DEFAULT_SEED + i for i in range(len(self.bags))]
+        if self.seeds is not None:
+            return list(self.seeds)
+        return [b.seed if b.seed is not None else DEFAULT_SEED + i for i, b in enumerate(self.bags)]
+
+    @property
+    def bag_weights(self) -> list[float] | None:
+        """Merge weights, one per bag; None when every bag has the default (equal weights)."""
+        if self.merge.weights is not None:
+            return list(self.merge.weights)
+        if all(b.weight is None for b in self.bags):
+            return None
+        return [1.0 if b.weight is None else b.weight for b in self.bags]
 
     def bag_dir(self, index: int) -> Path:
         return Path(self.output_dir) / "bags" / f"bag-{index}"
@@ -82,17 +147,18 @@ class BoomConfig(BaseModel):
         return Path(self.output_dir) / "model"
 
     def train_config(self, index: int) -> TrainConfig:
-        seeds = self.seeds if self.seeds is not None else [DEFAULT_SEED + i for i in range(len(self.bags))]
         return TrainConfig(
             model=self.model,
             output_dir=str(self.bag_dir(index)),
             datasets=self.datasets,
-            seed=seeds[index],
+            seed=self.bag_seeds[index],
             **self.training,
         )
 
 
-def load_boom_config(path: str | Path, **overrides) -> BoomConfig:
-    data = load_yaml_mapping(path)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+def load_boom_config(path: str | Path, overrides: dict[str, Any] | None = None, **top_level) -> BoomConfig:
+    """Read a BOOM YAML; `overrides` holds dotted keys (`--set merge.method=linear`), keyword arguments
+    top-level keys given as CLI flags (None = not given)."""
+    data = apply_overrides(load_yaml_mapping(path), {**{k: v for k, v in top_level.items() if v is not None},
+                                                     **(overrides or {})})
     return validate_config(BoomConfig, data, path=path)

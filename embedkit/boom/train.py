@@ -16,6 +16,7 @@ from embedkit.boom.config import BoomConfig, MergeSettings
 from embedkit.boom.lineage import describe_tasks, write_lineage
 from embedkit.boom.sampling import sample_tasks
 from embedkit.training.data import load_tasks
+from embedkit.training.distributed import barrier, is_main_process
 from embedkit.training.trainer import TRAINING_RECORD, train
 
 LOG = logging.getLogger(__name__)
@@ -43,15 +44,30 @@ class BoomResult:
 
 
 def merge_base(settings: MergeSettings, training_base: str) -> str | None:
-    """The base model for methods that need one: the configured one, else the model the bags started from."""
+    """The base model task vectors are taken relative to, or None for a plain merge.
+
+    task_arithmetic / ties / dare_ties: the configured base, else the model the bags started from.
+    multislerp: the configured base, else the training base when `relative_to_base`, else none.
+    slerp interpolates exactly two models; its "base" is the first of them, not the training base.
+    """
     from embedkit.merging.methods import get_merge_method
     from embedkit.training.modeling import resolve_model_name
 
     method = get_merge_method(settings.method)
-    # slerp interpolates exactly two models; its "base" is the first of them, not the training base.
-    if not method.needs_base or method.exact_models == 2:
+    if method.exact_models == 2:
         return None
-    return resolve_model_name(settings.base_model or training_base)
+    if method.needs_base or settings.base_model is not None or (method.accepts_base and settings.relative_to_base):
+        return resolve_model_name(settings.base_model or training_base)
+    return None
+
+
+def merge_inputs(models: list[str], weights: list[float] | None, base: str | None
+                 ) -> tuple[list[str], list[float] | None]:
+    """The model list and weights mergekit gets: the base (when any) first, carrying weight 1.0 that
+    mergekit ignores (a base has no task vector of its own)."""
+    if base is None:
+        return list(models), None if weights is None else list(weights)
+    return [base, *models], None if weights is None else [1.0, *weights]
 
 
 def boom_train(config: BoomConfig, *, quiet: bool = False) -> BoomResult:
@@ -63,7 +79,7 @@ def boom_train(config: BoomConfig, *, quiet: bool = False) -> BoomResult:
     tasks = load_tasks(config.datasets)
     result = BoomResult(model_dir=config.model_dir)
     bag_records = []
-    for index, (ratio, seed) in enumerate(zip(config.bags, config.bag_seeds, strict=True)):
+    for index, (ratio, seed) in enumerate(zip(config.ratios, config.bag_seeds, strict=True)):
         bag_tasks = sample_tasks(tasks, ratio / 100.0, seed, purpose="bag")
         path = config.bag_dir(index)
         record_file = path / TRAINING_RECORD
@@ -75,19 +91,26 @@ def boom_train(config: BoomConfig, *, quiet: bool = False) -> BoomResult:
             trained = train(config.train_config(index), bag_tasks, quiet=quiet)
             result.bags.append(BagResult(index, ratio, seed, path, trained.train_seconds))
         bag_records.append(
-            {"index": index, "ratio": ratio, "seed": seed, "path": str(path), "data": describe_tasks(bag_tasks),
+            {"index": index, "ratio": ratio, "seed": seed, "path": str(path),
+             "weight": None if config.bag_weights is None else config.bag_weights[index],
+             "data": describe_tasks(bag_tasks),
              "train_seconds": round(result.bags[-1].train_seconds, 2)}
         )
 
+    # Under torchrun every rank trained the bags together; one process merges and writes, the others wait.
+    if not is_main_process():
+        barrier()
+        return result
     started = time.perf_counter()
     settings = config.merge
     base = merge_base(settings, config.model)
-    models = [str(b.path) for b in result.bags]
+    weights = config.bag_weights
+    models, merge_weights = merge_inputs([str(b.path) for b in result.bags], weights, base)
     merged = merge_models(
-        ([base] if base else []) + models,
+        models,
         config.model_dir,
         method=settings.method,
-        weights=([1.0] if base else []) + list(settings.weights) if settings.weights else None,
+        weights=merge_weights,
         base_model=base,
         parameters=settings.parameters or None,
         overwrite=True,
@@ -98,9 +121,11 @@ def boom_train(config: BoomConfig, *, quiet: bool = False) -> BoomResult:
         {
             "kind": "boom_train",
             "base_model": config.model,
+            "backbone": config.model,
             "sampling": config.sampling,
             "bags": bag_records,
-            "merge": {"method": settings.method, "weights": settings.weights, "base_model": base,
+            "merge": {"method": settings.method, "weights": weights, "base_model": base,
+                      "relative_to_base": base is not None,
                       "parameters": settings.parameters, "mergekit_config": merged.mergekit_config},
             "training": config.training,
             "parents": [],
@@ -109,6 +134,7 @@ def boom_train(config: BoomConfig, *, quiet: bool = False) -> BoomResult:
     _refresh_card(config.model_dir)
     if not config.keep_bags:
         shutil.rmtree(Path(config.output_dir) / "bags", ignore_errors=True)
+    barrier()
     return result
 
 

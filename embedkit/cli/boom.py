@@ -10,12 +10,15 @@ from embedkit.cli._common import add_command, add_quiet_argument
 TRAIN_EXAMPLES = """\
   embedkit boom train --config configs/boom.yaml
   embedkit boom train --config configs/boom.yaml --output-dir runs/boom-3bags
+  embedkit boom train --config configs/boom.yaml --set merge.relative_to_base=true --set training.max_steps=100
 """
 UPDATE_EXAMPLES = """\
   embedkit boom update --base runs/boom/model --new-data new.jsonl \\
       --history ../shared/data/scifact old.jsonl --history-ratio 0.4 --output-dir runs/boom-v2
   embedkit boom update --base runs/boom/model --new-data new.jsonl --history old.jsonl \\
-      --method linear --weights 0.5 0.5 --batch-size 64 --output-dir runs/boom-v2
+      --method linear --update-weight 0.3 --batch-size 64 --output-dir runs/boom-v2
+  embedkit boom update --base runs/boom/model --new-data new.jsonl --history old.jsonl \
+      --method task_arithmetic --merge-base backbone --update-init backbone --output-dir runs/boom-v3
   embedkit index reencode indexes/mine --model runs/boom-v2/model     # then refresh the index
 """
 MERGE_EXAMPLES = """\
@@ -47,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--config", required=True, help="BOOM YAML (see configs/boom.yaml)")
     train.add_argument("--output-dir", help="override output_dir")
+    train.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                       help="override a config value by its dotted key (repeatable), e.g. merge.method=linear")
     add_quiet_argument(train)
 
     update = add_command(
@@ -60,6 +65,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     update.add_argument("--new-data", nargs="+", required=True, help="FlagEmbedding jsonl files or BEIR folders")
     update.add_argument("--history", nargs="*", default=[], help="the historical training data (jsonl or BEIR folders)")
     update.add_argument("--history-ratio", type=float, default=0.4, help="fraction of each historical dataset (default 0.4)")
+    update.add_argument("--update-weight", type=float, default=0.5,
+                        help="the update model's merge weight w; the current model gets 1 - w (default 0.5)")
+    update.add_argument("--merge-base", default="backbone",
+                        help="task-vector base for task_arithmetic/ties/dare_ties (and multislerp with "
+                             "--relative-to-base): backbone (the original base model, from the lineage; "
+                             "default), current, or a model path")
+    update.add_argument("--update-init", choices=["current", "backbone"], default="current",
+                        help="start the update model from the current model (default) or the original backbone")
+    update.add_argument("--relative-to-base", action="store_true",
+                        help="multislerp on task vectors relative to --merge-base")
     update.add_argument("--output-dir", required=True)
     update.add_argument("--seed", type=int, default=42)
     update.add_argument("--training-config", help="YAML of training options (any TrainConfig key, e.g. loss, strategy)")
@@ -127,9 +142,16 @@ def _dataset_configs(paths: list[str]):
 
 
 def _merge_settings(args: argparse.Namespace):
-    from embedkit.boom import MergeSettings
+    from pydantic import ValidationError
 
-    return MergeSettings(method=args.method, weights=args.weights, parameters=_merge_parameters(args))
+    from embedkit.boom import MergeSettings
+    from embedkit.errors import EmbedkitError
+
+    try:
+        return MergeSettings(method=args.method, weights=args.weights, parameters=_merge_parameters(args),
+                             relative_to_base=getattr(args, "relative_to_base", False))
+    except ValidationError as error:
+        raise EmbedkitError(f"invalid merge options: {error.errors()[0]['msg']}") from None
 
 
 def _merge_parameters(args: argparse.Namespace) -> dict:
@@ -139,8 +161,9 @@ def _merge_parameters(args: argparse.Namespace) -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     from embedkit.boom import boom_train, load_boom_config
+    from embedkit.config import parse_set_overrides
 
-    config = load_boom_config(args.config, output_dir=args.output_dir)
+    config = load_boom_config(args.config, parse_set_overrides(args.overrides), output_dir=args.output_dir)
     result = boom_train(config, quiet=args.quiet)
     for bag in result.bags:
         state = "reused" if bag.reused else f"{bag.train_seconds:.0f} s"
@@ -150,7 +173,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_update(args: argparse.Namespace) -> int:
-    from embedkit.boom import boom_update
+    from embedkit.boom import UpdateSettings, boom_update
     from embedkit.config import load_yaml_mapping
 
     training = load_yaml_mapping(args.training_config) if args.training_config else {}
@@ -168,15 +191,19 @@ def run_update(args: argparse.Namespace) -> int:
 
     from embedkit.errors import EmbedkitError
 
+    if args.weights:
+        raise EmbedkitError("an update's merge weight is --update-weight (the current model gets 1 - it)")
     try:
+        settings = UpdateSettings(weight=args.update_weight, merge_base=args.merge_base, init=args.update_init,
+                                  history_ratio=args.history_ratio)
         result = boom_update(args.base, new_data=new, history=history, output_dir=args.output_dir,
-                             history_ratio=args.history_ratio, merge=_merge_settings(args), training=training,
+                             merge=_merge_settings(args), update=settings, training=training,
                              seed=args.seed, quiet=args.quiet)
     except ValidationError as error:
         raise EmbedkitError(f"invalid training options: {error}") from None
     print(f"update model trained on {result.new_groups} new + {result.history_groups} historical queries "
           f"in {result.train_seconds:.0f} s -> {result.update_model_dir}")
-    print(f"merged into the base with {args.method} -> {result.model_dir}")
+    print(f"merged into the base with {args.method}, update weight {args.update_weight} -> {result.model_dir}")
     print(f"refresh indexes with: embedkit index reencode INDEX --model {result.model_dir}")
     return 0
 

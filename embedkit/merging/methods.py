@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from embedkit.errors import EmbedkitError
+from embedkit.registry import Registry
 
 DEFAULT_MERGE_METHOD = "multislerp"
 
@@ -21,7 +22,8 @@ class MergeMethod:
     """One selectable merge method.
 
     `mergekit_name` is the `merge_method` written to the mergekit YAML. `needs_base`: a base model is
-    required (task vectors are taken relative to it). `exact_models`: the method takes exactly this many
+    required (task vectors are taken relative to it); `accepts_base`: a base is optional (multislerp
+    interpolates task vectors relative to it when given, the models themselves otherwise). `exact_models`: the method takes exactly this many
     models (slerp: 2). `model_parameters`: per-model parameters with their defaults (a weight per model).
     `global_parameters`: method-level parameters with defaults.
     """
@@ -30,33 +32,32 @@ class MergeMethod:
     mergekit_name: str
     description: str
     needs_base: bool = False
+    accepts_base: bool = False
     exact_models: int | None = None
     model_parameters: dict[str, Any] = field(default_factory=dict)
     global_parameters: dict[str, Any] = field(default_factory=dict)
 
 
-MERGE_METHODS: dict[str, MergeMethod] = {}
+MERGE_METHODS: Registry[MergeMethod] = Registry("merge method")
 
 
 def register_merge_method(method: MergeMethod) -> MergeMethod:
-    MERGE_METHODS[method.name] = method
+    """Make `method` selectable by its name."""
+    MERGE_METHODS.add(method.name, method)
     return method
 
 
 def get_merge_method(name: str) -> MergeMethod:
-    try:
-        return MERGE_METHODS[name]
-    except KeyError:
-        raise EmbedkitError(
-            f"unknown merge method '{name}'; choose one of: {', '.join(sorted(MERGE_METHODS))}"
-        ) from None
+    """The registered method called `name`; an unknown name lists the choices."""
+    return MERGE_METHODS.get(name)
 
 
 register_merge_method(
     MergeMethod(
         "multislerp",
         "multislerp",
-        "spherical interpolation of any number of models (BOOM default)",
+        "spherical interpolation of any number of models (BOOM default); of task vectors given a base",
+        accepts_base=True,
         model_parameters={"weight": 1.0},
     )
 )
@@ -128,6 +129,8 @@ def mergekit_config_dict(
         raise EmbedkitError(f"{len(model_parameters)} per-model parameter sets given for {len(models)} models")
     if method.needs_base and base_model is None:
         base_model = models[0]
+    if base_model is not None and not (method.needs_base or method.accepts_base):
+        raise EmbedkitError(f"merge method '{method.name}' does not take a base model (got {base_model})")
     if method.exact_models is not None and len(models) != method.exact_models:
         raise EmbedkitError(f"merge method '{method.name}' takes exactly {method.exact_models} models, got {len(models)}")
 
@@ -142,7 +145,8 @@ def mergekit_config_dict(
         entry: dict[str, Any] = {"model": model}
         # mergekit ignores the base model's own task vector; keeping its parameters is harmless but
         # confusing in the written YAML, so the base entry carries none.
-        if params and not (method.needs_base and model == base_model and method.name != "slerp"):
+        if params and not ((method.needs_base or method.accepts_base) and model == base_model
+                           and method.name != "slerp"):
             entry["parameters"] = params
         entries.append(entry)
 

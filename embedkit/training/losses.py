@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from embedkit.errors import EmbedkitError
+from embedkit.registry import Registry
 
 LossFactory = Callable[[Any, Any], Any]  # (SentenceTransformer, TrainConfig) -> loss module
-LOSSES: dict[str, LossFactory] = {}
+LOSSES: Registry[LossFactory] = Registry("loss")
 
 
 def register_loss(*names: str) -> Callable[[LossFactory], LossFactory]:
+    """Register a loss factory under one or more names (aliases)."""
+
     def decorator(factory: LossFactory) -> LossFactory:
         for name in names:
-            LOSSES[name] = factory
+            LOSSES.add(name, factory)
         return factory
 
     return decorator
@@ -37,8 +39,5 @@ def _cached_mnrl(model, config):
 
 
 def build_loss(model, config):
-    try:
-        factory = LOSSES[config.loss]
-    except KeyError:
-        raise EmbedkitError(f"unknown loss '{config.loss}'; choose one of: {', '.join(sorted(LOSSES))}") from None
-    return factory(model, config)
+    """The loss module named by `config.loss` (unknown names list the registered ones)."""
+    return LOSSES.get(config.loss)(model, config)

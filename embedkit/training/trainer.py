@@ -24,6 +24,7 @@ from embedkit.errors import EmbedkitError
 from embedkit.io import atomic_directory, atomic_write
 from embedkit.training.config import TrainConfig
 from embedkit.training.data import TaskData, load_tasks, task_negative_count, to_dataset
+from embedkit.training.distributed import barrier, is_main_process
 
 LOG = logging.getLogger(__name__)
 
@@ -122,12 +123,14 @@ def train(config: TrainConfig, tasks: Sequence[TaskData] | None = None, *, quiet
         if len(stages) > 1 and is_main_process():
             model.save(str(final), create_model_card=False)
             (stage_dir / STAGE_DONE).write_text(json.dumps({"steps": steps}))
+        barrier()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     train_seconds = time.perf_counter() - started
 
     result = TrainResult(output_dir=output, train_seconds=train_seconds, steps=steps, rows=rows, lora=use_lora)
     if not is_main_process():  # under torchrun every rank trains; only rank 0 writes the model
+        barrier()
         return result
     _save(model, config, tasks, result)
     if config.evaluation:
@@ -140,13 +143,8 @@ def train(config: TrainConfig, tasks: Sequence[TaskData] | None = None, *, quiet
         write_model_card(output, config=config, tasks=tasks, result=result)
     if not config.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
+    barrier()
     return result
-
-
-def is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _run_stage(model, dataset, config: TrainConfig, stage_dir: Path, *, quiet: bool) -> int:
