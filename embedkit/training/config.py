@@ -44,6 +44,8 @@ class DatasetConfig(BaseModel):
     hard_negatives: int | None = Field(None, ge=0, description="overrides the global hard_negatives")
     max_examples: int | None = Field(None, gt=0, description="keep the first N rows (queries)")
     stage: Literal[1, 2] | None = None
+    task_type: str | None = Field(None, description="e.g. retrieval, sts, classification, clustering; "
+                                  "orders tasks for sequential_order: by_task_type")
 
 
 class LoraSettings(BaseModel):
@@ -68,6 +70,14 @@ class TrainConfig(BaseModel):
     output_dir: str
     datasets: list[DatasetConfig] = Field(min_length=1)
     strategy: Strategy = "batch_shuffle"
+    mixed_negatives: Literal["group", "pad"] = Field(
+        "group", description="mixed: 'group' pools tasks with the same hard-negative count (a batch never "
+        "mixes counts; each task keeps all its negatives); 'pad' gives every task the largest count, "
+        "filling missing ones from the task's other passages")
+    sequential_order: Literal["given", "reversed", "by_task_type"] = Field(
+        "given", description="sequential: datasets in config order, reversed, or grouped by task_type")
+    task_type_order: list[str] | None = Field(
+        None, description="by_task_type: the order of task types (default: order of first appearance)")
     loss: str = "mnrl"
     loss_scale: float = Field(20.0, gt=0, description="inverse temperature of the contrastive loss")
     mini_batch_size: int = Field(32, gt=0, description="GradCache chunk size for cached_mnrl")
@@ -95,6 +105,9 @@ class TrainConfig(BaseModel):
     keep_checkpoints: bool = False
     evaluation: list[str] = Field(default_factory=list, description="BEIR folders evaluated after training")
     evaluation_split: str = "test"
+    evaluation_prompts: dict[str, str] = Field(
+        default_factory=dict, description="evaluation dataset name -> query prompt; default: the prompt "
+        "saved for the training task of the same name, else the model's 'query' prompt")
     device: str = "auto"
 
     @model_validator(mode="after")
@@ -108,6 +121,14 @@ class TrainConfig(BaseModel):
                 raise ValueError(f"two_stage needs `stage: 1` or `stage: 2` on every dataset; missing on {missing}")
             if {d.stage for d in self.datasets} != {1, 2}:
                 raise ValueError("two_stage needs at least one dataset in stage 1 and one in stage 2")
+        if self.sequential_order == "by_task_type" and self.strategy == "sequential":
+            missing = [d.name for d in self.datasets if d.task_type is None]
+            if missing:
+                raise ValueError(f"sequential_order: by_task_type needs task_type on every dataset; missing on {missing}")
+            if self.task_type_order is not None:
+                unknown = sorted({d.task_type for d in self.datasets} - set(self.task_type_order))
+                if unknown:
+                    raise ValueError(f"task_type_order does not list {unknown}")
         if "{instruction}" not in self.instruction_template:
             raise ValueError("instruction_template must contain {instruction}")
         return self

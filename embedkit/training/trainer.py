@@ -3,8 +3,10 @@
 Scheduling strategies:
 - `batch_shuffle`: every batch comes from one task; the order of batches across tasks is shuffled
   (sentence-transformers' proportional multi-dataset sampler). The paper's strongest in-domain setting.
-- `mixed`: all tasks pooled; a batch mixes tasks (hard-negative count = the smallest over tasks).
-- `sequential`: one task after the other, in config order.
+- `mixed`: tasks pooled; a batch mixes tasks. Tasks with different hard-negative counts are pooled per
+  count (`mixed_negatives: group`, batches never mix counts) or all given the largest count with the
+  missing ones filled from the task's other passages (`pad`); no task loses its negatives.
+- `sequential`: one task after the other (`sequential_order`: given, reversed, by_task_type).
 - `two_stage`: stage-1 tasks first, then stage-2 tasks (each stage batch-shuffled).
 
 >>> result = train(load_train_config("configs/train_multitask.yaml"))
@@ -55,21 +57,40 @@ def plan_stages(config: TrainConfig, tasks: Sequence[TaskData]) -> list[Stage]:
     if config.strategy == "mixed":
         return [Stage("all", tuple(tasks), pooled=True)]
     if config.strategy == "sequential":
-        return [Stage(t.name, (t,), pooled=False) for t in tasks]
+        return [Stage(t.name, (t,), pooled=False) for t in sequential_order(config, tasks)]
     return [
         Stage(f"stage{n}", tuple(t for t in tasks if t.config.stage == n), pooled=False) for n in (1, 2)
     ]
 
 
+def sequential_order(config: TrainConfig, tasks: Sequence[TaskData]) -> list[TaskData]:
+    """Tasks in the order the `sequential` strategy trains them."""
+    tasks = list(tasks)
+    if config.sequential_order == "reversed":
+        return tasks[::-1]
+    if config.sequential_order == "by_task_type":
+        types = list(config.task_type_order or dict.fromkeys(t.config.task_type for t in tasks))
+        return sorted(tasks, key=lambda t: types.index(t.config.task_type))  # stable within a type
+    return tasks
+
+
 def stage_dataset(stage: Stage, config: TrainConfig):
-    """The dataset(s) for one stage: a DatasetDict (one entry per task) or one pooled Dataset."""
+    """The dataset(s) for one stage: a DatasetDict (one entry per task, or per hard-negative count for
+    a pooled stage with `mixed_negatives: group`) or one pooled Dataset."""
     from datasets import DatasetDict, concatenate_datasets
 
     counts = {t.name: task_negative_count(t, config.hard_negatives) for t in stage.tasks}
     if stage.pooled:
-        k = min(counts.values())
-        parts = [to_dataset(t, negatives=k, template=config.instruction_template, seed=config.seed) for t in stage.tasks]
-        return concatenate_datasets(parts).shuffle(seed=config.seed)
+        def pooled(tasks: Sequence[TaskData], k: int):
+            parts = [to_dataset(t, negatives=k, template=config.instruction_template, seed=config.seed) for t in tasks]
+            return concatenate_datasets(parts).shuffle(seed=config.seed)
+
+        if config.mixed_negatives == "pad" or len(set(counts.values())) == 1:
+            return pooled(stage.tasks, max(counts.values()))
+        by_count: dict[int, list[TaskData]] = {}
+        for task in stage.tasks:
+            by_count.setdefault(counts[task.name], []).append(task)
+        return DatasetDict({f"negatives_{k}": pooled(group, k) for k, group in sorted(by_count.items())})
     return DatasetDict(
         {
             t.name: to_dataset(t, negatives=counts[t.name], template=config.instruction_template, seed=config.seed)
@@ -136,7 +157,9 @@ def train(config: TrainConfig, tasks: Sequence[TaskData] | None = None, *, quiet
     if config.evaluation:
         from embedkit.training.evaluation import evaluate_suite
 
-        suite = evaluate_suite(str(output), config.evaluation, split=config.evaluation_split, quiet=quiet)
+        # The saved model carries one prompt per instructed task; evaluation reads them by dataset name.
+        suite = evaluate_suite(str(output), config.evaluation, split=config.evaluation_split, quiet=quiet,
+                               query_prompts=config.evaluation_prompts)
         result.evaluation = suite.metrics
         from embedkit.training.card import write_model_card
 
