@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from agents.retrieval import Passage
+from agents.retrieval import Passage, passage_from_contents
 from embedkit.errors import EmbedkitError
 
 log = logging.getLogger(__name__)
@@ -121,20 +121,16 @@ class HttpRetriever:
         result = self.client.retrieve(queries, k, return_scores=True)
         if len(result) != len(queries):
             raise RetrievalError(f"the server answered {len(result)} result lists for {len(queries)} queries")
-        return [[_passage(item) for item in hits] for hits in result]
+        return [[_passage(item, rank) for rank, item in enumerate(hits, start=1)] for hits in result]
 
     def close(self) -> None:
         self.client.close()
 
 
-def _passage(item: dict) -> Passage:
+def _passage(item: dict, rank: int) -> Passage:
     document, score = (item["document"], item.get("score", 0.0)) if "document" in item else (item, 0.0)
-    contents = str(document.get("contents", ""))
-    # Search-R1's contents is "title\ntext"; a document without a newline has no title.
-    title, newline, text = contents.partition("\n")
-    if not newline:
-        title, text = "", contents
-    return Passage(id=str(document.get("id", "")), title=title, text=text, score=float(score))
+    return passage_from_contents(str(document.get("id", "")), str(document.get("contents", "")), score=float(score),
+                                 rank=rank)
 
 
 def _detail(response: httpx.Response) -> str:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from embedkit.errors import EmbedkitError
 
 Message = dict[str, str]
+DEFAULT_CONCURRENCY = 8  # requests in flight per OpenAI-compatible backend
 Prompt = str | list[Message]
 
 
@@ -51,6 +52,35 @@ def truncate_at_stop(text: str, stop: Sequence[str] | None) -> str:
     return text[:cut]
 
 
+def chat_prefix(tokenizer: Any, messages: list[Message]) -> str:
+    """The chat template applied to `messages` with the generation prompt, as text, ready to be continued.
+
+    A tokenizer without a chat template gives the first message's content, as verl's RL dataset does.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return messages[0]["content"]
+
+
+def load_causal_lm(path: str, *, device: str = "auto") -> tuple[Any, Any]:
+    """(model, tokenizer) of a transformers causal LM, in eval mode: bf16 on a CUDA GPU when there is one
+    (the dtype RL checkpoints are trained and served in), fp32 on CPU (bf16 matmuls are slow or missing there)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as error:
+        from embedkit.errors import ModelUnavailableError
+
+        raise ModelUnavailableError(f"cannot load causal LM '{path}': {str(error).splitlines()[0]}") from None
+    return model.to(device).eval(), tokenizer
+
+
 class TransformersBackend:
     """A local `transformers` causal LM; chats go through the tokenizer's chat template.
 
@@ -71,6 +101,10 @@ class TransformersBackend:
         # Tokenizers without a chat template (tiny test models, base LMs): a plain transcript.
         lines = [f"{m['role']}: {m['content']}" for m in prompt]
         return "\n".join(lines) + "\nassistant:"
+
+    def chat_prefix(self, messages: list[Message]) -> str:
+        """The prompt text of Search-R1's `search_r1` mode (see `chat_prefix`)."""
+        return chat_prefix(self.tokenizer, messages)
 
     def generate(
         self,
@@ -115,7 +149,10 @@ class OpenAICompatibleBackend:
     """POST /v1/chat/completions (or /v1/completions for plain strings when `chat=False`) on any server.
 
     Retries connection errors, 429 and 5xx with exponential back-off; other HTTP errors raise
-    `EmbedkitError` with the server's message.
+    `EmbedkitError` with the server's message. Up to `concurrency` requests are in flight at once (a thread
+    pool over one `httpx.Client`), so a server that batches (vLLM, SGLang) works on a whole agent batch in
+    parallel; results come back in prompt order. `tokenizer` (a path, hub id or tokenizer object) is needed
+    only for `chat_prefix` (the `search_r1` prompt mode applies the served model's chat template here).
     """
 
     def __init__(
@@ -128,9 +165,13 @@ class OpenAICompatibleBackend:
         *,
         chat: bool = True,
         backoff_s: float = 0.5,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        tokenizer: Any = None,
     ) -> None:
         import httpx
 
+        if concurrency < 1:
+            raise EmbedkitError(f"concurrency must be at least 1, not {concurrency}")
         self.base_url = base_url.rstrip("/")
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[: -len("/v1")]
@@ -138,11 +179,28 @@ class OpenAICompatibleBackend:
         self.max_retries = max_retries
         self.chat = chat
         self.backoff_s = backoff_s
+        self.concurrency = concurrency
+        self._tokenizer = tokenizer
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        limits = httpx.Limits(max_connections=max(concurrency, 10), max_keepalive_connections=max(concurrency, 10))
+        self._client = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, limits=limits)
 
     def close(self) -> None:
         self._client.close()
+
+    def chat_prefix(self, messages: list[Message]) -> str:
+        """The served model's chat template applied to `messages` (needs `tokenizer`)."""
+        if self._tokenizer is None:
+            raise EmbedkitError("the search_r1 prompt mode over an OpenAI-compatible endpoint needs the served model's "
+                                "tokenizer for its chat template (--llm-tokenizer PATH_OR_ID)")  # fmt: skip
+        if isinstance(self._tokenizer, str):
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer)
+            except (OSError, ValueError) as error:
+                raise EmbedkitError(f"cannot load tokenizer '{self._tokenizer}': {str(error).splitlines()[0]}") from None
+        return chat_prefix(self._tokenizer, messages)
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         import httpx
@@ -172,11 +230,11 @@ class OpenAICompatibleBackend:
         temperature: float = 0.0,
         stop: list[str] | None = None,
     ) -> list[str]:
-        outputs: list[str] = []
-        for prompt in prompts:
-            payload: dict[str, Any] = {"model": self.model, "max_tokens": max_new_tokens, "temperature": temperature}
-            if stop:
-                payload["stop"] = list(stop)
+        payload: dict[str, Any] = {"model": self.model, "max_tokens": max_new_tokens, "temperature": temperature}
+        if stop:
+            payload["stop"] = list(stop)
+
+        def one(prompt: Prompt) -> str:
             if self.chat or not isinstance(prompt, str):
                 messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
                 data = self._post("/v1/chat/completions", {**payload, "messages": messages})
@@ -191,8 +249,14 @@ class OpenAICompatibleBackend:
                 except (KeyError, IndexError, TypeError) as error:
                     raise EmbedkitError(f"unexpected completion response: {str(data)[:300]}") from error
             # Servers may ignore `stop`; cut client-side so both backends behave the same.
-            outputs.append(truncate_at_stop(text, stop))
-        return outputs
+            return truncate_at_stop(text, stop)
+
+        if self.concurrency == 1 or len(prompts) <= 1:
+            return [one(p) for p in prompts]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)), thread_name_prefix="llm") as pool:
+            return list(pool.map(one, prompts))  # in prompt order; the first failure is raised
 
 
 class BackendConfig(BaseModel):
@@ -209,6 +273,7 @@ class BackendConfig(BaseModel):
     timeout: float = 60.0
     max_retries: int = 3
     batch_size: int = 8
+    concurrency: int = DEFAULT_CONCURRENCY  # requests in flight (openai)
 
 
 def build_backend(config: BackendConfig | dict[str, Any]) -> LLMBackend:
@@ -220,14 +285,8 @@ def build_backend(config: BackendConfig | dict[str, Any]) -> LLMBackend:
     if config.kind == "openai":
         key = os.environ.get(config.api_key_env) if config.api_key_env else None
         return OpenAICompatibleBackend(config.base_url, config.model, api_key=key, timeout=config.timeout,
-                                       max_retries=config.max_retries)  # fmt: skip
+                                       max_retries=config.max_retries, concurrency=config.concurrency)  # fmt: skip
     if config.kind == "transformers":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(config.model, padding_side="left")
-            model = AutoModelForCausalLM.from_pretrained(config.model).eval()
-        except OSError as error:
-            raise EmbedkitError(f"cannot load judge model '{config.model}': {error}") from None
+        model, tokenizer = load_causal_lm(config.model)
         return TransformersBackend(model, tokenizer, batch_size=config.batch_size)
     raise EmbedkitError(f"unknown LLM backend kind '{config.kind}'; choose openai or transformers")

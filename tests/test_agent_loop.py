@@ -64,9 +64,9 @@ def test_parse_action_and_restore_stop():
     assert parse_action("I think the answer is Paris").kind == "invalid"
     assert parse_action("<search>   </search>").kind == "invalid"
     assert parse_action("<answer> </answer>").kind == "answer"
-    # backends cut before the stop string; the loop puts the closing tag back
-    assert restore_stop("<think>t</think><search> q") == "<think>t</think><search> q </search>"
-    assert restore_stop("<search> a </search> x <answer> b") == "<search> a </search> x <answer> b </answer>"
+    # backends cut before the stop string; the loop puts exactly the stop string back
+    assert restore_stop("<think>t</think><search> q ") == "<think>t</think><search> q </search>"
+    assert restore_stop("<search> a </search> x <answer> b") == "<search> a </search> x <answer> b</answer>"
     assert restore_stop("no tags") == "no tags"
 
 
@@ -98,7 +98,21 @@ def test_unparseable_output_gets_feedback_and_uses_turns(retriever):
     assert trajectory.turns[1].output.endswith("</search>") and trajectory.em == 1.0
     stuck = SearchAgent(Scripted(["hmm"]), retriever, TWO_HOP.model_copy(update={"max_turns": 3})).run([QUESTION])[0]
     assert stuck.status == "max_turns" and stuck.prediction is None and stuck.em == 0.0
-    assert summarize([stuck])["invalid_turns"] == 3
+    # three rounds with feedback, then Search-R1's extra answer turn (no feedback after it)
+    assert summarize([stuck])["invalid_turns"] == 4 and stuck.turns[-1].information == ""
+
+
+def test_max_turns_counts_search_rounds_like_search_r1(retriever):
+    """max_turns rounds may search; one more turn follows for the answer, in which a search is not run."""
+    searcher = Scripted(["<search> Shirley Temple </search>"])
+    config = TWO_HOP.model_copy(update={"max_turns": 2})
+    stuck = SearchAgent(searcher, retriever, config).run([QUESTION])[0]
+    assert [t.action for t in stuck.turns] == ["search"] * 3 and stuck.status == "max_turns"
+    assert [bool(t.passages) for t in stuck.turns] == [True, True, False] and stuck.turns[-1].information == ""
+    answers = Scripted(["<search> Shirley Temple </search>", "<search> Kiss and Tell </search>",
+                        "<answer> Chief of Protocol </answer>"])  # fmt: skip
+    done = SearchAgent(answers, retriever, config).run([QUESTION])[0]
+    assert done.status == "answered" and len(done.searches) == 2 and done.em == 1.0  # the answer turn is extra
 
 
 class Flaky:

@@ -70,7 +70,7 @@ def test_agent_over_openai_compatible_endpoint(llm_server, retriever):
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
     assert second["messages"][2]["content"].startswith("<information>Doc 1(Title: Bread)")
     assert second["stop"] == ["</search>", "</answer>"] and second["max_tokens"] == 64
-    assert confused.status == "max_turns" and [t.action for t in confused.turns] == ["invalid"] * 3
+    assert confused.status == "max_turns" and [t.action for t in confused.turns] == ["invalid"] * 4  # + answer turn
     assert confused.em == 0.0
 
 

@@ -89,16 +89,28 @@ def test_agent_with_tiny_lm_searches_reads_and_answers(warmed, retriever):
 def test_rl_rollout_with_search_tool_masks_information(warmed, retriever):
     model, tokenizer, demo = warmed
     tool = SearchTool(retriever, CONFIG)
-    settings = RolloutSettings(max_new_tokens=120, temperature=0.0, max_turns=2,
-                               information_template="\n\n<information>{result}</information>\n\n")  # fmt: skip
+    settings = RolloutSettings(max_new_tokens=120, temperature=0.0, max_turns=2)  # the shared template
     engine = RolloutEngine(model, tokenizer, settings, tool=tool)
     rollout = engine.sample([demo.prompt], group_size=1)[0]
     assert tool.calls == ["cats"] and rollout.turns == 1
     masked = tokenizer.decode([t for t, m in zip(rollout.response_ids, rollout.loss_mask, strict=True) if m == 0])
-    injected = settings.information_template.format(result="cats: cats hunt mice at night.")
-    assert masked == tokenizer.decode(tokenizer.encode(injected, add_special_tokens=False))
+    assert masked == "\n\n<information>cats: cats hunt mice at night.</information>\n\n"
     policy_text = tokenizer.decode([t for t, m in zip(rollout.response_ids, rollout.loss_mask, strict=True) if m])
     assert policy_text.startswith("<search> cats </search>") and "<information>" not in policy_text
     reward = build_reward("exact_match")(RewardBatch(prompts=[demo.prompt], responses=[rollout.text],
                                                      ground_truths=[["mice"]]))  # fmt: skip
     assert reward == [1.0]
+
+
+def test_agent_and_rl_rollout_put_the_same_bytes_around_the_same_passages(warmed, retriever):
+    """Training (RL rollout + SearchTool) and evaluation (SearchAgent) see one token stream."""
+    model, tokenizer, demo = warmed
+    engine = RolloutEngine(model, tokenizer, RolloutSettings(max_new_tokens=120, temperature=0.0, max_turns=2),
+                           tool=SearchTool(retriever, CONFIG))  # fmt: skip
+    rollout = engine.sample([demo.prompt], group_size=1)[0]
+    masked = tokenizer.decode([t for t, m in zip(rollout.response_ids, rollout.loss_mask, strict=True) if m == 0])
+    agent = SearchAgent(LLMPolicy(TransformersBackend(model, tokenizer), chat=False), retriever, CONFIG)
+    trajectory = agent.run([QUESTION])[0]
+    assert [p.id for p in trajectory.turns[0].passages] == ["c1"]
+    assert masked == trajectory.turns[0].information == demo.turns[0].information  # byte for byte
+    assert rollout.text == trajectory.transcript  # the whole response, tags, newlines and passages included

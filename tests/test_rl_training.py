@@ -46,7 +46,8 @@ def test_multi_turn_rollout_masks_tool_output(search_policy):
         calls.append(query)
         return f"{query} is 7"
 
-    settings = RolloutSettings(max_new_tokens=60, temperature=0.0)
+    settings = RolloutSettings(max_new_tokens=60, temperature=0.0,
+                               information_template=" <information> {result} </information> ")  # DEMO's format
     traj = RolloutEngine(model, tok, settings, tool=tool).sample(["find apple:"], group_size=2)
     for t in traj:
         assert t.tool_calls == ["apple"] and t.turns == 1 and t.finished

@@ -7,7 +7,8 @@ and `rose` (responses one at a time, branching at the highest semantic-entropy p
     for t in trajectories: t.response_ids, t.loss_mask  # loss_mask is 0 on tool-injected tokens
 
 A tool is any `(query: str) -> str`: when the policy closes `<search> … </search>`, the query between the
-tags goes to the tool and `<information> result </information>` is appended before generation resumes.
+tags goes to the tool and its (stripped) result, wrapped in `information_template` (by default the template
+`SearchAgent` uses, `agents.search_agent.format.INFORMATION_TEMPLATE`), is appended before generation resumes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from agents.rl.registry import Registry
+from agents.search_agent.format import INFORMATION_TEMPLATE
 
 Tool = Callable[[str], str]
 
@@ -40,7 +42,7 @@ class RolloutSettings(BaseModel):
     search_open: str = "<search>"
     search_close: str = "</search>"
     answer_close: str | None = "</answer>"  # stop a response when it closes its answer
-    information_template: str = " <information> {result} </information> "
+    information_template: str = INFORMATION_TEMPLATE  # one template for training and evaluation (Search-R1's)
     # ROSE
     rose_epsilon: float = 0.5
     rose_top: int = 20
@@ -115,7 +117,7 @@ class RolloutEngine:
                     still.append(st)  # per-turn budget hit: keep going
             results = self._call_tool([st.tool_calls[-1] for st in calls])
             for st, result in zip(calls, results, strict=True):
-                info = s.information_template.format(result=result)
+                info = s.information_template.format(result=result.strip())
                 info_ids = self.tokenizer.encode(info, add_special_tokens=False)
                 info_ids = info_ids[: s.max_new_tokens - len(st.response_ids)]
                 st.response_ids += info_ids

@@ -21,6 +21,7 @@ from typing import Any
 
 from agents.rl.registry import Registry
 from agents.rl.rollout import Tool
+from agents.search_agent.format import information_block
 from embedkit.data import iter_json_lines
 from embedkit.errors import DataFormatError, EmbedkitError
 
@@ -131,8 +132,8 @@ def search_kv(index: str = "indexes/rl-search-kv", keys: list[str] | None = None
     rng = random.Random(seed + 1)
     examples = []
     for key, value in search_kv_documents(keys, seed):
-        demo = (f"<search> {key} </search> <information> {key} is {value} </information> "
-                f"<answer> {rng.randrange(10)} </answer>")  # fmt: skip
+        # the block exactly as the rollout injects it, so warm-up and RL see one format
+        demo = f"<search> {key} </search>{information_block(f'{key} is {value}')}<answer> {rng.randrange(10)} </answer>"
         examples.append(Example(f"find {key}:", value, "search", demo))
     return Task(examples, tool)
 

@@ -10,12 +10,20 @@
 
 from agents.search_agent.agent import SearchAgent, score
 from agents.search_agent.config import AgentConfig
-from agents.search_agent.format import Action, parse_action, render_information, restore_stop
+from agents.search_agent.evaluate import evaluate, format_report
+from agents.search_agent.format import (
+    INFORMATION_TEMPLATE,
+    Action,
+    information_block,
+    parse_action,
+    render_information,
+    render_passages,
+    restore_stop,
+)
 from agents.search_agent.policy import HeuristicPolicy, LLMPolicy, Policy
 from agents.search_agent.questions import Question, load_questions
 from agents.search_agent.resilient import ResilientRetriever, RetrievalResult
 from agents.search_agent.trajectory import (
-    PassageRecord,
     Trajectory,
     Turn,
     read_trajectories,
@@ -24,11 +32,11 @@ from agents.search_agent.trajectory import (
 )
 
 __all__ = [
+    "INFORMATION_TEMPLATE",
     "Action",
     "AgentConfig",
     "HeuristicPolicy",
     "LLMPolicy",
-    "PassageRecord",
     "Policy",
     "Question",
     "ResilientRetriever",
@@ -36,10 +44,14 @@ __all__ = [
     "SearchAgent",
     "Trajectory",
     "Turn",
+    "evaluate",
+    "format_report",
+    "information_block",
     "load_questions",
     "parse_action",
     "read_trajectories",
     "render_information",
+    "render_passages",
     "restore_stop",
     "score",
     "summarize",

@@ -1,5 +1,9 @@
 """The search-agent loop: policy turn → parse → retrieve → inject, until an answer or the turn limit.
 
+The loop is Search-R1's: `max_turns` rounds in which a search is run and its `<information>` block appended
+(an invalid turn gets corrective feedback and uses a round), then one last turn for the answer in which a
+search is not run. A trajectory that has not answered by then ends with status `max_turns`.
+
     agent = SearchAgent(HeuristicPolicy(), IndexRetriever.from_path("indexes/hotpotqa"), AgentConfig())
     trajectories = agent.run(load_questions("questions.jsonl"))
     print(summarize(trajectories))
@@ -16,13 +20,14 @@ import logging
 from collections.abc import Callable, Sequence
 
 from agents.retrieval import Passage, Retriever
-from agents.rl.rewards import exact_match_score, f1_score
 from agents.search_agent.config import AgentConfig
+from agents.search_agent.evaluate import score
+from agents.search_agent.backends import policy_record
 from agents.search_agent.format import parse_action, render_information, restore_stop
 from agents.search_agent.policy import Policy
 from agents.search_agent.questions import Question
 from agents.search_agent.resilient import ResilientRetriever
-from agents.search_agent.trajectory import PassageRecord, Trajectory, Turn
+from agents.search_agent.trajectory import Trajectory, Turn
 from embedkit.errors import EmbedkitError
 
 log = logging.getLogger(__name__)
@@ -40,12 +45,19 @@ class SearchAgent:
         )
 
     def start(self, question: Question) -> Trajectory:
-        return Trajectory(
-            id=question.id,
-            question=question.question,
-            answers=list(question.answers),
-            prompt=self.config.prompt_template.format(question=question.question),
-        )
+        return Trajectory(id=question.id, question=question.question, answers=list(question.answers),
+                          data_source=question.data_source, prompt=self.first_message(question),
+                          policy=policy_record(self.policy))  # fmt: skip
+
+    def first_message(self, question: Question) -> str:
+        """The first user message, from `prompt_template` or the question file's own prompt (`prompt_source`)."""
+        source = self.config.prompt_source
+        if source == "file" and question.prompt is None:
+            raise EmbedkitError(f"question '{question.id}' has no prompt of its own (prompt_source: file needs "
+                                "a prompt[0].content that is more than the question)")  # fmt: skip
+        if source != "template" and question.prompt is not None:
+            return question.prompt
+        return self.config.prompt_template.format(question=question.question)
 
     def run(self, questions: Sequence[Question], *, progress: Callable[[int], None] | None = None) -> list[Trajectory]:
         """Run every question to completion, `config.batch_size` at a time."""
@@ -78,13 +90,13 @@ class SearchAgent:
         probe = turns[step]
         if probe.action != "search":
             raise EmbedkitError(f"turn {step} of '{trajectory.id}' is not a search")
-        probe.passages = [PassageRecord.of(p) for p in passages]
+        probe.passages = list(passages)
         probe.error = None
         probe.information = render_information(passages, self.config.passage_template)
-        # A probe at the last allowed turn gets no further turn, like the original run.
-        status = "running" if len(turns) < self.config.max_turns else "max_turns"
+        # Searches run only in the first max_turns turns, so the probed run always has its answer turn left.
+        status = "running" if len(turns) <= self.config.max_turns else "max_turns"
         return trajectory.model_copy(update={"turns": turns, "prediction": None, "status": status,
-                                             "em": None, "f1": None, "error": None})  # fmt: skip
+                                             "em": None, "f1": None, "sub_em": None, "error": None})  # fmt: skip
 
     def _advance(self, batch: Sequence[Trajectory]) -> None:
         config = self.config
@@ -97,10 +109,17 @@ class SearchAgent:
                 output = restore_stop(raw or "")
                 action = parse_action(output)
                 turn = Turn(output=output, action=action.kind)
+                # Search-R1's loop: max_turns rounds that may search, then one turn whose searches are not run.
+                final = len(trajectory.turns) >= config.max_turns
                 trajectory.turns.append(turn)
                 if action.kind == "answer":
                     trajectory.prediction = action.content
                     trajectory.status = "answered"
+                    continue
+                if final:
+                    if action.kind == "search":
+                        turn.query = action.content
+                    trajectory.status = "max_turns"
                     continue
                 if action.kind == "search":
                     turn.query = action.content
@@ -110,22 +129,10 @@ class SearchAgent:
                     searches.append(turn)
                 else:
                     turn.information = config.invalid_feedback
-                if len(trajectory.turns) >= config.max_turns:
-                    trajectory.status = "max_turns"  # a last-turn search is still run, for the record
             if searches:
                 result = self.retriever.retrieve([t.retriever_query or "" for t in searches], config.top_k)
                 for turn, passages in zip(searches, result.passages, strict=True):
-                    turn.passages = [PassageRecord.of(p) for p in passages]
+                    turn.passages = list(passages)
                     turn.error = result.error
                     turn.retrieval_attempts = result.attempts
                     turn.information = render_information(passages, config.passage_template, error=result.error)
-
-
-def score(trajectory: Trajectory) -> Trajectory:
-    """Fill `em` / `f1` from the prediction (None when the question has no gold answers)."""
-    if not trajectory.answers:
-        trajectory.em = trajectory.f1 = None
-    else:
-        trajectory.em = exact_match_score(trajectory.prediction, trajectory.answers)
-        trajectory.f1 = f1_score(trajectory.prediction, trajectory.answers)
-    return trajectory

@@ -2,19 +2,22 @@
 
     config = AgentConfig.from_yaml("configs/agent.yaml")
     config = AgentConfig(max_turns=5, top_k=3, query_template="{question} [SEP] {query}")
+    config = AgentConfig(prompt_mode="search_r1", prompt_template=Path("my_prompt.txt").read_text())
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from agents.search_agent.format import PASSAGE_TEMPLATE
 from embedkit.config import YamlConfig, load_yaml_mapping
 
-# Our own wording of the Search-R1 instruction; the tags and their meaning are the protocol, not the text.
+# Our own wording of the Search-R1 instruction; the tags and their meaning are the protocol, not the text. Point
+# prompt_template at the instruction a checkpoint was trained with to evaluate it as trained.
 DEFAULT_PROMPT = (
     "Answer the question below. Think step by step inside <think> and </think> whenever you receive new "
     "information. When you are missing a fact, search for it by writing <search> your query </search>; the "
@@ -36,7 +39,24 @@ class AgentConfig(YamlConfig):
     prompt_template: str = Field(DEFAULT_PROMPT, description="the first user message; must contain {question}")
     stop: list[str] = Field(default_factory=lambda: ["</search>", "</answer>"],
                             description="generation stops after any of these; the stop string is kept")
-    max_turns: int = Field(4, ge=1, le=32, description="model turns per question (searches + the answer)")
+    max_turns: int = Field(
+        4, ge=1, le=32,
+        description="search rounds per question, as Search-R1 and Agentic-R count them: the model may search in "
+                    "each of its first max_turns turns (an invalid turn uses one up); one more turn follows in which "
+                    "searches are not run, so the answer turn is never counted",
+    )  # fmt: skip
+    prompt_mode: Literal["chat", "completion", "search_r1"] = Field(
+        "chat",
+        description="chat: turns as chat messages; completion: prompt + transcript as one plain string; "
+                    "search_r1: the chat template on the first user message only, then one assistant turn the "
+                    "model continues with every <information> block inside it (Search-R1's token stream)",
+    )  # fmt: skip
+    prompt_source: Literal["auto", "template", "file"] = Field(
+        "auto",
+        description="the first user message: `template` (prompt_template), `file` (the question file's own "
+                    "prompt[0].content, e.g. Search-R1's parquet), `auto` (the file's prompt when it is more than "
+                    "the question, else the template)",
+    )  # fmt: skip
     top_k: int = Field(3, ge=1, le=100, description="passages injected per search")
     max_new_tokens: int = Field(512, gt=0, description="token budget of one model turn")
     temperature: float = Field(0.0, ge=0.0, description="0 decodes greedily")
@@ -44,7 +64,7 @@ class AgentConfig(YamlConfig):
         "{query}",
         description="what the retriever receives; Agentic-R retrievers are trained on '{question} [SEP] {query}'",
     )
-    passage_template: str = Field("Doc {i}(Title: {title}) {text}", description="one passage in <information>")
+    passage_template: str = Field(PASSAGE_TEMPLATE, description="one passage in <information>")
     invalid_feedback: str = DEFAULT_INVALID_FEEDBACK
     retrieval_timeout_s: float = Field(30.0, gt=0, description="one retrieval call longer than this fails")
     retrieval_retries: int = Field(2, ge=0, description="extra attempts after a failed or timed-out call")

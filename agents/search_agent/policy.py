@@ -1,6 +1,6 @@
 """Policies decide each agent turn. `LLMPolicy` asks any `LLMBackend`; `HeuristicPolicy` needs no model.
 
-    policy = LLMPolicy(OpenAICompatibleBackend("http://127.0.0.1:8000", "qwen"), chat=True)
+    policy = LLMPolicy(OpenAICompatibleBackend("http://127.0.0.1:8000", "qwen"))   # mode: AgentConfig.prompt_mode
     policy = HeuristicPolicy()          # deterministic two-hop baseline, documented below
 """
 
@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 from agents.llm import LLMBackend
 from agents.search_agent.config import AgentConfig
 from agents.search_agent.trajectory import Trajectory
+from embedkit.errors import EmbedkitError
 
 
 @runtime_checkable
@@ -24,21 +25,42 @@ class Policy(Protocol):
 
 
 class LLMPolicy:
-    """Ask an LLM backend to continue each trajectory until a stop string.
+    """Ask an LLM backend to continue each trajectory until a stop string, in one of three prompt modes
+    (`AgentConfig.prompt_mode`, or the legacy `chat=` flag, which wins when given):
 
-    `chat=False` (base models, completion endpoints, RL policies): the prompt is one string, prompt +
-    transcript, continued verbatim — exactly the token stream RL trains on. `chat=True` (instruction models
-    behind a chat endpoint): the instruction is the first user message, each model turn an assistant
-    message and each injected block the next user message.
+    - `completion` (base models, completion endpoints, RL policies): prompt + transcript as one string,
+      continued verbatim.
+    - `chat` (instruction models behind a chat endpoint): the instruction is the first user message, each
+      model turn an assistant message and each injected block the next user message.
+    - `search_r1`: Search-R1's token stream — the chat template applied to the first user message only
+      (with the generation prompt), then one assistant turn the model keeps continuing, every
+      `<information>` block appended inside it. The backend must offer `chat_prefix(messages)`.
     """
 
-    def __init__(self, backend: LLMBackend, *, chat: bool = False) -> None:
+    def __init__(self, backend: LLMBackend, *, chat: bool | None = None) -> None:
         self.backend = backend
         self.chat = chat
+        self._prefixes: dict[str, str] = {}
 
-    def render(self, trajectory: Trajectory) -> str | list[dict]:
-        if not self.chat:
+    def mode(self, config: AgentConfig) -> str:
+        if self.chat is None:
+            return config.prompt_mode
+        return "chat" if self.chat else "completion"
+
+    def render(self, trajectory: Trajectory, config: AgentConfig | None = None) -> str | list[dict]:
+        mode = self.mode(config or AgentConfig())
+        if mode == "completion":
             return trajectory.prompt + trajectory.transcript
+        if mode == "search_r1":
+            prefix = self._prefixes.get(trajectory.prompt)
+            if prefix is None:
+                chat_prefix = getattr(self.backend, "chat_prefix", None)
+                if chat_prefix is None:
+                    raise EmbedkitError(f"{type(self.backend).__name__} cannot apply a chat template; "
+                                        "the search_r1 prompt mode needs a backend with chat_prefix")  # fmt: skip
+                prefix = chat_prefix([{"role": "user", "content": trajectory.prompt}])
+                self._prefixes[trajectory.prompt] = prefix
+            return prefix + trajectory.transcript
         messages = [{"role": "user", "content": trajectory.prompt}]
         for turn in trajectory.turns:
             messages.append({"role": "assistant", "content": turn.output})
@@ -47,7 +69,7 @@ class LLMPolicy:
         return messages
 
     def act(self, trajectories: Sequence[Trajectory], config: AgentConfig) -> list[str]:
-        prompts = [self.render(t) for t in trajectories]
+        prompts = [self.render(t, config) for t in trajectories]
         return self.backend.generate(
             prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature, stop=list(config.stop)
         )
@@ -152,7 +174,7 @@ class HeuristicPolicy:
       parenthetical) and the capitalised spans of their texts, in order, that have a content word the question
       lacks, contain no digit, do not start with a month or weekday, and are not the title of a passage already
       shown — the first with two or more words, else the first such span.
-    Turn 3 (or the last allowed turn): answer with the best span —
+    Turn 3 (or the answer turn after `max_turns` search rounds): answer with the best span —
       * questions starting with an auxiliary verb (is/was/did/…) are yes/no: answer "yes" (the majority class);
       * "…, X or Y?" questions are answered with one of the two options, scored like the spans below
         (the first option when neither occurs);
@@ -172,7 +194,7 @@ class HeuristicPolicy:
 
     def decide(self, trajectory: Trajectory, config: AgentConfig) -> str:
         done = trajectory.searches
-        last_turn = len(trajectory.turns) + 1 >= config.max_turns
+        last_turn = len(trajectory.turns) >= config.max_turns  # the answer turn after max_turns search rounds
         if not done and not last_turn:
             return f"<think>I will search for the question first.</think>\n<search> {trajectory.question} </search>"
         if len(done) < self.searches and not last_turn:

@@ -2,10 +2,11 @@
 
     engine = RolloutEngine(model, tokenizer, RolloutSettings(...), tool=SearchTool(retriever, AgentConfig()))
 
-It renders passages exactly as `SearchAgent` does (`Doc i(Title: t) text`, top-k), retries and times out
-the same way, and answers a failed retrieval with "(search failed: …)" instead of raising, so an RL step
-survives a flaky retrieval server. The rollout engine adds the `<information>` tags and masks the result
-out of the policy loss. The engine's tool sees only the query; a `query_template` with {question} (Agentic-R's "{question} [SEP]
+It renders passages exactly as `SearchAgent` does (`render_passages`: `Doc i(Title: t) text`, top-k), retries
+and times out the same way, and answers a failed retrieval with "(search failed: …)" instead of raising, so an
+RL step survives a flaky retrieval server. The rollout engine wraps the result in the shared
+`agents.search_agent.format.INFORMATION_TEMPLATE` (as `SearchAgent` does) and masks it out of the policy loss.
+The engine's tool sees only the query; a `query_template` with {question} (Agentic-R's "{question} [SEP]
 {query}") needs the tool bound to the rollout's question with `bind(question)`, so that training and
 evaluation send the retriever the same input.
 """
@@ -16,7 +17,7 @@ import copy
 
 from agents.retrieval import Retriever
 from agents.search_agent.config import AgentConfig
-from agents.search_agent.format import render_passage
+from agents.search_agent.format import render_passages
 from agents.search_agent.resilient import ResilientRetriever
 from embedkit.errors import EmbedkitError
 
@@ -52,10 +53,7 @@ class SearchTool:
         if result.error is not None:
             self.failures += 1
             return f"(search failed: {result.error})"
-        passages = result.passages[0]
-        if not passages:
-            return "(no results)"
-        return "\n".join(render_passage(p, i, self.config.passage_template) for i, p in enumerate(passages, 1))
+        return render_passages(result.passages[0], self.config.passage_template)
 
 
 def trajectory_example(trajectory, *, eos: str = ""):

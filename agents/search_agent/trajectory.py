@@ -13,24 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.retrieval import Passage
+from embedkit.passage import Passage
 from embedkit.data.records import read_records, write_records
-
-
-class PassageRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    title: str = ""
-    text: str = ""
-    score: float = 0.0
-
-    @classmethod
-    def of(cls, passage: Passage) -> PassageRecord:
-        return cls(id=passage.id, title=passage.title, text=passage.text, score=passage.score)
-
-    def passage(self) -> Passage:
-        return Passage(id=self.id, title=self.title, text=self.text, score=self.score)
 
 
 class Turn(BaseModel):
@@ -42,7 +26,7 @@ class Turn(BaseModel):
     action: Literal["search", "answer", "invalid"]
     query: str | None = Field(None, description="the search query the model wrote")
     retriever_query: str | None = Field(None, description="the text sent to the retriever (query_template)")
-    passages: list[PassageRecord] = Field(default_factory=list)
+    passages: list[Passage] = Field(default_factory=list, description="what the retriever returned, best first")
     information: str = Field("", description="text appended after the turn (information block or feedback)")
     error: str | None = Field(None, description="retrieval failure, recorded instead of stopping the run")
     retrieval_attempts: int = 0
@@ -69,7 +53,8 @@ class Trajectory(BaseModel):
 
     id: str
     question: str
-    answers: list[str] = Field(default_factory=list, description="gold answers; empty when unknown")
+    answers: list[str] = Field(default_factory=list, description="the accepted answers; empty when unknown")
+    data_source: str = Field("", description="the data set the question comes from (Search-R1's data_source)")
     prompt: str = ""
     turns: list[Turn] = Field(default_factory=list)
     prediction: str | None = None
@@ -77,6 +62,7 @@ class Trajectory(BaseModel):
     error: str | None = Field(None, description="why the run of this question failed (LLM endpoint down)")
     em: float | None = Field(None, description="exact match of the last <answer>; None without gold answers")
     f1: float | None = None
+    sub_em: float | None = Field(None, description="1 when an accepted answer occurs in the prediction")
     policy: PolicyRecord | None = Field(None, description="the policy that produced it (Agentic-R re-runs it)")
 
     @property
