@@ -1,47 +1,108 @@
 """ConsistRM: self-training a generative reward model without labels, from its own consistency.
 
-For one item (a query and a response to judge) the GenRM samples K judgements, each a critique ending in
-`<verdict>yes|no</verdict>` (vote +1 / −1). Per round t:
+The judge compares two responses (pairwise: a critique, then `<verdict>A</verdict>` or `<verdict>B</verdict>`,
+as the benchmarks require) or judges one (pointwise: `<verdict>yes|no</verdict>`). For one item it samples K
+judgements, each a vote v ∈ {+1, −1}. Pairwise votes are taken in the item's canonical order (+1: the pair's
+first response is better), so the two presentation orders of a pair vote on the same item. Per round t:
 
-    ŷ_t = sign(mean(votes of round t) + mean(ŷ_1 … ŷ_{t−1}))        (0 on a tie: no supervision)
+    ŷ_t = sign(mean(votes of round t so far) + mean(ŷ_1 … ŷ_{t−1}))        (0 on a tie: no supervision)
 
 Rewards per judgement: answer reward 1 when its vote equals ŷ (0 otherwise); +0.1 when its critique is among
 the top-p fraction of most semantically consistent critiques (mean cosine to the item's other critiques,
-embedded with an embedkit encoder) and carries ŷ; −5 for a format violation (no parsable verdict).
-On a tie the well-formed judgements get no reward (None → left out of the loss; 0 in a plain float list).
+embedded with any embedkit encoder) and carries ŷ; −5 for a format violation (no A/B or yes/no verdict).
+On a tie the well-formed judgements get no reward (None → `tie_reward`, 0 by default).
+
+Rounds are clean passes over the data when the `judge_prompts` task stamps each prompt's pass number into its
+ground truth (`{"item": id, "swapped": bool, "round": r}`); without a round, every visit of an item is a
+round. The per-item memory is part of the training state (`state_dict` / `load_state_dict`), saved with each
+checkpoint by `agents.rewards.training.GRMTrainer` and restored on resume.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
-from agents.rewards.parsing import critique_of, parse_vote
+from agents.rewards.parsing import critique_of, parse_pairwise, parse_vote
 from agents.rl.reward_registry import REWARDS, RewardBatch, RewardFn
 
 Embed = Callable[[list[str]], np.ndarray]
+Mode = Literal["auto", "pairwise", "pointwise"]
+
+PAIRWISE_PROMPT = """You are a careful judge. Compare the two responses to the query. First write a short \
+critique inside <critique>…</critique>, then give the better response as <verdict>A</verdict> or \
+<verdict>B</verdict>.
+
+Query: {query}
+
+Response A: {a}
+
+Response B: {b}
+"""
 
 
 def sign(x: float) -> int:
     return (x > 0) - (x < 0)
 
 
-class PseudoLabeler:
-    """Keeps each item's earlier pseudo-labels across rounds."""
+def pairwise_vote(text: str) -> int | None:
+    """+1 for A, −1 for B; None for a tie or an unreadable verdict (a format violation in training)."""
+    verdict = parse_pairwise(text)
+    return 1 if verdict == "A" else -1 if verdict == "B" else None
+
+
+@dataclass
+class ItemMemory:
+    labels: list[int] = field(default_factory=list)  # ŷ of every finished round
+    round: int | None = None  # the round now open (explicit rounds only)
+    votes: list[int] = field(default_factory=list)  # votes of the open round
+
+
+class ConsistencyMemory:
+    """Each item's pseudo-labels over rounds (the temporal-consistency rule)."""
 
     def __init__(self) -> None:
-        self.history: dict[Hashable, list[int]] = {}
+        self.items: dict[Hashable, ItemMemory] = {}
 
-    def update(self, item: Hashable, votes: Sequence[int]) -> int:
-        """ŷ for this round (votes are ±1; an empty round counts as mean 0); recorded for later rounds."""
+    def update(self, item: Hashable, votes: Sequence[int], round: int | None = None) -> int:
+        """ŷ for `item` now. Without `round` every call is a round of its own; with it, calls of one round
+        pool their votes and the round's ŷ joins the history when the next round opens."""
+        mem = self.items.setdefault(item, ItemMemory())
+        if round is None:
+            label = self._label(list(votes), mem.labels)
+            mem.labels.append(label)
+            return label
+        if mem.round != round:
+            if mem.round is not None:
+                mem.labels.append(self._label(mem.votes, mem.labels))
+            mem.round, mem.votes = round, []
+        mem.votes += list(votes)
+        return self._label(mem.votes, mem.labels)
+
+    @staticmethod
+    def _label(votes: Sequence[int], earlier: Sequence[int]) -> int:
         current = sum(votes) / len(votes) if votes else 0.0
-        earlier = self.history.get(item, [])
         prior = sum(earlier) / len(earlier) if earlier else 0.0
-        label = sign(current + prior)
-        self.history.setdefault(item, []).append(label)
-        return label
+        return sign(current + prior)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"items": {str(k): {"labels": m.labels, "round": m.round, "votes": m.votes} for k, m in self.items.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.items = {k: ItemMemory(list(v["labels"]), v.get("round"), list(v.get("votes", [])))
+                      for k, v in state.get("items", {}).items()}  # fmt: skip
+
+
+class PseudoLabeler(ConsistencyMemory):
+    """Every call is a round: `history[item]` lists the item's pseudo-labels so far."""
+
+    @property
+    def history(self) -> dict[Hashable, list[int]]:
+        return {k: m.labels for k, m in self.items.items()}
 
 
 def consistency_scores(embeddings: np.ndarray) -> np.ndarray:
@@ -56,9 +117,10 @@ def consistency_scores(embeddings: np.ndarray) -> np.ndarray:
 
 
 def consistrm_item_rewards(texts: Sequence[str], label: int, embed: Embed | None, *, top_p: float = 0.5,
-                           bonus: float = 0.1, format_penalty: float = -5.0) -> list[float | None]:  # fmt: skip
-    """Rewards of one item's K judgements given this round's pseudo-label ŷ."""
-    votes = [parse_vote(t) for t in texts]
+                           bonus: float = 0.1, format_penalty: float = -5.0,
+                           vote: Callable[[str], int | None] = parse_vote) -> list[float | None]:  # fmt: skip
+    """Rewards of one item's K judgements given this round's pseudo-label ŷ (votes in ŷ's orientation)."""
+    votes = [vote(t) for t in texts]
     rewards: list[float | None] = [format_penalty if v is None else None for v in votes]
     if label == 0:
         return rewards
@@ -84,33 +146,78 @@ def encoder_embed(model: str = "sentence-transformers/all-MiniLM-L6-v2", batch_s
 
 
 class ConsistRMReward:
-    """A `RewardFn` over judge rollouts: one group = the K judgements of one item (its prompt)."""
+    """A `RewardFn` over judge rollouts: one group = the K judgements of one prompt.
+
+    Ground truth per prompt: None / a string (pointwise, the prompt is the item), or a dict
+    `{"item": id, "swapped": bool, "round": r}` (pairwise; `swapped` when the pair is shown in reverse).
+    Labels in the ground truth (`preferred`) are never read: training is self-supervised.
+    """
 
     def __init__(self, embed: Embed | None, *, top_p: float = 0.5, bonus: float = 0.1,
-                 format_penalty: float = -5.0, tie_reward: float = 0.0) -> None:  # fmt: skip
+                 format_penalty: float = -5.0, tie_reward: float = 0.0, mode: Mode = "auto") -> None:  # fmt: skip
+        if mode not in ("auto", "pairwise", "pointwise"):
+            raise ValueError(f"mode must be auto, pairwise or pointwise, not '{mode}'")
         self.embed = embed
         self.top_p, self.bonus, self.format_penalty, self.tie_reward = top_p, bonus, format_penalty, tie_reward
-        self.labeler = PseudoLabeler()
+        self.mode = mode
+        self.memory = PseudoLabeler()
         self.last_labels: dict[Hashable, int] = {}
+
+    @property
+    def labeler(self) -> PseudoLabeler:
+        return self.memory
+
+    def _pairwise(self, gt: Any) -> bool:
+        if self.mode != "auto":
+            return self.mode == "pairwise"
+        return isinstance(gt, dict) and "item" in gt
 
     def __call__(self, batch: RewardBatch) -> list[float]:
         groups = batch.group_ids or list(range(len(batch.responses)))
         out: list[float] = [0.0] * len(batch.responses)
         for gid in dict.fromkeys(groups):
             rows = [i for i, g in enumerate(groups) if g == gid]
-            item = batch.prompts[rows[0]]  # the judge prompt identifies the item across rounds
+            gt = batch.ground_truths[rows[0]] if batch.ground_truths else None
+            info = gt if isinstance(gt, dict) else {}
             texts = [batch.responses[i] for i in rows]
-            votes = [v for v in (parse_vote(t) for t in texts) if v is not None]
-            label = self.labeler.update(item, votes)
+            if self._pairwise(gt):
+                flip = -1 if info.get("swapped") else 1
+                vote = lambda t, flip=flip: None if (v := pairwise_vote(t)) is None else v * flip  # noqa: E731
+            else:
+                vote = parse_vote
+            item = info.get("item", batch.prompts[rows[0]])  # the prompt identifies a pointwise item
+            votes = [v for v in (vote(t) for t in texts) if v is not None]
+            label = self.memory.update(item, votes, info.get("round"))
             self.last_labels[item] = label
             rewards = consistrm_item_rewards(texts, label, self.embed, top_p=self.top_p, bonus=self.bonus,
-                                             format_penalty=self.format_penalty)  # fmt: skip
+                                             format_penalty=self.format_penalty, vote=vote)  # fmt: skip
             for i, r in zip(rows, rewards, strict=True):
                 out[i] = self.tie_reward if r is None else r
         return out
 
+    # -- training state (saved with checkpoints) -----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"memory": self.memory.state_dict(), "last_labels": {str(k): v for k, v in self.last_labels.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.memory.load_state_dict(state.get("memory", {}))
+        self.last_labels = dict(state.get("last_labels", {}))
+
 
 @REWARDS.register("consistrm")
-def consistrm(model: str = "sentence-transformers/all-MiniLM-L6-v2", top_p: float = 0.5, bonus: float = 0.1,
-              format_penalty: float = -5.0) -> RewardFn:  # fmt: skip
-    return ConsistRMReward(encoder_embed(model), top_p=top_p, bonus=bonus, format_penalty=format_penalty)
+def consistrm(model: str | None = "sentence-transformers/all-MiniLM-L6-v2", top_p: float = 0.5, bonus: float = 0.1,
+              format_penalty: float = -5.0, tie_reward: float = 0.0, mode: Mode = "auto") -> RewardFn:  # fmt: skip
+    """`model`: the embedkit encoder for critique consistency (null: no consistency bonus)."""
+    return ConsistRMReward(encoder_embed(model) if model else None, top_p=top_p, bonus=bonus,
+                           format_penalty=format_penalty, tie_reward=tie_reward, mode=mode)  # fmt: skip
+
+
+def render_pairwise(query: str, a: str, b: str) -> str:
+    return PAIRWISE_PROMPT.format(query=query, a=a, b=b)
+
+
+def consistrm_judge(backend: Any, **options: Any) -> Any:
+    """The ConsistRM pairwise judge for evaluation (critique, then verdict; greedy by default)."""
+    from agents.rewards.judges import PromptJudge
+
+    return PromptJudge(backend, PAIRWISE_PROMPT, **options)

@@ -45,3 +45,26 @@ def critique_of(text: str) -> str:
     critique = text[: match.start()] if match else text
     critique = re.sub(r"</?critique>", "", critique, flags=re.IGNORECASE)
     return critique.strip()
+
+
+# MT-Bench / RewardBench generative judges answer [[A]], [[B]] or [[C]] (a tie); ours write <verdict>…</verdict>.
+BRACKET_RE = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+TIE_WORDS = {"TIE", "EQUAL", "BOTH", "NEITHER", "C", "DRAW"}
+
+
+def parse_pairwise(text: str) -> str | None:
+    """"A", "B" or "tie" from a pairwise judgement; None when no verdict can be read.
+
+    The last `<verdict>` wins; without one, the last MT-Bench style `[[A]]` / `[[B]]` / `[[C]]` (C is a tie).
+    Anything else inside the tag (e.g. "A or B", "Response A") is unreadable rather than guessed.
+    """
+    verdict = last_tag(text, "verdict")
+    if verdict is not None:
+        word = verdict.strip().strip(".!").strip().upper()
+        if word in ("A", "B"):
+            return word
+        return "tie" if word in TIE_WORDS else None
+    found = BRACKET_RE.findall(text)
+    if not found:
+        return None
+    return {"A": "A", "B": "B", "C": "tie"}[found[-1]]

@@ -35,6 +35,7 @@ for _name, _attr in (("exact_match", "exact_match"), ("f1", "f1"), ("closeness",
 REWARDS.add("consistrm", "agents.rewards.consistrm:consistrm")
 REWARDS.add("reflectrm_response", "agents.rewards.reflectrm:reflectrm_response")
 REWARDS.add("reflectrm_analysis", "agents.rewards.reflectrm:reflectrm_analysis")
+REWARDS.add("reflectrm", "agents.rewards.reflectrm:reflectrm")  # both ReflectRM tasks, dispatched per prompt
 REWARDS.add("acpo", "agents.rewards.acgenrm:acpo")
 
 

@@ -51,6 +51,8 @@ class Task:
 
 
 TASKS: Registry[Callable[..., Task]] = Registry("task")
+# generative reward models: judge prompts served in clean passes (lazy: imported on first use)
+TASKS.add("judge_prompts", "agents.rewards.training:judge_prompts")
 
 DIGIT_OPS: dict[str, Callable[[int], int]] = {
     "next": lambda d: (d + 1) % 10,

@@ -32,6 +32,7 @@ COMMAND_MODULES: list[str] = [
     "embedkit.cli.agent",
     "embedkit.cli.agentic_r",
     "embedkit.cli.rl",
+    "embedkit.cli.rewards",
 ]
 
 DESCRIPTION = """\
