@@ -41,6 +41,7 @@ def build_indexes(folder: Path, encoder) -> tuple[Path, Path]:
 
 
 KEY = "test-secret-key"
+BODY_LIMIT = 64 * 1024
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
@@ -58,7 +59,7 @@ def server(indexes, minilm_encoder):
 
     dense, bm25 = indexes
     config = ServerConfig(index=str(dense), bm25=str(bm25), api_key=KEY,
-                          limits=Limits(max_topk=5, max_queries=4, max_query_chars=200),
+                          limits=Limits(max_topk=5, max_queries=4, max_query_chars=200, max_body_bytes=BODY_LIMIT),
                           batching=BatchingConfig(max_batch_size=64, max_wait_ms=5))
     service = RetrievalService(config, {"dense": Index.load(dense, encoder=minilm_encoder), "bm25": Index.load(bm25)})
     with running_server(create_app(config, service), lifespan="on") as url:
@@ -141,6 +142,11 @@ def test_limits_answer_4xx_with_a_clear_message(server, payload, status, message
     b'{"queries": ["cats"', b"not json", b"", b"[]", b'{"queries": "cats"}', b'{"queries": [1, 2]}',
     b'{"topk": 3}', b'{"queries": ["cats"], "topk": "three"}', b'{"queries": ["cats"], "topk": 2.5}',
     b'{"queries": ["\\ud800"]}', b'{"queries": null}',
+    # strict types: no silent conversion of strings, floats or booleans
+    b'{"queries": ["cats"], "topk": "3"}', b'{"queries": ["cats"], "topk": 3.0}', b'{"queries": ["cats"], "topk": true}',
+    b'{"queries": ["cats"], "return_scores": "yes"}', b'{"queries": ["cats"], "return_scores": 1}',
+    # bodies JSON cannot parse for reasons other than syntax: invalid UTF-8, nesting deeper than the parser goes
+    b'{"queries": ["caf\xe9"]}', b'{"queries": ["\xff\xfe"]}', b'{"queries": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
 ])
 def test_malformed_requests_get_422_not_500(server, content):
     response = post(server, "/retrieve", content=content)
@@ -170,10 +176,14 @@ def test_info_and_health(server):
     info = httpx.get(server + "/info", headers=AUTH, timeout=30).json()
     assert info["modes"] == ["dense", "bm25", "hybrid"] and info["retrieve_mode"] == "dense"
     assert info["indexes"]["dense"]["manifest"]["kind"] == "dense"
-    assert info["indexes"]["bm25"]["manifest"]["settings"]["k1"] == 0.9
+    assert info["indexes"]["bm25"]["manifest"]["kind"] == "bm25"
     assert info["limits"]["max_topk"] == 5 and info["auth"] is True
     health = httpx.get(server + "/health", timeout=30).json()
-    assert health == {"status": "ok", "modes": ["dense", "bm25", "hybrid"], "documents": {"dense": 8, "bm25": 8}}
+    assert (health["status"], health["modes"]) == ("ok", ["dense", "bm25", "hybrid"])
+    assert health["documents"] == {"dense": 8, "bm25": 8}
+    for kind in ("dense", "bm25"):
+        served = health["indexes"][kind]
+        assert served["documents"] == 8 and len(served["version"]) == 16 and served["path"].endswith(kind)
     schema = httpx.get(server + "/openapi.json", timeout=30).json()
     assert {"/retrieve", "/search", "/health", "/info"} <= set(schema["paths"])
 
@@ -241,6 +251,138 @@ def test_http_retriever_retries_503_and_succeeds():
     passages = HttpRetriever("unused", client=client).retrieve(["q"], k=1)
     assert seen[0] == {"queries": ["q"], "topk": 1, "return_scores": True} and len(seen) == 2
     assert passages[0][0].id == "7" and passages[0][0].title == "T" and passages[0][0].text == "body"
+
+
+def test_strict_types_in_search_requests(server):
+    for payload in ({"queries": ["cats"], "k": "2"}, {"queries": ["cats"], "k": 2.0}, {"queries": ["cats"], "k": True},
+                    {"queries": ["cats"], "mode": "hybrid", "fusion": {"method": "rrf", "rrf_k": "60"}},
+                    {"queries": ["cats"], "include_ids": [1, 2]}):
+        response = post(server, "/search", payload)
+        assert response.status_code == 422, (payload, response.text)
+
+
+def test_fusion_methods_in_the_schema_come_from_the_registry(indexes, minilm_encoder):
+    from embedkit.hybrid import fusion
+    from embedkit.index import Index
+    from embedkit.server.app import create_app
+    from embedkit.server.config import ServerConfig
+    from embedkit.server.service import RetrievalService
+
+    def first_system_only(systems, config):
+        return dict(systems[0])
+
+    registry = fusion.FUSION_METHODS
+    if hasattr(registry, "add"):  # embedkit.registry.Registry
+        registry.add("first_only_test", first_system_only)
+    else:
+        fusion.register_fusion("first_only_test")(first_system_only)
+    try:
+        dense, bm25 = indexes
+        config = ServerConfig(index=str(dense), bm25=str(bm25), reload={"enabled": False})
+        service = RetrievalService(config, {"dense": Index.load(dense, encoder=minilm_encoder),
+                                            "bm25": Index.load(bm25)})
+        with running_server(create_app(config, service), lifespan="on") as url:
+            schema = httpx.get(url + "/openapi.json", timeout=30).json()
+            methods = schema["components"]["schemas"]["FusionRequest"]["properties"]["method"]["enum"]
+            assert "first_only_test" in methods and {"rrf", "interpolate"} <= set(methods)
+            body = httpx.post(url + "/search", json={"queries": ["kittens"], "mode": "hybrid", "k": 1,
+                                                     "fusion": {"method": "first_only_test"}}, timeout=60)
+            assert body.status_code == 200, body.text
+            assert body.json()["results"][0][0]["id"] == "d7"  # the dense ranking, as the method says
+            refused = httpx.post(url + "/search", json={"queries": ["x"], "mode": "hybrid",
+                                                        "fusion": {"method": "no_such_method"}}, timeout=60)
+            assert refused.status_code == 422
+    finally:
+        entries = getattr(registry, "_entries", registry)
+        entries.pop("first_only_test", None)
+
+
+# --- the body guard: auth before the body, the size limit counted while the body arrives -------------
+
+
+def _raw_request(server: str, head: str, chunks=(), *, pause: float = 0.0) -> tuple[int, int]:
+    """Send a request by hand; returns (status, body bytes sent before the server answered)."""
+    import select
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server)
+    sent = 0
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as sock:
+        sock.sendall(head.encode("latin-1"))
+        answer = b""
+        for chunk in chunks:
+            readable, _, _ = select.select([sock], [], [], pause)
+            if readable:
+                break  # the server answered before the whole body was sent
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        deadline = time.monotonic() + 60
+        while b"\r\n" not in answer and time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            answer += data
+    return int(answer.split(b" ", 2)[1]), sent
+
+
+def _chunked(total: int, size: int = 16 * 1024):
+    piece = b"[" + b'"x",' * (size // 4 - 1)
+    body = piece[:size]
+    for _ in range(total // size):
+        yield f"{len(body):x}\r\n".encode() + body + b"\r\n"
+
+
+def test_chunked_body_over_the_limit_is_refused_while_it_arrives(server):
+    host = server.removeprefix("http://")
+    head = (f"POST /retrieve HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    total = 200 * 1024 * 1024  # 200 MB offered; the server must stop after about BODY_LIMIT
+    status, sent = _raw_request(server, head, _chunked(total), pause=0.002)
+    assert status == 413
+    assert sent < 64 * BODY_LIMIT, f"the client got to send {sent} bytes"
+    assert httpx.get(server + "/health", timeout=30).status_code == 200  # and the server is fine
+
+
+def test_chunked_body_without_a_key_gets_401_before_the_body_is_read(server):
+    host = server.removeprefix("http://")
+    for auth in ("", "Authorization: Bearer wrong\r\n"):
+        head = (f"POST /retrieve HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n")
+        status, sent = _raw_request(server, head, _chunked(200 * 1024 * 1024), pause=0.002)
+        assert status == 401 and sent < 64 * BODY_LIMIT
+        # a declared length is not waited for either
+        head = (f"POST /retrieve HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n"
+                "Content-Length: 400000000\r\n\r\n")
+        assert _raw_request(server, head)[0] == 401
+
+
+def test_declared_oversized_body_gets_413_without_reading_it(server):
+    host = server.removeprefix("http://")
+    head = (f"POST /retrieve HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {400 * 1024 * 1024}\r\n\r\n")
+    assert _raw_request(server, head)[0] == 413
+    too_big = json.dumps({"queries": ["cats"] * 2, "topk": 1, "pad": "x" * BODY_LIMIT}).encode()
+    response = post(server, "/retrieve", content=too_big)
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
+def test_chunked_body_within_the_limit_is_served(server):
+    def body():
+        yield b'{"queries": ["cats that purr",'
+        yield b' "erupting volcano"], "topk": 2, "return_scores": true}'
+
+    response = httpx.post(server + "/retrieve", content=body(), headers={**AUTH, "content-type": "application/json"},
+                          timeout=60)
+    assert response.status_code == 200, response.text
+    assert [len(hits) for hits in response.json()["result"]] == [2, 2]
 
 
 # --- fuzzing from the OpenAPI schema: whatever schemathesis sends, the answer is never a 5xx -------------

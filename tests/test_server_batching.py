@@ -81,3 +81,19 @@ def test_batches_respect_the_size_limit_and_errors_reach_only_their_batch():
     assert [[h.id for h in hits] for hits in results[3]] == [["a3#0"], ["b3#0"]]
     assert isinstance(failed[0], ValueError)
     assert after[0][0].id == "fine#0"
+
+
+def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order():
+    search = RecordingSearch()
+    search.release.set()
+
+    async def scenario():
+        batcher = MicroBatcher(search, ThreadPoolExecutor(1), max_batch_size=4)
+        await batcher.start()
+        big = await batcher.submit([f"q{i}" for i in range(10)], 1)
+        await batcher.stop()
+        return big
+
+    big = run(scenario())
+    assert [len(call) for call in search.calls] == [4, 4, 2]
+    assert [hits[0].id for hits in big] == [f"q{i}#0" for i in range(10)]

@@ -18,6 +18,9 @@ def test_defaults_bind_loopback_and_speak_search_r1():
     config = parse("indexes/x")
     assert (config.host, config.port, config.default_topk, config.api_key) == ("127.0.0.1", 8000, 3, None)
     assert config.batching.enabled and config.limits.max_topk == 100
+    # Search-R1 posts train_batch_size x n_agent = 2,560 queries at once: the default must be far above that.
+    assert config.limits.max_queries == 100_000 and config.batching.max_batch_size == 256
+    assert (config.backend, config.mmap, config.reload.enabled) == ("faiss", False, True)
 
 
 def test_yaml_then_command_line_overrides(tmp_path, monkeypatch):
@@ -32,6 +35,22 @@ def test_yaml_then_command_line_overrides(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDKIT_API_KEY", "from-env")
     assert config.resolved_api_key() == "from-env"
     assert parse("x", "--api-key", "flag").resolved_api_key() == "flag"
+
+
+def test_set_overrides_between_yaml_and_flags(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("index: indexes/a\nlimits:\n  max_topk: 7\nbackend: torch\n")
+    config = parse("--config", str(path), "--set", "limits.max_topk=9", "--set", "batching.max_wait_ms=1.5",
+                   "--set", "reload.poll_seconds=0.25", "--mmap")
+    assert (config.limits.max_topk, config.batching.max_wait_ms, config.reload.poll_seconds) == (9, 1.5, 0.25)
+    assert (config.backend, config.mmap) == ("torch", True)
+    # a dedicated flag wins over --set
+    assert parse("--config", str(path), "--set", "limits.max_topk=9", "--max-topk", "11").limits.max_topk == 11
+    assert parse("x", "--set", "backend=faiss-gpu", "--no-reload").reload.enabled is False
+    with pytest.raises(EmbedkitError, match="backend"):
+        parse("x", "--set", "backend=cuda")
+    with pytest.raises(EmbedkitError, match="KEY=VALUE"):
+        parse("x", "--set", "limits.max_topk")
 
 
 def test_bad_settings_are_user_errors(tmp_path):

@@ -10,7 +10,9 @@ EXAMPLES = """\
   embedkit serve indexes/wiki                                  # http://127.0.0.1:8000/retrieve, docs at /docs
   embedkit serve indexes/wiki --bm25 indexes/wiki-bm25 --retrieve-mode hybrid --port 8001
   EMBEDKIT_API_KEY=secret embedkit serve indexes/wiki --host 0.0.0.0
-  embedkit serve --config configs/serve.yaml
+  embedkit serve --config configs/serve.yaml --set limits.max_topk=50 --set batching.max_batch_size=512
+  embedkit serve indexes/wiki-e5-flat --backend faiss-gpu          # float16, sharded over the visible GPUs
+  embedkit serve indexes/wiki-e5-flat --mmap                        # memory-map index.faiss instead of reading it
   curl -s localhost:8000/retrieve -H 'content-type: application/json' \\
        -d '{"queries": ["who wrote Hamlet?"], "topk": 3, "return_scores": true}'
 """
@@ -25,14 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Serve a dense and/or a BM25 index over HTTP. POST /retrieve is wire-compatible with Search-R1's\n"
             "retrieval server, so agent training loops (Search-R1, verl's search tool) can use it unchanged.\n"
-            "Concurrent requests are micro-batched into one encoder call. Binds 127.0.0.1 unless --host says\n"
-            "otherwise; set --api-key or $EMBEDKIT_API_KEY to require 'Authorization: Bearer <key>'."
+            "Concurrent requests are micro-batched into one encoder call, and a request of any size (Search-R1\n"
+            "sends 2,560 queries at once) is split into encoder batches. When `embedkit index add/remove` swaps\n"
+            "the folder, the server loads the new state in the background and switches between requests.\n"
+            "Binds 127.0.0.1 unless --host says otherwise; set --api-key or $EMBEDKIT_API_KEY to require\n"
+            "'Authorization: Bearer <key>'."
         ),
         examples=EXAMPLES,
     )
     parser.add_argument("index", nargs="?", help="main index folder (dense or bm25)")
     parser.add_argument("--bm25", help="BM25 index folder for bm25 and hybrid modes")
     parser.add_argument("--config", help="YAML file with ServerConfig settings (command-line options win)")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="override one setting of the config, dotted (limits.max_topk=50); repeatable")
     parser.add_argument("--host", help="interface to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: 8000)")
     parser.add_argument("--api-key", help="require this bearer token (default: $EMBEDKIT_API_KEY, else no auth)")
@@ -41,18 +48,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--default-topk", type=int, help="topk when a /retrieve request omits it (default: 3)")
     group = parser.add_argument_group("limits")
     group.add_argument("--max-topk", type=int, help="largest topk/k accepted (default: 100)")
-    group.add_argument("--max-queries", type=int, help="queries per request (default: 256)")
+    group.add_argument("--max-queries", type=int,
+                       help="queries per request (default: 100,000; larger requests are split into encoder batches)")
     group.add_argument("--max-query-length", type=int, help="characters per query (default: 4096)")
     group = parser.add_argument_group("micro-batching")
-    group.add_argument("--max-batch-size", type=int, help="queries per encoder call (default: 128)")
-    group.add_argument("--max-wait-ms", type=float, help="wait for more requests before a call (default: 2)")
+    group.add_argument("--max-batch-size", type=int, help="queries per search call (default: 256)")
+    group.add_argument("--max-wait-ms", type=float,
+                       help="extra wait for more requests before a call (default: 0; requests queue up anyway "
+                            "while the previous call runs)")
     group.add_argument("--no-batching", action="store_true", help="one encoder call per request")
+    group.add_argument("--no-reload", action="store_true",
+                       help="keep serving the folder as it was at start even if `embedkit index add` updates it")
     group = parser.add_argument_group("hybrid")
-    from embedkit.hybrid.cli_search import FUSION_METHODS
-
-    group.add_argument("--fusion", choices=sorted(FUSION_METHODS), help="default fusion of hybrid mode (default: rrf)")
+    group.add_argument("--fusion", help="default fusion of hybrid mode: a registered fusion method (default: rrf)")
     group.add_argument("--alpha", type=float, help="weight of the dense ranking for interpolation")
     group.add_argument("--hybrid-depth", type=int, help="hits per index entering fusion (default: 100)")
+    parser.add_argument("--backend", choices=["faiss", "faiss-gpu", "torch"],
+                        help="dense search: faiss (CPU, default), faiss-gpu (float16, sharded over the visible GPUs; "
+                             "needs faiss-gpu), torch (exact matrix products, fp16 on GPU)")
+    parser.add_argument("--mmap", action="store_true", default=None,
+                        help="memory-map index.faiss instead of reading it into RAM")
     parser.add_argument("--device", help="encoder device: auto, cpu, cuda, mps")
     parser.add_argument("--torch-threads", type=int,
                         help="torch threads for query encoding (1 helps on CPUs shared with other jobs)")
@@ -60,41 +75,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    """YAML config (if any), then `--set KEY=VALUE`, then the dedicated flags; validated as a ServerConfig."""
+    from embedkit.config import parse_set_overrides, validate_config
     from embedkit.errors import EmbedkitError
     from embedkit.server.config import ServerConfig
 
-    overrides: dict = {}
+    flags: dict = {}
     for name, key in (("index", "index"), ("bm25", "bm25"), ("host", "host"), ("port", "port"),
                       ("api_key", "api_key"), ("retrieve_mode", "retrieve_mode"), ("default_topk", "default_topk"),
-                      ("hybrid_depth", "hybrid_depth"), ("device", "device"),
-                      ("torch_threads", "torch_threads")):
-        value = getattr(args, name)
+                      ("hybrid_depth", "hybrid_depth"), ("device", "device"), ("torch_threads", "torch_threads"),
+                      ("backend", "backend"), ("mmap", "mmap"),
+                      ("max_topk", "limits.max_topk"), ("max_queries", "limits.max_queries"),
+                      ("max_query_length", "limits.max_query_chars"),
+                      ("max_batch_size", "batching.max_batch_size"), ("max_wait_ms", "batching.max_wait_ms"),
+                      ("fusion", "fusion.method"), ("alpha", "fusion.alpha")):
+        value = getattr(args, name, None)
         if value is not None:
-            overrides[key] = value
-    limits = {key: getattr(args, name) for name, key in (("max_topk", "max_topk"), ("max_queries", "max_queries"),
-                                                          ("max_query_length", "max_query_chars"))
-              if getattr(args, name) is not None}
-    batching = {key: getattr(args, key) for key in ("max_batch_size", "max_wait_ms") if getattr(args, key) is not None}
+            flags[key] = value
     if args.no_batching:
-        batching["enabled"] = False
-    fusion = {key: getattr(args, name) for name, key in (("fusion", "method"), ("alpha", "alpha"))
-              if getattr(args, name) is not None}
+        flags["batching.enabled"] = False
+    if args.no_reload:
+        flags["reload.enabled"] = False
+    overrides = {**parse_set_overrides(args.overrides), **flags}
     if args.config:
-        base = ServerConfig.from_yaml(args.config)
+        config = ServerConfig.from_yaml(args.config, overrides=overrides)
     else:
-        base = ServerConfig()
-    data = base.model_dump()
-    data.update(overrides)
-    data["limits"] = {**data["limits"], **limits}
-    data["batching"] = {**data["batching"], **batching}
-    data["fusion"] = {**data["fusion"], **fusion}
-    from pydantic import ValidationError
+        from embedkit.config import apply_overrides
 
-    try:
-        config = ServerConfig.model_validate(data)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise EmbedkitError(f"bad server settings: {problems}") from None
+        config = validate_config(ServerConfig, apply_overrides({}, overrides))
     if config.index is None and config.bm25 is None:
         raise EmbedkitError("nothing to serve: give an index folder (and/or --bm25 FOLDER)")
     return config

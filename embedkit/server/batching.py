@@ -1,11 +1,12 @@
 """Micro-batching: gather the queries of concurrent requests into one search call.
 
-Requests put their queries on an asyncio queue. One worker coroutine takes the first waiting request,
-collects others that arrive within `max_wait_ms` (or are already queued, which is the common case under
-load because they piled up while the previous call ran) up to `max_batch_size` queries, and runs a single
-`search(texts, k)` on a worker thread. So the encoder does one forward pass for many requests and the
-event loop stays free to accept more. With batching disabled each request gets its own call (same thread,
-same order), which is the baseline `benchmarks/serve_load.py` compares against.
+Requests put their queries on an asyncio queue. One worker coroutine takes everything waiting (up to
+`max_batch_size` queries) and runs a single `search(texts, k)` on a worker thread. It never sleeps when it
+could be searching: while one call runs, new requests pile up and form the next batch, so batches grow with
+the load by themselves (continuous batching). An optional `max_wait_ms` waits for company before a call.
+A request larger than `max_batch_size` is split into several calls (Search-R1 sends 2,560 queries at
+once), so no single call holds more than `max_batch_size` queries' vectors and hits. With batching disabled each request gets its
+own call (same thread, same order), which is the baseline `benchmarks/serve_load.py` compares against.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class MicroBatcher:
 
     search: SearchFn
     executor: Executor
-    max_batch_size: int = 128
-    max_wait_ms: float = 2.0
+    max_batch_size: int = 256
+    max_wait_ms: float = 0.0
     enabled: bool = True
     stats: BatchStats = field(default_factory=BatchStats)
 
@@ -73,9 +74,18 @@ class MicroBatcher:
             return []
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called")
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Request(list(queries), k, future))
-        return await future
+        loop = asyncio.get_running_loop()
+        queries = list(queries)
+        step = self.max_batch_size if self.enabled else len(queries)
+        futures = []
+        for start in range(0, len(queries), step):
+            future = loop.create_future()
+            self._queue.put_nowait(_Request(queries[start:start + step], k, future))
+            futures.append(future)
+        if len(futures) == 1:
+            return await futures[0]
+        parts = await asyncio.gather(*futures)
+        return [hits for part in parts for hits in part]
 
     async def _next_batch(self) -> list[_Request]:
         assert self._queue is not None
@@ -91,7 +101,7 @@ class MicroBatcher:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or self.max_wait_ms <= 0:
                     break
                 # Sleep, then drain: cancelling a pending queue.get() on timeout can lose an item.
                 await asyncio.sleep(remaining)

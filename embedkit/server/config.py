@@ -1,45 +1,57 @@
-"""Server settings: which indexes, where to listen, auth, limits and micro-batching. Loadable from YAML."""
+"""Server settings: which indexes, where to listen, auth, limits, micro-batching and reloading. Loadable from YAML.
+
+    config = ServerConfig.from_yaml("configs/serve.yaml", overrides={"limits.max_topk": 50})
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from embedkit.config import load_yaml_mapping, validate_config
+from embedkit.config import YamlConfig
+from embedkit.defaults import DEFAULT_BATCH_SIZE
 from embedkit.hybrid.fusion import FusionConfig
 
 API_KEY_ENV = "EMBEDKIT_API_KEY"
 Mode = Literal["dense", "bm25", "hybrid"]
+Backend = Literal["faiss", "faiss-gpu", "torch"]
+
+#: Queries per request. Far above what RL loops send (Search-R1: train_batch_size 512 x n_agent 5 = 2,560
+#: queries in one POST); large requests are split into encoder batches inside the server.
+DEFAULT_MAX_QUERIES = 100_000
 
 
-class Limits(BaseModel):
+class Limits(YamlConfig):
     """Requests beyond these get a 4xx with a message naming the limit (never a 500 or a stalled worker)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     max_topk: int = Field(100, ge=1)
-    max_queries: int = Field(256, ge=1, description="queries per request")
+    max_queries: int = Field(DEFAULT_MAX_QUERIES, ge=1,
+                             description="queries per request; larger requests get 413 (default 100,000)")
     max_query_chars: int = Field(4096, ge=1)
     max_filter_ids: int = Field(10_000, ge=0, description="ids in include_ids/exclude_ids of /search")
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024,
+                                description="request body size, counted while it is read (chunked bodies too)")
 
 
-class BatchingConfig(BaseModel):
-    """Micro-batching: requests arriving while a search runs (or within max_wait_ms) share the next call."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class BatchingConfig(YamlConfig):
+    """Micro-batching: the queries of requests that arrive while a search runs share the next search call."""
 
     enabled: bool = True
-    max_batch_size: int = Field(128, ge=1, description="queries per search call")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long the first request of a batch waits for company")
+    max_batch_size: int = Field(256, ge=1, description="queries per search call; larger requests are split")
+    max_wait_ms: float = Field(0.0, ge=0, description="extra wait for company before a call (0: none; requests "
+                               "queue up anyway while the previous call runs)")
 
 
-class ServerConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class ReloadConfig(YamlConfig):
+    """Serve the new state after `embedkit index add/remove/compact` swaps an index folder."""
 
+    enabled: bool = True
+    poll_seconds: float = Field(1.0, gt=0, description="how often manifest.json is checked (one stat call)")
+
+
+class ServerConfig(YamlConfig):
     index: str | None = Field(None, description="the main index folder (dense or bm25)")
     bm25: str | None = Field(None, description="a BM25 index folder, for bm25 and hybrid modes")
     host: str = "127.0.0.1"
@@ -52,14 +64,14 @@ class ServerConfig(BaseModel):
     fusion: FusionConfig = FusionConfig()
     limits: Limits = Limits()
     batching: BatchingConfig = BatchingConfig()
+    reload: ReloadConfig = ReloadConfig()
+    backend: Backend = Field("faiss", description="dense search: faiss (CPU), faiss-gpu (float16, sharded over "
+                             "the visible GPUs), torch (exact, fp16 on GPU)")
+    mmap: bool = Field(False, description="memory-map the FAISS file instead of reading it into RAM")
     device: str = "auto"
-    encode_batch_size: int = Field(64, ge=1)
+    encode_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice); "
                                       "1 is much faster on machines whose cores are shared with other jobs")
 
     def resolved_api_key(self) -> str | None:
         return self.api_key or os.environ.get(API_KEY_ENV) or None
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> ServerConfig:
-        return validate_config(cls, {**load_yaml_mapping(path), **overrides}, path=path)

@@ -1,10 +1,18 @@
-"""Request and response bodies. `/retrieve` matches Search-R1's retrieval server field for field."""
+"""Request and response bodies. `/retrieve` matches Search-R1's retrieval server field for field.
+
+Requests are validated strictly: `"topk": "3"`, `3.0` or `true` and `"return_scores": "yes"` are 422s, not
+silently converted (a client sending them has a bug worth hearing about).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+STRICT = ConfigDict(strict=True)
 
 
 def _check_text(values: list[str] | None) -> list[str] | None:
@@ -19,7 +27,7 @@ def _check_text(values: list[str] | None) -> list[str] | None:
 class RetrieveRequest(BaseModel):
     """Search-R1: `{"queries": [...], "topk": 3, "return_scores": true}`."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
+    model_config = ConfigDict(strict=True, json_schema_extra={"examples": [
         {"queries": ["who wrote Hamlet?"], "topk": 3, "return_scores": True}]})
 
     queries: list[str]
@@ -45,15 +53,17 @@ class RetrieveResponse(BaseModel):
     result: list[list[ScoredDocument]] | list[list[RetrievedDocument]]
 
 
-class FusionRequest(BaseModel):
-    method: Literal["rrf", "interpolate"] = "rrf"
+class FusionRequestBase(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    method: str = "rrf"
     rrf_k: float = Field(60.0, ge=0, le=1e6)
     alpha: float | None = Field(None, ge=0, le=1, description="weight of the dense ranking (interpolate)")
     normalization: Literal["minmax", "zscore"] = "minmax"
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+class SearchRequestBase(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={"examples": [
         {"queries": ["statins and heart disease"], "mode": "hybrid", "k": 5}]})
 
     queries: list[str]
@@ -61,9 +71,23 @@ class SearchRequest(BaseModel):
     k: int = Field(10, description="hits per query")
     include_ids: list[str] | None = Field(None, description="only these documents may be returned")
     exclude_ids: list[str] | None = Field(None, description="these documents are never returned")
-    fusion: FusionRequest | None = Field(None, description="hybrid mode: overrides the server's fusion settings")
+    fusion: FusionRequestBase | None = Field(None, description="hybrid mode: overrides the server's fusion settings")
 
     _text = field_validator("queries", "include_ids", "exclude_ids")(_check_text)
+
+
+@lru_cache(maxsize=8)
+def search_request_model(fusion_methods: Sequence[str]) -> type[SearchRequestBase]:
+    """`/search`'s body with `fusion.method` limited to the fusion registry's names (so the schema lists them)."""
+    methods = tuple(sorted(fusion_methods))
+    if not methods:
+        raise ValueError("no fusion methods registered")
+    fusion = create_model("FusionRequest", __base__=FusionRequestBase,
+                          method=(Literal[methods], Field("rrf" if "rrf" in methods else methods[0],
+                                                          description="a registered fusion method")))
+    return create_model("SearchRequest", __base__=SearchRequestBase,
+                        fusion=(fusion | None, Field(None, description="hybrid mode: overrides the server's "
+                                                                            "fusion settings")))
 
 
 class SearchHit(BaseModel):
@@ -84,7 +108,18 @@ class ErrorResponse(BaseModel):
     detail: str | list
 
 
+class ServedIndex(BaseModel):
+    path: str
+    documents: int
+    version: str = Field(description="sha-256 (first 16 hex digits) of the manifest.json being served")
+    updated_at: str | None = Field(None, description="time of the manifest's latest history entry")
+    loaded_at: str
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok"]
     modes: list[str]
     documents: dict[str, int]
+    indexes: dict[str, ServedIndex]
+    reload_errors: dict[str, str] | None = Field(None, description="why an updated folder could not be loaded "
+                                                 "(the previous state is still served)")

@@ -1,14 +1,27 @@
-"""The retrieval service behind the HTTP routes: opened indexes, one micro-batcher per index, fusion.
+"""The retrieval service behind the HTTP routes: opened indexes, one micro-batcher per index, fusion, reloading.
 
 All searches run on one worker thread, so the encoder and the JVM are never used from two threads at once
 (Hugging Face fast tokenizers refuse concurrent use) and the event loop only waits.
+
+Reloading: a background task stats each served folder's `manifest.json` every `reload.poll_seconds`. When
+`embedkit index add/remove/compact` swaps in a new folder, the manifest changes (new inode, size or mtime);
+the new index is opened and warmed up on the worker thread while the old one keeps answering, then the
+service switches to it in one assignment on the event loop. A search call that already started finishes on
+the index it started with; every later call sees the new one. A folder that cannot be opened (mid-update,
+damaged) keeps the old index serving and the error is logged and shown in `/health` and `/info`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from embedkit.errors import EmbedkitError
@@ -17,15 +30,67 @@ from embedkit.index.base import Hit, Index
 from embedkit.server.batching import MicroBatcher
 from embedkit.server.config import Mode, ServerConfig
 
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ManifestStamp:
+    """What a cheap `stat` says about a manifest file; any change means the folder was swapped or updated."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, folder: Path) -> ManifestStamp | None:
+        try:
+            info = os.stat(folder / MANIFEST_NAME)
+        except OSError:
+            return None  # mid-swap (folder renamed away) or removed: keep serving what we have
+        return cls(info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+@dataclass
+class Served:
+    """One opened index and what it was opened from."""
+
+    index: Index
+    stamp: ManifestStamp | None
+    version: str
+    loaded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def describe(self) -> dict[str, Any]:
+        history = getattr(self.index.manifest, "history", None) or []
+        return {"path": str(self.index.path), "documents": len(self.index), "version": self.version,
+                "updated_at": getattr(history[-1], "at", None) if history else None, "loaded_at": self.loaded_at}
+
+
+def manifest_version(folder: Path) -> str:
+    """The first 16 hex digits of the manifest's sha-256: changes with every update of the folder."""
+    try:
+        return hashlib.sha256((folder / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "unknown"
+
 
 class RetrievalService:
-    """`indexes` maps "dense"/"bm25" to an opened index (tests pass their own; `from_config` opens folders)."""
+    """`indexes` maps "dense"/"bm25" to an opened index (tests pass their own; `from_config` opens folders).
 
-    def __init__(self, config: ServerConfig, indexes: dict[str, Index]) -> None:
+    `opener(path, previous)` reopens a folder after a swap; by default `Index.load` with the config's options,
+    reusing the previous index's encoder when the weights are unchanged.
+    """
+
+    def __init__(self, config: ServerConfig, indexes: dict[str, Index],
+                 opener: Callable[[Path, Index | None], Index] | None = None) -> None:
         if not indexes:
             raise EmbedkitError("the server needs at least one index")
         self.config = config
-        self.indexes = indexes
+        self.served: dict[str, Served] = {}
+        for kind, index in indexes.items():
+            path = Path(index.path)
+            self.served[kind] = Served(index, ManifestStamp.of(path), manifest_version(path))
         self.modes: list[Mode] = [m for m in ("dense", "bm25") if m in indexes]
         if "dense" in indexes and "bm25" in indexes:
             self.modes.append("hybrid")
@@ -33,51 +98,115 @@ class RetrievalService:
         if self.default_mode not in self.modes:
             raise EmbedkitError(f"retrieve mode '{self.default_mode}' needs an index this server was not given "
                                 f"(available: {', '.join(self.modes)})")
+        self.opener = opener or (lambda path, previous: open_index(path, config, previous))
+        self.reload_errors: dict[str, str] = {}
+        self.reloads = 0
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedkit-search")
         self.batchers = {
-            kind: MicroBatcher(self._search_fn(index), self.executor, max_batch_size=config.batching.max_batch_size,
+            kind: MicroBatcher(self._search_fn(kind), self.executor, max_batch_size=config.batching.max_batch_size,
                                max_wait_ms=config.batching.max_wait_ms, enabled=config.batching.enabled)
-            for kind, index in indexes.items()
+            for kind in indexes
         }
+        self._watcher: asyncio.Task | None = None
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> RetrievalService:
+        from embedkit.index.manifest import IndexManifest
+
         indexes: dict[str, Index] = {}
         for path in (config.index, config.bm25):
             if path is None:
                 continue
-            index = _open(path, config)
-            kind = "bm25" if index.kind == "bm25" else "dense"
+            kind = "bm25" if IndexManifest.load(path).kind == "bm25" else "dense"
             if kind in indexes:
                 raise EmbedkitError(f"two {kind} indexes given ({indexes[kind].path} and {path}); give one of each")
-            indexes[kind] = index
+            indexes[kind] = open_index(Path(path), config, None)
         return cls(config, indexes)
 
-    @staticmethod
-    def _search_fn(index: Index):
+    @property
+    def indexes(self) -> dict[str, Index]:
+        return {kind: served.index for kind, served in self.served.items()}
+
+    def _search_fn(self, kind: str):
         def search(texts: list[str], k: int) -> list[list[Hit]]:
-            return index.search(texts, min(k, max(len(index), 1)))
+            index = self.served[kind].index  # looked up per call: a reload switches between calls
+            # RL loops send each prompt's query from several rollouts (Search-R1: n_agent copies): encode
+            # and search each distinct text once.
+            positions: dict[str, int] = {}
+            for text in texts:
+                positions.setdefault(text, len(positions))
+            distinct = list(positions)
+            found = index.search(distinct, min(k, max(len(index), 1)))
+            if len(distinct) == len(texts):
+                return found
+            return [found[positions[text]] for text in texts]
 
         return search
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         if self.config.torch_threads is not None:
             import torch
 
             torch.set_num_threads(self.config.torch_threads)
             # OpenMP settings are per thread: apply it where the searches run too.
-            await asyncio.get_running_loop().run_in_executor(self.executor, torch.set_num_threads,
-                                                             self.config.torch_threads)
+            await loop.run_in_executor(self.executor, torch.set_num_threads, self.config.torch_threads)
         for batcher in self.batchers.values():
             await batcher.start()
         # Load the model / start the JVM now, not on the first user request.
-        for index in self.indexes.values():
-            await asyncio.get_running_loop().run_in_executor(self.executor, index.search, ["warm up"], 1)
+        for served in self.served.values():
+            await loop.run_in_executor(self.executor, served.index.search, ["warm up"], 1)
+        if self.config.reload.enabled:
+            self._watcher = asyncio.create_task(self._watch(), name="embedkit-index-watcher")
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
+            self._watcher = None
         for batcher in self.batchers.values():
             await batcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload.poll_seconds)
+            for kind in list(self.served):
+                try:
+                    await self.reload_if_changed(kind)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # keep serving the old index; say why in /health
+                    message = f"{type(error).__name__}: {error}"
+                    if self.reload_errors.get(kind) != message:
+                        log.error("reloading the %s index failed; still serving the previous state: %s", kind, message)
+                    self.reload_errors[kind] = message
+
+    async def reload_if_changed(self, kind: str) -> bool:
+        """Reopen `kind`'s folder if its manifest changed since it was loaded; True when it switched."""
+        current = self.served[kind]
+        path = Path(current.index.path)
+        stamp = ManifestStamp.of(path)
+        if stamp is None or stamp == current.stamp:
+            return False
+        version = manifest_version(path)
+        loop = asyncio.get_running_loop()
+        # Opening and warming up run on the search thread, between search calls, never beside one.
+        index = await loop.run_in_executor(self.executor, self._open_warm, path, current.index)
+        # The stamp read before opening: if the folder changed again meanwhile, the next poll reloads again.
+        self.served[kind] = Served(index, stamp, version)
+        self.reload_errors.pop(kind, None)
+        self.reloads += 1
+        log.info("serving the updated %s index %s: %d documents (manifest %s)", kind, path, len(index), version)
+        return True
+
+    def _open_warm(self, path: Path, previous: Index) -> Index:
+        index = self.opener(path, previous)
+        index.search(["warm up"], 1)
+        return index
 
     async def search(self, queries: Sequence[str], k: int, mode: Mode | None = None,
                      fusion: FusionConfig | None = None) -> list[list[Hit]]:
@@ -92,6 +221,14 @@ class RetrievalService:
         config = fusion or self.config.fusion
         return [fuse_hits([d, b], config, k) for d, b in zip(dense, bm25, strict=True)]
 
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": "ok", "modes": self.modes,
+                               "documents": {kind: len(served.index) for kind, served in self.served.items()},
+                               "indexes": {kind: served.describe() for kind, served in self.served.items()}}
+        if self.reload_errors:
+            out["reload_errors"] = dict(self.reload_errors)
+        return out
+
     def info(self) -> dict[str, Any]:
         from embedkit import __version__
 
@@ -99,20 +236,40 @@ class RetrievalService:
             "embedkit_version": __version__,
             "modes": self.modes,
             "retrieve_mode": self.default_mode,
-            "indexes": {kind: {"path": str(index.path), "manifest": index.manifest.model_dump(mode="json")}
-                        for kind, index in self.indexes.items()},
+            "indexes": {kind: {**served.describe(), "manifest": served.index.manifest.model_dump(mode="json")}
+                        for kind, served in self.served.items()},
             "limits": self.config.limits.model_dump(),
             "default_topk": self.config.default_topk,
             "fusion": self.config.fusion.model_dump(mode="json"),
             "batching": {**self.config.batching.model_dump(),
                          "stats": {kind: b.stats.as_dict() for kind, b in self.batchers.items()}},
+            "reload": {**self.config.reload.model_dump(), "reloads": self.reloads, "errors": dict(self.reload_errors)},
+            "backend": self.config.backend,
             "auth": self.config.resolved_api_key() is not None,
         }
 
 
-def _open(path: str, config: ServerConfig) -> Index:
+def open_index(path: Path, config: ServerConfig, previous: Index | None) -> Index:
+    """Open a folder with the server's options; a dense reopen reuses `previous`'s encoder if the weights match."""
     from embedkit.index.manifest import IndexManifest
 
-    if IndexManifest.load(path).kind == "dense":
-        return Index.load(path, device=config.device, batch_size=config.encode_batch_size)
-    return Index.load(path)
+    if IndexManifest.load(path).kind == "bm25":
+        return Index.load(path)
+    options: dict[str, Any] = {"device": config.device, "batch_size": config.encode_batch_size,
+                               "mmap": config.mmap, "backend": "faiss" if config.backend == "faiss-gpu" else config.backend}
+    encoder = getattr(previous, "encoder", None) if previous is not None else None
+    if encoder is not None:
+        from embedkit.errors import ModelMismatchError
+
+        try:
+            index = Index.load(path, encoder=encoder, **options)
+        except ModelMismatchError:  # the folder now holds another model's vectors: load that model
+            index = Index.load(path, **options)
+    else:
+        index = Index.load(path, **options)
+    if config.backend == "faiss-gpu":
+        from embedkit.server.gpu import clone_to_gpus
+
+        # DenseIndex caches its FAISS index in faiss_index (a cached_property): put the GPU copy there.
+        vars(index)["faiss_index"] = clone_to_gpus(index.faiss_index)
+    return index
