@@ -22,7 +22,7 @@ def test_beir_and_pyserini_jsonl(tmp_path: Path) -> None:
 
 
 def test_custom_fields_tsv_parquet_and_datasets_folder(tmp_path: Path) -> None:
-    custom = write_jsonl(tmp_path / "c.jsonl", [{"pid": 7, "passage": "body", "heading": "H"}])
+    custom = write_jsonl(tmp_path / "c.jsonl", [{"pid": "7", "passage": "body", "heading": "H"}])
     doc = next(iter_documents(custom, FieldMap(id_field="pid", text_field="passage", title_field="heading")))
     assert (doc.id, doc.text, doc.title) == ("7", "body", "H")
 

@@ -1,21 +1,45 @@
-"""Low-level line reading shared by the corpus, query and qrels readers."""
+"""Low-level reading shared by every input reader: numbered UTF-8 lines, JSON lines and tab/comma rows.
+
+Every problem becomes a `DataFormatError` naming the file and the line: bytes that are not UTF-8, a lone
+surrogate escape in JSON, JSON nested too deeply, an unclosed quoted field, a damaged gzip stream.
+A UTF-8 byte order mark at the start of a file is dropped (Excel and Notepad write one).
+Lines end at "\\n" (a "\\r" before it is dropped too), so "\\r", U+2028 or U+0085 inside a line stay part of it.
+"""
 
 from __future__ import annotations
 
+import csv
 import gzip
-import io
 import json
+import re
+import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from embedkit.errors import DataFormatError
 
+BOM = "\ufeff"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# A JSON escape of a surrogate half; valid pairs decode to one character, lone halves stay surrogates.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
-def open_text(path: Path) -> io.TextIOBase:
+
+def open_binary(path: Path) -> IO[bytes]:
+    """The file's bytes, gunzipped for `.gz`."""
+    try:
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except OSError as error:
+        raise DataFormatError(f"cannot read: {error.strerror or error}", path=path) from None
+
+
+def open_text(path: Path) -> IO[str]:
+    """A text handle (UTF-8, BOM dropped) for callers that only count or skim lines."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace")
+    return open(path, encoding="utf-8-sig", errors="replace")
 
 
 def base_suffix(path: Path) -> str:
@@ -24,37 +48,195 @@ def base_suffix(path: Path) -> str:
     return suffixes[-1].lower() if suffixes else ""
 
 
+def iter_lines(path: str | Path, *, keep_ends: bool = False) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) for every line, decoded as UTF-8; the line ending is dropped unless `keep_ends`.
+
+    >>> for number, text in iter_lines("queries.tsv"): ...
+    """
+    path = Path(path)
+    offset = 0
+    number = 0
+    handle = open_binary(path)
+    try:
+        with handle:
+            for number, raw in enumerate(handle, start=1):  # noqa: B007 (number is used after the loop)
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    bad = raw[error.start : error.start + 1]
+                    raise DataFormatError(
+                        f"not valid UTF-8: byte {bad!r} at byte offset {offset + error.start} of the file "
+                        "(save it as UTF-8)", path=path, line=number
+                    ) from None
+                if number == 1 and text.startswith(BOM):
+                    text = text[1:]
+                if not keep_ends:
+                    if text.endswith("\n"):
+                        text = text[:-1]
+                    if text.endswith("\r"):
+                        text = text[:-1]
+                offset += len(raw)
+                yield number, text
+    except _GZIP_ERRORS as error:
+        raise DataFormatError(f"damaged gzip stream after line {number}: {error}", path=path) from None
+    except IsADirectoryError:
+        raise DataFormatError("is a folder, not a file", path=path) from None
+
+
+def find_surrogate(value: Any) -> tuple[str, str] | None:
+    """(field path, text) of the first string (key or value) holding a lone surrogate, or None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return where or "(value)", item
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                name = f"{where}.{key}" if where else str(key)
+                if _SURROGATE.search(key):
+                    return name, key
+                stack.append((name, inner))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{index}]", inner) for index, inner in enumerate(item))
+    return None
+
+
+def surrogate_message(text: str) -> str:
+    match = _SURROGATE.search(text)
+    assert match is not None
+    return (f"lone surrogate U+{ord(match.group()):04X} at character {match.start()} "
+            "(half of a UTF-16 pair; it cannot be stored or written as UTF-8)")
+
+
+def parse_json_line(text: str, *, path: Path | str, line: int) -> Any:
+    """One JSON value; malformed, too deeply nested or surrogate-holding input is a `DataFormatError`."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataFormatError(f"malformed JSON ({error.msg} at column {error.colno})", path=path, line=line) from None
+    except RecursionError:
+        raise DataFormatError("JSON nested too deeply", path=path, line=line) from None
+    if _SURROGATE_ESCAPE.search(text):
+        found = find_surrogate(value)
+        if found is not None:
+            raise DataFormatError(surrogate_message(found[1]), path=path, line=line, field=found[0])
+    return value
+
+
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a line that is not a JSON object is an error.
 
     >>> for line, record in iter_json_lines("train.jsonl"): ...
     """
     path = require_file(path, "file")
-    with open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(f"malformed JSON ({error.msg} at column {error.colno})", path=path, line=line_number) from None
-            if not isinstance(record, dict):
-                raise DataFormatError(f"expected a JSON object, got {type(record).__name__}", path=path, line=line_number)
-            yield line_number, record
+    for line_number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        record = parse_json_line(line, path=path, line=line_number)
+        if not isinstance(record, dict):
+            raise DataFormatError(f"expected a JSON object, got {_json_type(record)}", path=path, line=line_number)
+        yield line_number, record
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def iter_delimited(path: Path, delimiter: str | None) -> Iterator[tuple[int, list[str]]]:
-    """Yield (line number, columns); `delimiter=None` splits on any whitespace."""
-    with open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            line = line.rstrip("\n\r")
-            if not line.strip():
+    """Yield (line number, columns) of non-blank lines; `delimiter=None` splits on any whitespace."""
+    for line_number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        yield line_number, (line.split(delimiter) if delimiter else line.split())
+
+
+class _Unclosed(Exception):
+    pass
+
+
+def split_tsv_line(line: str) -> list[str]:
+    """Split one TSV record on tabs; a field written as a double-quoted CSV field is unquoted.
+
+    Quoted fields follow CSV rules: `"a<TAB>b"` holds a tab, `""` inside quotes is one quote.
+
+    A field that starts with a quote but is not a well-formed quoted field (`"Hi," she said`, as in MS MARCO)
+    is taken literally. A quoted field left open at the end of the line raises `_Unclosed`: TSV records are
+    one line each, so a newline inside a text cannot be represented.
+    """
+    if '"' not in line:
+        return line.split("\t")
+    fields: list[str] = []
+    start, end_of_line = 0, len(line)
+    while True:
+        if line.startswith('"', start):
+            parts, cursor = [], start + 1
+            while True:
+                close = line.find('"', cursor)
+                if close == -1:
+                    raise _Unclosed
+                parts.append(line[cursor:close])
+                if line.startswith('"', close + 1):  # "" is an escaped quote
+                    parts.append('"')
+                    cursor = close + 2
+                    continue
+                break
+            after = close + 1
+            if after == end_of_line or line[after] == "\t":
+                fields.append("".join(parts))
+                if after == end_of_line:
+                    return fields
+                start = after + 1
                 continue
-            yield line_number, (line.split(delimiter) if delimiter else line.split())
+        tab = line.find("\t", start)
+        if tab == -1:
+            fields.append(line[start:])
+            return fields
+        fields.append(line[start:tab])
+        start = tab + 1
+
+
+def iter_tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank TSV line (see `split_tsv_line` for quoting)."""
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield number, split_tsv_line(line)
+        except _Unclosed:
+            raise DataFormatError(
+                'a quoted field ("...) is not closed on this line; TSV records are one line each '
+                "(use .csv or .jsonl for texts with newlines)", path=path, line=number
+            ) from None
+
+
+def iter_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, fields) of each non-blank CSV record (RFC 4180: quoted fields may span lines)."""
+    _allow_large_fields()
+    reader = csv.reader((text for _, text in iter_lines(path, keep_ends=True)), strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise DataFormatError(f"malformed CSV ({error})", path=path, line=start) from None
+        if any(field.strip() for field in row):
+            yield start, row
+
+
+def _allow_large_fields() -> None:
+    # csv's default limit (128 KiB per field) refuses long documents; the encoder cuts them instead.
+    if csv.field_size_limit() < sys.maxsize // 2:
+        csv.field_size_limit(sys.maxsize // 2)
 
 
 def require_file(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not path.exists():
         raise DataFormatError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise DataFormatError(f"{what} is a folder, not a file: {path}")
     return path

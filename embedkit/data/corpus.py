@@ -8,13 +8,14 @@ Documents are yielded one at a time, so nothing holds the corpus text in memory:
 
 from __future__ import annotations
 
-import csv
+import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embedkit.data._files import base_suffix, iter_delimited, iter_json_lines, open_text
+from embedkit.data._files import base_suffix, iter_csv_rows, iter_json_lines, iter_tsv_rows, open_binary
 from embedkit.errors import DataFormatError
 
 ID_FIELDS = ("_id", "id", "docid", "doc_id", "pid")
@@ -71,24 +72,61 @@ class FieldMap:
             title_field=pick(self.title_field, TITLE_FIELDS, "title", False),
         )
 
-    def document(self, record: dict[str, Any], *, path: Path | str, line: int | None) -> Document:
+    def document(self, record: dict[str, Any], *, path: Path | str, line: int | None, columnar: bool = False) -> Document:
+        """The record as a `Document`; ids and texts of the wrong JSON type are refused, never converted.
+
+        Ids must be strings (integers too when they come from a typed column: Parquet, saved datasets);
+        text and title must be strings or null.
+        """
         assert self.id_field and self.text_field
         try:
-            doc_id, text = record[self.id_field], record[self.text_field]
+            raw_id, raw_text = record[self.id_field], record[self.text_field]
         except KeyError as error:
             raise DataFormatError(
                 f"missing field '{error.args[0]}'", path=path, line=line, fields_found=record
             ) from None
-        if doc_id is None or str(doc_id) == "":
-            raise DataFormatError("empty document id", path=path, line=line, field=self.id_field)
-        if text is None:
-            text = ""
-        title = record.get(self.title_field) if self.title_field else ""
-        return Document(id=str(doc_id), text=str(text), title=str(title or ""))
+        doc_id = _id_value(raw_id, path=path, line=line, field=self.id_field, columnar=columnar)
+        text = _text_value(raw_text, path=path, line=line, field=self.text_field)
+        title = _text_value(record.get(self.title_field), path=path, line=line, field=self.title_field) \
+            if self.title_field else ""
+        return Document(id=doc_id, text=text, title=title)
 
 
-def _records(source: str | Path) -> Iterator[tuple[str, int | None, dict[str, Any]]]:
-    """Yield (where, line, record) from any supported source."""
+def _describe(value: Any) -> str:
+    kind = {bool: "boolean", int: "number", float: "number", list: "list", dict: "object"}.get(type(value))
+    shown = json.dumps(value, ensure_ascii=False, default=str) if kind else repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return f"{kind or type(value).__name__} {shown}"
+
+
+def _id_value(value: Any, *, path: Path | str, line: int | None, field: str, columnar: bool) -> str:
+    if isinstance(value, str):
+        if value == "":
+            raise DataFormatError("empty document id", path=path, line=line, field=field)
+        return value
+    if columnar and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if value is None:
+        raise DataFormatError("empty document id", path=path, line=line, field=field)
+    hint = f' (write it as a string: "{value}")' if isinstance(value, int) and not isinstance(value, bool) else ""
+    raise DataFormatError(f"document id must be a string, got {_describe(value)}{hint}", path=path, line=line,
+                          field=field)
+
+
+def _text_value(value: Any, *, path: Path | str, line: int | None, field: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    raise DataFormatError(f"expected a string, got {_describe(value)}", path=path, line=line, field=field)
+
+
+Row = tuple[str, "int | None", dict[str, Any], bool]  # where, line (or row), record, from a typed column store
+
+
+def _records(source: str | Path) -> Iterator[Row]:
+    """Yield (where, line, record, columnar) from any supported source."""
     text_source = str(source)
     if text_source.startswith("hf:"):
         yield from _hub_records(text_source[3:])
@@ -112,56 +150,81 @@ def _records(source: str | Path) -> Iterator[tuple[str, int | None, dict[str, An
     suffix = base_suffix(path)
     if suffix in (".jsonl", ".json", ".ndjson"):
         for line, record in iter_json_lines(path):
-            yield str(path), line, record
+            yield str(path), line, record, False
     elif suffix in (".tsv", ".csv", ".txt"):
-        yield from _delimited_records(path, "," if suffix == ".csv" else "\t")
+        yield from _delimited_records(path, suffix)
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        row = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-            for record in batch.to_pylist():
-                row += 1
-                yield str(path), row, record
+        yield from _parquet_records(path)
     else:
         raise DataFormatError(f"unknown corpus format '{suffix}' (use .jsonl, .tsv, .csv or .parquet)", path=path)
 
 
-def _delimited_records(path: Path, delimiter: str) -> Iterator[tuple[str, int | None, dict[str, Any]]]:
-    """A header row is used when it names an id and a text column; otherwise columns are id, text[, title]."""
+def _parquet_records(path: Path) -> Iterator[Row]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = 0
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+        for batch in batches:
+            for record in batch.to_pylist():
+                row += 1
+                yield str(path), row, record, True
+    except (pa.ArrowException, OSError) as error:
+        where = f" (after row {row})" if row else ""
+        raise DataFormatError(f"cannot read as Parquet{where}: {error}", path=path) from None
+
+
+def _delimited_records(path: Path, suffix: str) -> Iterator[Row]:
+    """Rows of a .tsv/.txt (tab) or .csv file as records.
+
+    The first row is a header when it names at least two known columns (id, text, title, ...); otherwise
+    the columns are id, text[, title]. Every row must have as many columns as the header (or the first row):
+    a row with a stray tab or comma is refused, never cut.
+    """
     known = set(ID_FIELDS) | set(TEXT_FIELDS) | set(TITLE_FIELDS)
-    if delimiter == ",":
-        with open_text(path) as handle:
-            rows = ((n, row) for n, row in enumerate(csv.reader(handle), start=1) if row)
-            yield from _rows_to_records(path, rows, known)
-    else:
-        yield from _rows_to_records(path, iter_delimited(path, "\t"), known)
-
-
-def _rows_to_records(path: Path, rows, known: set[str]) -> Iterator[tuple[str, int | None, dict[str, Any]]]:
-    header: list[str] | None = None
+    rows = iter_csv_rows(path) if suffix == ".csv" else iter_tsv_rows(path)
+    separator = "commas" if suffix == ".csv" else "tabs"
+    names: list[str] | None = None
+    described = ""
     for line, columns in rows:
-        if header is None and line == 1 and len(set(columns) & known) >= 2:
-            header = columns
-            continue
-        names = header or ["id", "text", "title"][: len(columns)]
-        if len(columns) < 2:
-            raise DataFormatError(f"expected at least 2 columns (id, text), got {len(columns)}", path=path, line=line)
-        yield str(path), line, dict(zip(names, columns, strict=False))
+        if names is None:
+            if len(set(columns) & known) >= 2:
+                duplicated = sorted({name for name in columns if columns.count(name) > 1})
+                if duplicated:
+                    raise DataFormatError(f"header names column '{duplicated[0]}' twice", path=path, line=line)
+                names, described = columns, f"the header (line {line})"
+                continue
+            if len(columns) not in (2, 3):
+                raise DataFormatError(
+                    f"expected 2 columns (id, text) or 3 (id, text, title) separated by {separator}, "
+                    f"got {len(columns)} (or add a header row naming the columns)", path=path, line=line
+                )
+            names, described = ["id", "text", "title"][: len(columns)], f"line {line}"
+        if len(columns) != len(names):
+            raise DataFormatError(
+                f"expected {len(names)} columns like {described}, got {len(columns)}"
+                + (" (a text holding a tab must be a quoted field: \"...\")" if suffix != ".csv" else ""),
+                path=path, line=line,
+            )
+        yield str(path), line, dict(zip(names, columns, strict=True)), False
 
 
-def _datasets_folder_records(path: Path) -> Iterator[tuple[str, int | None, dict[str, Any]]]:
+def _datasets_folder_records(path: Path) -> Iterator[Row]:
     import datasets
 
-    loaded = datasets.load_from_disk(str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as error:  # datasets raises FileNotFoundError, ValueError, ArrowInvalid, ...
+        raise DataFormatError(f"cannot load the saved dataset: {type(error).__name__}: {error}", path=path) from None
     if isinstance(loaded, datasets.DatasetDict):
         split = "corpus" if "corpus" in loaded else next(iter(loaded))
         loaded = loaded[split]
     for row, record in enumerate(loaded, start=1):
-        yield str(path), row, record
+        yield str(path), row, record, True
 
 
-def _hub_records(spec: str) -> Iterator[tuple[str, int | None, dict[str, Any]]]:
+def _hub_records(spec: str) -> Iterator[Row]:
     import datasets
 
     name, _, split = spec.partition(":")
@@ -170,7 +233,7 @@ def _hub_records(spec: str) -> Iterator[tuple[str, int | None, dict[str, Any]]]:
     except Exception as error:  # the hub client raises many unrelated types
         raise DataFormatError(f"cannot load hub dataset '{name}': {error}") from None
     for row, record in enumerate(stream, start=1):
-        yield f"hf:{spec}", row, record
+        yield f"hf:{spec}", row, record, True
 
 
 def iter_documents(
@@ -182,10 +245,12 @@ def iter_documents(
     seen: dict[str, int | None] = {}
     count = 0
     where = str(source)
-    for where, line, record in _records(source):
+    for where, line, record, columnar in _records(source):
         if resolved is None:
             resolved = fields.resolve(record, path=where, line=line)
-        document = resolved.document(record, path=where, line=line)
+        elif resolved.title_field is None and fields.title_field is None and "title" in record:
+            resolved = FieldMap(resolved.id_field, resolved.text_field, "title")  # first titled record
+        document = resolved.document(record, path=where, line=line, columnar=columnar)
         if check_duplicates:
             if document.id in seen:
                 first = seen[document.id]
@@ -209,5 +274,8 @@ def count_documents(source: str | Path) -> int | None:
         path = inner
     if not path.is_file() or base_suffix(path) not in (".jsonl", ".json", ".ndjson", ".tsv", ".txt", ".csv"):
         return None
-    with open_text(path) as handle:
-        return sum(1 for line in handle if line.strip())
+    try:
+        with open_binary(path) as handle:
+            return sum(1 for line in handle if line.strip())
+    except (DataFormatError, OSError, EOFError, zlib.error):
+        return None  # the reader reports the problem with its line number
