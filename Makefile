@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: demo test install lint bench-scifact clean
+.PHONY: demo test test-fast typecheck install lint bench-scifact clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ demo: $(VENV)/.demo-installed
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q
+
+# Everything but the tests marked slow (servers, subprocesses, Ray, training): a quick inner loop.
+test-fast: $(VENV)/.dev-installed
+	$(PY) -m pytest -q -m "not slow"
+
+typecheck: $(VENV)/.dev-installed
+	$(PY) -m mypy
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
