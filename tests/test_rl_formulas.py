@@ -94,9 +94,11 @@ def test_grpo_and_drgrpo():
     inputs = AdvantageInputs(rewards=rewards, response_mask=mask, group_ids=[0, 0, 0, 1, 1, 1, 2])
     adv, _ = ADVANTAGE_ESTIMATORS.get("grpo")(inputs)
     std = math.sqrt(1 / 3)
-    assert adv[:, 0].tolist() == pytest.approx([2 / 3 / std, -1 / 3 / std, -1 / 3 / std, 0, 0, 0, 0], abs=1e-4)
+    # group 2 has one response: verl's mean 0 / std 1, so its advantage is r / (1 + eps)
+    assert adv[:, 0].tolist() == pytest.approx([2 / 3 / std, -1 / 3 / std, -1 / 3 / std, 0, 0, 0, 0.5 / (1 + 1e-6)],
+                                               abs=1e-4)  # fmt: skip
     adv, _ = ADVANTAGE_ESTIMATORS.get("drgrpo")(inputs)
-    assert adv[:, 1].tolist() == pytest.approx([2 / 3, -1 / 3, -1 / 3, 0, 0, 0, 0], abs=1e-6)
+    assert adv[:, 1].tolist() == pytest.approx([2 / 3, -1 / 3, -1 / 3, 0, 0, 0, 0.5], abs=1e-6)
 
 
 def test_gae_skips_tool_tokens():
@@ -113,18 +115,36 @@ def test_gae_skips_tool_tokens():
 
 # ---- ROSE --------------------------------------------------------------------------------------------------
 def test_semantic_entropy_hand_value():
-    logits = torch.tensor([math.log(3.0), 0.0, -10.0])  # top-2 → p = [0.75, 0.25]
-    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    logits = torch.tensor([math.log(3.0), 0.0, -10.0])
+    z = 4.0 + math.exp(-10.0)
+    p = [3 / z, 1 / z]  # raw top-2 probabilities of the full softmax (not renormalised over the two)
+    h = -sum(q * math.log(q) for q in p)
     same = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])  # orthogonal candidates: F = 0
     assert semantic_entropy(logits, same, top=2).item() == pytest.approx(0.0, abs=1e-6)
-    opposite = torch.tensor([[1.0, 0.0], [-3.0, 0.0], [1.0, 1.0]])  # e_1 = −e_0: F = 0.25 − 0.625
-    assert semantic_entropy(logits, opposite, top=2).item() == pytest.approx(0.375 * h, rel=1e-5)
+    opposite = torch.tensor([[1.0, 0.0], [-3.0, 0.0], [1.0, 1.0]])  # e_1 = −e_0
+    f = (p[0] - p[1]) ** 2 - (p[0] ** 2 + p[1] ** 2)
+    assert semantic_entropy(logits, opposite, top=2).item() == pytest.approx(-f * h, rel=1e-5)
+
+
+def test_semantic_entropy_uses_raw_not_renormalised_probabilities():
+    logits = torch.log(torch.tensor([3.0, 1.0, 4.0]))  # p = [3/8, 1/8, 4/8]; top-2 = tokens 2 and 0
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    h = -(0.5 * math.log(0.5) + 0.375 * math.log(0.375))
+    f = (0.375 - 0.5) ** 2 - (0.5**2 + 0.375**2)  # = −0.375
+    assert semantic_entropy(logits, emb, top=2).item() == pytest.approx(-f * h, rel=1e-6)
+    renormalised = [4 / 7, 3 / 7]  # the other reading gives a different number
+    h_r = -sum(q * math.log(q) for q in renormalised)
+    f_r = (renormalised[0] - renormalised[1]) ** 2 - sum(q * q for q in renormalised)
+    assert abs(semantic_entropy(logits, emb, top=2).item() - (-f_r * h_r)) > 1e-2
 
 
 def test_choose_branch():
     se = [torch.tensor([9.0, 1.0, 3.0]), torch.tensor([5.0, 2.0, 4.0, 0.0])]
     masks = [torch.tensor([1, 1, 1]), torch.tensor([1, 1, 0, 1])]
-    assert choose_branch(se, masks, random.Random(0), epsilon=0.0) == (0, 2)  # position 0 and tool tokens excluded
+    # the first maximum over every generated position (the official rollout scans positions from 0)
+    assert choose_branch(se, masks, random.Random(0), epsilon=0.0) == (0, 0)
+    masks = [torch.tensor([0, 1, 1]), torch.tensor([1, 1, 0, 1])]  # tool tokens are never branch points
+    assert choose_branch(se, masks, random.Random(0), epsilon=0.0) == (1, 0)
     assert choose_branch(se, masks, random.Random(0), epsilon=1.0) is None
     assert choose_branch([], [], random.Random(0), epsilon=0.0) is None
 
@@ -145,14 +165,57 @@ def test_rose_segment_advantages_on_hand_built_tree():
     assert adv.tolist() == [pytest.approx(row, abs=1e-6) for row in expected]
 
 
-def test_rose_length_aware_term():
+def test_rose_length_aware_term_on_simple_tree():
     adv = segment_advantages(**TREE, lengths=[6, 5, 8, 4], width=8, length_alpha=1.0)
-    # response 2 is correct and longer than the shortest correct one (6): segments start at k_c = 0, 2, 4
-    expected = [1 / 6 - (1 / 6) * (1 - 6 / 8), -1 / 6 - (1 / 6) * (1 - 4 / 6), 0.5 - 0.5 * (1 - 2 / 4)]
-    assert adv[2].tolist() == pytest.approx([expected[0]] * 2 + [expected[1]] * 2 + [expected[2]] * 4, abs=1e-6)
+    # correct (reward != 0): r0 (L=6, the shortest) and r2 (L=8). S0 = {0, 2}, S2 = {0, 2, 4} → k_c = 2;
+    # one factor 1 − (6 − 2)/(8 − 2) = 1/3 applied on [2, 8) only.
+    s, f = 1 / 6, 1 / 3
+    expected = [s, s, -s - s * f, -s - s * f] + [0.5 - 0.5 * f] * 4
+    assert adv[2].tolist() == pytest.approx(expected, abs=1e-6)
     assert adv[0, :6].tolist() == pytest.approx([1 / 6] * 2 + [1 / 3] * 4, abs=1e-6)  # shortest: untouched
     off = segment_advantages(**TREE, lengths=[6, 5, 8, 4], width=8, length_alpha=0.0)
     assert off[2, 4].item() == pytest.approx(0.5)
+
+
+# Official readings where a path-based tree would give other numbers.
+# (a) a child branching before its parent's branch point: r1 leaves r0 at 5, r2 leaves r1 at 2.
+#     Sets: S0 = S1 = S2 = {0, 2, 5} (2 propagates up through r1 to r0 since 2 <= 5), S3 = {0}.
+CHILD_BEFORE_PARENT = dict(group_ids=[0, 0, 0, 0], parents=[None, 0, 1, None], branch_positions=[0, 5, 2, 0])
+
+
+def test_rose_child_branching_before_its_parents_branch_point():
+    adv = segment_advantages(rewards=[1.0, 0.0, 0.0, 0.0], **CHILD_BEFORE_PARENT, lengths=[8, 8, 6, 4], width=8)
+    v0, v = 1 / 4, 1 / 3  # V(0) over all four; V(2) = V(5) over r0, r1, r2
+    expected = [
+        [v - v0] * 2 + [0.0] * 3 + [1 - v] * 3,
+        [v - v0] * 2 + [0.0] * 3 + [-v] * 3,
+        [v - v0] * 2 + [0.0] * 3 + [-v] + [0.0] * 2,
+        [-v0] * 4 + [0.0] * 4,
+    ]
+    assert adv.tolist() == [pytest.approx(row, abs=1e-6) for row in expected]
+
+
+def test_rose_same_position_on_different_paths_shares_one_value():
+    # (b) r2 leaves r0 at 3 and r3 leaves r1 at 3: V(3) pools all four responses (a position, not a node)
+    adv = segment_advantages(rewards=[1.0, 0.0, 0.0, 0.0], group_ids=[0] * 4, parents=[None, None, 0, 1],
+                             branch_positions=[0, 0, 3, 3], lengths=[6, 6, 5, 4], width=6)  # fmt: skip
+    expected = [[0.0] * 3 + [0.75] * 3, [0.0] * 3 + [-0.25] * 3, [0.0] * 3 + [-0.25] * 2 + [0.0],
+                [0.0] * 3 + [-0.25] + [0.0] * 2]  # fmt: skip
+    assert adv.tolist() == [pytest.approx(row, abs=1e-6) for row in expected]
+
+
+def test_rose_length_term_applies_from_k_common_and_correct_means_nonzero():
+    # tree (a); r2 has reward 0.5: correct (!= 0) and the shortest correct (L=6). For r0 (L=10):
+    # k_c = max(S2 ∩ S0, <= 6) = 5, factor = 1 − (6 − 5)/(10 − 5) = 4/5, applied on [5, 10) only.
+    adv = segment_advantages(rewards=[1.0, 0.0, 0.5, 0.0], **CHILD_BEFORE_PARENT, lengths=[10, 8, 6, 4], width=10,
+                             length_alpha=1.0)  # fmt: skip
+    v0, v = 3 / 8, 1 / 2
+    assert adv[0].tolist() == pytest.approx([v - v0] * 2 + [0.0] * 3 + [0.5 - 0.5 * 4 / 5] * 5, abs=1e-6)
+    assert adv[2, :6].tolist() == pytest.approx([v - v0] * 2 + [0.0] * 3 + [0.0], abs=1e-6)
+    assert adv[1, :8].tolist() == pytest.approx([v - v0] * 2 + [0.0] * 3 + [-v] * 3, abs=1e-6)  # not correct
+    alpha2 = segment_advantages(rewards=[1.0, 0.0, 0.5, 0.0], **CHILD_BEFORE_PARENT, lengths=[10, 8, 6, 4],
+                                width=10, length_alpha=2.0)  # fmt: skip
+    assert alpha2[0, 5].item() == pytest.approx(0.5 - 0.5 * (1 - (1 / 5) ** 2), abs=1e-6)
 
 
 def test_rose_estimator_without_branches_is_centred_reward():

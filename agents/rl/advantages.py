@@ -25,12 +25,13 @@ class AdvantageInputs:
     gamma: float = 1.0
     lam: float = 1.0
     eps: float = 1e-6
-    # ROSE: per response, the response it branched from (None = sampled from the root) and where.
+    # ROSE: per response, the response of its own group it branched from (index within the group, None =
+    # sampled from the root) and where.
     parents: Sequence[int | None] | None = None
     branch_positions: Sequence[int] | None = None
     lengths: Sequence[int] | None = None  # response lengths in tokens (positions in the [B, T] layout)
-    length_alpha: float = 0.0  # ROSE length-aware term; 0 disables it
-    correct_threshold: float = 1.0  # rewards >= this count as correct for the length-aware term
+    length_alpha: float = 0.0  # ROSE length-aware term; 0 disables it (correct = reward != 0)
+    token_rewards: torch.Tensor | None = None  # [B, T] gae: per-token rewards instead of `rewards` on the last token
     extras: dict = field(default_factory=dict)
 
 
@@ -40,9 +41,10 @@ ADVANTAGE_ESTIMATORS: Registry[Estimator] = Registry("advantage estimator")
 
 def group_normalized_scores(rewards: torch.Tensor, group_ids: Sequence[int], *, norm_by_std: bool,
                             eps: float = 1e-6) -> torch.Tensor:  # fmt: skip
-    """r_i − mean(group), divided by the group's (unbiased) std when `norm_by_std`.
+    """r_i − mean(group), divided by (the group's unbiased std + eps) when `norm_by_std`.
 
-    A group with one response has no baseline: its advantage is 0 (it carries no comparative signal).
+    A group with one response gets mean 0 and std 1, as verl's `compute_grpo_outcome_advantage`:
+    its score is r / (1 + eps) (r without the std division).
     """
     scores = torch.zeros_like(rewards, dtype=torch.float32)
     ids = list(group_ids)
@@ -50,6 +52,7 @@ def group_normalized_scores(rewards: torch.Tensor, group_ids: Sequence[int], *, 
         idx = torch.tensor([i for i, g in enumerate(ids) if g == gid])
         group = rewards[idx].float()
         if len(idx) < 2:
+            scores[idx] = group / (1.0 + eps) if norm_by_std else group
             continue
         centred = group - group.mean()
         scores[idx] = centred / (group.std() + eps) if norm_by_std else centred
@@ -93,7 +96,8 @@ def gae(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
         raise EmbedkitError("the gae/ppo estimator needs critic values: enable the value head (critic)")
     mask = inputs.response_mask.float()
     values = inputs.values.float() * mask
-    token_rewards = outcome_token_rewards(inputs.rewards, inputs.response_mask)
+    token_rewards = (inputs.token_rewards.float() if inputs.token_rewards is not None
+                     else outcome_token_rewards(inputs.rewards, inputs.response_mask))  # fmt: skip
     next_value = torch.zeros(mask.shape[0])
     last_gae = torch.zeros(mask.shape[0])
     advantages = torch.zeros_like(values)
@@ -124,7 +128,6 @@ def rose(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
         lengths=lengths,
         width=inputs.response_mask.shape[1],
         length_alpha=inputs.length_alpha,
-        correct_threshold=inputs.correct_threshold,
     )
     adv = adv * inputs.response_mask
     return adv, adv

@@ -56,11 +56,11 @@ class AlgorithmConfig(_Frozen):
     lam: float = 1.0
     eps: float = 1e-6
     value_coef: float = 0.5  # gae/ppo: critic loss weight
-    value_clip: float = 0.2
+    value_clip: float = 0.5  # verl's critic.cliprange_value
+    clip_ratio_c: float = 3.0  # dual-clip bound for negative advantages (verl's actor.clip_ratio_c)
     ppo_epochs: int = 1
     mini_batches: int = 1
-    length_alpha: float = 0.0  # ROSE length-aware term (0 = off)
-    correct_threshold: float = 1.0
+    length_alpha: float = 0.0  # ROSE length-aware term (0 = off); "correct" means reward != 0
 
     def aggregation(self) -> str:
         if self.loss_agg:

@@ -1,14 +1,27 @@
-"""ROSE: semantic-entropy-guided branching rollouts and segment-level advantages.
+"""ROSE: semantic-entropy-guided branching rollouts and tree-based segment advantages.
 
-Semantic entropy at a position, from the top-20 candidate tokens (p renormalised over them, e_i their
-L2-normalised input embeddings):  H = −Σ p_i log p_i,  F = ‖Σ p_i e_i‖² − Σ p_i²,  SE = −F · H.
+The definitions follow the official ROSE-rl code (its `core_algos.py` tree advantage and the rollout's
+`cosine-entropy` branch metric), re-derived here:
 
-Segment advantages: branch points 0 < k_1 < … < k_m on a response's path (where another response of the same
-prompt leaves it). V(k) = mean final reward of the same-prompt responses through node k (V(0) = group mean).
-Tokens in [k_j, k_{j+1}) get V(k_{j+1}) − V(k_j); the last segment [k_m, L) gets r − V(k_m).
-Optional length-aware term for correct responses longer than the shortest correct one of the group:
-A ← A − |A| · (1 − ((L_short − k_c) / (L − k_c))^α), with k_c the start of the token's segment
-(the ratio is clipped to [0, 1]; α = 0 turns the term off).
+Semantic entropy at a position, from the top candidates with their *raw* probabilities p_i (not
+renormalised over the candidates) and e_i their L2-normalised input embeddings:
+    H = −Σ p_i log p_i,   F = ‖Σ p_i e_i‖² − Σ p_i²,   SE = −F · H.
+
+Branch points. Within one prompt's group, response r has parent π(r) (None = sampled from the root) and
+branch position k_r. Its branch-point set S_r starts as {0} ∪ {k of r and of every ancestor}; every child's
+k is then added to its parent and further up while it lies on the path (k ≤ the branch position of the
+response it is propagated from); finally every child inherits its parent's points below its own k.
+
+Values and advantages. V(k) = mean final reward of the group's responses whose S contains k (a position,
+not a tree node: equal positions on different paths share one value, as in the official code). With
+P = sorted(S_r ∩ [0, L]) ∪ {L}, the tokens of [k_j, k_{j+1}) get V(k_{j+1}) − V(k_j), where V(L) is the
+response's own reward.
+
+Length-aware term (α > 0). Among the correct responses (reward ≠ 0) of a group with at least two, the
+shortest one s (first in order on ties) is the reference; for every other correct response b, k_c is the
+largest common branch point of S_s and S_b not beyond min(L_b, L_s) (0 if none), and
+    factor = 1 − ((L_s − k_c) / (L_b − k_c))^α,
+applied as A ← A − |A| · factor on the tokens [k_c, L_b) only, when factor > 0.
 """
 
 from __future__ import annotations
@@ -21,11 +34,11 @@ import torch.nn.functional as F
 
 
 def semantic_entropy(logits: torch.Tensor, embeddings: torch.Tensor, top: int = 20) -> torch.Tensor:
-    """SE at each position: logits [..., V], input embeddings [V, D] → [...]."""
-    logits = logits.float()
-    top_logits, top_ids = torch.topk(logits, min(top, logits.shape[-1]), dim=-1)
-    p = torch.softmax(top_logits, -1)
-    h = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+    """SE at each position: logits [..., V], input embeddings [V, D] → [...] (raw top-candidate probs)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    top_logp, top_ids = torch.topk(logp, min(top, logp.shape[-1]), dim=-1)
+    p = top_logp.exp()
+    h = -(p * top_logp).sum(-1)
     e = F.normalize(embeddings.float(), dim=-1)[top_ids]  # [..., top, D]
     mixed = (p.unsqueeze(-1) * e).sum(-2)
     f = (mixed * mixed).sum(-1) - (p * p).sum(-1)
@@ -35,68 +48,105 @@ def semantic_entropy(logits: torch.Tensor, embeddings: torch.Tensor, top: int = 
 def choose_branch(se: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], rng: random.Random,
                   epsilon: float = 0.5) -> tuple[int, int] | None:  # fmt: skip
     """Where the next response of a prompt starts: None (the root) with probability ε or when nothing can
-    branch, else the (response, position) with maximal SE among earlier responses (positions 1..L−1 that
-    the policy generated)."""
+    branch, else the first (response, position) with maximal SE among earlier responses, over the positions
+    the policy generated; the new response keeps the prefix before that position and resamples it."""
     if not se or rng.random() < epsilon:
         return None
     best: tuple[float, int, int] | None = None
     for r, (values, mask) in enumerate(zip(se, masks, strict=True)):
-        for t in range(1, len(values)):
+        for t in range(len(values)):
             if mask[t] and (best is None or float(values[t]) > best[0]):
                 best = (float(values[t]), r, t)
     return None if best is None else (best[1], best[2])
 
 
-def owners(parents: Sequence[int | None], branch_positions: Sequence[int], lengths: Sequence[int]) -> list[list[int]]:
-    """For every response, which response sampled each of its tokens (a prefix copied from the parent keeps
-    the parent's owners). Parents must come before their children."""
-    result: list[list[int]] = []
-    for i, (parent, k) in enumerate(zip(parents, branch_positions, strict=True)):
-        if parent is None:
-            result.append([i] * lengths[i])
-        else:
-            if parent >= i:
-                raise ValueError("a ROSE response must branch from an earlier response")
-            result.append(result[parent][:k] + [i] * (lengths[i] - k))
-    return result
+def branch_point_sets(parents: Sequence[int | None], branch_positions: Sequence[int]) -> list[set[int]]:
+    """Each response's branch-point set S_r within one group (parents are indices within the group)."""
+    n = len(parents)
+    for r, parent in enumerate(parents):
+        if parent is not None and not 0 <= parent < n:
+            raise ValueError(f"response {r}: parent {parent} is not a response of its group (0..{n - 1})")
+    sets: list[set[int]] = []
+    for r in range(n):
+        points, cur, seen = {0}, r, set()
+        while cur is not None and cur not in seen:  # own k and every ancestor's
+            seen.add(cur)
+            if parents[cur] is not None and branch_positions[cur] >= 0:
+                points.add(int(branch_positions[cur]))
+            cur = parents[cur]
+        sets.append(points)
+    for r in range(n):  # a child's branch point belongs to the path it left, and up while on that path
+        k, cur = branch_positions[r], parents[r]
+        if cur is None or k < 0:
+            continue
+        seen = set()
+        while cur is not None and cur not in seen:
+            seen.add(cur)
+            sets[cur].add(int(k))
+            if parents[cur] is None or not k <= branch_positions[cur]:
+                break
+            cur = parents[cur]
+    for r in range(n):  # children inherit the parent's points before their own branch position
+        parent, k = parents[r], branch_positions[r]
+        if parent is not None and k >= 0:
+            sets[r].update(pos for pos in sets[parent] if pos < k)
+    return sets
 
 
-def tree_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the shared tree path of two responses (the node where they part)."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+def group_advantages(rewards: Sequence[float], parents: Sequence[int | None], branch_positions: Sequence[int],
+                     lengths: Sequence[int], width: int, length_alpha: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """Per-token ROSE advantages [n, width] of one prompt's group (see the module docstring)."""
+    n = len(rewards)
+    sets = branch_point_sets(parents, branch_positions)
+    values: dict[int, float] = {}
+    for k in sorted(set().union(*sets)) if sets else []:
+        through = [rewards[b] for b in range(n) if k in sets[b]]
+        values[k] = sum(through) / len(through)
+    adv = torch.zeros(n, width)
+    for b in range(n):
+        length = int(lengths[b])
+        if length <= 0:
+            continue
+        points = sorted(k for k in sets[b] if k <= length)
+        if not points or points[0] != 0:
+            points = [0, *points]
+        if points[-1] != length:
+            points.append(length)
+        for k0, k1 in zip(points, points[1:], strict=False):
+            if k0 >= length or k1 <= k0:
+                continue
+            v1 = rewards[b] if k1 == length else values[k1]
+            adv[b, k0:k1] = v1 - values[k0]
+    if length_alpha > 0:
+        correct = [b for b in range(n) if abs(rewards[b]) > 1e-6]
+        if len(correct) > 1:
+            short = min(correct, key=lambda b: (lengths[b], correct.index(b)))
+            l_short = int(lengths[short])
+            if l_short > 0:
+                for b in correct:
+                    l_b = int(lengths[b])
+                    if b == short or l_b <= 0:
+                        continue
+                    common = [k for k in sets[short] & sets[b] if k <= min(l_b, l_short)]
+                    k_c = max(common) if common else 0
+                    remain_other = max(l_b - k_c, 0)
+                    if remain_other <= 0:
+                        continue
+                    factor = 1.0 - (max(l_short - k_c, 0) / remain_other) ** length_alpha
+                    if factor > 0:
+                        adv[b, k_c:l_b] -= adv[b, k_c:l_b].abs() * factor
+    return adv
 
 
 def segment_advantages(*, rewards: Sequence[float], group_ids: Sequence[int], parents: Sequence[int | None],
                        branch_positions: Sequence[int], lengths: Sequence[int], width: int,
-                       length_alpha: float = 0.0, correct_threshold: float = 1.0) -> torch.Tensor:  # fmt: skip
-    """Per-token ROSE advantages [B, width] (see the module docstring)."""
-    own = owners(parents, branch_positions, lengths)
+                       length_alpha: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """Per-token ROSE advantages [B, width] of a batch; `parents` index within each response's group."""
     adv = torch.zeros(len(rewards), width)
     ids = list(group_ids)
-    for i in range(len(rewards)):
-        members = [j for j, g in enumerate(ids) if g == ids[i]]
-        shared = {j: (tree_prefix(own[i], own[j]) if j != i else lengths[i]) for j in members}
-        points = sorted({s for j, s in shared.items() if j != i and 0 < s < lengths[i]})
-
-        def value(k: int, shared: dict[int, int] = shared) -> float:
-            through = [rewards[j] for j, s in shared.items() if s >= k]
-            return sum(through) / len(through)
-
-        bounds = [0, *points]
-        correct = [j for j in members if rewards[j] >= correct_threshold]
-        short = min((lengths[j] for j in correct), default=None)
-        for seg, start in enumerate(bounds):
-            end = bounds[seg + 1] if seg + 1 < len(bounds) else lengths[i]
-            a = (value(end) if seg + 1 < len(bounds) else rewards[i]) - value(start)
-            if (length_alpha > 0 and short is not None and rewards[i] >= correct_threshold
-                    and lengths[i] > short):  # fmt: skip
-                ratio = (short - start) / (lengths[i] - start)
-                ratio = min(max(ratio, 0.0), 1.0)
-                a = a - abs(a) * (1.0 - ratio**length_alpha)
-            adv[i, start:end] = a
+    for gid in dict.fromkeys(ids):
+        rows = [i for i, g in enumerate(ids) if g == gid]
+        adv[rows] = group_advantages([rewards[i] for i in rows], [parents[i] for i in rows],
+                                     [branch_positions[i] for i in rows], [lengths[i] for i in rows], width,
+                                     length_alpha)  # fmt: skip
     return adv

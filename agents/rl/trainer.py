@@ -310,7 +310,6 @@ class RLTrainer:
             eps=alg.eps, parents=[t.parent for t in trajectories],
             branch_positions=[t.branch_position for t in trajectories],
             lengths=[len(t.response_ids) for t in trajectories], length_alpha=alg.length_alpha,
-            correct_threshold=alg.correct_threshold,
         ))  # fmt: skip
         advantages, returns = advantages.to(device), returns.to(device)
         domain_names = sorted(set(domains))
@@ -356,13 +355,14 @@ class RLTrainer:
         logits, values = self._forward(batch, rows.cpu())
         m, adv = mask[rows], advantages[rows]
         logp = token_log_probs(logits, tokens[rows])
-        pg_tok, clipped = ppo_clip_loss(logp, old_logp[rows], adv, clip_low=alg.clip_low, clip_high=alg.clip_high)
+        pg_tok, clipped = ppo_clip_loss(logp, old_logp[rows], adv, clip_low=alg.clip_low, clip_high=alg.clip_high,
+                                        clip_ratio_c=alg.clip_ratio_c)  # fmt: skip
         term_out = self.term(logits, m, **self.config.term.params)
         pg_mask = term_out.pg_mask if term_out.pg_mask is not None else m
         total_tokens = float(pg_mask.sum().clamp_min(1))
         total_seqs = float(((pg_mask.sum(-1)) > 0).sum().clamp_min(1))
         kl_tok = kl_penalty(logp, ref_logp[rows], alg.kl_estimator) if ref_logp is not None else None
-        v_tok = value_loss(values, old_values[rows], returns[rows], alg.value_clip) if values is not None else None
+        v_tok = 0.5 * value_loss(values, old_values[rows], returns[rows], alg.value_clip) if values is not None else None
         term_tokens = float(m.sum().clamp_min(1))
 
         def loss_for(row_mask: torch.Tensor) -> torch.Tensor:
