@@ -9,7 +9,7 @@ from embedkit.cocoa.masks import additive_mask, build_attention_mask, render_mas
 from embedkit.errors import EmbedkitError
 from embedkit.multimodal.sequence import Segment
 
-PAD, INS, TXT, VIS, IMG, EOS, TGT, SLOT = (int(s) for s in Segment)
+PAD, INS, TXT, VIS, IMG, EOS, TGT, SLOT, DEC = (int(s) for s in Segment)
 
 
 def grid(*rows: str) -> torch.Tensor:

@@ -162,16 +162,19 @@ def run_search(args: argparse.Namespace) -> int:
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="CoCoA YAML (see configs/cocoa.yaml)")
     parser.add_argument("--output-dir", help="override run.output_dir")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="override a config value by its dotted key (repeatable), e.g. stage1.steps=10")
     parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
 
 
 def _load_config(args):
     from embedkit.cocoa.config import CocoaConfig
+    from embedkit.config import parse_set_overrides
 
-    config = CocoaConfig.from_yaml(args.config)
+    overrides = parse_set_overrides(args.overrides)
     if args.output_dir:
-        config = config.with_overrides(run={"output_dir": args.output_dir})
-    return config
+        overrides["run.output_dir"] = args.output_dir
+    return CocoaConfig.from_yaml(args.config, overrides=overrides)
 
 
 def _log_progress() -> None:

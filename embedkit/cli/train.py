@@ -9,6 +9,7 @@ from embedkit.cli._common import add_command, add_quiet_argument
 EXAMPLES = """\
   embedkit train --config configs/train_multitask.yaml
   embedkit train --config configs/train_multitask.yaml --output-dir runs/mt2 --strategy sequential
+  embedkit train --config configs/train_multitask.yaml --set sequential_order=reversed --set learning_rate=1e-5
   torchrun --nproc_per_node 4 -m embedkit train --config configs/train_multitask.yaml   # multi-GPU
 """
 
@@ -31,15 +32,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="override the base model")
     parser.add_argument("--strategy", choices=["batch_shuffle", "mixed", "sequential", "two_stage"])
     parser.add_argument("--max-steps", type=int, help="stop each stage after this many steps (smoke runs)")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="override a config value by its dotted key (repeatable), e.g. lora.r=16")
     add_quiet_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from embedkit.training import load_train_config, train
+    from embedkit.config import parse_set_overrides
+    from embedkit.training import TrainConfig, train
 
-    config = load_train_config(
-        args.config, output_dir=args.output_dir, model=args.model, strategy=args.strategy, max_steps=args.max_steps
-    )
+    flags = {"output_dir": args.output_dir, "model": args.model, "strategy": args.strategy, "max_steps": args.max_steps}
+    overrides = {**{k: v for k, v in flags.items() if v is not None}, **parse_set_overrides(args.overrides)}
+    config = TrainConfig.from_yaml(args.config, overrides=overrides)
     result = train(config, quiet=args.quiet)
     print(f"trained {result.steps} steps in {result.train_seconds:.0f} s -> {result.output_dir}")
     for name, rows in result.rows.items():

@@ -1,23 +1,20 @@
 """CoCoA settings. Every choice the paper leaves open is a field here; docs/cocoa.md says which are inferred.
 
-    config = CocoaConfig.from_yaml("configs/cocoa.yaml")
+    config = CocoaConfig.from_yaml("configs/cocoa.yaml", overrides={"stage1.steps": 10})
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 
-from embedkit.config import load_yaml_mapping, validate_config
+from embedkit.config import YamlConfig
 
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+Attention = Literal["causal", "bidirectional"]
 
 
-class LoraSettings(_Frozen):
+class LoraSettings(YamlConfig):
     """Low-rank adapters (peft) on the language model; the vision tower stays as `freeze_vision` says."""
 
     r: int = Field(16, gt=0)
@@ -27,24 +24,34 @@ class LoraSettings(_Frozen):
     merge_on_save: bool = Field(True, description="export merged full weights in the final model folder")
 
 
-class ModelSettings(_Frozen):
+class ModelSettings(YamlConfig):
     name_or_path: str = Field(..., description="local folder or hub id (Qwen2-VL / Qwen2.5-VL)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     eos_token: str = "<|endoftext|>"
     mask_token: str = Field("<|mask|>", description="added to the tokenizer if missing (stage 1 and slots)")
-    max_length: int = Field(256, gt=8)
+    max_length: int = Field(256, gt=8, description="token budget of one sequence's content: instruction, "
+                            "image tokens and text together (text is cut first, then images are scaled down)")
+    min_pixels: int | None = Field(None, gt=0, description="Qwen2-VL processor's min_pixels (default 56*56)")
+    max_pixels: int | None = Field(None, gt=0, description="Qwen2-VL processor's max_pixels (default 28*28*1280)")
+    text_reserve: int = Field(16, ge=0, description="tokens kept free for text when images are fitted "
+                              "into max_length")
     padding_side: Literal["left", "right"] = "left"
     gradient_checkpointing: bool = False
     freeze_vision: bool = Field(False, description="keep the vision tower fixed (its merger still trains)")
     lora: LoraSettings | None = None
 
 
-class Stage1Settings(_Frozen):
+class Stage1Settings(YamlConfig):
     """Bidirectional warm-up with joint reconstruction (masked tokens, masked image patches)."""
 
     steps: int = Field(100, ge=0)
     learning_rate: float = Field(1e-4, gt=0)
+    attention: Attention = Field("bidirectional", description="attention flow of the warm-up")
+    image_mask_at: Literal["pixels", "features"] = Field(
+        "pixels", description="pixels: masked patches are replaced by a learned mask patch BEFORE the vision "
+        "encoder (its attention cannot spread their content); features: the merged vision output is "
+        "replaced by the mask token's embedding (leaks the masked content through the vision tower)")
     text_mask_prob: float = Field(0.3, ge=0, le=1)
     image_mask_prob: float = Field(0.5, ge=0, le=1)
     text_objective: Literal["mntp", "mlm"] = Field(
@@ -57,21 +64,29 @@ class Stage1Settings(_Frozen):
     image_weight: float = Field(1.0, ge=0)
 
 
-class Stage2Settings(_Frozen):
+class Stage2Settings(YamlConfig):
     """EOS-bridged reconstruction with attention truncation."""
 
     steps: int = Field(100, ge=0)
     learning_rate: float = Field(1e-4, gt=0)
-    content_attention: Literal["causal", "bidirectional"] = "causal"
+    content_attention: Attention = "causal"
+    decoder_start_token: str = Field(
+        "<|im_start|>", description="put after <EOS>; its state (not <EOS>'s) predicts the first target "
+        "token, so the embedding is only read through attention")
+    text_target: Literal["text", "description"] = Field(
+        "text", description="text: reconstruct the record's text; description: its `description` field")
+    remove_caption: bool = Field(
+        True, description="a record with an image and a text target: the content is the image alone, so the "
+        "target must pass through <EOS> instead of being copied from visible content")
     reconstruct_text: bool = True
     reconstruct_image: bool = Field(True, description="regress image patches from <EOS> via query slots")
     image_target: Literal["pixels", "features"] = "pixels"
-    image_slot_attention: Literal["causal", "bidirectional"] = "bidirectional"
+    image_slot_attention: Attention = "bidirectional"
     text_weight: float = Field(1.0, ge=0)
     image_weight: float = Field(1.0, ge=0)
 
 
-class Stage3Settings(_Frozen):
+class Stage3Settings(YamlConfig):
     """Contrastive learning on <EOS> embeddings (VLM2Vec's recipe where CoCoA is silent)."""
 
     steps: int = Field(100, ge=0)
@@ -80,27 +95,34 @@ class Stage3Settings(_Frozen):
     hard_negatives: int = Field(1, ge=0, description="hard negatives per query taken from the data")
     in_batch_negatives: bool = True
     symmetric: bool = Field(False, description="also score targets against queries (CLIP-style)")
-    content_attention: Literal["causal", "bidirectional"] = "causal"
+    content_attention: Attention = "causal"
+    grad_cache: bool = Field(
+        True, description="with gradient accumulation, in-batch negatives span the whole accumulated batch "
+        "(GradCache: embeddings first without gradients, then each micro-batch backpropagates its share)")
+    gather_across_devices: bool = Field(True, description="in-batch negatives from every process's batch")
     normalize: bool = True
 
 
-class OptimSettings(_Frozen):
+class OptimSettings(YamlConfig):
     batch_size: int = Field(8, gt=0)
     gradient_accumulation: int = Field(1, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "cosine", description="decay after warm-up, over each stage's steps")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="the schedule's floor, as a fraction of the peak")
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 0
 
 
-class DataSettings(_Frozen):
+class DataSettings(YamlConfig):
     pretrain: str | None = Field(None, description="jsonl of {text, image} (either may be missing)")
     contrastive: str | None = Field(None, description="jsonl in MMEB-train form: qry, qry_image_path, "
                                     "pos_text, pos_image_path, neg_text, neg_image_path")
     image_base_dir: str | None = Field(None, description="relative image paths are read from here")
 
 
-class RunSettings(_Frozen):
+class RunSettings(YamlConfig):
     output_dir: str = "runs/cocoa"
     save_every: int = Field(50, gt=0)
     log_every: int = Field(10, gt=0)
@@ -109,7 +131,7 @@ class RunSettings(_Frozen):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
 
-class CocoaConfig(_Frozen):
+class CocoaConfig(YamlConfig):
     model: ModelSettings
     data: DataSettings = DataSettings()
     stage1: Stage1Settings = Stage1Settings()
@@ -118,10 +140,11 @@ class CocoaConfig(_Frozen):
     optim: OptimSettings = OptimSettings()
     run: RunSettings = RunSettings()
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> CocoaConfig:
-        """Read a YAML config; errors name the file and the offending field."""
-        return validate_config(cls, load_yaml_mapping(path), path=path)
+    @model_validator(mode="after")
+    def _check(self) -> CocoaConfig:
+        if (self.model.min_pixels and self.model.max_pixels and self.model.min_pixels > self.model.max_pixels):
+            raise ValueError("model.min_pixels is larger than model.max_pixels")
+        return self
 
     def with_overrides(self, **sections) -> CocoaConfig:
         """A copy with some sections' fields replaced, e.g. `with_overrides(run={"output_dir": "x"})`."""

@@ -1,7 +1,8 @@
 """Training records for CoCoA: pre-training inputs (text and/or image) and contrastive pairs.
 
 Pre-training jsonl: one object per line with `text` (or `caption`) and/or `image` (or `image_path`,
-`img_path`). Contrastive jsonl: MMEB-train's fields `qry`, `qry_image_path`, `pos_text`,
+`img_path`), and optionally `description` (or `target`): a description of the image that stage 2
+reconstructs instead of the caption (`stage2.text_target: description`). Contrastive jsonl: MMEB-train's fields `qry`, `qry_image_path`, `pos_text`,
 `pos_image_path`, `neg_text`, `neg_image_path` (Phi-3-V placeholders such as `<|image_1|>` are dropped:
 images are placed by the sequence builder), plus optional `qry_instruction` / `pos_instruction`.
 """
@@ -40,7 +41,9 @@ def read_pretrain_records(path: str | Path) -> list[MultimodalInput]:
         if text is None and image is None:
             raise DataFormatError("a record needs 'text' or 'image'", path=path, line=number,
                                   fields_found=record.keys())
-        records.append(MultimodalInput(text=text, image=image, instruction=record.get("instruction")))
+        description = clean_text(_first(record, "description", "target"))
+        records.append(MultimodalInput(text=text, image=image, instruction=record.get("instruction"),
+                                       description=description))
     if not records:
         raise DataFormatError("no records", path=path)
     return records

@@ -8,12 +8,15 @@ Rules shared by all stages:
 - every real token attends to itself.
 
 Per stage:
-- `bidirectional` (stage 1, warm-up): every real token attends to every real token.
+- `bidirectional` (stage 1, warm-up): every real token attends to every real token (stage 1 can also
+  run under `causal`, its `attention` setting).
 - `eos_bridge` (stage 2): content tokens (instruction, text, vision marks, image) attend to content
-  (causally, or all of it with `content_attention="bidirectional"`); <EOS> attends to all content; a
-  TARGET (text to reconstruct) attends to <EOS> and to earlier TARGET tokens, never to content, so
-  everything it knows about the input passes through <EOS>; a TARGET_IMAGE slot attends to <EOS> and to
-  the image slots (all of them, or earlier ones with `image_slot_attention="causal"`).
+  (causally, or all of it with `content_attention="bidirectional"`); <EOS> attends to all content; the
+  DECODER_START token after <EOS> and every TARGET (text to reconstruct) attend to <EOS>, to the
+  decoder-start token and to earlier TARGET tokens, never to content, so everything they know about the
+  input passes through <EOS>'s keys and values (the LM head never reads <EOS>'s own state); a
+  TARGET_IMAGE slot attends to <EOS> and to the image slots (all of them, or earlier ones with
+  `image_slot_attention="causal"`).
 - `causal` (stage 3 and inference): token i attends to real tokens j <= i (VLM2Vec's recipe), or to all
   real tokens with `content_attention="bidirectional"`.
 """
@@ -57,7 +60,7 @@ def build_attention_mask(
     pair_real = real[:, :, None] & real[:, None, :]
     earlier = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()[None]
     eye = torch.eye(length, dtype=torch.bool, device=segments.device)[None]
-    has_target = bool(_is(segments, Segment.TARGET, Segment.TARGET_IMAGE).any())
+    has_target = bool(_is(segments, Segment.TARGET, Segment.TARGET_IMAGE, Segment.DECODER_START).any())
 
     if stage == "bidirectional":
         if has_target:
@@ -71,6 +74,8 @@ def build_attention_mask(
         content = _is(segments, *CONTENT_SEGMENTS)
         eos = _is(segments, Segment.EOS)
         target = _is(segments, Segment.TARGET)
+        start = _is(segments, Segment.DECODER_START)
+        decoder = target | start
         slot = _is(segments, Segment.TARGET_IMAGE)
         q = lambda mask: mask[:, :, None]  # noqa: E731 - query-side broadcast
         k = lambda mask: mask[:, None, :]  # noqa: E731 - key-side broadcast
@@ -79,7 +84,7 @@ def build_attention_mask(
         allowed = (
             (q(content) & k(content) & content_rule)
             | (q(eos) & (k(content) | k(eos)) & earlier)
-            | (q(target) & (k(eos) | (k(target) & earlier)))
+            | (q(decoder) & (k(eos) | (k(decoder) & earlier)))
             | (q(slot) & (k(eos) | (k(slot) & slot_rule)))
         )
         allowed &= pair_real
@@ -106,6 +111,7 @@ SEGMENT_CODES = {
     Segment.EOS: "E",
     Segment.TARGET: "R",
     Segment.TARGET_IMAGE: "Q",
+    Segment.DECODER_START: "D",
 }
 
 

@@ -1,9 +1,13 @@
 """The loss of each CoCoA stage for one batch.
 
-Stage 1 (`warmup_loss`): bidirectional attention; masked text tokens are predicted (MNTP or MLM) and masked
-image tokens regress their patches' pixels (or the vision tower's features) through a linear head.
-Stage 2 (`bridge_loss`): `content <EOS> target`, where the target sees the content only through <EOS>;
-the text is decoded from <EOS> and image query slots regress the image's patches.
+Stage 1 (`warmup_loss`): bidirectional (or causal) attention; masked text tokens are predicted (MNTP or MLM)
+and masked image tokens regress their patches' pixels (or the vision tower's features) through a linear
+head. Image tokens are masked before the vision encoder: their patches are replaced by a learned mask
+patch, so the tower's own attention cannot carry the masked content into neighbouring tokens.
+Stage 2 (`bridge_loss`): `content <EOS> <DEC> target`, where the decoder-start token and the target see
+the content only through <EOS>'s keys and values; the first target token is predicted from <DEC>'s state,
+never from <EOS>'s (the embedding itself is not trained as an LM-head input); image query slots regress
+the image's patches.
 Stage 3 (`contrastive_loss`): InfoNCE over <EOS> embeddings with in-batch and hard negatives.
 """
 
@@ -17,26 +21,29 @@ from torch import nn
 
 from embedkit.cocoa.config import Stage1Settings, Stage2Settings, Stage3Settings
 from embedkit.cocoa.masks import build_attention_mask
-from embedkit.multimodal.forward import forward_hidden, lm_logits
+from embedkit.errors import EmbedkitError
+from embedkit.multimodal.forward import forward_hidden, image_features, lm_logits
 from embedkit.multimodal.loading import unwrap
-from embedkit.multimodal.sequence import EncodedBatch, Segment
+from embedkit.multimodal.sequence import EncodedBatch, MultimodalInput, Segment
 
 
 class ReconstructionHeads(nn.Module):
     """Linear heads from hidden states to image targets (pixels of the merged patches, or features)."""
 
-    def __init__(self, hidden_size: int, pixel_dim: int) -> None:
+    def __init__(self, hidden_size: int, pixel_dim: int, patch_dim: int | None = None) -> None:
         super().__init__()
         self.pixels = nn.Linear(hidden_size, pixel_dim)
         self.features = nn.Linear(hidden_size, hidden_size)
+        # The vision-encoder input that replaces a masked patch (SimMIM-style learned mask patch).
+        self.mask_patch = nn.Parameter(torch.zeros(patch_dim or pixel_dim))
 
     @classmethod
     def for_model(cls, model, image_processor) -> ReconstructionHeads:
         config = unwrap(model).config
         merge = image_processor.merge_size
         patch = image_processor.patch_size
-        pixel_dim = merge * merge * 3 * image_processor.temporal_patch_size * patch * patch
-        return cls(config.text_config.hidden_size, pixel_dim)
+        patch_dim = 3 * image_processor.temporal_patch_size * patch * patch
+        return cls(config.text_config.hidden_size, merge * merge * patch_dim, patch_dim)
 
 
 @dataclass
@@ -57,6 +64,19 @@ def _image_targets(kind: str, batch: EncodedBatch, features, merge_size: int) ->
     if kind == "pixels":
         return pixel_targets(batch, merge_size)
     return features.detach().float()
+
+
+def mask_pixels(pixel_values: torch.Tensor, tokens: torch.Tensor, merge_size: int,
+                mask_patch: torch.Tensor) -> torch.Tensor:
+    """Replace the patches of the merged image tokens `tokens` by `mask_patch` (the processor lays out
+    each merged token's merge x merge patches consecutively)."""
+    group = merge_size * merge_size
+    rows = torch.zeros(pixel_values.shape[0], dtype=torch.bool, device=pixel_values.device)
+    starts = tokens.to(pixel_values.device) * group
+    for offset in range(group):
+        rows[starts + offset] = True
+    patch = mask_patch.to(pixel_values.dtype).expand(int(rows.sum()), -1)
+    return pixel_values.masked_scatter(rows[:, None].expand_as(pixel_values), patch)
 
 
 def warmup_loss(model, heads: ReconstructionHeads, batch: EncodedBatch, settings: Stage1Settings,
@@ -82,11 +102,19 @@ def warmup_loss(model, heads: ReconstructionHeads, batch: EncodedBatch, settings
     original_ids = batch.input_ids
     inputs = EncodedBatch(**{**batch.__dict__, "input_ids": original_ids.masked_fill(masked_text, mask_token_id)})
     replace = None
-    if masked_image.any():
+    token_rank = image.flatten().cumsum(0).reshape(image.shape) - 1  # index among image tokens
+    clean_features = None
+    if masked_image.any() and settings.image_mask_at == "pixels":
+        inputs.pixel_values = mask_pixels(batch.pixel_values, token_rank[masked_image], merge_size,
+                                          heads.mask_patch)
+        if settings.image_target == "features":  # the target is what the tower makes of the clean image
+            with torch.no_grad():
+                clean_features = image_features(model, batch)
+    elif masked_image.any():
         embed = unwrap(model).model.get_input_embeddings()
         mask_vector = embed(torch.tensor([mask_token_id], device=device))
         replace = (masked_image, mask_vector.expand(int(masked_image.sum()), -1))
-    allowed = build_attention_mask(segments, "bidirectional")
+    allowed = build_attention_mask(segments, "bidirectional" if settings.attention == "bidirectional" else "causal")
     out = forward_hidden(model, inputs, allowed, replace=replace)
 
     parts: dict[str, float] = {}
@@ -102,8 +130,8 @@ def warmup_loss(model, heads: ReconstructionHeads, batch: EncodedBatch, settings
         total = total + settings.text_weight * text_loss
         parts["text"] = float(text_loss.detach())
     if masked_image.any() and settings.image_weight > 0:
-        targets = _image_targets(settings.image_target, batch, out.image_features, merge_size)
-        token_rank = image.flatten().cumsum(0).reshape(image.shape) - 1  # index among image tokens
+        features = clean_features if clean_features is not None else out.image_features
+        targets = _image_targets(settings.image_target, batch, features, merge_size)
         chosen = token_rank[masked_image]
         head = heads.pixels if settings.image_target == "pixels" else heads.features
         predicted = head(out.hidden[masked_image].float())
@@ -112,6 +140,26 @@ def warmup_loss(model, heads: ReconstructionHeads, batch: EncodedBatch, settings
         parts["image"] = float(image_loss.detach())
     parts["loss"] = float(total.detach())
     return StepLoss(total, parts)
+
+
+def stage2_inputs(items: list[MultimodalInput], settings: Stage2Settings
+                  ) -> tuple[list[MultimodalInput], list[str | None] | None]:
+    """The content each record is encoded with and the text it must be reconstructed into.
+
+    The target is the record's text (`text_target: text`) or its `description`. With `remove_caption`,
+    a record that has an image is encoded from the image alone, so its caption (or its description's
+    source) cannot be copied from visible content: it has to travel through <EOS>.
+    """
+    if not settings.reconstruct_text:
+        return list(items), None
+    content, targets = [], []
+    for item in items:
+        target = item.text if settings.text_target == "text" else item.description
+        if settings.remove_caption and item.image is not None and item.text is not None:
+            item = item.model_copy(update={"text": None})
+        content.append(item)
+        targets.append(target)
+    return content, targets
 
 
 def bridge_loss(model, heads: ReconstructionHeads, batch: EncodedBatch, settings: Stage2Settings,
@@ -126,7 +174,10 @@ def bridge_loss(model, heads: ReconstructionHeads, batch: EncodedBatch, settings
     target = segments == int(Segment.TARGET)
     if settings.reconstruct_text and target.any() and settings.text_weight > 0:
         source = torch.zeros_like(target)
-        source[:, :-1] = target[:, 1:]  # <EOS> predicts the first target token, each target the next
+        source[:, :-1] = target[:, 1:]  # <DEC> predicts the first target token, each target the next
+        if bool((segments[source] == int(Segment.EOS)).any()):
+            raise EmbedkitError("stage 2 would train <EOS>'s state as an LM-head input; the sequences need "
+                                "a decoder-start token after <EOS> (stage2.decoder_start_token)")
         logits = lm_logits(model, out.hidden[source]).float()
         text_loss = F.cross_entropy(logits, batch.input_ids[target])
         total = total + settings.text_weight * text_loss
@@ -144,33 +195,40 @@ def bridge_loss(model, heads: ReconstructionHeads, batch: EncodedBatch, settings
 
 
 def info_nce(queries: torch.Tensor, candidates: torch.Tensor, temperature: float, *,
-             allowed: torch.Tensor | None = None) -> torch.Tensor:
-    """InfoNCE where query i's positive is candidate i; `allowed` [Q, C] hides candidates (False)."""
+             allowed: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+    """InfoNCE where query i's positive is candidate offset + i; `allowed` [Q, C] hides candidates (False)."""
     scores = queries @ candidates.T / temperature
     if allowed is not None:
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    labels = torch.arange(queries.shape[0], device=queries.device)
+    labels = torch.arange(queries.shape[0], device=queries.device) + offset
     return F.cross_entropy(scores, labels)
 
 
 def contrastive_loss(query_vectors: torch.Tensor, positive_vectors: torch.Tensor,
                      negative_vectors: torch.Tensor | None, negative_owner: list[int],
-                     settings: Stage3Settings) -> StepLoss:
-    """Stage 3: queries against [positives; hard negatives]; `negative_owner[n]` = query of negative n."""
+                     settings: Stage3Settings, *, positive_offset: int = 0) -> StepLoss:
+    """Stage 3: queries against [positives; hard negatives]; `negative_owner[n]` = query of negative n.
+
+    `positive_vectors` may hold more rows than there are queries (other processes' positives, gathered):
+    query i's positive is then row `positive_offset + i`.
+    """
     candidates = positive_vectors
     n_query = query_vectors.shape[0]
+    n_positive = positive_vectors.shape[0]
     if negative_vectors is not None and len(negative_owner):
         candidates = torch.cat([positive_vectors, negative_vectors])
     allowed = None
+    rows = torch.arange(n_query, device=candidates.device)
     if not settings.in_batch_negatives:
         allowed = torch.zeros((n_query, candidates.shape[0]), dtype=torch.bool, device=candidates.device)
-        allowed[torch.arange(n_query), torch.arange(n_query)] = True
+        allowed[rows, rows + positive_offset] = True
         for column, owner in enumerate(negative_owner):
-            allowed[owner, n_query + column] = True
-    loss = info_nce(query_vectors, candidates, settings.temperature, allowed=allowed)
+            allowed[owner, n_positive + column] = True
+    loss = info_nce(query_vectors, candidates, settings.temperature, allowed=allowed, offset=positive_offset)
     parts = {"query_to_target": float(loss.detach())}
     if settings.symmetric:
-        backward = info_nce(positive_vectors, query_vectors, settings.temperature)
+        own = positive_vectors[positive_offset: positive_offset + n_query]
+        backward = info_nce(own, query_vectors, settings.temperature)
         parts["target_to_query"] = float(backward.detach())
         loss = (loss + backward) / 2
     parts["loss"] = float(loss.detach())

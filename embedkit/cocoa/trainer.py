@@ -30,6 +30,7 @@ from embedkit.cocoa.objectives import (
     StepLoss,
     bridge_loss,
     contrastive_loss,
+    stage2_inputs,
     warmup_loss,
 )
 from embedkit.errors import EmbedkitError
@@ -75,9 +76,10 @@ class CocoaTrainer:
         self.device = self.accelerator.device
         self.vlm = loaded or load_vlm(self.init, device=str(self.device), dtype=config.model.dtype,
                                       attn_implementation=config.model.attn_implementation)
-        self._ensure_mask_token()
+        self._ensure_token(config.model.mask_token)
+        self._ensure_token(config.stage2.decoder_start_token)
         self.tokens = VisionTokens.from_tokenizer(self.vlm.tokenizer, config.model.eos_token,
-                                                  config.model.mask_token)
+                                                  config.model.mask_token, config.stage2.decoder_start_token)
         self.merge_size = int(self.vlm.image_processor.merge_size)
         with torch.random.fork_rng(devices=[]):  # heads' init depends on the seed only, not on earlier work
             torch.manual_seed(config.optim.seed)
@@ -86,9 +88,9 @@ class CocoaTrainer:
         self.history: list[StageResult] = []
 
     # ----------------------------------------------------------------------------------- model set-up
-    def _ensure_mask_token(self) -> None:
+    def _ensure_token(self, token: str) -> None:
+        """Add a special token the stages need (mask, decoder start) when the tokenizer lacks it."""
         tokenizer = self.vlm.tokenizer
-        token = self.config.model.mask_token
         if token in tokenizer.get_vocab():
             return
         tokenizer.add_special_tokens({"additional_special_tokens": [token]})
@@ -160,7 +162,9 @@ class CocoaTrainer:
         return encode_batch(items, self.vlm.tokenizer, self.vlm.image_processor, self.tokens,
                             max_length=self.config.model.max_length,
                             padding_side=self.config.model.padding_side,
-                            image_base_dir=self.config.data.image_base_dir, **kwargs).to(self.device)
+                            image_base_dir=self.config.data.image_base_dir,
+                            min_pixels=self.config.model.min_pixels, max_pixels=self.config.model.max_pixels,
+                            text_reserve=self.config.model.text_reserve, **kwargs).to(self.device)
 
     def _stage1_step(self, items: list[MultimodalInput], generator: torch.Generator) -> StepLoss:
         batch = self._encode(items)
@@ -169,22 +173,14 @@ class CocoaTrainer:
 
     def _stage2_step(self, items: list[MultimodalInput], generator: torch.Generator) -> StepLoss:
         settings = self.config.stage2
-        targets = [item.text for item in items] if settings.reconstruct_text else None
-        batch = self._encode(items, targets=targets, image_target_slots=settings.reconstruct_image)
+        content, targets = stage2_inputs(items, settings)
+        batch = self._encode(content, targets=targets, image_target_slots=settings.reconstruct_image)
         return bridge_loss(self.vlm.model, self.heads, batch, settings, self.merge_size)
 
     def _stage3_step(self, pairs: list[ContrastivePair], generator: torch.Generator) -> StepLoss:
         settings = self.config.stage3
         embedder = self.embedder(normalize=settings.normalize, content_attention=settings.content_attention)
-        queries = embedder.encode_batch_tensor([pair.query for pair in pairs])
-        targets = [pair.positive for pair in pairs]
-        owners: list[int] = []
-        for index, pair in enumerate(pairs):
-            for negative in pair.negatives[: settings.hard_negatives]:
-                targets.append(negative)
-                owners.append(index)
-        target_vectors = embedder.encode_batch_tensor(targets)
-        positives, negatives = target_vectors[: len(pairs)], target_vectors[len(pairs):]
+        queries, positives, negatives, owners = self._stage3_vectors(pairs, embedder)
         return contrastive_loss(queries, positives, negatives if owners else None, owners, settings)
 
     def embedder(self, **overrides):
@@ -194,6 +190,8 @@ class CocoaTrainer:
         settings = dict(model=self.init, max_length=self.config.model.max_length,
                         padding_side=self.config.model.padding_side, eos_token=self.config.model.eos_token,
                         image_base_dir=self.config.data.image_base_dir,
+                        min_pixels=self.config.model.min_pixels, max_pixels=self.config.model.max_pixels,
+                        text_reserve=self.config.model.text_reserve,
                         content_attention=self.config.stage3.content_attention,
                         normalize=self.config.stage3.normalize)
         settings.update(overrides)
@@ -209,40 +207,115 @@ class CocoaTrainer:
         parameters = [p for p in self.vlm.model.parameters() if p.requires_grad]
         parameters += list(self.heads.parameters())
         optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=optim.weight_decay)
-        warmup = optim.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+            optimizer, lambda step: lr_factor(step, optim.warmup_steps, steps, optim.lr_schedule, optim.min_lr_ratio))
         if optimizer_state is not None and optimizer_state.exists():
             saved = torch.load(optimizer_state, map_location="cpu", weights_only=True)
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
         # The model stays unwrapped: the stages call its submodules directly (custom masks), which a DDP
         # wrapper would not see, so gradients are averaged across processes by hand (`_sync_gradients`).
+        # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step it
+        # once per process), so `steps` is the schedule's length on any number of devices.
         model = self.vlm.model
-        optimizer, scheduler = self.accelerator.prepare(optimizer, scheduler)
+        optimizer = self.accelerator.prepare(optimizer)
         losses: list[dict[str, float]] = []
         sampler = BatchSampler(len(data), optim.batch_size, optim.seed, self.accelerator.process_index,
                                self.accelerator.num_processes)
+        cached = stage == "stage3" and self.config.stage3.grad_cache and optim.gradient_accumulation > 1
         for step in range(start, steps):
             generator = torch.Generator().manual_seed(zlib.crc32(f"{optim.seed}/{stage}/{step}".encode()))
-            for micro in range(optim.gradient_accumulation):
-                items = [data[i] for i in sampler.batch(step * optim.gradient_accumulation + micro)]
-                with self.accelerator.accumulate(model), self.accelerator.autocast():
-                    result = step_fn(items, generator)
-                    self.accelerator.backward(result.total)
-                    if self.accelerator.sync_gradients:
-                        self._sync_gradients(parameters)
-                        self.accelerator.clip_grad_norm_(parameters, optim.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-            losses.append({"step": step + 1, **result.parts})
+            micro_batches = [[data[i] for i in sampler.batch(step * optim.gradient_accumulation + micro)]
+                             for micro in range(optim.gradient_accumulation)]
+            if cached:
+                # One contrastive batch over all micro-batches: in-batch negatives grow with accumulation.
+                with self.accelerator.autocast():
+                    result = self.cached_contrastive_backward(micro_batches)
+                self._sync_gradients(parameters)
+                self.accelerator.clip_grad_norm_(parameters, optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            else:
+                for items in micro_batches:
+                    with self.accelerator.accumulate(model), self.accelerator.autocast():
+                        result = step_fn(items, generator)
+                        self.accelerator.backward(result.total)
+                        if self.accelerator.sync_gradients:
+                            self._sync_gradients(parameters)
+                            self.accelerator.clip_grad_norm_(parameters, optim.max_grad_norm)
+                        optimizer.step()
+                        if self.accelerator.sync_gradients:
+                            scheduler.step()
+                        optimizer.zero_grad()
+            losses.append({"step": step + 1, "lr": scheduler.get_last_lr()[0], **result.parts})
             if (step + 1) % self.config.run.log_every == 0 or step + 1 == steps:
                 log.info("%s step %d/%d %s", stage, step + 1, steps, result.parts)
             if (step + 1) % self.config.run.save_every == 0 and step + 1 < steps:
                 self._save_checkpoint(phase_dir, stage, step + 1, optimizer, scheduler)
         self._save_checkpoint(phase_dir, stage, steps, optimizer, scheduler)
         self.history.append(StageResult(stage, steps, losses))
+
+    def _stage3_vectors(self, pairs: list[ContrastivePair], embedder):
+        """Query, positive and hard-negative vectors of one micro-batch, with the negatives' owners."""
+        settings = self.config.stage3
+        queries = embedder.encode_batch_tensor([pair.query for pair in pairs])
+        targets = [pair.positive for pair in pairs]
+        owners: list[int] = []
+        for index, pair in enumerate(pairs):
+            for negative in pair.negatives[: settings.hard_negatives]:
+                targets.append(negative)
+                owners.append(index)
+        vectors = embedder.encode_batch_tensor(targets)
+        return queries, vectors[: len(pairs)], vectors[len(pairs):], owners
+
+    def cached_contrastive_backward(self, micro_batches: list[list[ContrastivePair]]) -> StepLoss:
+        """GradCache: embed every micro-batch without gradients, take the contrastive loss over all of
+        them (and over every process's positives with `gather_across_devices`), then re-embed each
+        micro-batch with gradients and backpropagate its share of the loss's gradient.
+
+        The gradients equal those of one big batch; only one micro-batch's activations live at a time.
+        """
+        settings = self.config.stage3
+        embedder = self.embedder(normalize=settings.normalize, content_attention=settings.content_attention)
+        cache = []
+        with torch.no_grad():
+            for pairs in micro_batches:
+                rng = torch.get_rng_state()  # the gradient pass must see the same dropout masks
+                cache.append((rng, self._stage3_vectors(pairs, embedder)))
+        queries = torch.cat([c[1][0] for c in cache]).requires_grad_()
+        local_positives = torch.cat([c[1][1] for c in cache])
+        negatives_list, owners, offset = [], [], 0
+        for _, (q, _p, n, own) in cache:
+            negatives_list.append(n)
+            owners += [offset + o for o in own]
+            offset += q.shape[0]
+        negatives = torch.cat(negatives_list).requires_grad_() if owners else None
+        world = self.accelerator.num_processes
+        rank = self.accelerator.process_index
+        gather = settings.gather_across_devices and world > 1
+        positives = (self.accelerator.gather(local_positives) if gather else local_positives).requires_grad_()
+        shift = rank * local_positives.shape[0] if gather else 0
+        result = contrastive_loss(queries, positives, negatives, owners, settings, positive_offset=shift)
+        result.total.backward()
+        positive_grad = positives.grad
+        if gather:  # every process's queries scored this process's positives: sum their gradients
+            positive_grad = self.accelerator.reduce(positive_grad, reduction="sum")
+            positive_grad = positive_grad[shift: shift + local_positives.shape[0]]
+        # `_sync_gradients` then averages over processes: the gradient of the mean of their losses.
+        start = negative_start = 0
+        for (rng, (q, _p, n, _own)), pairs in zip(cache, micro_batches, strict=True):
+            torch.set_rng_state(rng)
+            q2, p2, n2, _ = self._stage3_vectors(pairs, embedder)
+            rows = slice(start, start + q.shape[0])
+            surrogate = (q2 * queries.grad[rows]).sum() + (p2 * positive_grad[rows]).sum()
+            if n.shape[0]:
+                surrogate = surrogate + (n2 * negatives.grad[negative_start: negative_start + n.shape[0]]).sum()
+            # accelerate divides by the accumulation steps; this one loss already covers all of them.
+            self.accelerator.backward(surrogate * self.accelerator.gradient_accumulation_steps)
+            start += q.shape[0]
+            negative_start += n.shape[0]
+        return StepLoss(result.total.detach(), {**result.parts, "batch": float(queries.shape[0])})
 
     def _sync_gradients(self, parameters) -> None:
         if self.accelerator.num_processes == 1:
@@ -307,8 +380,24 @@ class CocoaTrainer:
             with atomic_write(tmp / EMBEDDER_SETTINGS) as handle:  # how to embed with this model
                 json.dump({"eos_token": self.config.model.eos_token,
                            "content_attention": self.config.stage3.content_attention,
-                           "normalize": self.config.stage3.normalize}, handle, indent=1)
+                           "normalize": self.config.stage3.normalize,
+                           "max_length": self.config.model.max_length,
+                           "min_pixels": self.config.model.min_pixels,
+                           "max_pixels": self.config.model.max_pixels,
+                           "text_reserve": self.config.model.text_reserve}, handle, indent=1)
         return target
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float = 0.0) -> float:
+    """Learning-rate multiplier after `step` optimizer steps: linear warm-up, then constant, linear or
+    cosine decay to `floor` at `total`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    shape = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return floor + (1.0 - floor) * shape
 
 
 def _language_targets(model, names: list[str]) -> list[str]:

@@ -42,6 +42,9 @@ class MultimodalEmbedderConfig(BaseModel):
     query_instruction: str | None = None
     document_instruction: str | None = None
     image_base_dir: str | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    text_reserve: int = 16
 
 
 class MultimodalEmbedder:
@@ -115,7 +118,8 @@ class MultimodalEmbedder:
         batch = encode_batch(
             list(items), self.vlm.tokenizer, self.vlm.image_processor, self.tokens,
             max_length=self.config.max_length, padding_side=self.config.padding_side,
-            image_base_dir=self.config.image_base_dir,
+            image_base_dir=self.config.image_base_dir, min_pixels=self.config.min_pixels,
+            max_pixels=self.config.max_pixels, text_reserve=self.config.text_reserve,
         ).to(device)
         allowed = build_attention_mask(batch.segments, "causal", content_attention=self.config.content_attention)
         hidden = forward_hidden(self.model, batch, allowed).hidden

@@ -2,11 +2,15 @@
 
 Layout of one sequence (pieces that are absent are skipped):
 
-    [instruction] [<|vision_start|> <|image_pad|> x N <|vision_end|>] [text] <EOS> [target ...]
+    [instruction] [<|vision_start|> <|image_pad|> x N <|vision_end|>] [text] <EOS> [<DEC> target ...] [slots]
 
 N is the number of merged image patches the vision tower produces for that image. Every token carries a
 `Segment` label; the CoCoA attention masks (`embedkit.cocoa.masks`) are computed from these labels alone,
 so the same sequence can be read under any stage's attention rules.
+
+`max_length` is the budget of the content (instruction + image tokens + text + <EOS>): images are
+scaled down (through the processor's `max_pixels`) so that `text_reserve` tokens stay free for text,
+then the text is cut to what is left.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class Segment(IntEnum):
     EOS = 5
     TARGET = 6  # stage-2 text to reconstruct from <EOS>
     TARGET_IMAGE = 7  # stage-2 query slots that regress image patches from <EOS>
+    DECODER_START = 8  # stage-2 token after <EOS> whose state predicts the first target token
 
 
 _PLACEHOLDER = re.compile(r"<\|image_\d+\|>")
@@ -60,6 +65,8 @@ class MultimodalInput(BaseModel):
     text: str | None = None
     image: Any = None
     instruction: str | None = None
+    #: CoCoA stage-2 reconstruction text (e.g. a description of the image); never part of the content.
+    description: str | None = None
 
 
 @dataclass
@@ -92,10 +99,12 @@ class VisionTokens:
     eos: int
     pad: int
     mask: int | None = None
+    decoder_start: int | None = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer, eos_token: str = "<|endoftext|>",
-                       mask_token: str | None = "<|mask|>") -> VisionTokens:
+                       mask_token: str | None = "<|mask|>",
+                       decoder_start_token: str | None = None) -> VisionTokens:
         def token_id(token: str) -> int:
             value = tokenizer.convert_tokens_to_ids(token)
             if value is None or value == tokenizer.unk_token_id:
@@ -107,8 +116,11 @@ class VisionTokens:
             found = tokenizer.convert_tokens_to_ids(mask_token)
             mask = None if found is None or found == tokenizer.unk_token_id else int(found)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else token_id(eos_token)
+        start = token_id(decoder_start_token) if decoder_start_token is not None else None
+        if start is not None and start == token_id(eos_token):
+            raise EmbedkitError("the decoder-start token must differ from the <EOS> token")
         return cls(token_id("<|image_pad|>"), token_id("<|vision_start|>"), token_id("<|vision_end|>"),
-                   token_id(eos_token), int(pad), mask)
+                   token_id(eos_token), int(pad), mask, start)
 
 
 def encode_batch(
@@ -122,23 +134,34 @@ def encode_batch(
     targets: list[str | None] | None = None,
     image_target_slots: bool = False,
     image_base_dir: str | Path | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    text_reserve: int = 16,
 ) -> EncodedBatch:
-    """Tokenize and pad `items`. `targets` appends stage-2 reconstruction text after <EOS> (ending with
-    <EOS>); `image_target_slots` appends one mask-token slot per image token after <EOS> (stage 2)."""
+    """Tokenize and pad `items`. `targets` appends stage-2 reconstruction text after <EOS>, opened by the
+    decoder-start token when `tokens.decoder_start` is set and closed by <EOS>; `image_target_slots`
+    appends one mask-token slot per image token (stage 2). Images are fitted into `max_length` (see the
+    module doc) within the processor's `min_pixels`/`max_pixels`."""
     import torch
 
     from embedkit.multimodal.images import load_image
 
     images = []
+    instructions: list[list[int]] = []
     for item in items:
         if item.text is None and item.image is None:
             raise EmbedkitError("an input needs text, an image, or both")
         if item.image is not None:
             images.append(load_image(item.image, base_dir=image_base_dir))
+        instructions.append(tokenizer(item.instruction, add_special_tokens=False)["input_ids"]
+                            if item.instruction else [])
     pixel_values = grid = None
     tokens_per_image: list[int] = []
     if images:
-        processed = image_processor(images=images, return_tensors="pt")
+        size = image_size_limits(image_processor, max_length=max_length,
+                                 instruction_tokens=max(len(i) for i in instructions),
+                                 min_pixels=min_pixels, max_pixels=max_pixels, text_reserve=text_reserve)
+        processed = image_processor(images=images, return_tensors="pt", size=size)
         pixel_values, grid = processed["pixel_values"], processed["image_grid_thw"]
         merge = image_processor.merge_size
         tokens_per_image = [int(n) for n in (grid.prod(-1) // (merge * merge)).tolist()]
@@ -156,8 +179,8 @@ def encode_batch(
             ids.extend(piece)
             segs.extend([int(segment)] * len(piece))
 
-        if item.instruction:
-            add(tokenizer(item.instruction, add_special_tokens=False)["input_ids"], Segment.INSTRUCTION)
+        if instructions[row]:
+            add(instructions[row], Segment.INSTRUCTION)
         n_image = 0
         if item.image is not None:
             n_image = tokens_per_image[image_index]
@@ -173,6 +196,8 @@ def encode_batch(
         add([tokens.eos], Segment.EOS)
         target = targets[row] if targets is not None else None
         if target:
+            if tokens.decoder_start is not None:
+                add([tokens.decoder_start], Segment.DECODER_START)
             target_ids = tokenizer(target, add_special_tokens=False)["input_ids"][:max_length]
             add(target_ids + [tokens.eos], Segment.TARGET)
         if image_target_slots and n_image:
@@ -191,6 +216,24 @@ def encode_batch(
         segments[row, span] = torch.tensor(segs)
     mm_types = (segments == int(Segment.IMAGE)).int()
     return EncodedBatch(input_ids, attention, segments, mm_types, pixel_values, grid, image_rows)
+
+
+def image_size_limits(image_processor, *, max_length: int, instruction_tokens: int = 0,
+                      min_pixels: int | None = None, max_pixels: int | None = None,
+                      text_reserve: int = 16) -> dict[str, int]:
+    """The processor's `size` ({shortest_edge: min_pixels, longest_edge: max_pixels}) for one batch:
+    the configured caps, tightened so one image's tokens fit `max_length` beside the instruction, the
+    two vision marks, <EOS> and `text_reserve` text tokens."""
+    factor = int(image_processor.patch_size) * int(image_processor.merge_size)
+    defaults = getattr(image_processor, "size", None) or {}
+    low = min_pixels or defaults.get("shortest_edge") or factor * factor
+    high = max_pixels or defaults.get("longest_edge") or 28 * 28 * 1280
+    room = max_length - instruction_tokens - 3 - text_reserve
+    if room < 1:
+        raise EmbedkitError(f"max_length {max_length} leaves no room for an image (instruction: "
+                            f"{instruction_tokens} tokens, text_reserve: {text_reserve})")
+    high = min(high, room * factor * factor)
+    return {"shortest_edge": min(low, high), "longest_edge": high}
 
 
 def last_token_index(attention_mask):

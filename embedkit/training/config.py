@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from embedkit.config import load_yaml_mapping, validate_config
+from embedkit.config import YamlConfig, apply_overrides, load_yaml_mapping, validate_config
 
 Strategy = Literal["batch_shuffle", "mixed", "sequential", "two_stage"]
 Pooling = Literal["auto", "cls", "mean", "lasttoken", "max", "weightedmean"]
@@ -24,7 +24,7 @@ LORA_AUTO_MIN_PARAMS = 1_000_000_000
 DEFAULT_INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery: "
 
 
-class DatasetConfig(BaseModel):
+class DatasetConfig(YamlConfig):
     """One training task.
 
     `path`: a FlagEmbedding-style jsonl (`query`, `pos` list, `neg` list, optional `prompt`) or a BEIR
@@ -32,8 +32,6 @@ class DatasetConfig(BaseModel):
     its examples one epoch sees (2.0 = each example twice, 0.5 = a random half). `instruction` is put
     before every query through the template. `stage` (1 or 2) is used by the two_stage strategy.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     path: str
@@ -48,10 +46,8 @@ class DatasetConfig(BaseModel):
                                   "orders tasks for sequential_order: by_task_type")
 
 
-class LoraSettings(BaseModel):
+class LoraSettings(YamlConfig):
     """LoRA through peft. `enabled: auto` turns it on for models above `auto_min_params` parameters."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool | Literal["auto"] = "auto"
     r: int = Field(DEFAULT_LORA_RANK, gt=0)
@@ -61,10 +57,8 @@ class LoraSettings(BaseModel):
     auto_min_params: int = LORA_AUTO_MIN_PARAMS
 
 
-class TrainConfig(BaseModel):
-    """A multi-task training run. Load with `load_train_config("configs/train_multitask.yaml")`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class TrainConfig(YamlConfig):
+    """A multi-task training run: `TrainConfig.from_yaml("configs/train_multitask.yaml", overrides=...)`."""
 
     model: str = Field(description="base model: sentence-transformers folder, transformers folder, or hub id")
     output_dir: str
@@ -139,7 +133,6 @@ class TrainConfig(BaseModel):
 
 
 def load_train_config(path: str | Path, **overrides) -> TrainConfig:
-    """Read a training YAML; keyword overrides (e.g. output_dir=...) replace top-level keys."""
-    data = load_yaml_mapping(path)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    """Read a training YAML; keyword overrides (dotted keys allowed; None = not given) replace values."""
+    data = apply_overrides(load_yaml_mapping(path), {k: v for k, v in overrides.items() if v is not None})
     return validate_config(TrainConfig, data, path=path)
