@@ -25,6 +25,8 @@ MASK_EXAMPLES = """\
 """
 MMEB_EXAMPLES = """\
   embedkit cocoa mmeb --model runs/cocoa/contrastive/model --data mmeb-eval/ --image-dir mmeb-eval/eval_images
+  embedkit cocoa mmeb --model runs/cocoa/contrastive/model --data hf:TIGER-Lab/MMEB-eval --tasks mmeb-v1 \
+      --image-dir MMEB-eval/eval_images      # the hub's parquet; images from its eval_images archive
   embedkit cocoa mmeb --model runs/cocoa/contrastive/model --data tasks/N24News.jsonl --index-dir indexes/mmeb --out report.json
 """
 INDEX_EXAMPLES = """\
@@ -83,7 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mmeb = add_command(commands, "mmeb", run_mmeb, help="MMEB-style evaluation (precision@1 per task, recall@k)",
                        examples=MMEB_EXAMPLES)
     mmeb.add_argument("--model", required=True)
-    mmeb.add_argument("--data", required=True, help="a task file (.jsonl/.parquet) or a folder of them")
+    mmeb.add_argument("--data", required=True, help="a task file (.jsonl/.parquet), a folder of them, a hub "
+                      "snapshot folder (<Task>/test-*.parquet) or hf:TIGER-Lab/MMEB-eval")
+    mmeb.add_argument("--tasks", nargs="+", help="task names, or 'mmeb-v1' for the 36 published tasks")
     mmeb.add_argument("--image-dir", help="folder the tasks' relative image paths are under")
     mmeb.add_argument("--index-dir", help="also build FAISS indexes of each task's candidates here and report recall@k")
     mmeb.add_argument("--query-instruction", help="instruction for every query (MMEB queries usually carry their own)")
@@ -304,7 +308,10 @@ def run_mmeb(args: argparse.Namespace) -> int:
     from embedkit.multimodal.embedder import MultimodalEmbedder, MultimodalEmbedderConfig
     from embedkit.multimodal.mmeb import evaluate_mmeb, load_mmeb
 
-    tasks = load_mmeb(args.data, image_base_dir=args.image_dir)
+    from embedkit.multimodal.mmeb import MMEB_V1_TASKS
+
+    names = list(MMEB_V1_TASKS) if args.tasks == ["mmeb-v1"] else args.tasks
+    tasks = load_mmeb(args.data, image_base_dir=args.image_dir, tasks=names)
     embedder = MultimodalEmbedder(MultimodalEmbedderConfig(model=args.model, device=args.device,
                                                            batch_size=args.batch_size))
     instructions = {task: args.query_instruction for task in tasks} if args.query_instruction else None
@@ -312,5 +319,6 @@ def run_mmeb(args: argparse.Namespace) -> int:
     print(report.to_markdown())
     if args.out:
         with atomic_write(args.out) as handle:
-            json.dump({"model": args.model, "per_task": report.per_task, "average": report.average}, handle, indent=2)
+            json.dump({"model": args.model, "per_task": report.per_task, "average": report.average,
+                       "mmeb_v1": report.summary}, handle, indent=2)
     return 0
