@@ -306,9 +306,7 @@ def run_tiny(args: argparse.Namespace) -> int:
 def run_mmeb(args: argparse.Namespace) -> int:
     from embedkit.io import atomic_write
     from embedkit.multimodal.embedder import MultimodalEmbedder, MultimodalEmbedderConfig
-    from embedkit.multimodal.mmeb import evaluate_mmeb, load_mmeb
-
-    from embedkit.multimodal.mmeb import MMEB_V1_TASKS
+    from embedkit.multimodal.mmeb import MMEB_V1_TASKS, evaluate_mmeb, load_mmeb
 
     names = list(MMEB_V1_TASKS) if args.tasks == ["mmeb-v1"] else args.tasks
     tasks = load_mmeb(args.data, image_base_dir=args.image_dir, tasks=names)

@@ -30,7 +30,6 @@ import numpy as np
 from embedkit.errors import DataFormatError, EmbedkitError
 from embedkit.multimodal.sequence import MultimodalInput, clean_text
 
-
 MMEB_V1_CATEGORIES = ("classification", "vqa", "retrieval", "grounding")
 _IND, _OOD = "IND", "OOD"
 #: task -> (category, IND/OOD), in the published order.
