@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: demo test test-fast typecheck install lint bench-scifact clean
+.PHONY: demo test test-fast typecheck install lint bench-scifact clean check-lower-bounds
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ typecheck: $(VENV)/.dev-installed
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
+
+# Throwaway venv with every dependency at its declared minimum (torch from constraints.txt); imports every module.
+check-lower-bounds:
+	$(PYTHON) .ci/lower_bounds.py
 
 bench-scifact: $(VENV)/.dev-installed
 	$(PY) benchmarks/beir_regression.py
