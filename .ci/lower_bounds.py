@@ -18,9 +18,10 @@ import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 import traceback
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("embedkit", "agents")
