@@ -37,7 +37,7 @@ def lower_bound_pins(pyproject: Path, constraints: Path) -> list[str]:
     for line in constraints.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            pinned[re.split(r"[=<>!~\[ ]", line, 1)[0].lower()] = line
+            pinned[re.split(r"[=<>!~\[ ]", line, maxsplit=1)[0].lower()] = line
     pins = []
     for dep in deps:
         match = re.match(r"^([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*>=\s*([0-9][^,;\s]*)", dep)
