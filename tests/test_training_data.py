@@ -105,7 +105,7 @@ def test_shipped_configs_are_valid(tmp_path):
     config = load_train_config(REPO / "configs" / "train_multitask.yaml")
     assert config.strategy == "batch_shuffle" and config.lora.enabled == "auto"
     boom = load_boom_config(REPO / "configs" / "boom.yaml")
-    assert boom.bags == [80, 100] and boom.merge.method == "multislerp" and boom.bag_seeds == [42, 43]
+    assert boom.ratios == [80, 100] and boom.merge.method == "multislerp" and boom.bag_seeds == [42, 43]
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: m\noutput_dir: o\ndatasets: []\n")
     with pytest.raises(EmbedkitError, match=r"bad.yaml: invalid config: .*\(field 'datasets'\)"):

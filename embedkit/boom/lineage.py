@@ -17,7 +17,12 @@ from embedkit.training.data import TaskData
 
 
 def data_fingerprint(path: str | Path) -> str:
-    """sha256 of a jsonl file, or of a BEIR folder's qrels files and queries (what defines its pairs)."""
+    """sha256 of a jsonl/parquet file, or of a BEIR folder's qrels files and queries (what defines its
+    pairs); for a hub dataset, of its `hf:` spec (the hub revision is not pinned here)."""
+    from embedkit.training.sources import is_hub
+
+    if is_hub(path):
+        return "hub-" + hashlib.sha256(str(path).encode()).hexdigest()[:11]
     path = Path(path)
     files = [path] if path.is_file() else sorted([*path.glob("qrels/*.tsv"), path / "queries.jsonl"])
     digest = hashlib.sha256()

@@ -116,8 +116,9 @@ class OptimSettings(YamlConfig):
 
 
 class DataSettings(YamlConfig):
-    pretrain: str | None = Field(None, description="jsonl of {text, image} (either may be missing)")
-    contrastive: str | None = Field(None, description="jsonl in MMEB-train form: qry, qry_image_path, "
+    pretrain: str | None = Field(None, description="jsonl/parquet/hf:NAME[/CONFIG][:SPLIT] of {text, image, "
+                                 "description} (text or image may be missing)")
+    contrastive: str | None = Field(None, description="jsonl/parquet/hf:... in MMEB-train form: qry, qry_image_path, "
                                     "pos_text, pos_image_path, neg_text, neg_image_path")
     image_base_dir: str | None = Field(None, description="relative image paths are read from here")
 

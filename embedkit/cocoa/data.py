@@ -5,6 +5,8 @@ Pre-training jsonl: one object per line with `text` (or `caption`) and/or `image
 reconstructs instead of the caption (`stage2.text_target: description`). Contrastive jsonl: MMEB-train's fields `qry`, `qry_image_path`, `pos_text`,
 `pos_image_path`, `neg_text`, `neg_image_path` (Phi-3-V placeholders such as `<|image_1|>` are dropped:
 images are placed by the sequence builder), plus optional `qry_instruction` / `pos_instruction`.
+Both read jsonl, parquet (MMEB-train ships as parquet) or a hub split (`hf:TIGER-Lab/MMEB-train/
+ImageNet_1K:original`); images may be paths (under `data.image_base_dir`) or the hub's decoded images.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedkit.data import iter_json_lines
 from embedkit.errors import DataFormatError
 from embedkit.multimodal.sequence import MultimodalInput, clean_text
+from embedkit.training.sources import iter_rows
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ def _first(record: dict, *names: str):
 def read_pretrain_records(path: str | Path) -> list[MultimodalInput]:
     """Inputs to reconstruct; each needs text or an image."""
     records = []
-    for number, record in iter_json_lines(path):
+    for number, record in iter_rows(path):
         text = clean_text(_first(record, "text", "caption", "contents"))
         image = _first(record, "image", "image_path", "img_path")
         if text is None and image is None:
@@ -61,7 +63,7 @@ def _side(record: dict, text_names: tuple[str, ...], image_names: tuple[str, ...
 def read_contrastive_pairs(path: str | Path) -> list[ContrastivePair]:
     """Query / positive / optional hard-negative triples in MMEB-train's field names."""
     pairs = []
-    for number, record in iter_json_lines(path):
+    for number, record in iter_rows(path):
         query = _side(record, ("qry", "qry_text", "query"), ("qry_image_path", "qry_img_path"),
                       "qry_instruction", path, number, "query")
         positive = _side(record, ("pos_text",), ("pos_image_path", "pos_img_path"), "pos_instruction",

@@ -30,6 +30,10 @@ def load_image(ref: Any, *, base_dir: str | Path | None = None, timeout: float =
 
     if isinstance(ref, Image.Image):
         return ref.convert("RGB")
+    if isinstance(ref, dict) and ref.get("bytes"):  # a parquet/`datasets` image cell: {"bytes", "path"}
+        return Image.open(io.BytesIO(ref["bytes"])).convert("RGB")
+    if isinstance(ref, dict) and ref.get("path"):
+        ref = ref["path"]
     if not isinstance(ref, str) or not ref:
         raise DataFormatError(f"an image must be a path, URL or data URI, got {ref!r}", field="image")
     if not ref.startswith(("http://", "https://", "data:", "file://")) and base_dir is not None:

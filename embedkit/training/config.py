@@ -27,15 +27,17 @@ DEFAULT_INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery: "
 class DatasetConfig(YamlConfig):
     """One training task.
 
-    `path`: a FlagEmbedding-style jsonl (`query`, `pos` list, `neg` list, optional `prompt`) or a BEIR
-    folder whose `qrels/<split>.tsv` gives (query, positive document) pairs. `weight` scales how many of
+    `path`: a FlagEmbedding-style jsonl or parquet (`query`, `pos` list, `neg` list, optional `prompt`;
+    sentence-transformers' `anchor`/`positive`/`negative*` columns work too), a hub dataset
+    `hf:ORG/NAME[/CONFIG][:SPLIT]` (SPLIT defaults to `split`), or a BEIR folder whose
+    `qrels/<split>.tsv` gives (query, positive document) pairs. `weight` scales how many of
     its examples one epoch sees (2.0 = each example twice, 0.5 = a random half). `instruction` is put
     before every query through the template. `stage` (1 or 2) is used by the two_stage strategy.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     path: str
-    format: Literal["auto", "jsonl", "beir"] = "auto"
+    format: Literal["auto", "jsonl", "parquet", "beir", "hf"] = "auto"
     split: str = "train"
     weight: float = Field(1.0, gt=0)
     instruction: str | None = None

@@ -44,12 +44,24 @@ class TaskData:
 
 
 def load_task(config: DatasetConfig) -> TaskData:
-    """Read one dataset as configured; errors name the file, line and field."""
+    """Read one dataset as configured (jsonl, parquet, BEIR folder or `hf:NAME[/CONFIG][:SPLIT]`);
+    errors name the file, line and field."""
+    from embedkit.training.sources import is_hub
+
     path = Path(config.path)
     kind = config.format
     if kind == "auto":
-        kind = "beir" if path.is_dir() else "jsonl"
-    groups = _load_beir(path, config.split) if kind == "beir" else _load_jsonl(path)
+        kind = ("hf" if is_hub(config.path) else "beir" if path.is_dir()
+                else "parquet" if path.suffix == ".parquet" else "jsonl")
+    if kind == "beir":
+        groups = _load_beir(path, config.split)
+    elif kind == "hf":
+        source = config.path if is_hub(config.path) else f"hf:{config.path}"
+        groups = _load_rows(source, source, default_split=config.split)
+    else:
+        if not path.is_file():
+            raise DataFormatError("training file not found", path=path)
+        groups = _load_rows(path, path)
     if config.max_examples is not None:
         groups = groups[: config.max_examples]
     if not groups:
@@ -71,23 +83,41 @@ def _as_text_list(value, path: Path, line: int, name: str) -> tuple[str, ...]:
     return tuple(v for v in value if v.strip())
 
 
-def _load_jsonl(path: Path) -> list[QueryGroup]:
-    if not path.is_file():
-        raise DataFormatError("training file not found", path=path)
+def _load_rows(source, path, *, default_split: str = "train") -> list[QueryGroup]:
+    """Query groups from rows in FlagEmbedding's columns (`query`, `pos`, `neg`, `prompt`) or
+    sentence-transformers' (`anchor`, `positive`, `negative` or `negative_1..k`)."""
+    from embedkit.training.sources import iter_rows
+
     groups: list[QueryGroup] = []
-    for line_no, record in iter_json_lines(path):
+    for line_no, record in iter_rows(source, default_split=default_split):
+        if "query" not in record and "anchor" in record:
+            record = {"query": record["anchor"], "pos": record.get("positive"),
+                      "neg": [record[k] for k in sorted(record, key=_negative_order)
+                              if k == "negative" or k.startswith("negative_")] or None}
         query = record.get("query")
         if not isinstance(query, str) or not query.strip():
             raise DataFormatError("missing or empty query", path=path, line=line_no, field="query", fields_found=record)
         positives = _as_text_list(record.get("pos"), path, line_no, "pos")
         if not positives:
             raise DataFormatError("no positive passage", path=path, line=line_no, field="pos", fields_found=record)
-        negatives = _as_text_list(record.get("neg"), path, line_no, "neg")
+        negatives = _as_text_list(_flatten(record.get("neg")), path, line_no, "neg")
         prompt = record.get("prompt")
         if prompt is not None and not isinstance(prompt, str):
             raise DataFormatError("expected a string", path=path, line=line_no, field="prompt")
         groups.append(QueryGroup(query, positives, negatives, prompt or None))
     return groups
+
+
+def _negative_order(key: str) -> tuple[int, str]:
+    suffix = key.rpartition("_")[2]
+    return (int(suffix), key) if suffix.isdigit() else (0, key)
+
+
+def _flatten(value):
+    # sentence-transformers rows with several negative columns may each hold a string or a list.
+    if isinstance(value, list) and any(isinstance(v, list) for v in value):
+        return [x for v in value for x in (v if isinstance(v, list) else [v])]
+    return value
 
 
 def _load_beir(folder: Path, split: str) -> list[QueryGroup]:
