@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from embedkit.data import iter_json_lines
 from embedkit.errors import DataFormatError
 from embedkit.training.config import DatasetConfig
 
