@@ -152,7 +152,7 @@ def consistrm_records(pairs: Sequence[PreferencePair], *, demonstrations: bool =
                       "answer": {"item": pair.id, "swapped": swapped, "preferred": "B" if swapped else "A"},
                       "domain": pair.subset}  # fmt: skip
             if demonstrations:  # format only: the letter is random, so the warm-up teaches no answer
-                record["demonstration"] = f"<critique>compare both.</critique> <verdict>{rng.choice('AB')}</verdict>"
+                record["demonstration"] = f"<critique>ok</critique> <verdict>{rng.choice('AB')}</verdict>"
             records.append(record)
     return records
 

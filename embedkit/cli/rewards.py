@@ -183,7 +183,7 @@ def _train(args: argparse.Namespace) -> int:
         overrides["trainer.resume"] = False
     if args.quiet:
         overrides["trainer.progress"] = False
-    config = RLConfig.from_yaml(args.config, overrides)
+    config = RLConfig.from_yaml(args.config, overrides=overrides)
     history = GRMTrainer(config).train()
     if history:
         last = history[-1]
