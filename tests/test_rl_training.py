@@ -127,7 +127,7 @@ def test_rose_rollout_builds_branch_tree(tmp_path):
     for group in (traj[:4], traj[4:]):
         assert group[0].parent is None  # the first response starts from the root
         for t in group[1:]:  # ε = 0: every later response branches from an earlier one
-            assert t.parent is not None and 0 < t.branch_position
+            assert t.parent is not None and 0 <= t.branch_position
             parent = group[t.parent]
             assert t.response_ids[: t.branch_position] == parent.response_ids[: t.branch_position]
 

@@ -43,6 +43,7 @@ class RolloutSettings(BaseModel):
     search_close: str = "</search>"
     answer_close: str | None = "</answer>"  # stop a response when it closes its answer
     information_template: str = INFORMATION_TEMPLATE  # one template for training and evaluation (Search-R1's)
+    chat_template: bool = False  # wrap each prompt as a user turn with the tokenizer's chat template
     # ROSE
     rose_epsilon: float = 0.5
     rose_top: int = 20
@@ -81,7 +82,7 @@ class RolloutEngine:
 
     # -- public API ------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:
-        return self.tokenizer.encode(prompt, add_special_tokens=True)
+        return encode_prompt(self.tokenizer, prompt, self.settings.chat_template)
 
     def sample(self, prompts: Sequence[str], group_size: int) -> list[Trajectory]:
         """`group_size` independent responses per prompt (groups are contiguous in the result)."""
@@ -186,6 +187,19 @@ class RolloutEngine:
             else:
                 lo = mid + 1
         return tokens[:lo]
+
+
+def encode_prompt(tokenizer: Any, prompt: str, chat_template: bool = False) -> list[int]:
+    """Token ids of a prompt: plain text, or one user turn with the generation prompt of the chat template."""
+    if not chat_template:
+        return tokenizer.encode(prompt, add_special_tokens=True)
+    if not getattr(tokenizer, "chat_template", None):
+        from embedkit.errors import EmbedkitError
+
+        raise EmbedkitError("rollout.settings.chat_template is on but the tokenizer has no chat template")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        tokenize=True)  # fmt: skip
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
 class StopOnStrings:

@@ -5,6 +5,12 @@ gradient surgery → step. One loop for every combination the config picks.
     from agents.rl.trainer import RLTrainer
     trainer = RLTrainer(RLConfig.from_yaml("configs/rl_grpo_toy.yaml"))
     history = trainer.train()          # list of per-step metric dicts (also in <output_dir>/metrics.jsonl)
+
+Scale: every mini-batch is cut into micro-batches of `trainer.micro_batch_size` sequences whose gradients
+accumulate (each micro-batch's loss uses the whole mini-batch's denominators, so the sum is the mini-batch
+loss); log-probs, entropies and reference log-probs are computed in slices of `trainer.logprob_chunk`
+positions (no fp32 [N, T, V] tensor); bf16/fp16 weights train against fp32 master weights and optimizer
+state; under accelerate every rank seeds its own sampling and takes its own shard of the step's prompts.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import random
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +31,10 @@ from torch import nn
 from agents.rl.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs
 from agents.rl.aggregation import aggregate, masked_mean
 from agents.rl.config import RLConfig
-from agents.rl.losses import full_entropy, kl_penalty, ppo_clip_loss, token_log_probs, value_loss
+from agents.rl.losses import chunked_log_probs, kl_penalty, ppo_clip, value_loss
 from agents.rl.metrics import MetricsLogger
 from agents.rl.regularizers import POLICY_TERMS
-from agents.rl.rewards import RewardBatch, RewardFn, build_reward
+from agents.rl.reward_registry import RewardBatch, RewardFn, build_reward
 from agents.rl.rollout import ROLLOUT_STRATEGIES, RolloutEngine, Tool, Trajectory, gather_response, pack
 from agents.rl.surgery import GRADIENT_SURGERY
 from agents.rl.tasks import TASKS, Task, make_index_tool
@@ -36,17 +43,46 @@ from embedkit.errors import EmbedkitError
 from embedkit.io import atomic_directory, atomic_write
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
+RANK_SEED_STRIDE = 1_000_003  # keeps the ranks' seeds apart for any realistic base seed
+
+
+def _hidden_size(config: Any) -> int:
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if hasattr(config, name):
+            return int(getattr(config, name))
+    raise EmbedkitError("cannot find the hidden size of the policy model (for the value head)")
+
+
+class ValueModel(nn.Module):
+    """A critic: a transformer trunk with a scalar head (verl's critic is a separate model)."""
+
+    def __init__(self, trunk: nn.Module, hidden: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(hidden.float()).squeeze(-1)
 
 
 class ActorCritic(nn.Module):
-    """The policy LM plus an optional scalar value head on its last hidden state (PPO/GAE)."""
+    """The policy LM plus, for PPO/GAE, a critic: a separate copy of the policy trunk with its own head
+    (`critic="separate"`, the default) or a head on the policy's last hidden state (`critic="shared"`)."""
 
-    def __init__(self, policy: nn.Module, with_value_head: bool) -> None:
+    def __init__(self, policy: nn.Module, critic: str | None) -> None:
         super().__init__()
         self.policy = policy
-        hidden = policy.config.hidden_size if hasattr(policy.config, "hidden_size") else policy.config.n_embd
-        self.value_head = nn.Linear(hidden, 1) if with_value_head else None
-        if self.value_head is not None:
+        self.critic_kind = critic
+        self.critic: ValueModel | None = None
+        self.value_head: nn.Linear | None = None
+        hidden = _hidden_size(policy.config)
+        if critic == "separate":
+            self.critic = ValueModel(copy.deepcopy(policy.base_model), hidden)
+        elif critic == "shared":
+            self.value_head = nn.Linear(hidden, 1)
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
 
@@ -56,11 +92,62 @@ class ActorCritic(nn.Module):
         values = None
         if self.value_head is not None:
             values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)
+        elif self.critic is not None:
+            values = self.critic(input_ids, attention_mask)
         return out.logits, values
 
+    def critic_state(self) -> dict[str, torch.Tensor] | None:
+        module = self.critic if self.critic is not None else self.value_head
+        return None if module is None else module.state_dict()
 
-def load_policy(config: RLConfig) -> tuple[nn.Module, Any]:
-    """The policy model and tokenizer named by `config.policy` (a toy model or any HF causal LM)."""
+    def load_critic_state(self, state: dict[str, torch.Tensor] | None) -> None:
+        module = self.critic if self.critic is not None else self.value_head
+        if module is not None and state is not None:
+            module.load_state_dict(state)
+
+
+class MasterWeights:
+    """fp32 master copies of low-precision parameters: the optimizer steps the masters, the model gets
+    their rounded values (bf16 weights never accumulate rounding error across updates)."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        self.params = params
+        self.master = [nn.Parameter(p.detach().float().clone()) for p in params]
+
+    def grads_to_master(self) -> None:
+        for p, m in zip(self.params, self.master, strict=True):
+            m.grad = None if p.grad is None else p.grad.detach().float()
+            p.grad = None
+
+    @torch.no_grad()
+    def master_to_model(self) -> None:
+        for p, m in zip(self.params, self.master, strict=True):
+            p.copy_(m.to(p.dtype))
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return [m.detach().clone() for m in self.master]
+
+    @torch.no_grad()
+    def load_state_dict(self, state: list[torch.Tensor]) -> None:
+        for m, saved in zip(self.master, state, strict=True):
+            m.copy_(saved)
+        self.master_to_model()
+
+
+def prepare_policy(model: nn.Module, config: RLConfig) -> nn.Module:
+    """Dtype and gradient checkpointing of the policy, applied the same way on a fresh start and on resume."""
+    p = config.policy
+    model = model.to(getattr(torch, p.dtype))
+    if p.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+        if hasattr(model.config, "use_cache"):
+            model.config.use_cache = False
+    return model
+
+
+def load_policy(config: RLConfig, checkpoint: Path | None = None) -> tuple[nn.Module, Any]:
+    """The policy model and tokenizer named by `config.policy` (a toy model or any HF causal LM), or the
+    policy saved in `checkpoint`."""
     p = config.policy
     if p.model.startswith("toy:"):
         from agents.rl.toy import build_char_tokenizer, build_tiny_causal_lm
@@ -68,19 +155,73 @@ def load_policy(config: RLConfig) -> tuple[nn.Module, Any]:
         tokenizer = build_char_tokenizer()
         model = build_tiny_causal_lm(tokenizer, n_layer=p.toy_layers, n_embd=p.toy_width, n_head=p.toy_heads,
                                      seed=config.trainer.seed)  # fmt: skip
-        return model, tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    else:
+        from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(p.tokenizer or p.model)
-        model = AutoModelForCausalLM.from_pretrained(p.model, dtype=getattr(torch, p.dtype))
-    except OSError as error:
-        raise EmbedkitError(f"cannot load policy '{p.model}': {error}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if p.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model, tokenizer
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(p.tokenizer or p.model)
+        except OSError as error:
+            raise EmbedkitError(f"cannot load the tokenizer of '{p.tokenizer or p.model}': {error}") from None
+        model = None
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    if checkpoint is not None or model is None:
+        from transformers import AutoModelForCausalLM
+
+        source = checkpoint / "policy" if checkpoint is not None else p.model
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, p.dtype))
+        except OSError as error:
+            raise EmbedkitError(f"cannot load policy '{source}': {error}") from None
+    return prepare_policy(model, config), tokenizer
+
+
+def estimate_memory(model: nn.Module, config: RLConfig, *, seq_len: int | None = None) -> dict[str, float]:
+    """A rough per-process estimate in GiB: weights, gradients, optimizer state (+ fp32 masters), reference,
+    critic, activations of one micro-batch and one log-softmax slice. Meant to show before the first step
+    that a model will not fit, not to be exact."""
+    n = sum(p.numel() for p in model.parameters())
+    width = torch.tensor([], dtype=getattr(torch, config.policy.dtype)).element_size()
+    gib = 1024**3
+    cfg = model.config
+    hidden = _hidden_size(cfg)
+    layers = int(getattr(cfg, "num_hidden_layers", getattr(cfg, "n_layer", 1)))
+    vocab = int(getattr(cfg, "vocab_size", 0))
+    seq_len = seq_len or 512 + config.rollout.settings.max_new_tokens
+    micro = config.trainer.micro_batch_size or max(
+        1, config.trainer.prompts_per_step * config.rollout.group_size // max(1, config.algorithm.mini_batches))
+    per_layer = 34 * seq_len * hidden * width / 2  # attention + MLP activations kept for backward (fp16 ≈ 34·s·h)
+    kept_layers = 1 + (layers ** 0.5 if config.policy.gradient_checkpointing else layers)
+    critic = config.algorithm.estimator in ("gae", "ppo") and config.policy.critic == "separate"
+    low_precision = config.policy.dtype != "float32"
+    out = {
+        "weights": n * width / gib,
+        "gradients": n * width / gib,
+        "optimizer": n * 8 / gib + (n * 4 / gib if low_precision else 0.0),
+        "reference": n * width / gib if config.algorithm.kl_coef > 0 else 0.0,
+        "critic": 4 * n * width / gib if critic else 0.0,  # weights, grads, Adam state (≈ policy-sized)
+        "activations": micro * per_layer * kept_layers / gib,
+        "logprob_slice": config.trainer.logprob_chunk * vocab * 4 * 3 / gib,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+@dataclass
+class Prepared:
+    """Everything one update needs about a rollout batch (tensors on the device)."""
+
+    batch: dict[str, torch.Tensor]
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor | None
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    old_values: torch.Tensor | None
+    domain_of_row: torch.Tensor
+    n_domains: int
+    entropy: float
 
 
 class RLTrainer:
@@ -95,62 +236,84 @@ class RLTrainer:
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         self.accelerator = Accelerator(mixed_precision=tc.mixed_precision)
-        torch.manual_seed(tc.seed)
-        self.rng = random.Random(tc.seed)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.rank_seed = tc.seed + RANK_SEED_STRIDE * self.rank
+        torch.manual_seed(self.rank_seed)
+        self.rng = random.Random(tc.seed)  # shared by all ranks: they draw the same global batch and shard it
         self.output_dir = Path(tc.output_dir)
         self.task = task or self._build_task()
         self.tool = tool or self._build_tool() or self.task.tool
         self.reward_fn = reward or self._build_reward()
         self.metric_rewards = {name: build_reward(name) for name in config.metric_rewards}
-        if model is None:
-            model, tokenizer = load_policy(config)
-        elif tokenizer is None:
-            raise EmbedkitError("pass the tokenizer together with the model")
-        self.tokenizer = tokenizer
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.start_step = 0
         checkpoint = self.latest_checkpoint() if tc.resume else None
-        if checkpoint is not None:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(checkpoint / "policy")
-        self.use_critic = config.algorithm.estimator in ("gae", "ppo")
-        self.module = ActorCritic(model, self.use_critic)
-        self.warmup_losses: list[float] = []
+        if model is None:
+            model, tokenizer = load_policy(config, checkpoint)
+        elif tokenizer is None:
+            raise EmbedkitError("pass the tokenizer together with the model")
+        elif checkpoint is not None:
+            model, _ = load_policy(config, checkpoint)
+        else:
+            model = prepare_policy(model, config)
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        alg = config.algorithm
+        self.use_critic = alg.estimator in ("gae", "ppo")
+        self.temperature = config.rollout.settings.temperature if config.rollout.settings.temperature > 0 else 1.0
         model.to(self.accelerator.device)
+        self.warmup_losses: list[float] = []
         if checkpoint is None and config.warmup.steps > 0:
             self.warmup_losses = sft_warmup(model, tokenizer, self.task.examples, steps=config.warmup.steps,
                                             lr=config.warmup.lr, batch_size=config.warmup.batch_size, seed=tc.seed)  # fmt: skip
+        self.module = ActorCritic(model, config.policy.critic if self.use_critic else None).to(self.accelerator.device)
         self.reference = None
-        if config.algorithm.kl_coef > 0:  # the reference is the policy as RL starts (after warm-up)
+        if alg.kl_coef > 0:  # the reference is the policy as RL starts (after warm-up)
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
             if checkpoint is not None and (checkpoint / "reference").exists():
                 from transformers import AutoModelForCausalLM
 
-                self.reference = AutoModelForCausalLM.from_pretrained(checkpoint / "reference").eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        warm = max(0, tc.lr_warmup_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda update: min(1.0, (update + 1) / warm) if warm else 1.0)
+                self.reference = AutoModelForCausalLM.from_pretrained(
+                    checkpoint / "reference", dtype=getattr(torch, config.policy.dtype)).eval().requires_grad_(False)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.master = MasterWeights(params) if any(p.dtype != torch.float32 for p in params) else None
+        opt_params = self.master.master if self.master is not None else params
+        self.optimizer = torch.optim.AdamW(opt_params, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.total_updates = max(1, tc.steps * alg.ppo_epochs * alg.mini_batches)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self._rng_states: dict[str, Any] | None = None
         if checkpoint is not None:
             self._load_state(checkpoint)
         self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
         if self.reference is not None:
             self.reference = self.reference.to(self.accelerator.device)
-        self.engine = RolloutEngine(self.unwrapped.policy, tokenizer, config.rollout.settings, self.tool,
-                                    seed=tc.seed + self.start_step)  # fmt: skip
+        self.engine = self._build_engine()
         self.rollout_fn = ROLLOUT_STRATEGIES.get(config.rollout.strategy)
-        self.estimator = ADVANTAGE_ESTIMATORS.get(config.algorithm.estimator)
+        self.estimator = ADVANTAGE_ESTIMATORS.get(alg.estimator)
         self.term = POLICY_TERMS.get(config.term.name)
         self.surgery = GRADIENT_SURGERY.get(config.surgery.name)
         self.logger = MetricsLogger(self.output_dir) if self.accelerator.is_main_process else None
         if self.logger is not None and self.start_step:
             self.logger.truncate(self.start_step)
+        if tc.memory_estimate and self.accelerator.is_main_process and self.start_step < tc.steps:
+            est = estimate_memory(self.unwrapped.policy, config)
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in est.items() if k != "total")
+            print(f"[embedkit rl] estimated memory per process: {est['total']:.2f} GiB ({parts})", flush=True)
 
     # -- construction helpers ------------------------------------------------------------------------------
     @property
     def unwrapped(self) -> ActorCritic:
         return self.accelerator.unwrap_model(self.module)
+
+    def _lr_factor(self, update: int) -> float:
+        tc = self.config.trainer
+        warm = max(0, tc.lr_warmup_steps)
+        if warm and update < warm:
+            return (update + 1) / warm
+        if tc.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (update - warm) / max(1, self.total_updates - warm))
+        decay = 1.0 - progress if tc.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return tc.min_lr_ratio + (1.0 - tc.min_lr_ratio) * decay
 
     def _build_task(self) -> Task:
         try:
@@ -162,17 +325,27 @@ class RLTrainer:
         t = self.config.tool
         if t.kind == "none":
             return None
-        if t.kind == "index":
-            if not t.path:
-                raise EmbedkitError("tool.kind index needs tool.path (an embedkit index folder)")
-            return make_index_tool(t.path, t.k, t.max_chars)
-        raise EmbedkitError(f"unknown tool kind '{t.kind}'; choose none or index")
+        if not t.path:
+            raise EmbedkitError("tool.kind index needs tool.path (an embedkit index folder)")
+        return make_index_tool(t.path, t.k, t.max_chars)
 
     def _build_reward(self) -> RewardFn:
         try:
             return build_reward(self.config.reward.name, **self.config.reward.params)
         except TypeError as error:
             raise EmbedkitError(f"reward '{self.config.reward.name}': bad params: {error}") from None
+
+    def _build_engine(self) -> RolloutEngine:
+        r = self.config.rollout
+        if r.backend == "openai":
+            from agents.rl.server_rollout import OpenAIRolloutEngine
+
+            engine = OpenAIRolloutEngine(self.tokenizer, r.settings, self.tool, r.server, seed=self.rank_seed,
+                                         sync_dir=r.server.sync_dir or self.output_dir / "served-policy")  # fmt: skip
+            if self.accelerator.is_main_process and self.start_step < self.config.trainer.steps:
+                engine.sync_weights(self.unwrapped.policy)  # the server must serve the policy being trained
+            return engine
+        return RolloutEngine(self.unwrapped.policy, self.tokenizer, r.settings, self.tool, seed=self.rank_seed)
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:
@@ -182,25 +355,43 @@ class RLTrainer:
         found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
         return max(found)[1] if found else None
 
+    def _rng_state(self) -> dict[str, Any]:
+        return {
+            "python": self.rng.getstate(),
+            "engine": self.engine.rng.getstate(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
     def save_checkpoint(self, step: int) -> Path:
-        """policy/ (save_pretrained + tokenizer), reference/, trainer_state.pt; written atomically."""
+        """policy/ (save_pretrained + tokenizer), reference/, trainer_state.pt (optimizer, scheduler, critic,
+        fp32 masters, reward-model memory) and rank_<r>_rng.pt per rank; written atomically."""
         target = self.output_dir / "checkpoints" / f"step-{step}"
+        rng_states = [None] * self.world
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_gather_object(rng_states, self._rng_state())
+        else:
+            rng_states = [self._rng_state()]
         if self.accelerator.is_main_process:
             with atomic_directory(target, overwrite=True) as tmp:
                 self.unwrapped.policy.save_pretrained(tmp / "policy")
                 self.tokenizer.save_pretrained(tmp / "policy")
                 if self.reference is not None:
                     self.reference.save_pretrained(tmp / "reference")
+                reward_state = getattr(self.reward_fn, "state_dict", None)
                 state = {
                     "step": step,
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
-                    "value_head": None if self.unwrapped.value_head is None else self.unwrapped.value_head.state_dict(),
-                    "python_rng": self.rng.getstate(),
-                    "engine_rng": self.engine.rng.getstate(),
-                    "torch_rng": torch.get_rng_state(),
+                    "critic": self.unwrapped.critic_state(),
+                    "master": None if self.master is None else self.master.state_dict(),
+                    "reward": reward_state() if callable(reward_state) else None,
                 }
                 torch.save(state, tmp / "trainer_state.pt")
+                for rank, rng in enumerate(rng_states):
+                    torch.save(rng, tmp / f"rank_{rank}_rng.pt")
                 with atomic_write(tmp / "config.yaml") as handle:
                     handle.write(self.config.to_yaml())
             self._prune_checkpoints()
@@ -219,19 +410,32 @@ class RLTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        if state["value_head"] is not None and self.module.value_head is not None:
-            self.module.value_head.load_state_dict(state["value_head"])
-        self.rng.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        self._engine_rng_state = state["engine_rng"]
+        self.module.load_critic_state(state.get("critic"))
+        if self.master is not None and state.get("master") is not None:
+            self.master.load_state_dict(state["master"])
+        load_reward = getattr(self.reward_fn, "load_state_dict", None)
+        if state.get("reward") is not None and callable(load_reward):
+            load_reward(state["reward"])
+        rng_file = checkpoint / f"rank_{self.rank}_rng.pt"
+        if rng_file.exists():
+            self._rng_states = torch.load(rng_file, weights_only=False)
         self.start_step = int(state["step"])
+
+    def _restore_rng(self) -> None:
+        s, self._rng_states = self._rng_states, None
+        if s is None:
+            return
+        self.rng.setstate(s["python"])
+        self.engine.rng.setstate(s["engine"])
+        torch.set_rng_state(s["torch"])
+        if s.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda"])
 
     # -- training -----------------------------------------------------------------------------------------
     def train(self) -> list[dict]:
         """Run until `trainer.steps`; returns the metrics of the steps run now."""
         tc = self.config.trainer
-        if getattr(self, "_engine_rng_state", None) is not None:
-            self.engine.rng.setstate(self._engine_rng_state)
+        self._restore_rng()
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.output_dir / "config.yaml") as handle:
@@ -254,9 +458,16 @@ class RLTrainer:
             self.save_checkpoint(tc.steps)
         return history
 
+    def sample_examples(self) -> list:
+        """This rank's shard of the step's prompts: all ranks draw the same global batch, rank r keeps r::world."""
+        n = self.config.trainer.prompts_per_step
+        examples = self.task.sample(n * self.world, self.rng)
+        return examples[self.rank :: self.world]
+
     def rollout(self) -> tuple[list[Trajectory], list[str], list[float]]:
-        examples = self.task.sample(self.config.trainer.prompts_per_step, self.rng)
-        self.engine.model = self.unwrapped.policy
+        examples = self.sample_examples()
+        if isinstance(self.engine, RolloutEngine) and self.engine.model is not None:
+            self.engine.model = self.unwrapped.policy
         trajectories = self.rollout_fn(self.engine, [e.prompt for e in examples], self.config.rollout.group_size)
         domains = [examples[t.group].domain for t in trajectories]
         batch = RewardBatch(
@@ -271,149 +482,249 @@ class RLTrainer:
                                for name, fn in self.metric_rewards.items()}  # fmt: skip
         return trajectories, domains, rewards
 
-    def _forward(self, batch: dict[str, torch.Tensor], rows: torch.Tensor | None = None):
-        device = self.accelerator.device
-        ids, attention, index = batch["input_ids"], batch["attention_mask"], batch["response_index"]
-        if rows is not None:
-            ids, attention, index = ids[rows], attention[rows], index[rows]
-        logits, values = self.module(ids.to(device), attention.to(device))
-        logits = gather_response(logits, index.to(device))
-        if values is not None:
-            values = gather_response(values, index.to(device))
-        return logits, values
+    def _micro_batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        size = self.config.trainer.micro_batch_size
+        if not size or size >= len(rows):
+            return [rows]
+        return list(torch.split(rows, size))
 
-    def step(self, step: int) -> dict[str, Any]:
-        cfg, alg = self.config, self.config.algorithm
-        started = time.perf_counter()
-        trajectories, domains, rewards = self.rollout()
-        rollout_s = time.perf_counter() - started
+    def _forward(self, batch: dict[str, torch.Tensor], rows: torch.Tensor, *, with_entropy: bool = False,
+                 with_logits: bool = False):  # fmt: skip
+        """Log-probs (and entropy, values) of the rows' response tokens, trimmed to their own width."""
+        device = self.accelerator.device
+        rows_cpu = rows.cpu()
+        width = int(batch["attention_mask"][rows_cpu].sum(-1).max())
+        t_max = int(batch["valid"][rows_cpu].sum(-1).max().clamp_min(1))
+        ids = batch["input_ids"][rows_cpu, :width].to(device)
+        attention = batch["attention_mask"][rows_cpu, :width].to(device)
+        index = batch["response_index"][rows_cpu, :t_max].to(device)
+        tokens = batch["response_ids"][rows_cpu, :t_max].to(device)
+        logits, values = self.module(ids, attention)
+        logits = gather_response(logits, index)
+        logp, entropy = chunked_log_probs(logits, tokens, temperature=self.temperature,
+                                          chunk=self.config.trainer.logprob_chunk, with_entropy=with_entropy)  # fmt: skip
+        if values is not None:
+            values = gather_response(values, index)
+        return logp, entropy, values, (logits if with_logits else None), t_max
+
+    @torch.no_grad()
+    def prepare(self, trajectories: list[Trajectory], rewards: list[float], domains: list[str]) -> Prepared:
+        """Old log-probs, reference log-probs, values and advantages of a rollout batch (micro-batched)."""
+        alg = self.config.algorithm
         batch = pack(trajectories, self.pad_id)
         device = self.accelerator.device
+        n, t_all = batch["response_mask"].shape
         mask = batch["response_mask"].to(device)
-        tokens = batch["response_ids"].to(device)
-        with torch.no_grad():
-            self.module.eval()
-            logits, old_values = self._forward(batch)
-            old_logp = token_log_probs(logits, tokens)
-            entropy_now = float(masked_mean(full_entropy(logits), mask))
-            ref_logp = None
+        old_logp = torch.zeros(n, t_all, device=device)
+        ref_logp = torch.zeros(n, t_all, device=device) if self.reference is not None else None
+        old_values = torch.zeros(n, t_all, device=device) if self.use_critic else None
+        entropy_sum = torch.zeros((), device=device)
+        self.module.eval()
+        for rows in self._micro_batches(torch.arange(n)):
+            logp, ent, values, _, t = self._forward(batch, rows, with_entropy=True)
+            old_logp[rows.to(device), :t] = logp
+            entropy_sum += (ent * mask[rows.to(device), :t]).sum()
+            if values is not None:
+                old_values[rows.to(device), :t] = values.float()
             if self.reference is not None:
-                ref_logits = self.reference(input_ids=batch["input_ids"].to(device),
-                                            attention_mask=batch["attention_mask"].to(device)).logits  # fmt: skip
-                ref_logp = token_log_probs(gather_response(ref_logits, batch["response_index"].to(device)), tokens)
-            del logits
+                r_cpu = rows.cpu()
+                width = int(batch["attention_mask"][r_cpu].sum(-1).max())
+                ref_logits = self.reference(input_ids=batch["input_ids"][r_cpu, :width].to(device),
+                                            attention_mask=batch["attention_mask"][r_cpu, :width].to(device)).logits  # fmt: skip
+                ref_logits = gather_response(ref_logits, batch["response_index"][r_cpu, :t].to(device))
+                ref_logp[rows.to(device), :t], _ = chunked_log_probs(
+                    ref_logits, batch["response_ids"][r_cpu, :t].to(device), temperature=self.temperature,
+                    chunk=self.config.trainer.logprob_chunk)  # fmt: skip
         self.module.train()
-        reward_t = torch.tensor(rewards, dtype=torch.float32)
         advantages, returns = self.estimator(AdvantageInputs(
-            rewards=reward_t, response_mask=batch["response_mask"], group_ids=[t.group for t in trajectories],
+            rewards=torch.tensor(rewards, dtype=torch.float32), response_mask=batch["response_mask"],
+            group_ids=[t.group for t in trajectories],
             values=None if old_values is None else old_values.detach().cpu(), gamma=alg.gamma, lam=alg.lam,
             eps=alg.eps, parents=[t.parent for t in trajectories],
             branch_positions=[t.branch_position for t in trajectories],
             lengths=[len(t.response_ids) for t in trajectories], length_alpha=alg.length_alpha,
         ))  # fmt: skip
-        advantages, returns = advantages.to(device), returns.to(device)
-        domain_names = sorted(set(domains))
-        domain_of_row = torch.tensor([domain_names.index(d) for d in domains], device=device)
+        names = sorted(set(domains))
+        return Prepared(batch=batch, tokens=batch["response_ids"].to(device), mask=mask, old_logp=old_logp,
+                        ref_logp=ref_logp, advantages=advantages.to(device), returns=returns.to(device),
+                        old_values=old_values, domain_of_row=torch.tensor([names.index(d) for d in domains]),
+                        n_domains=len(names), entropy=float(entropy_sum / mask.sum().clamp_min(1)))  # fmt: skip
+
+    def micro_loss(self, prep: Prepared, rows: torch.Tensor, totals: dict[str, float]) -> tuple[torch.Tensor, dict]:
+        """The loss of `rows` with the mini-batch's denominators in `totals` (so micro-batch and domain losses
+        add up to the mini-batch loss): policy gradient + KL + policy term + critic."""
+        alg, cfg = self.config.algorithm, self.config
+        need_logits = cfg.term.name != "none"
+        logp, _, values, logits, t = self._forward(prep.batch, rows, with_logits=need_logits)
+        dev_rows = rows.to(self.accelerator.device)
+        m = prep.mask[dev_rows, :t]
+        clip = ppo_clip(logp, prep.old_logp[dev_rows, :t], prep.advantages[dev_rows, :t], clip_low=alg.clip_low,
+                        clip_high=alg.clip_high, clip_ratio_c=alg.clip_ratio_c)  # fmt: skip
+        pg_mask = m
+        stats: dict[str, float] = {}
+        loss = logp.new_zeros(())
+        if need_logits:
+            term_out = self.term(logits, m, **cfg.term.params)
+            if term_out.pg_mask is not None:
+                pg_mask = term_out.pg_mask
+            share = float(m.sum()) / totals["tokens"]
+            loss = loss + term_out.loss * share
+            stats.update(term_out.metrics)
         agg = alg.aggregation()
-        norm_length = alg.norm_length or cfg.rollout.settings.max_new_tokens
-        stats: dict[str, list[float]] = {}
-        n = len(trajectories)
-        for _epoch in range(alg.ppo_epochs):
-            order = torch.randperm(n)
-            for chunk in torch.chunk(order, max(1, min(alg.mini_batches, n))):
-                stats_chunk = self._update(batch, chunk.to(device), tokens, mask, old_logp, ref_logp, advantages,
-                                           returns, old_values, domain_of_row, len(domain_names), agg, norm_length)  # fmt: skip
-                for k, v in stats_chunk.items():
-                    stats.setdefault(k, []).append(v)
-        lengths = [sum(t.loss_mask) for t in trajectories]
-        metrics: dict[str, Any] = {
-            "step": step,
-            "reward_mean": sum(rewards) / len(rewards),
-            "reward_std": float(reward_t.std()) if len(rewards) > 1 else 0.0,
-            "reward_max": max(rewards),
-            "entropy": entropy_now,
-            "response_length": sum(lengths) / len(lengths),
-            "total_length": sum(len(t.response_ids) for t in trajectories) / len(trajectories),
-            "finished_frac": sum(t.finished for t in trajectories) / len(trajectories),
-            "tool_calls": sum(t.turns for t in trajectories) / len(trajectories),
-            "advantage_abs": float(masked_mean(advantages.abs(), mask)),
-            "rollout_s": rollout_s,
-            "step_s": time.perf_counter() - started,
-        }
-        metrics.update(getattr(self, "_metric_values", {}))
-        for name in domain_names:
-            rs = [r for r, d in zip(rewards, domains, strict=True) if d == name]
-            if len(domain_names) > 1:
-                metrics[f"reward/{name}"] = sum(rs) / len(rs)
-        for k, v in stats.items():
-            metrics[k] = sum(v) / len(v)
-        return metrics
+        loss = loss + aggregate(clip.loss, pg_mask, agg, norm_length=totals["norm_length"],
+                                total_tokens=totals["pg_tokens"], total_seqs=totals["pg_seqs"])  # fmt: skip
+        if prep.ref_logp is not None:
+            kl = kl_penalty(logp, prep.ref_logp[dev_rows, :t], alg.kl_estimator)
+            loss = loss + alg.kl_coef * aggregate(kl, m, "token-mean", total_tokens=totals["tokens"])
+            stats["kl"] = float((kl.detach() * m).sum() / totals["tokens"])
+        if values is not None:
+            v = value_loss(values, prep.old_values[dev_rows, :t], prep.returns[dev_rows, :t], alg.value_clip)
+            v_loss = 0.5 * aggregate(v, m, "token-mean", total_tokens=totals["tokens"])
+            loss = loss + alg.value_coef * v_loss
+            stats["value_loss"] = float(v_loss.detach())
+        w = float(m.sum()) / totals["tokens"]  # this micro-batch's share, for token-weighted metrics
+        stats["clip_frac"] = float(masked_mean(clip.clipped, m)) * w
+        stats["clip_frac_lower"] = float(masked_mean(clip.clipped_lower, m)) * w
+        stats["ratio_mean"] = float(masked_mean(clip.ratio.detach(), m)) * w
+        stats["ratio_max_dev"] = float(((clip.ratio.detach() - 1).abs() * m).max())
+        stats["pg_loss"] = float(aggregate(clip.loss.detach(), pg_mask, agg, norm_length=totals["norm_length"],
+                                           total_tokens=totals["pg_tokens"], total_seqs=totals["pg_seqs"]))  # fmt: skip
+        return loss, stats
 
-    def _update(self, batch, rows, tokens, mask, old_logp, ref_logp, advantages, returns, old_values,
-                domain_of_row, n_domains, agg, norm_length) -> dict[str, float]:  # fmt: skip
-        alg = self.config.algorithm
-        logits, values = self._forward(batch, rows.cpu())
-        m, adv = mask[rows], advantages[rows]
-        logp = token_log_probs(logits, tokens[rows])
-        pg_tok, clipped = ppo_clip_loss(logp, old_logp[rows], adv, clip_low=alg.clip_low, clip_high=alg.clip_high,
-                                        clip_ratio_c=alg.clip_ratio_c)  # fmt: skip
-        term_out = self.term(logits, m, **self.config.term.params)
-        pg_mask = term_out.pg_mask if term_out.pg_mask is not None else m
-        total_tokens = float(pg_mask.sum().clamp_min(1))
-        total_seqs = float(((pg_mask.sum(-1)) > 0).sum().clamp_min(1))
-        kl_tok = kl_penalty(logp, ref_logp[rows], alg.kl_estimator) if ref_logp is not None else None
-        v_tok = 0.5 * value_loss(values, old_values[rows], returns[rows], alg.value_clip) if values is not None else None
-        term_tokens = float(m.sum().clamp_min(1))
+    def totals(self, prep: Prepared, rows: torch.Tensor) -> dict[str, float]:
+        """Denominators of a mini-batch (the forking term's mask changes the policy-gradient ones)."""
+        m = prep.mask[rows.to(self.accelerator.device)]
+        norm_length = self.config.algorithm.norm_length or self.config.rollout.settings.max_new_tokens
+        tokens = float(m.sum().clamp_min(1))
+        seqs = float((m.sum(-1) > 0).sum().clamp_min(1))
+        return {"tokens": tokens, "pg_tokens": tokens, "pg_seqs": seqs, "norm_length": float(norm_length)}
 
-        def loss_for(row_mask: torch.Tensor) -> torch.Tensor:
-            """Loss of the rows in `row_mask` with whole-mini-batch denominators: domain losses add up."""
-            rm = row_mask.unsqueeze(-1).to(m.dtype)
-            loss = aggregate(pg_tok, pg_mask * rm, agg, norm_length=norm_length, total_tokens=total_tokens,
-                             total_seqs=total_seqs)  # fmt: skip
-            share = float((m * rm).sum()) / term_tokens
-            if share > 0 and self.config.term.name != "none":
-                loss = loss + self.term(logits, m * rm, **self.config.term.params).loss * share
-            if kl_tok is not None:
-                loss = loss + alg.kl_coef * aggregate(kl_tok, m * rm, "token-mean", total_tokens=term_tokens)
-            if v_tok is not None:
-                loss = loss + alg.value_coef * aggregate(v_tok, m * rm, "token-mean", total_tokens=term_tokens)
-            return loss
+    def _accumulate(self, prep: Prepared, rows: torch.Tensor, totals: dict[str, float]) -> tuple[float, dict]:
+        loss_total, stats = 0.0, {}
+        for micro in self._micro_batches(rows):
+            loss, s = self.micro_loss(prep, micro, totals)
+            self.accelerator.backward(loss)
+            loss_total += float(loss.detach())
+            for k, v in s.items():
+                stats[k] = max(stats.get(k, v), v) if k == "ratio_max_dev" else stats.get(k, 0.0) + v
+        return loss_total, stats
 
+    def update(self, prep: Prepared, rows: torch.Tensor) -> dict[str, float]:
+        """One optimizer step on the mini-batch `rows` (micro-batched, with gradient surgery across domains)."""
+        totals = self.totals(prep, rows)
+        if self.config.term.name == "forking":  # its mask decides the denominators: apply it on the mini-batch
+            with torch.no_grad():
+                _, ent, _, _, t = self._forward(prep.batch, rows, with_entropy=True)
+                from agents.rl.regularizers import forking_mask
+
+                m = prep.mask[rows.to(self.accelerator.device), :t]
+                fm = forking_mask(ent, m, float(self.config.term.params.get("rho", 0.2)))
+                totals["pg_tokens"] = float(fm.sum().clamp_min(1))
+                totals["pg_seqs"] = float((fm.sum(-1) > 0).sum().clamp_min(1))
         params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer.zero_grad()
-        row_domains = domain_of_row[rows]
-        if self.config.surgery.name == "none" or n_domains < 2:
-            loss = loss_for(torch.ones_like(row_domains, dtype=torch.bool))
-            self.accelerator.backward(loss)
+        for p in params:
+            p.grad = None
+        row_domains = prep.domain_of_row[rows.cpu()]
+        if self.config.surgery.name == "none" or prep.n_domains < 2:
+            loss, stats = self._accumulate(prep, rows, totals)
+            stats["loss"] = loss
         else:
-            per_domain = {}
-            present = [d for d in range(n_domains) if bool((row_domains == d).any())]
-            for i, d in enumerate(present):
-                self.optimizer.zero_grad()
-                self.accelerator.backward(loss_for(row_domains == d), retain_graph=i < len(present) - 1)
+            per_domain, stats, loss = {}, {}, 0.0
+            for d in range(prep.n_domains):
+                d_rows = rows[(row_domains == d).to(rows.device)]
+                if len(d_rows) == 0:
+                    continue
+                for p in params:
+                    p.grad = None
+                d_loss, d_stats = self._accumulate(prep, d_rows, totals)
+                loss += d_loss
+                stats[f"loss/domain{d}"] = d_loss
+                for k, v in d_stats.items():
+                    stats[k] = max(stats.get(k, v), v) if k == "ratio_max_dev" else stats.get(k, 0.0) + v
                 per_domain[d] = [None if p.grad is None else p.grad.detach().clone() for p in params]
             combined = self.surgery(per_domain, self.rng)
             for p, g in zip(params, combined, strict=True):
                 p.grad = g
-            with torch.no_grad():
-                loss = loss_for(torch.ones_like(row_domains, dtype=torch.bool))
-        grad_norm = self.accelerator.clip_grad_norm_(params, self.config.trainer.max_grad_norm)
-        lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used
+            stats["loss"] = loss
+        if self.master is not None:
+            self.master.grads_to_master()
+            clip_params = self.master.master
+        else:
+            clip_params = params
+        grad_norm = self.accelerator.clip_grad_norm_(clip_params, self.config.trainer.max_grad_norm)
+        stats["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this update used
         self.optimizer.step()
         self.scheduler.step()
-        out = {
-            "loss": float(loss.detach()),
-            "pg_loss": float(aggregate(pg_tok.detach(), pg_mask, agg, norm_length=norm_length)),
-            "clip_frac": float(masked_mean(clipped, m)),
-            "grad_norm": float(grad_norm) if grad_norm is not None and math.isfinite(float(grad_norm)) else float("nan"),
-            "lr": lr,
+        if self.master is not None:
+            self.master.master_to_model()
+        gn = float(grad_norm) if grad_norm is not None else float("nan")
+        stats["grad_norm"] = gn if math.isfinite(gn) else float("nan")
+        return stats
+
+    def step(self, step: int) -> dict[str, Any]:
+        alg = self.config.algorithm
+        started = time.perf_counter()
+        trajectories, domains, rewards = self.rollout()
+        rollout_s = time.perf_counter() - started
+        all_rewards, all_trajectories, all_domains = list(rewards), list(trajectories), list(domains)
+        filtered = 0
+        if alg.filter_zero_variance_groups:
+            keep_groups = {g for g in {t.group for t in trajectories}
+                           if len({r for r, t in zip(rewards, trajectories, strict=True) if t.group == g}) > 1}  # fmt: skip
+            filtered = len({t.group for t in trajectories}) - len(keep_groups)
+            keep = [i for i, t in enumerate(trajectories) if t.group in keep_groups]
+            trajectories = [trajectories[i] for i in keep]
+            rewards = [rewards[i] for i in keep]
+            domains = [domains[i] for i in keep]
+        stats: dict[str, list[float]] = {}
+        entropy = float("nan")
+        if trajectories:
+            prep = self.prepare(trajectories, rewards, domains)
+            entropy = prep.entropy
+            n = len(trajectories)
+            for epoch in range(alg.ppo_epochs):
+                order = torch.randperm(n)
+                for chunk in torch.chunk(order, max(1, min(alg.mini_batches, n))):
+                    chunk_stats = self.update(prep, chunk)
+                    for k, v in chunk_stats.items():
+                        stats.setdefault(k, []).append(v)
+                    if epoch == 0:
+                        for k in ("ratio_mean", "clip_frac"):
+                            stats.setdefault(f"{k}_epoch1", []).append(chunk_stats[k])
+            adv_abs = float(masked_mean(prep.advantages.abs(), prep.mask))
+            if isinstance(self.engine, RolloutEngine) and hasattr(self.engine, "sync_weights"):
+                if self.accelerator.is_main_process:
+                    self.engine.sync_weights(self.unwrapped.policy)
+                self.accelerator.wait_for_everyone()
+        else:
+            adv_abs = 0.0
+        reward_t = torch.tensor(all_rewards, dtype=torch.float32)
+        lengths = [sum(t.loss_mask) for t in all_trajectories]
+        metrics: dict[str, Any] = {
+            "step": step,
+            "reward_mean": float(reward_t.mean()),
+            "reward_std": float(reward_t.std()) if len(all_rewards) > 1 else 0.0,
+            "reward_max": max(all_rewards),
+            "entropy": entropy,
+            "response_length": sum(lengths) / len(lengths),
+            "total_length": sum(len(t.response_ids) for t in all_trajectories) / len(all_trajectories),
+            "finished_frac": sum(t.finished for t in all_trajectories) / len(all_trajectories),
+            "tool_calls": sum(t.turns for t in all_trajectories) / len(all_trajectories),
+            "advantage_abs": adv_abs,
+            "filtered_groups": filtered,
+            "rollout_s": rollout_s,
+            "step_s": time.perf_counter() - started,
         }
-        if kl_tok is not None:
-            out["kl"] = float(masked_mean(kl_tok.detach(), m))
-        if v_tok is not None:
-            out["value_loss"] = float(masked_mean(v_tok.detach(), m))
-        out.update(term_out.metrics)
-        return out
+        metrics.update(getattr(self, "_metric_values", {}))
+        names = sorted(set(all_domains))
+        if len(names) > 1:
+            for name in names:
+                rs = [r for r, d in zip(all_rewards, all_domains, strict=True) if d == name]
+                metrics[f"reward/{name}"] = sum(rs) / len(rs)
+        for k, v in stats.items():
+            metrics[k] = max(v) if k == "ratio_max_dev" else sum(v) / len(v)
+        return metrics
 
 
 def train(config: RLConfig, **pieces: Any) -> list[dict]:

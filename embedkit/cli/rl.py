@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 from embedkit.cli._common import add_command
 from embedkit.errors import EmbedkitError
 
@@ -49,21 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot.add_argument("--smooth", type=int, default=1, help="moving-average window in steps (default: 1)")
 
 
-def parse_overrides(items: list[str]) -> dict[str, object]:
-    overrides: dict[str, object] = {}
-    for item in items:
-        if "=" not in item:
-            raise EmbedkitError(f"--set expects KEY=VALUE, got '{item}'")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
 def _train(args: argparse.Namespace) -> int:
     from agents.rl.config import RLConfig
     from agents.rl.trainer import RLTrainer
+    from embedkit.config import parse_set_overrides
 
-    overrides = parse_overrides(args.set)
+    overrides = parse_set_overrides(args.set)
     if args.output_dir:
         overrides["trainer.output_dir"] = args.output_dir
     if args.steps is not None:
@@ -72,7 +61,7 @@ def _train(args: argparse.Namespace) -> int:
         overrides["trainer.resume"] = False
     if args.quiet:
         overrides["trainer.progress"] = False
-    config = RLConfig.from_yaml(args.config, overrides)
+    config = RLConfig.from_yaml(args.config, overrides=overrides)
     history = RLTrainer(config).train()
     if history:
         last = history[-1]
