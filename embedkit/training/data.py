@@ -84,11 +84,14 @@ def _as_text_list(value, path: Path, line: int, name: str) -> tuple[str, ...]:
 
 def _load_rows(source, path, *, default_split: str = "train") -> list[QueryGroup]:
     """Query groups from rows in FlagEmbedding's columns (`query`, `pos`, `neg`, `prompt`) or
-    sentence-transformers' (`anchor`, `positive`, `negative` or `negative_1..k`)."""
+    sentence-transformers' (`anchor`, `positive`, `negative` or `negative_1..k`; `query` with `positive`,
+    `answer` or `document` for pair datasets)."""
     from embedkit.training.sources import iter_rows
 
     groups: list[QueryGroup] = []
     for line_no, record in iter_rows(source, default_split=default_split):
+        if "query" in record and "pos" not in record:  # hub pair datasets: query + positive / answer
+            record = {**record, "pos": record.get("positive", record.get("answer", record.get("document")))}
         if "query" not in record and "anchor" in record:
             record = {"query": record["anchor"], "pos": record.get("positive"),
                       "neg": [record[k] for k in sorted(record, key=_negative_order)
