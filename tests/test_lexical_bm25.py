@@ -90,7 +90,7 @@ def test_damaged_bm25_index_is_refused(small_corpus, tmp_path):
 @pytest.mark.needs_java
 def test_pyserini_matches_lucene_bm25_and_bm25s(term_corpus, small_corpus, tmp_path):
     index = build(term_corpus, tmp_path / "lucene", backend="pyserini", k1=1.2, b=0.75)
-    assert index.manifest.settings["java_version"] >= 21
+    assert index.manifest.backend_info.java_version >= 21
     hits = index.search(["gamma", "alpha", ""], k=5)
     assert [h.id for h in hits[0]] == ["b"] and [h.id for h in hits[1]] == ["a", "b"] and hits[2] == []
     assert hits[0][0].score == pytest.approx(lucene_bm25(2, 1, 3, 3, 2.0, 1.2, 0.75), rel=1e-3)
@@ -114,7 +114,7 @@ def test_pyserini_two_fields_via_cli(small_corpus, tmp_path, capsys):
                  "--corpus", str(small_corpus), "--out", str(out)]) == 0
     assert "separate fields" in capsys.readouterr().out
     index = Index.load(out)
-    assert index.manifest.settings["fields"] == {"contents": 1.0, "title": 3.0}
+    assert index.manifest.settings.fields == {"contents": 1.0, "title": 3.0}
     # "faiss" appears in d3's title and text; with the title weighted 3x its score rises above a one-field index
     one_field = build(small_corpus, tmp_path / "flat", backend="pyserini")
     assert index.search("faiss", k=1)[0][0].id == "d3"

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embedkit.data.runs import Run, ranked
 from embedkit.errors import EmbedkitError
-from embedkit.index.base import Hit
+from embedkit.passage import Passage
 
 Scores = Mapping[str, float]
 FusionFn = Callable[[Sequence[Scores], "FusionConfig"], dict[str, float]]
@@ -132,15 +132,15 @@ def fuse_runs(runs: Sequence[Run], config: FusionConfig | None = None, *, k: int
     return fused
 
 
-def fuse_hits(systems: Sequence[Sequence[Hit]], config: FusionConfig, k: int) -> list[Hit]:
+def fuse_hits(systems: Sequence[Sequence[Passage]], config: FusionConfig, k: int) -> list[Passage]:
     """Fuse one query's live hits; titles and texts come from whichever system returned the document."""
-    by_id: dict[str, Hit] = {}
+    by_id: dict[str, Passage] = {}
     for hits in systems:
         for hit in hits:
             if hit.id not in by_id or (not by_id[hit.id].text and hit.text):
                 by_id[hit.id] = hit
     fused = fuse_scores([{hit.id: hit.score for hit in hits} for hits in systems], config)
     return [
-        Hit(id=doc_id, score=score, rank=rank, title=by_id[doc_id].title, text=by_id[doc_id].text)
+        Passage(id=doc_id, score=score, rank=rank, title=by_id[doc_id].title, text=by_id[doc_id].text)
         for rank, (doc_id, score) in enumerate(list(fused.items())[:k], start=1)
     ]

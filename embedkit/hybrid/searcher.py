@@ -8,7 +8,8 @@ from typing import Any
 from embedkit.data.runs import Run
 from embedkit.errors import EmbedkitError
 from embedkit.hybrid.fusion import FusionConfig, fuse_hits
-from embedkit.index.base import Hit, Index
+from embedkit.index.base import Index
+from embedkit.passage import Passage
 
 
 class HybridSearcher:
@@ -29,7 +30,7 @@ class HybridSearcher:
         self.config.weights_for(len(self.indexes))  # refuse bad weights before searching
 
     def search(self, queries: str | Sequence[str], k: int = 10, *, with_text: bool = True,
-               depth: int | None = None) -> list[list[Hit]]:
+               depth: int | None = None) -> list[list[Passage]]:
         texts = [queries] if isinstance(queries, str) else list(queries)
         if not texts:
             return []

@@ -1,54 +1,29 @@
-"""The `Index` interface every index kind implements, and the registry that maps kinds to classes."""
+"""The `Index` interface every index kind implements. Kinds are looked up in `embedkit.index.kinds.INDEX_KINDS`."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
 from embedkit.data.runs import Run
-from embedkit.errors import IndexFormatError
+from embedkit.errors import EmbedkitError, IndexFormatError
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
+from embedkit.index.kinds import open_index
 from embedkit.index.manifest import IndexManifest
+from embedkit.passage import Passage
+
+#: What a search returns: `embedkit.passage.Passage` (id, title, text, score, rank). `Hit` is kept as its alias.
+Hit = Passage
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
-    id: str
-    score: float
-    rank: int
-    title: str = ""
-    text: str = ""
-
-    def contents(self) -> str:
-        return f"{self.title}\n{self.text}" if self.title else self.text
-
-
-INDEX_KINDS: dict[str, type[Index]] = {}
-
-
-def register_index_kind(kind: str) -> Callable[[type[Index]], type[Index]]:
-    """Class decorator: `Index.load` opens folders whose manifest says `kind` with this class."""
-
-    def decorate(cls: type[Index]) -> type[Index]:
-        cls.kind = kind
-        INDEX_KINDS[kind] = cls
-        return cls
-
-    return decorate
-
-
-def _import_builtin_kinds() -> None:
-    import embedkit.index.dense  # noqa: F401
-
-    try:
-        import embedkit.lexical.index  # noqa: F401
-    except ModuleNotFoundError as error:
-        if error.name != "embedkit.lexical.index" and error.name != "embedkit.lexical":
-            raise
+def check_k(k: int) -> int:
+    """Refuse a result depth below 1 (a search for 0 or -1 hits is a mistake, not a request for one hit)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise EmbedkitError(f"k (hits per query) must be a whole number of at least 1, got {k!r}")
+    return k
 
 
 class Index(ABC):
@@ -60,6 +35,8 @@ class Index(ABC):
     """
 
     kind: ClassVar[str] = ""
+    #: keyword parameters `search` accepts besides k and with_text (e.g. nprobe, ef_search for dense).
+    search_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, path: Path, manifest: IndexManifest) -> None:
         self.path = path
@@ -67,21 +44,11 @@ class Index(ABC):
 
     @classmethod
     def load(cls, path: str | Path, **options: Any) -> Index:
-        path = Path(path)
-        manifest = IndexManifest.load(path)
-        _import_builtin_kinds()
-        kind_class = INDEX_KINDS.get(manifest.kind)
-        if kind_class is None:
-            raise IndexFormatError(f"{path}: unknown index kind '{manifest.kind}' (known: {', '.join(sorted(INDEX_KINDS))})")
-        if cls is not Index and not issubclass(kind_class, cls):
-            raise IndexFormatError(f"{path} is a {manifest.kind} index, not a {cls.kind or cls.__name__} index")
-        manifest.check_files(path)
-        return kind_class.open(path, manifest, **options)
-
-    @classmethod
-    @abstractmethod
-    def open(cls, path: Path, manifest: IndexManifest, **options: Any) -> Index:
-        """Open an index folder whose manifest was already validated."""
+        """Open any kind of index folder through the kind registry; `options` are checked by the kind."""
+        index = open_index(path, **options)
+        if cls is not Index and not isinstance(index, cls):
+            raise IndexFormatError(f"{path} is a {index.kind} index, not a {cls.kind or cls.__name__} index")
+        return index
 
     @cached_property
     def docstore(self) -> DocStore:
@@ -90,8 +57,15 @@ class Index(ABC):
     def __len__(self) -> int:
         return self.manifest.num_docs
 
+    def check_search_options(self, params: Mapping[str, Any]) -> None:
+        unknown = sorted(name for name, value in params.items() if value is not None and name not in self.search_options)
+        if unknown:
+            allowed = ", ".join(sorted(self.search_options)) or "none"
+            raise EmbedkitError(f"{', '.join(unknown)} do(es) not apply to {self.kind} index {self.path} "
+                                f"(its search options: {allowed})")
+
     @abstractmethod
-    def search(self, queries: str | Sequence[str], k: int = 10, **params: Any) -> list[list[Hit]]:
+    def search(self, queries: str | Sequence[str], k: int = 10, **params: Any) -> list[list[Passage]]:
         """Top-k hits for each query, best first."""
 
     def search_run(self, queries: Mapping[str, str], k: int = 1000, *, batch_size: int = 256, **params: Any) -> Run:

@@ -14,20 +14,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from embedkit.data.corpus import Document
-from embedkit.encoding.config import EncoderSpec
-from embedkit.encoding.encoder import Encoder
-from embedkit.encoding.registry import encoder_from_spec
+from embedkit.defaults import DEFAULT_BATCH_SIZE
+from embedkit.encoding.config import EncoderConfig, EncoderSpec
 from embedkit.errors import EmbedkitError, IndexFormatError, ModelMismatchError
-from embedkit.index.base import Hit, Index, register_index_kind
+from embedkit.index.base import Index, check_k
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
 from embedkit.index.faiss_ops import (
     add_vectors,
     calibrate_search,
+    check_factory,
     create_index,
     exact_top_k,
     ivf_of,
@@ -38,8 +39,20 @@ from embedkit.index.faiss_ops import (
     train_index,
 )
 from embedkit.index.faiss_ops import search as faiss_search
-from embedkit.index.manifest import HistoryEntry, IndexManifest
+from embedkit.index.kinds import IndexKind, VerifyReport, check_document_ids
+from embedkit.index.manifest import (
+    MANIFEST_NAME,
+    DenseManifest,
+    HistoryEntry,
+    SearchCalibration,
+    SearchDefaults,
+    StoredVectors,
+)
 from embedkit.io import atomic_directory
+from embedkit.passage import Passage
+
+if TYPE_CHECKING:
+    from embedkit.encoding.encoder import Encoder
 
 FAISS_NAME = "index.faiss"
 VECTORS_SCRATCH = "vectors.f32"
@@ -48,6 +61,34 @@ IVFDATA_NAME = "index.ivfdata"
 VECTOR_FILES = {"float16": "vectors.f16", "float32": "vectors.f32"}
 BACKENDS = ("faiss", "faiss-gpu", "torch")
 DEFAULT_TRAIN_SAMPLE = 100_000
+StoreVectors = Literal["auto", "float16", "float32", "none"]
+
+
+class DenseBuildOptions(BaseModel):
+    """How `embedkit index build --kind dense` encodes and indexes a corpus."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    factory: str = "Flat"
+    metric: Literal["ip", "l2"] = "ip"
+    train_sample: int = Field(DEFAULT_TRAIN_SAMPLE, ge=1)
+    store_vectors: StoreVectors = "auto"
+    on_disk: bool = False
+
+
+class DenseOpenOptions(BaseModel):
+    """How a dense index is opened: the query encoder's runtime and the search backend."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    encoder: Any = Field(None, description="an already loaded Encoder with the index's weights")
+    model: str | None = Field(None, description="local copy of the index's model (same weights)")
+    device: str = "auto"
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
+    backend: Literal["faiss", "faiss-gpu", "torch"] = "faiss"
+    search_device: str = "auto"
+    mmap: bool = False
 
 
 def build_dense_index(
@@ -70,10 +111,12 @@ def build_dense_index(
     `on_disk=True` (IVF factories) keeps the inverted lists in `index.ivfdata`, read from disk at search time
     (FAISS `OnDiskInvertedLists`), for corpora larger than RAM.
     """
+    check_factory(factory)
     create_index(encoder.dim, factory, metric)  # fail on a bad factory string before spending time encoding
     chunks = encoder.iter_encoded(documents, total=total, quiet=quiet)
     return _write(out, chunks, encoder.spec, factory=factory, metric=metric, train_sample=train_sample,
-                  overwrite=overwrite, corpus=corpus, store_vectors=store_vectors, on_disk=on_disk)
+                  overwrite=overwrite, corpus=corpus, store_vectors=store_vectors, on_disk=on_disk,
+                  truncated=lambda: getattr(encoder, "truncated_documents", None))
 
 
 def write_dense_index(
@@ -98,6 +141,7 @@ def write_dense_index(
         raise EmbedkitError(f"{len(vectors)} vectors for {len(documents)} documents")
     if len(documents) == 0:
         raise EmbedkitError("cannot build an index with no documents")
+    check_factory(factory)
     return _write(out, [(list(documents), np.asarray(vectors, dtype=np.float32))], spec, factory=factory,
                   metric=metric, train_sample=train_sample, overwrite=overwrite, corpus=corpus,
                   store_vectors=store_vectors, on_disk=on_disk)
@@ -118,6 +162,7 @@ def _write(
     action: str = "build",
     created_at: str | None = None,
     on_disk: bool = False,
+    truncated=None,
 ) -> Path:
     """Write an index folder from streamed (documents, vectors) chunks; rows are numbered 0..n-1 in order.
 
@@ -130,10 +175,11 @@ def _write(
 
     if store_vectors not in ("auto", *VECTOR_FILES, "none"):
         raise EmbedkitError(f"unknown vector storage '{store_vectors}' (auto, float16, float32 or none)")
+    if metric not in ("ip", "l2"):
+        raise EmbedkitError(f"unknown metric '{metric}' (ip or l2)")
+    check_factory(factory)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise EmbedkitError(f"{out} already exists (use --overwrite to replace it)")
-    with atomic_directory(out, overwrite=overwrite) as folder:
+    with atomic_directory(out, overwrite=overwrite, marker=MANIFEST_NAME, what="embedkit index") as folder:
         store = DocStore(folder / DOCSTORE_NAME, readonly=False)
         scratch = folder / VECTORS_SCRATCH
         count = 0
@@ -142,6 +188,7 @@ def _write(
             for docs, vectors in chunks:
                 if vectors.shape[1] != spec.dim:
                     raise EmbedkitError(f"encoder produced dim {vectors.shape[1]}, expected {spec.dim}")
+                check_document_ids([doc.id for doc in docs], source=corpus, start=count)
                 store.add(range(count, count + len(docs)), docs)
                 handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
                 count += len(docs)
@@ -165,12 +212,7 @@ def _write(
         mode = store_vectors
         if mode == "auto":
             mode = "none" if stores_exact_vectors(index) else "float16"
-        settings: dict[str, Any] = {"train_sample": trained_on, "next_row": count,
-                                     "search": _calibrated_search(index, scratch, count, spec.dim, metric)}
-        if on_disk:
-            settings["on_disk"] = True
-        if mode != "none":
-            settings["vectors"] = {"file": VECTOR_FILES[mode], "dtype": mode}
+        search = _calibrated_search(index, scratch, count, spec.dim, metric)
         del index
         if mode == "float32":
             pass  # the scratch file is already the float32 copy
@@ -181,15 +223,19 @@ def _write(
             scratch.unlink()
         else:
             scratch.unlink()
-        manifest = IndexManifest(
-            kind="dense",
+        manifest = DenseManifest(
             encoder=spec,
             metric=metric,
             index_factory=factory,
             num_docs=count,
             corpus=corpus,
             embedkit_version=__version__,
-            settings=settings,
+            train_sample=trained_on,
+            next_row=count,
+            search=search,
+            vectors=StoredVectors(file=VECTOR_FILES[mode], dtype=mode) if mode != "none" else None,
+            on_disk=on_disk,
+            truncated_documents=truncated() if truncated is not None else None,
             history=[*(history or []), HistoryEntry(action=action, documents=count, source=corpus)],
         )
         if created_at is not None:
@@ -200,10 +246,10 @@ def _write(
 
 
 def _calibrated_search(index, scratch: Path, count: int, dim: int, metric: str, *, sample: int = 200,
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0) -> SearchDefaults:
     """Default search parameters reaching recall@10 ≥ 0.99 on documents used as queries (see calibrate_search)."""
     if ivf_of(index) is None and not search_defaults(index):
-        return {}
+        return SearchDefaults()
     rows = np.sort(np.random.default_rng(seed).choice(count, size=min(sample, count), replace=False))
     matrix = np.memmap(scratch, dtype=np.float32, mode="r", shape=(count, dim))
     queries = np.ascontiguousarray(matrix[rows], dtype=np.float32)
@@ -213,8 +259,11 @@ def _calibrated_search(index, scratch: Path, count: int, dim: int, metric: str, 
     # Documents as queries find themselves easily, so calibration is optimistic: never go below the fixed defaults.
     for key, floor in search_defaults(index).items():
         found[key] = max(found.get(key, floor), floor)
-    return {key: value for key, value in found.items() if key in ("nprobe", "ef_search")} | {
-        "calibration": {key: value for key, value in found.items() if key not in ("nprobe", "ef_search")}}
+    calibration = None
+    if "calibrated_recall" in found:
+        calibration = SearchCalibration(calibrated_recall=found["calibrated_recall"],
+                                        target_recall=found["target_recall"])
+    return SearchDefaults(nprobe=found.get("nprobe"), ef_search=found.get("ef_search"), calibration=calibration)
 
 
 def _add_on_disk(index, scratch: Path, folder: Path, dim: int, *, chunk_rows: int = 262_144) -> None:
@@ -255,21 +304,25 @@ def iter_vector_file(path: Path, dim: int, dtype, *, chunk_rows: int = 16384, st
             row += take
 
 
-@register_index_kind("dense")
 class DenseIndex(Index):
     """A FAISS index with the encoder that must be used to query it.
 
-    Options of `Index.load(path, ...)`: `backend` ("faiss"; "faiss-gpu" when faiss-gpu is installed; "torch":
-    exact fp16/fp32 matrix products on `search_device`, see `embedkit.index.torch_search`), `mmap=True` to
-    memory-map the FAISS file instead of reading it into RAM.
+    Options of `Index.load(path, ...)` (`DenseOpenOptions`): `backend` ("faiss"; "faiss-gpu" when faiss-gpu is
+    installed; "torch": exact fp16/fp32 matrix products on `search_device`, see `embedkit.index.torch_search`),
+    `mmap=True` to memory-map the FAISS file instead of reading it into RAM, and the query encoder's runtime
+    (`encoder`, `model`, `device`, `batch_size`).
     """
 
-    def __init__(self, path: Path, manifest: IndexManifest, *, encoder: Encoder | None = None,
-                 model: str | None = None, device: str = "auto", batch_size: int = 64, backend: str = "faiss",
-                 search_device: str = "auto", mmap: bool = False) -> None:
+    kind = "dense"
+    search_options = frozenset({"nprobe", "ef_search"})
+    manifest: DenseManifest
+
+    def __init__(self, path: Path, manifest: DenseManifest, *, encoder: Encoder | None = None,
+                 model: str | None = None, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
+                 backend: str = "faiss", search_device: str = "auto", mmap: bool = False) -> None:
         super().__init__(path, manifest)
-        if manifest.encoder is None:
-            raise IndexFormatError(f"{path}: dense index manifest has no encoder")
+        if not isinstance(manifest, DenseManifest):
+            raise IndexFormatError(f"{path} is a {manifest.kind} index, not a dense index")
         if backend not in BACKENDS:
             raise EmbedkitError(f"unknown search backend '{backend}' (use {', '.join(BACKENDS)})")
         self.spec: EncoderSpec = manifest.encoder
@@ -282,21 +335,24 @@ class DenseIndex(Index):
                 f"model '{self.spec.model}' (fingerprint {self.spec.fingerprint})"
             )
 
-    @classmethod
-    def open(cls, path: Path, manifest: IndexManifest, **options: Any) -> DenseIndex:
-        return cls(path, manifest, **options)
-
     @cached_property
     def faiss_index(self):
         import faiss
 
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if self._mmap else 0
-        if self.manifest.settings.get("on_disk"):
+        if self.manifest.on_disk:
             flags |= faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is found beside index.faiss wherever it moved
         try:
             index = faiss.read_index(str(self.path / FAISS_NAME), flags)
         except RuntimeError as error:
-            raise IndexFormatError(f"{self.path / FAISS_NAME} cannot be read ({str(error).splitlines()[-1]}); rebuild the index") from None
+            raise IndexFormatError(f"{self.path / FAISS_NAME} cannot be read ({str(error).splitlines()[-1]}); "
+                                   "rebuild the index") from None
+        expected = self.manifest.num_docs + len(self.deleted_rows)
+        if index.ntotal != expected:
+            raise IndexFormatError(
+                f"index {self.path} is damaged: {self.path / FAISS_NAME} holds {index.ntotal} vectors, the manifest "
+                f"and {DELETED_NAME} account for {expected}; rebuild the index"
+            )
         if self.backend == "faiss-gpu":
             if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
                 raise EmbedkitError("backend 'faiss-gpu' needs faiss-gpu and a CUDA GPU (pip install embedkit[gpu]); "
@@ -313,6 +369,8 @@ class DenseIndex(Index):
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
+            from embedkit.encoding.registry import encoder_from_spec
+
             self._encoder = encoder_from_spec(self.spec, model_path=self._model_override, device=self._device,
                                               batch_size=self._batch_size)
         return self._encoder
@@ -331,28 +389,28 @@ class DenseIndex(Index):
         Exact unless the index is lossy and was built without stored vectors (then an approximation).
         """
         rows = np.asarray(rows, dtype=np.int64)
-        stored = self.manifest.settings.get("vectors")
-        if stored:
-            dtype = np.dtype(stored["dtype"])
-            matrix = np.memmap(self.path / stored["file"], dtype=dtype, mode="r")
+        stored = self.manifest.vectors
+        if stored is not None:
+            matrix = np.memmap(self.path / stored.file, dtype=np.dtype(stored.dtype), mode="r")
             matrix = matrix.reshape(-1, self.spec.dim)
             return np.asarray(matrix[rows], dtype=np.float32)
         return reconstruct_rows(self.faiss_index, rows)
 
     @property
     def vectors_exact(self) -> bool:
-        return bool(self.manifest.settings.get("vectors")) or stores_exact_vectors(self.faiss_index)
+        return self.manifest.vectors is not None or stores_exact_vectors(self.faiss_index)
 
     @cached_property
     def torch_searcher(self):
         from embedkit.index.torch_search import TorchExactSearch
 
         rows = self.live_rows()
-        return TorchExactSearch(self.vectors(rows), rows, metric=self.manifest.metric or "ip",
-                                device=self._search_device)
+        return TorchExactSearch(self.vectors(rows), rows, metric=self.manifest.metric, device=self._search_device)
 
     def search(self, queries: str | Sequence[str], k: int = 10, *, nprobe: int | None = None,
-               ef_search: int | None = None, with_text: bool = True) -> list[list[Hit]]:
+               ef_search: int | None = None, with_text: bool = True) -> list[list[Passage]]:
+        check_k(k)
+        _check_positive(nprobe=nprobe, ef_search=ef_search)
         texts = [queries] if isinstance(queries, str) else list(queries)
         if not texts:
             return []
@@ -360,27 +418,29 @@ class DenseIndex(Index):
         return self.search_vectors(vectors, k, nprobe=nprobe, ef_search=ef_search, with_text=with_text)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, *, nprobe: int | None = None,
-                       ef_search: int | None = None, with_text: bool = True) -> list[list[Hit]]:
+                       ef_search: int | None = None, with_text: bool = True) -> list[list[Passage]]:
+        check_k(k)
+        _check_positive(nprobe=nprobe, ef_search=ef_search)
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape[1] != self.spec.dim:
             raise EmbedkitError(f"query vectors have dim {vectors.shape[1]}, the index has {self.spec.dim}")
         if self.backend == "torch":
             scores, rows = self.torch_searcher.search(vectors, k)
         else:
-            defaults = self.manifest.settings.get("search") or {}
-            nprobe = nprobe if nprobe is not None else defaults.get("nprobe")
-            ef_search = ef_search if ef_search is not None else defaults.get("ef_search")
+            defaults = self.manifest.search
+            nprobe = nprobe if nprobe is not None else defaults.nprobe
+            ef_search = ef_search if ef_search is not None else defaults.ef_search
             scores, rows = faiss_search(self.faiss_index, vectors, k, nprobe=nprobe, ef_search=ef_search,
                                         exclude=self.deleted_rows)
         return self._hits(scores, rows, with_text=with_text)
 
-    def _hits(self, scores: np.ndarray, rows: np.ndarray, *, with_text: bool) -> list[list[Hit]]:
+    def _hits(self, scores: np.ndarray, rows: np.ndarray, *, with_text: bool) -> list[list[Passage]]:
         if self.manifest.metric == "l2":
             scores = -scores  # higher is better everywhere downstream
         documents = self.docstore.by_rows(rows.ravel()) if with_text else None
-        results: list[list[Hit]] = []
+        results: list[list[Passage]] = []
         for query_scores, query_rows in zip(scores, rows, strict=True):
-            hits: list[Hit] = []
+            hits: list[Passage] = []
             for score, row in zip(query_scores, query_rows, strict=True):
                 if row < 0:
                     continue  # fewer than k results
@@ -388,10 +448,69 @@ class DenseIndex(Index):
                     doc = documents.get(int(row))
                     if doc is None:
                         continue
-                    hits.append(Hit(id=doc.id, score=float(score), rank=len(hits) + 1, title=doc.title, text=doc.text))
+                    hits.append(Passage(id=doc.id, score=float(score), rank=len(hits) + 1, title=doc.title,
+                                        text=doc.text))
                 else:
                     doc_id = self._ids_by_row.get(int(row))
                     if doc_id is not None:
-                        hits.append(Hit(id=doc_id, score=float(score), rank=len(hits) + 1))
+                        hits.append(Passage(id=doc_id, score=float(score), rank=len(hits) + 1))
             results.append(hits)
         return results
+
+
+def _check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EmbedkitError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
+class DenseKind(IndexKind):
+    """FAISS index + document store + encoder spec. Updatable in place (`embedkit.index.lifecycle`)."""
+
+    name = "dense"
+    manifest_model = DenseManifest
+    build_options = DenseBuildOptions
+    open_options = DenseOpenOptions
+
+    def build(self, documents: Iterable[Document], out: str | Path, options: DenseBuildOptions, *,
+              overwrite: bool = False, corpus: str | None = None, total: int | None = None,
+              quiet: bool = False) -> Path:
+        from embedkit.encoding.encoder import Encoder
+
+        check_factory(options.factory)  # before loading the model
+        return build_dense_index(documents, Encoder(options.encoder), out, factory=options.factory,
+                                 metric=options.metric, train_sample=options.train_sample, overwrite=overwrite,
+                                 total=total, quiet=quiet, corpus=corpus, store_vectors=options.store_vectors,
+                                 on_disk=options.on_disk)
+
+    def open(self, path: Path, manifest: DenseManifest, options: DenseOpenOptions) -> DenseIndex:
+        return DenseIndex(path, manifest, **dict(options))
+
+    def add(self, path: Path, documents: Iterable[Document], *, source: str | None = None, quiet: bool = True,
+            **runtime: Any):
+        from embedkit.index.lifecycle import add_documents
+
+        return add_documents(path, documents, source=source, quiet=quiet, **runtime)
+
+    def remove(self, path: Path, ids: Iterable[str], *, source: str | None = None):
+        from embedkit.index.lifecycle import remove_documents
+
+        return remove_documents(path, ids, source=source)
+
+    def verify(self, path: Path, manifest: DenseManifest | None = None) -> VerifyReport:
+        report = super().verify(path, manifest)
+        index = DenseIndex(path, manifest or DenseManifest.load(path))
+        ntotal = index.faiss_index.ntotal  # checks the FAISS row count against the manifest
+        notes = [f"FAISS {index.manifest.index_factory}: {ntotal} vectors ({len(index.deleted_rows)} masked)"]
+        stored = index.manifest.vectors
+        if stored is not None:
+            row_bytes = index.spec.dim * np.dtype(stored.dtype).itemsize
+            size = (path / stored.file).stat().st_size
+            if size != index.manifest.next_row * row_bytes:
+                raise IndexFormatError(f"index {path} is damaged: {path / stored.file} has {size} bytes, expected "
+                                       f"{index.manifest.next_row} rows of {row_bytes} bytes")
+        report.notes.extend(notes)
+        return report
+
+
+DENSE_KIND = DenseKind()

@@ -15,6 +15,15 @@ from embedkit.errors import DataFormatError, IndexFormatError
 DOCSTORE_NAME = "docstore.sqlite"
 
 
+class DuplicateIdError(DataFormatError):
+    """A document id added twice; `first_row` and `second_row` are the rows the two copies were given."""
+
+    def __init__(self, doc_id: str, first_row: int, second_row: int) -> None:
+        self.doc_id, self.first_row, self.second_row = doc_id, first_row, second_row
+        super().__init__(f"duplicate document id {doc_id!r} (documents #{first_row + 1} and #{second_row + 1}); "
+                         "document ids must be unique")
+
+
 class DocStore:
     def __init__(self, path: str | Path, *, readonly: bool = True) -> None:
         self.path = Path(path)
@@ -47,7 +56,20 @@ class DocStore:
                     [(row, doc.id, doc.title, doc.text) for row, doc in zip(rows, documents, strict=True)],
                 )
         except sqlite3.IntegrityError as error:
-            raise DataFormatError(f"duplicate document id in corpus ({error})") from None
+            raise self._duplicate(rows, documents) or DataFormatError(f"cannot store documents: {error}") from None
+
+    def _duplicate(self, rows: Sequence[int], documents: Sequence[Document]) -> DuplicateIdError | None:
+        """Which id of a failed insert was already stored (or repeated within the batch), and at which rows."""
+        ids = [doc.id for doc in documents]
+        stored = self.row_of(ids)
+        seen: dict[str, int] = {}
+        for row, doc_id in zip(rows, ids, strict=True):
+            if doc_id in stored:
+                return DuplicateIdError(doc_id, stored[doc_id], row)
+            if doc_id in seen:
+                return DuplicateIdError(doc_id, seen[doc_id], row)
+            seen[doc_id] = row
+        return None
 
     def delete_rows(self, rows: Iterable[int]) -> None:
         with self._db:

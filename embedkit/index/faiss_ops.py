@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from embedkit.errors import EmbedkitError
@@ -17,10 +19,37 @@ def faiss_metric(metric: str) -> int:
     return getattr(faiss, METRICS[metric])
 
 
+# Parameters FAISS accepts in a factory string but then crashes on (assertion abort, SIGSEGV, SIGFPE) or hangs.
+_HNSW_M = re.compile(r"HNSW(\d+)")
+_NUMBER_AFTER_NAME = re.compile(r"(?<![0-9])([A-Za-z_]+)(\d+)(?:x(\d+))?")
+
+
+def check_factory(factory: str) -> None:
+    """Refuse factory strings that FAISS parses but later aborts the process on (e.g. HNSW0, HNSW1, PQ4x0).
+
+    FAISS checks these with C++ assertions that kill the process instead of raising, so they are checked here.
+    """
+    if not isinstance(factory, str) or not factory.strip():
+        raise EmbedkitError("the FAISS index factory string is empty (e.g. Flat, HNSW32, IVF1024,Flat)")
+    for match in _HNSW_M.finditer(factory):
+        if int(match.group(1)) < 2:
+            raise EmbedkitError(f"invalid FAISS index factory '{factory}': HNSW needs M >= 2 neighbours per node "
+                                f"(got {match.group(0)}); HNSW32 is a good default")
+    for match in _NUMBER_AFTER_NAME.finditer(factory):
+        name, number, bits = match.group(1), int(match.group(2)), match.group(3)
+        if number < 1 or (bits is not None and int(bits) < 1):
+            raise EmbedkitError(f"invalid FAISS index factory '{factory}': '{match.group(0)}' needs a size of at "
+                                "least 1 (e.g. IVF1024,Flat, PQ16, HNSW32)")
+    if "NSG" in factory:
+        raise EmbedkitError(f"FAISS index factory '{factory}': NSG indexes are not supported (FAISS can hang "
+                            "building them on small or clustered data); use HNSW32")
+
+
 def create_index(dim: int, factory: str, metric: str):
     """An empty index from any FAISS index-factory string, wrapped so it stores our integer row ids."""
     import faiss
 
+    check_factory(factory)
     try:
         index = faiss.index_factory(dim, factory, faiss_metric(metric))
     except RuntimeError as error:

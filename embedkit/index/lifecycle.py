@@ -9,8 +9,10 @@
     merge_indexes(["shards/", "indexes/other"], "indexes/all")    # encode shards and/or index folders
 
 Every update works on a copy of the folder and swaps it in when complete (`embedkit.io.atomic_directory`),
-under a lock, so a killed update leaves the old index intact and two concurrent updates cannot lose each
-other's changes. Documents are encoded with the encoder recorded in the manifest (same weights, prefixes,
+under the folder's lock (taken on its real path, so a symlink and its target share it), so a killed update
+leaves the old index intact (or the new one, if it had finished) and two concurrent updates cannot lose each
+other's changes. Before an update copies anything, every file of the old folder is checked against the
+checksums in its manifest, so damage is reported instead of being carried into the new folder. Documents are encoded with the encoder recorded in the manifest (same weights, prefixes,
 normalization and max length); anything else is refused. Where FAISS cannot remove vectors (HNSW), removed
 rows are listed in `deleted.npy` and masked at search time until `compact_index` rebuilds the index.
 """
@@ -18,30 +20,35 @@ rows are listed in `deleted.npy` and masked at search time until `compact_index`
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from embedkit.data.corpus import Document
+from embedkit.defaults import DEFAULT_BATCH_SIZE
 from embedkit.encoding.config import EncoderSpec
-from embedkit.encoding.encoder import Encoder
-from embedkit.errors import DataFormatError, EmbedkitError, IndexFormatError, ModelMismatchError
+from embedkit.errors import EmbedkitError, IndexFormatError, ModelMismatchError
 from embedkit.index.dense import (
     DEFAULT_TRAIN_SAMPLE,
     DELETED_NAME,
     FAISS_NAME,
+    DENSE_KIND,
     DenseIndex,
     _write,
 )
-from embedkit.index.docstore import DOCSTORE_NAME, DocStore
+from embedkit.index.docstore import DOCSTORE_NAME, DocStore, DuplicateIdError
 from embedkit.index.faiss_ops import try_remove
-from embedkit.index.manifest import HistoryEntry, IndexManifest
-from embedkit.io import atomic_directory
+from embedkit.index.kinds import check_document_ids
+from embedkit.index.manifest import MANIFEST_NAME, DenseManifest, HistoryEntry, IndexManifest
+from embedkit.io import atomic_directory, folder_lock
+
+if TYPE_CHECKING:
+    from embedkit.encoding.encoder import Encoder
 
 # Fields of the encoder spec that change the vectors; the model name may differ (a local copy of the same weights).
 SPEC_FIELDS = ("fingerprint", "pooling", "normalize", "passage_prefix", "query_prefix", "max_length", "dim")
@@ -82,8 +89,10 @@ def check_encoder(spec: EncoderSpec, encoder: Encoder) -> None:
 
 
 def encoder_for(path: str | Path, *, encoder: Encoder | None = None, model: str | None = None,
-                device: str = "auto", batch_size: int = 64) -> Encoder:
+                device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE) -> Encoder:
     """The encoder recorded in an index's manifest (or `encoder`, after checking it matches)."""
+    from embedkit.encoding.encoder import Encoder
+
     manifest = _dense_manifest(Path(path))
     if encoder is not None:
         check_encoder(manifest.encoder, encoder)
@@ -92,7 +101,7 @@ def encoder_for(path: str | Path, *, encoder: Encoder | None = None, model: str 
 
 
 def add_documents(path: str | Path, documents: Iterable[Document], *, encoder: Encoder | None = None,
-                  model: str | None = None, device: str = "auto", batch_size: int = 64,
+                  model: str | None = None, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
                   source: str | None = None, quiet: bool = True) -> UpdateReport:
     """Encode and insert documents; a document whose id is already indexed replaces it (upsert)."""
     encoder = encoder_for(path, encoder=encoder, model=model, device=device, batch_size=batch_size)
@@ -134,18 +143,17 @@ def compact_index(path: str | Path, *, factory: str | None = None, train_sample:
     `factory` switches the index kind at the same time (e.g. to HNSW32 once the corpus grew).
     """
     path = Path(path)
-    with _locked(path):
-        index = _open_dense(path)
+    with folder_lock(path):
+        index = _open_dense(path, verify=True)
         manifest = index.manifest
         _require_vectors(index, "compact")
         chunks = _index_chunks(index)
-        stored = manifest.settings.get("vectors")
-        mode = store_vectors or (stored["dtype"] if stored else "auto")
+        mode = store_vectors or (manifest.vectors.dtype if manifest.vectors else "auto")
         masked = len(index.deleted_rows)
-        _write(path, chunks, manifest.encoder, factory=factory or manifest.index_factory or "Flat",
-               metric=manifest.metric or "ip", train_sample=train_sample, overwrite=True, corpus=manifest.corpus,
+        _write(path, chunks, manifest.encoder, factory=factory or manifest.index_factory,
+               metric=manifest.metric, train_sample=train_sample, overwrite=True, corpus=manifest.corpus,
                store_vectors=mode, history=manifest.history, action="compact", created_at=manifest.created_at,
-               on_disk=bool(manifest.settings.get("on_disk")))
+               on_disk=manifest.on_disk, truncated=lambda: manifest.truncated_documents)
     return UpdateReport(action="compact", removed=masked, num_docs=IndexManifest.load(path).num_docs)
 
 
@@ -163,7 +171,7 @@ def merge_indexes(inputs: Sequence[str | Path], out: str | Path, *, factory: str
     sources: list = []
     for item in inputs:
         item = Path(item)
-        sources.append(open_shards(item) if is_shard_folder(item) else _open_dense(item))
+        sources.append(open_shards(item) if is_shard_folder(item) else _open_dense(item, verify=True))
     first = sources[0]
     spec: EncoderSpec = first.spec
     for source, item in zip(sources[1:], inputs[1:], strict=True):
@@ -175,33 +183,49 @@ def merge_indexes(inputs: Sequence[str | Path], out: str | Path, *, factory: str
         _require_vectors(index, "merge")
     factory = factory or (indexes[0].manifest.index_factory if indexes else None) or "Flat"
     metric = metric or (indexes[0].manifest.metric if indexes else None) or "ip"
+    starts: list[int] = []  # first output row of each input, to name the inputs of a duplicate id
 
     def chunks() -> Iterator[tuple[list[Document], np.ndarray]]:
+        row = 0
         for source in sources:
-            yield from (_index_chunks(source) if isinstance(source, DenseIndex) else source.iter_chunks())
+            starts.append(row)
+            for docs, vectors in (_index_chunks(source) if isinstance(source, DenseIndex) else source.iter_chunks()):
+                row += len(docs)
+                yield docs, vectors
+
+    def input_of(row: int) -> str:
+        position = max(i for i, start in enumerate(starts) if start <= row)
+        return str(inputs[position])
 
     history = [HistoryEntry(action="merge", documents=None, source=", ".join(str(item) for item in inputs))]
     try:
         return _write(out, chunks(), spec, factory=factory, metric=metric, train_sample=train_sample,
                       overwrite=overwrite, corpus=None, store_vectors=store_vectors, history=history, action="build",
                       on_disk=on_disk)
-    except DataFormatError as error:
-        raise EmbedkitError(f"cannot merge: {error}; document ids must be unique across the merged inputs") from None
+    except DuplicateIdError as error:
+        first, second = input_of(error.first_row), input_of(error.second_row)
+        where = f"in both {first} and {second}" if first != second else f"twice in {first}"
+        raise EmbedkitError(f"cannot merge: document id {error.doc_id!r} occurs {where}; document ids must be "
+                            "unique across the merged inputs (remove it from one of them first)") from None
 
 
 # --- internals -------------------------------------------------------------------------------------------
 
 
-def _dense_manifest(path: Path) -> IndexManifest:
+def _dense_manifest(path: Path, *, verify: bool = False) -> DenseManifest:
+    """The manifest of the dense index at `path`, after the cheap checks (and the full checksums with `verify`)."""
     manifest = IndexManifest.load(path)
-    if manifest.kind != "dense" or manifest.encoder is None:
+    if not isinstance(manifest, DenseManifest):
         raise IndexFormatError(f"{path} is a {manifest.kind} index; only dense indexes can be updated this way")
-    manifest.check_files(path)
+    if verify:
+        DENSE_KIND.verify(path, manifest)
+    else:
+        DENSE_KIND.check(path, manifest)
     return manifest
 
 
-def _open_dense(path: Path) -> DenseIndex:
-    return DenseIndex(path, _dense_manifest(path))
+def _open_dense(path: Path, *, verify: bool = False) -> DenseIndex:
+    return DenseIndex(path, _dense_manifest(path, verify=verify))
 
 
 def _require_vectors(index: DenseIndex, what: str) -> None:
@@ -228,28 +252,15 @@ def _materialize(index: DenseIndex, batch: list[tuple[int, Document]]) -> tuple[
     return [doc for _, doc in batch], index.vectors(rows)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock beside the index folder, so concurrent updates run one after the other."""
-    lock_path = path.with_name(f".{path.name}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class _Update:
     """An index folder being changed in a temporary copy."""
 
-    def __init__(self, source: Path, folder: Path, action: str) -> None:
+    def __init__(self, source: Path, manifest: DenseManifest, folder: Path, action: str) -> None:
         import faiss
 
         self.folder = folder
-        self.manifest = _dense_manifest(source).model_copy(deep=True)
-        if self.manifest.settings.get("on_disk"):
+        self.manifest = manifest.model_copy(deep=True)
+        if self.manifest.on_disk:
             raise EmbedkitError(
                 f"{source} keeps its inverted lists on disk, which FAISS would change in place; add documents by "
                 "merging: `embedkit index merge OLD NEW --out NEW_INDEX` (no re-encoding of OLD)"
@@ -262,10 +273,8 @@ class _Update:
         deleted = folder / DELETED_NAME
         self.deleted: set[int] = set(np.load(deleted).tolist()) if deleted.is_file() else set()
         self.dim = self.manifest.encoder.dim
-        settings = self.manifest.settings
-        if "next_row" not in settings:  # indexes written before rows were tracked in the manifest
-            settings["next_row"] = max(self.store.next_row(), max(self.deleted, default=-1) + 1)
         self.report = UpdateReport(action=action)
+        self.source_name: str | None = None
 
     def upsert(self, docs: list[Document], vectors: np.ndarray) -> None:
         if vectors.shape != (len(docs), self.dim):
@@ -274,14 +283,15 @@ class _Update:
         if len(last) < len(docs):
             keep = sorted(last.values())
             docs, vectors = [docs[i] for i in keep], vectors[keep]
+        check_document_ids([doc.id for doc in docs], source=self.source_name)
         existing = self.store.row_of([doc.id for doc in docs])
         self._delete_rows(np.array(sorted(existing.values()), dtype=np.int64))
-        start = int(self.manifest.settings["next_row"])
+        start = self.manifest.next_row
         rows = np.arange(start, start + len(docs), dtype=np.int64)
         self.store.add(rows.tolist(), docs)
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), rows)
         self._store_vectors(start, vectors)
-        self.manifest.settings["next_row"] = start + len(docs)
+        self.manifest.next_row = start + len(docs)
         self.report.replaced += len(existing)
         self.report.added += len(docs) - len(existing)
 
@@ -299,12 +309,12 @@ class _Update:
             self.deleted.update(rows.tolist())
 
     def _store_vectors(self, start: int, vectors: np.ndarray) -> None:
-        stored = self.manifest.settings.get("vectors")
-        if not stored:
+        stored = self.manifest.vectors
+        if stored is None:
             return
-        dtype = np.dtype(stored["dtype"])
+        dtype = np.dtype(stored.dtype)
         row_bytes = self.dim * dtype.itemsize
-        with open(self.folder / stored["file"], "r+b") as handle:
+        with open(self.folder / stored.file, "r+b") as handle:
             handle.truncate(start * row_bytes)  # rows are dense in the file: row r at offset r·row_bytes
             handle.seek(start * row_bytes)
             handle.write(np.ascontiguousarray(vectors, dtype=dtype).tobytes())
@@ -337,9 +347,10 @@ class _Update:
 
 @contextlib.contextmanager
 def _update(path: Path, action: str, source: str | None) -> Iterator[_Update]:
-    with _locked(path):
-        _dense_manifest(path)  # fail before copying anything
-        with atomic_directory(path, overwrite=True) as folder:
-            update = _Update(path, folder, action)
+    with folder_lock(path):
+        manifest = _dense_manifest(path, verify=True)  # fail before copying anything, and never copy damage
+        with atomic_directory(path, overwrite=True, marker=MANIFEST_NAME, what="embedkit index") as folder:
+            update = _Update(path, manifest, folder, action)
+            update.source_name = source
             yield update
             update.finish(source)

@@ -14,18 +14,25 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from embedkit.data.corpus import Document
+from embedkit.defaults import DEFAULT_BATCH_SIZE
 from embedkit.errors import EmbedkitError, IndexFormatError
-from embedkit.index.base import Hit, Index, register_index_kind
+from embedkit.index.base import Index, check_k
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
-from embedkit.index.manifest import MANIFEST_NAME, HistoryEntry, IndexManifest
+from embedkit.index.kinds import IndexKind, check_document_ids
+from embedkit.index.manifest import MANIFEST_NAME, BM25BackendInfo, BM25Manifest, HistoryEntry
 from embedkit.io import atomic_directory
 from embedkit.lexical.backends import LexicalSearcher, get_backend, resolve_backend
 from embedkit.lexical.settings import BM25Settings
+from embedkit.passage import Passage
 
 log = logging.getLogger(__name__)
 
 CHUNK = 2048
+# Options of dense indexes that make no sense for BM25: refused rather than silently ignored.
+DENSE_ONLY_OPTIONS = ("encoder", "model", "backend", "search_device", "mmap")
 
 
 def build_bm25_index(
@@ -44,10 +51,8 @@ def build_bm25_index(
 
     settings = settings or BM25Settings(backend=resolve_backend("auto"))
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise EmbedkitError(f"{out} already exists (use --overwrite to replace it)")
     backend = get_backend(settings.backend)
-    with atomic_directory(out, overwrite=overwrite) as folder:
+    with atomic_directory(out, overwrite=overwrite, marker=MANIFEST_NAME, what="embedkit index") as folder:
         builder = backend.builder(folder / backend.folder, settings)
         store = DocStore(folder / DOCSTORE_NAME, readonly=False)
         count = 0
@@ -55,11 +60,13 @@ def build_bm25_index(
         for document in documents:
             chunk.append(document)
             if len(chunk) >= CHUNK:
+                check_document_ids([doc.id for doc in chunk], source=corpus, start=count)
                 store.add(range(count, count + len(chunk)), chunk)
                 builder.add(chunk)
                 count += len(chunk)
                 chunk = []
         if chunk:
+            check_document_ids([doc.id for doc in chunk], source=corpus, start=count)
             store.add(range(count, count + len(chunk)), chunk)
             builder.add(chunk)
             count += len(chunk)
@@ -67,47 +74,55 @@ def build_bm25_index(
         if count == 0:
             raise EmbedkitError("cannot build an index with no documents")
         facts = builder.finish()
-        manifest = IndexManifest(
-            kind="bm25",
+        manifest = BM25Manifest(
             num_docs=count,
             corpus=corpus,
             embedkit_version=__version__,
-            settings={**settings.model_dump(), **facts},
+            settings=settings,
+            backend_info=BM25BackendInfo(**facts),
             history=[HistoryEntry(action="build", documents=count, source=corpus)],
         )
-        manifest.files = _file_sizes(folder)
+        manifest.record_files(folder)
         manifest.save(folder)
     return out
 
 
-def _file_sizes(folder: Path) -> dict[str, int]:
-    """Every file of the index (backend subfolders included), so damage to any of them is detected."""
-    return {
-        path.relative_to(folder).as_posix(): path.stat().st_size
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name not in (MANIFEST_NAME, "write.lock")
-    }
+class BM25OpenOptions(BaseModel):
+    """Open options of a BM25 index. The query encoder's runtime (device, batch size) is accepted and unused,
+    so one set of options opens any kind; options that only a dense index can honour are refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    device: str = "auto"
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
+    encoder: Any = None
+    model: str | None = None
+    backend: str | None = None
+    search_device: str | None = None
+    mmap: bool = False
+
+    @model_validator(mode="after")
+    def _no_dense_options(self) -> BM25OpenOptions:
+        given = [name for name in DENSE_ONLY_OPTIONS if getattr(self, name) not in (None, False)]
+        if given:
+            raise ValueError(f"{', '.join(given)} appl(y/ies) to dense indexes only; a BM25 index has no model "
+                             "and no FAISS search backend")
+        return self
 
 
-@register_index_kind("bm25")
 class BM25Index(Index):
     """A BM25 index. `search(..., k1=, b=)` overrides the recorded parameters (pyserini backend only)."""
 
-    def __init__(self, path: Path, manifest: IndexManifest) -> None:
-        super().__init__(path, manifest)
-        known = set(BM25Settings.model_fields)
-        try:
-            self.settings = BM25Settings(**{k: v for k, v in manifest.settings.items() if k in known})
-        except ValueError as error:
-            raise IndexFormatError(f"{path}: bad BM25 settings in the manifest: {error}") from None
-        self.backend = get_backend(self.settings.backend)
+    kind = "bm25"
+    search_options = frozenset({"k1", "b"})
+    manifest: BM25Manifest
 
-    @classmethod
-    def open(cls, path: Path, manifest: IndexManifest, *, model: str | None = None, **_encoder_options: Any) -> BM25Index:
-        # Options meant for dense encoders (device, batch size) do not apply to BM25 and are ignored.
-        if model is not None:
-            raise EmbedkitError(f"{path} is a BM25 index: it has no model, so --model does not apply")
-        return cls(path, manifest)
+    def __init__(self, path: Path, manifest: BM25Manifest) -> None:
+        super().__init__(path, manifest)
+        if not isinstance(manifest, BM25Manifest):
+            raise IndexFormatError(f"{path} is a {manifest.kind} index, not a BM25 index")
+        self.settings = manifest.settings
+        self.backend = get_backend(self.settings.backend)
 
     @cached_property
     def searcher(self) -> LexicalSearcher:
@@ -118,24 +133,43 @@ class BM25Index(Index):
         return [by_row[row] for row in sorted(by_row)]
 
     def search(self, queries: str | Sequence[str], k: int = 10, *, with_text: bool = True,
-               k1: float | None = None, b: float | None = None) -> list[list[Hit]]:
+               k1: float | None = None, b: float | None = None) -> list[list[Passage]]:
+        check_k(k)
         texts = [queries] if isinstance(queries, str) else list(queries)
         if not texts:
             return []
-        if k < 1:
-            raise EmbedkitError(f"k must be at least 1, got {k}")
         scored = self.searcher.search(texts, k, k1=k1, b=b)
         documents: dict[str, Document] = {}
         if with_text:
             ids = {doc_id for hits in scored for doc_id, _ in hits}
             rows = self.docstore.row_of(ids)
             documents = {doc.id: doc for doc in self.docstore.by_rows(rows.values()).values()}
-        results: list[list[Hit]] = []
+        results: list[list[Passage]] = []
         for hits in scored:
-            query_hits: list[Hit] = []
+            query_hits: list[Passage] = []
             for doc_id, score in hits:
                 doc = documents.get(doc_id)
-                query_hits.append(Hit(id=doc_id, score=score, rank=len(query_hits) + 1,
-                                      title=doc.title if doc else "", text=doc.text if doc else ""))
+                query_hits.append(Passage(id=doc_id, score=score, rank=len(query_hits) + 1,
+                                          title=doc.title if doc else "", text=doc.text if doc else ""))
             results.append(query_hits)
         return results
+
+
+class BM25Kind(IndexKind):
+    """BM25 over the folder's document store, with the pyserini (Lucene) or bm25s backend. Rebuilt, not updated."""
+
+    name = "bm25"
+    manifest_model = BM25Manifest
+    build_options = BM25Settings
+    open_options = BM25OpenOptions
+
+    def build(self, documents: Iterable[Document], out: str | Path, options: BM25Settings, *,
+              overwrite: bool = False, corpus: str | None = None, total: int | None = None,
+              quiet: bool = False) -> Path:
+        return build_bm25_index(documents, out, options, overwrite=overwrite, corpus=corpus)
+
+    def open(self, path: Path, manifest: BM25Manifest, options: BM25OpenOptions) -> BM25Index:
+        return BM25Index(path, manifest)
+
+
+BM25_KIND = BM25Kind()

@@ -19,11 +19,11 @@ from embedkit.data.queries import load_queries
 from embedkit.data.runs import Run, write_trec_run
 from embedkit.encoding.config import EncoderConfig
 from embedkit.encoding.encoder import Encoder
-from embedkit.errors import DataFormatError
+from embedkit.errors import DataFormatError, EmbedkitError
 from embedkit.eval import DEFAULT_K, evaluate
 from embedkit.index.base import Index
 from embedkit.index.dense import build_dense_index
-from embedkit.index.manifest import IndexManifest
+from embedkit.index.manifest import DenseManifest, IndexManifest
 from embedkit.io import atomic_write
 from embedkit.paths import default_index_dir
 
@@ -91,9 +91,11 @@ def run_beir(
 
 
 def _reusable(index_path: Path, encoder: Encoder, factory: str) -> bool:
+    """An intact dense index at `index_path` built with this very encoder and factory."""
     try:
         manifest = IndexManifest.load(index_path)
         manifest.check_files(index_path)
-    except Exception:
+    except EmbedkitError:
         return False
-    return manifest.encoder == encoder.spec and manifest.index_factory == factory
+    return (isinstance(manifest, DenseManifest) and manifest.encoder == encoder.spec
+            and manifest.index_factory == factory)
