@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from embedkit.defaults import DEFAULT_BATCH_SIZE
+
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery: "
 
@@ -27,7 +29,7 @@ class EncoderConfig(BaseModel):
     instruction_template: str = DEFAULT_INSTRUCTION_TEMPLATE
     normalize: bool = True
     max_length: int | None = None
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0)
     device: str = "auto"
     dtype: Dtype = "auto"
     chunk_size: int = Field(

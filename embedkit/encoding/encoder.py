@@ -9,10 +9,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from embedkit.data.corpus import Document
+from embedkit.defaults import DEFAULT_BATCH_SIZE
 from embedkit.encoding.config import EncoderConfig, EncoderSpec
 from embedkit.encoding.device import pick_device, pick_dtype
 from embedkit.encoding.models import canonical_model_name, load_sentence_transformer, weights_fingerprint
 from embedkit.errors import ModelMismatchError
+
+# Texts are cut before tokenisation so a huge document costs memory for what the model reads, not for its
+# whole length. The first look tokenises max_length x FIRST_WINDOW characters; a text with fewer tokens than
+# that (long runs of spaces, very long "words") gets a window 8x larger, up to max_length x MAX_CHARS_PER_TOKEN
+# characters, past which the text is cut whatever its token count.
+FIRST_WINDOW_CHARS_PER_TOKEN = 8
+MAX_CHARS_PER_TOKEN = 1024
+# Tokens kept past the model's limit when cutting, so the cut never changes the tokens the model reads.
+CUT_MARGIN_TOKENS = 16
 
 
 class Encoder:
@@ -25,6 +35,10 @@ class Encoder:
 
     def __init__(self, config: EncoderConfig, *, model=None) -> None:
         self.config = config
+        #: documents (since this encoder was created) with more tokens than the model reads; their end is cut.
+        self.truncated_documents = 0
+        self._budget: int | None | bool = False  # text tokens the model reads; computed on first use
+        self._prompt_tokens: dict[str, int] = {}
         self.device = pick_device(config.device)
         self.model = model or load_sentence_transformer(config.model, device=self.device, max_length=config.max_length)
         # Fingerprint before any precision change so it identifies the weights, not the inference dtype.
@@ -36,7 +50,8 @@ class Encoder:
         self.passage_prefix = self._prefix(config.passage_prefix, None, "document")
 
     @classmethod
-    def from_spec(cls, spec: EncoderSpec, *, model_path: str | None = None, device: str = "auto", batch_size: int = 64) -> Encoder:
+    def from_spec(cls, spec: EncoderSpec, *, model_path: str | None = None, device: str = "auto",
+                  batch_size: int = DEFAULT_BATCH_SIZE) -> Encoder:
         """Rebuild the query encoder an index was built with; refuse weights that differ from the recorded ones."""
         config = EncoderConfig(
             model=model_path or spec.model,
@@ -95,10 +110,80 @@ class Encoder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
-        return self._encode(queries, self.query_prefix)
+        return self._encode(self.fit_texts(list(queries), self.query_prefix, count=False), self.query_prefix)
 
     def encode_documents(self, documents: Sequence[Document]) -> np.ndarray:
-        return self._encode([doc.joined() for doc in documents], self.passage_prefix)
+        return self._encode(self.document_texts(documents), self.passage_prefix)
+
+    def document_texts(self, documents: Sequence[Document]) -> list[str]:
+        """Title and text of each document as the model will read them: cut past the model's max length.
+
+        Documents longer than the max length are counted in `truncated_documents`.
+        """
+        budget = self._text_budget(self.passage_prefix)
+        # One character past the hard cap, so `fit_texts` sees (and counts) that the text went on.
+        cap = None if budget is None else budget * MAX_CHARS_PER_TOKEN + 1
+        return self.fit_texts([_joined_prefix(doc, cap) for doc in documents], self.passage_prefix)
+
+    def fit_texts(self, texts: list[str], prefix: str = "", *, count: bool = True) -> list[str]:
+        """Cut each text shortly after the point where the model stops reading, without tokenising the rest.
+
+        The tokens the model reads are unchanged (the cut keeps a margin of tokens past the limit).
+        """
+        budget = self._text_budget(prefix)
+        if budget is None:
+            return texts
+        tokenizer = self.model.tokenizer
+        fitted = list(texts)
+        window, cap = budget * FIRST_WINDOW_CHARS_PER_TOKEN, budget * MAX_CHARS_PER_TOKEN
+        # Texts shorter than budget/4 characters fit whatever the tokenizer (at most 4 UTF-8 bytes a character).
+        pending = [i for i, text in enumerate(texts) if 4 * len(text) + 1 > budget]
+        while pending:
+            windows = [texts[i][:window] for i in pending]
+            encoded = tokenizer(windows, add_special_tokens=False, return_attention_mask=False,
+                                return_token_type_ids=False, return_offsets_mapping=bool(tokenizer.is_fast),
+                                verbose=False)
+            offsets = encoded.get("offset_mapping")
+            retry = []
+            for slot, index in enumerate(pending):
+                tokens, text, seen = len(encoded["input_ids"][slot]), texts[index], windows[slot]
+                keep = budget + CUT_MARGIN_TOKENS
+                if tokens > keep or (tokens > budget and len(seen) == len(text)):
+                    self.truncated_documents += count
+                    cut = len(seen)
+                    if offsets is not None and tokens > keep:
+                        # End of token `keep`, moved back to a space still past the last token read, so no
+                        # word the model reads is cut (WordPiece/BPE split words from the left).
+                        read_end, cut = offsets[slot][budget - 1][1], offsets[slot][keep - 1][1]
+                        space = text.rfind(" ", read_end, cut)
+                        cut = space if space > read_end else cut
+                    fitted[index] = text[:cut]
+                elif len(seen) < len(text):
+                    if window >= cap:  # hardly any tokens in a huge text: cut it at the hard cap
+                        self.truncated_documents += count
+                        fitted[index] = seen
+                    else:
+                        retry.append(index)
+            pending, window = retry, min(window * 8, cap)
+        return fitted
+
+    def _text_budget(self, prefix: str) -> int | None:
+        """Tokens of text the model reads after its special tokens and the prompt; None when unknown."""
+        if self._budget is False:
+            tokenizer = getattr(self.model, "tokenizer", None)
+            limit = getattr(self.model, "max_seq_length", None)
+            if tokenizer is None or not callable(tokenizer) or not limit:
+                self._budget = None
+            else:
+                special = tokenizer.num_special_tokens_to_add(pair=False) \
+                    if hasattr(tokenizer, "num_special_tokens_to_add") else 0
+                self._budget = max(int(limit) - special, 1)
+        if self._budget is None:
+            return None
+        if prefix not in self._prompt_tokens:
+            self._prompt_tokens[prefix] = len(self.model.tokenizer(prefix, add_special_tokens=False)["input_ids"]) \
+                if prefix else 0
+        return max(int(self._budget) - self._prompt_tokens[prefix], 1)
 
     def iter_encoded(
         self, documents: Iterable[Document], *, total: int | None = None, quiet: bool = False
@@ -106,13 +191,13 @@ class Encoder:
         """Stream (documents, vectors) chunk by chunk; only one chunk of text is held in memory.
 
         Each chunk is sorted by length once, so batches hold texts of similar length and little time goes
-        to padding; the progress bar advances every few batches with docs/s and ETA.
+        to padding; the progress bar advances every few batches with docs/s and ETA. Texts are cut past the
+        model's max length before tokenisation (see `fit_texts`), so one huge document costs little memory.
         """
         iterator = iter(documents)
         with tqdm(total=total, unit="doc", desc="encoding", disable=quiet, smoothing=0.05) as bar:
             while chunk := list(islice(iterator, self.config.chunk_size)):
-                texts = [doc.joined() for doc in chunk]
-                yield chunk, self._encode_sorted(texts, self.passage_prefix, bar)
+                yield chunk, self._encode_sorted(self.document_texts(chunk), self.passage_prefix, bar)
 
     def _encode_sorted(self, texts: list[str], prefix: str, bar: tqdm) -> np.ndarray:
         order = np.argsort([-len(text) for text in texts], kind="stable")
@@ -123,6 +208,13 @@ class Encoder:
             vectors[rows] = self._encode([texts[row] for row in rows], prefix)
             bar.update(len(rows))
         return vectors
+
+
+def _joined_prefix(doc: Document, cap: int | None) -> str:
+    """`doc.joined()`, or its first `cap` characters without copying the whole of a huge text first."""
+    if cap is None or len(doc.text) + len(doc.title) < cap:
+        return doc.joined()
+    return Document(id=doc.id, text=doc.text[:cap], title=doc.title[:cap]).joined()[:cap]
 
 
 def _pooling_mode(model) -> str:

@@ -1,32 +1,25 @@
 """Query encoders by family, so an index can rebuild whatever encoded its documents.
 
-A family maps to a factory `(spec, *, model_path, device, batch_size) -> encoder` whose result has
-`encode_queries(list[str]) -> np.ndarray`. Factories are imported lazily: a text-only install never
-imports the multimodal stack.
+A family names a class with `from_spec(spec, *, model_path, device, batch_size)` whose result has
+`encode_queries(list[str]) -> np.ndarray`. Entries are lazy: a text-only install never imports the
+multimodal stack, and listing the families imports nothing.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from embedkit.defaults import DEFAULT_BATCH_SIZE
 from embedkit.encoding.config import EncoderSpec
-from embedkit.errors import EmbedkitError
+from embedkit.registry import Registry
 
-ENCODER_FAMILIES: dict[str, str] = {
-    "sentence-transformers": "embedkit.encoding.encoder:Encoder.from_spec",
-    "qwen-vl": "embedkit.multimodal.embedder:MultimodalEmbedder.from_spec",
-}
+ENCODER_FAMILIES: Registry[Any] = Registry("encoder family")
+ENCODER_FAMILIES.add("sentence-transformers", "embedkit.encoding.encoder:Encoder")
+ENCODER_FAMILIES.add("qwen-vl", "embedkit.multimodal.embedder:MultimodalEmbedder")
 
 
 def encoder_from_spec(spec: EncoderSpec, *, model_path: str | None = None, device: str = "auto",
-                      batch_size: int = 64) -> Any:
+                      batch_size: int = DEFAULT_BATCH_SIZE) -> Any:
     """Rebuild the query encoder an index records; weights that differ from the recorded ones are refused."""
-    target = ENCODER_FAMILIES.get(spec.family)
-    if target is None:
-        raise EmbedkitError(f"unknown encoder family '{spec.family}' (known: {', '.join(ENCODER_FAMILIES)})")
-    module_name, _, attribute = target.partition(":")
-    factory: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        factory = getattr(factory, part)
-    return factory(spec, model_path=model_path, device=device, batch_size=batch_size)
+    family = ENCODER_FAMILIES.get(spec.family)
+    return family.from_spec(spec, model_path=model_path, device=device, batch_size=batch_size)

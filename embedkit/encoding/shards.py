@@ -197,7 +197,7 @@ def _encode(encoder: Encoder, docs: list[Document], pool) -> np.ndarray:
     if pool is None:
         return encoder.encode_documents(docs)
     vectors = encoder.model.encode(
-        [doc.joined() for doc in docs], prompt=encoder.passage_prefix or None, pool=pool,
+        encoder.document_texts(docs), prompt=encoder.passage_prefix or None, pool=pool,
         batch_size=encoder.config.batch_size, normalize_embeddings=encoder.config.normalize,
         convert_to_numpy=True, show_progress_bar=False,
     )
