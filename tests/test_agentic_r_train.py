@@ -39,18 +39,72 @@ QUESTIONS = [
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_pair_rows_equalise_negatives():
+def test_pair_rows_keep_each_rows_negatives():
+    """Rows hold their pair's first n negatives; no row is cut because another pair has fewer."""
+
     def pp(i):
         return PairPassage(id=i, title=f"T{i}", text=f"text {i}")
 
-    pairs = [TrainingPair(qid="a", turn=0, query="qa", positives=[pp("1"), pp("2")], negatives=[pp("3"), pp("4")]),
-             TrainingPair(qid="b", turn=0, query="qb", positives=[pp("5")], negatives=[pp("6"), pp("7"), pp("8")])]
-    rows = pair_rows(pairs, hard_negatives=15)
-    assert list(rows) == ["anchor", "positive", "negative_1", "negative_2"]
+    pairs = [TrainingPair(qid="a", turn=0, query="qa", positives=[pp("1"), pp("2")],
+                          negatives=[pp("3"), pp("4"), pp("9")]),
+             TrainingPair(qid="b", turn=0, query="qb", positives=[pp("5")],
+                          negatives=[pp("6"), pp("7"), pp("8"), pp("10")])]  # fmt: skip
+    rows = pair_rows(pairs, hard_negatives=3)
+    assert list(rows) == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
     assert rows["anchor"] == ["qa", "qa", "qb"] and rows["positive"][0] == "T1 text 1"
-    assert rows["negative_2"] == ["T4 text 4", "T4 text 4", "T7 text 7"]
+    assert rows["negative_3"] == ["T9 text 9", "T9 text 9", "T8 text 8"]
+    with pytest.raises(EmbedkitError, match="fewer than 4 negatives.*'a' turn 0 has 3"):
+        pair_rows(pairs, hard_negatives=4)
     with pytest.raises(EmbedkitError, match="no training pairs"):
         pair_rows([], 15)
+
+
+def test_agent_update_defaults_are_upstreams(tmp_path):
+    """PPO (GAE + critic), KL 0.001, 4 searches per response, one response per prompt, over the RL config."""
+    from agents.agentic_r import AgentUpdateConfig
+    from agents.rl.config import RLConfig
+
+    path = tmp_path / "rl.yaml"
+    path.write_text(yaml.safe_dump({"algorithm": {"estimator": "grpo", "kl_coef": 0.0},
+                                    "rollout": {"group_size": 8, "settings": {"max_turns": 1}}}), encoding="utf-8")  # fmt: skip
+    ppo = RLConfig.from_yaml(path, AgentUpdateConfig(name="ppo").rl_overrides())
+    assert (ppo.algorithm.estimator, ppo.algorithm.kl_coef) == ("gae", 0.001)
+    assert (ppo.rollout.settings.max_turns, ppo.rollout.group_size) == (4, 1)
+    grpo = RLConfig.from_yaml(path, AgentUpdateConfig(name="grpo").rl_overrides())
+    assert (grpo.algorithm.estimator, grpo.rollout.group_size) == ("grpo", 8)
+
+
+def test_search_tool_sends_the_agents_retriever_input(tmp_path, minilm_encoder):
+    """The RL tool builds the retriever input from the same template as the evaluated agent."""
+    from agents.retrieval import IndexRetriever
+    from agents.search_agent import AgentConfig, HeuristicPolicy, SearchAgent
+    from agents.search_agent.questions import Question
+    from agents.search_agent.tool import SearchTool
+    from embedkit.data import Document
+    from embedkit.index import build_dense_index
+
+    path = build_dense_index([Document(id=d["_id"], title=d["title"], text=d["text"]) for d in DOCS], minilm_encoder,
+                             tmp_path / "index", quiet=True)  # fmt: skip
+    retriever = IndexRetriever.from_path(path)
+    sent: list[str] = []
+
+    class Recording:
+        def retrieve(self, queries, k=3):
+            sent.extend(queries)
+            return retriever.retrieve(queries, k)
+
+    config = AgentConfig(top_k=1, query_template="{question} [SEP] {query}")
+    question = QUESTIONS[0]["question"]
+    trajectory = SearchAgent(HeuristicPolicy(), Recording(), config).run([Question("q1", question, [])])[0]
+    evaluated = [t.retriever_query for t in trajectory.searches]
+    sent.clear()
+    tool = SearchTool(Recording(), config)
+    with pytest.raises(EmbedkitError, match="bind"):
+        tool("Kiss and Tell")
+    bound = tool.bind(question)
+    for turn in trajectory.searches:
+        bound(turn.query)
+    assert sent == evaluated and sent[0].startswith(question + " [SEP] ")
 
 
 def test_iterate_one_round_and_resume(tmp_path, capsys):
@@ -61,8 +115,8 @@ def test_iterate_one_round_and_resume(tmp_path, capsys):
     config = {
         "rounds": 1, "questions": str(questions), "corpus": str(corpus), "output_dir": str(tmp_path / "run"),
         "policy": "heuristic", "agent": {"top_k": 1},
-        "label": {"global_utility": "containment", "local": "embedder", "min_local": 0.0, "negatives": 4},
-        "train": {"base_model": MINILM, "query_prefix": "", "passage_prefix": "", "batch_size": 4,
+        "label": {"global_utility": "containment", "local": "embedder", "min_local": 0.0, "negatives": 3},
+        "train": {"base_model": MINILM, "query_prefix": "", "passage_prefix": "", "batch_size": 4, "hard_negatives": 3,
                   "epochs": 3, "learning_rate": 1e-4, "max_length": 48, "encode_batch_size": 8},
     }  # fmt: skip
     path = tmp_path / "agentic_r.yaml"

@@ -14,16 +14,17 @@ from agents.agentic_r.config import (
     LabelConfig,
     RetrieverTrainConfig,
 )
-from agents.agentic_r.iterate import iterate
-from agents.agentic_r.label import collect_steps, label
+from agents.agentic_r.iterate import iterate, question_bound_engine
+from agents.agentic_r.label import collect_steps, label, rerun_policy
 from agents.agentic_r.pairs import PairPassage, TrainingPair, build_pairs, read_pairs, write_pairs
-from agents.agentic_r.train import pair_rows, reindex, train_retriever
+from agents.agentic_r.train import make_loss, pair_rows, reindex, train_retriever
 from agents.agentic_r.utility import (
     GLOBAL_SCORERS,
     LOCAL_SCORERS,
     Step,
     contains_answer,
     parse_listwise_scores,
+    parse_sub_answers,
 )
 
 __all__ = [
@@ -42,10 +43,14 @@ __all__ = [
     "contains_answer",
     "iterate",
     "label",
+    "make_loss",
     "pair_rows",
     "parse_listwise_scores",
+    "parse_sub_answers",
+    "question_bound_engine",
     "read_pairs",
     "reindex",
+    "rerun_policy",
     "train_retriever",
     "write_pairs",
 ]

@@ -5,9 +5,10 @@ the agent; every round is checkpointed in `output_dir/round_K/` and a finished r
 
 Round K's folder holds `trajectories.jsonl` (the agent with round K-1's retriever), `pairs.jsonl` and
 `label_stats.json`, `retriever/model` (trained from `train.base_model`), `index/` (the corpus re-encoded),
-`policy/` when the agent is updated, and `round.json` (written last: the round's completion mark). From round
-2 on, the agent queries the new retriever with `label.query_template` ("{question} [SEP] {query}"), the
-input it was trained on.
+`policy/` when the agent is updated, and `round.json` (written last: the round's completion mark). Round 1's
+agent searches the base retriever with `agent.query_template` (the plain query, as upstream), and its steps'
+candidates are fetched with that same input; from round 2 on the agent, the RL agent update and the
+candidates use `label.query_template` ("{question} [SEP] {query}"), the input the retriever was trained on.
 """
 
 from __future__ import annotations
@@ -102,30 +103,60 @@ def _round(config: IterateConfig, folder: Path, index_path: Path, agent_config, 
 
 
 def _update_agent(config: IterateConfig, folder: Path, index_path: Path) -> str | None:
-    """`none`: the policy stays as it is. `grpo`: RL with `agents.rl` on the training questions, searching the
-    new index through `SearchTool`, exact-match reward; returns the saved policy folder."""
-    if config.agent_update.name == "none":
+    """`none`: the policy stays as it is. `ppo` / `grpo`: RL with `agents.rl` on the training questions,
+    searching the new index through `SearchTool` with the retriever input the agent is evaluated with next
+    round (`label.query_template`), exact-match reward; returns the saved policy folder."""
+    update = config.agent_update
+    if update.name == "none":
         return None
-    if not config.agent_update.rl_config:
-        raise EmbedkitError("agent_update grpo needs rl_config (an agents.rl YAML with the policy and algorithm)")
+    if not update.rl_config:
+        raise EmbedkitError(f"agent_update {update.name} needs rl_config (an agents.rl YAML with the policy)")
     from agents.rl.config import RLConfig
     from agents.rl.tasks import Example, Task
     from agents.rl.trainer import RLTrainer
     from agents.search_agent.tool import SearchTool
 
-    rl_config = RLConfig.from_yaml(config.agent_update.rl_config,
-                                   {"trainer.output_dir": str(folder / "policy_run")})  # fmt: skip
+    overrides = {**update.rl_overrides(), "trainer.output_dir": str(folder / "policy_run")}
+    rl_config = RLConfig.from_yaml(update.rl_config, overrides)
     questions = load_questions(config.questions, start=config.question_start, limit=config.question_limit)
-    examples = [Example(config.agent.prompt_template.format(question=q.question), q.answers) for q in questions
-                if q.answers]  # fmt: skip
-    # The rollout tool sees only the query, so the agent searches the new index with the plain query here.
-    tool = SearchTool(IndexRetriever.from_path(index_path), config.agent.model_copy(update={"query_template": "{query}"}))
+    prompts = {config.agent.prompt_template.format(question=q.question): q for q in questions if q.answers}
+    examples = [Example(prompt, q.answers) for prompt, q in prompts.items()]
+    tool = SearchTool(IndexRetriever.from_path(index_path),
+                      config.agent.model_copy(update={"query_template": config.label.query_template}))  # fmt: skip
     trainer = RLTrainer(rl_config, task=Task(examples), tool=tool)
+    if tool.needs_question:
+        trainer.engine = question_bound_engine(trainer.engine, tool, {p: q.question for p, q in prompts.items()})
     trainer.train()
     policy_dir = folder / "policy"
     trainer.unwrapped.policy.save_pretrained(policy_dir)
     trainer.tokenizer.save_pretrained(policy_dir)
     return str(policy_dir)
+
+
+def question_bound_engine(engine: Any, tool: Any, questions: dict[str, str]) -> Any:
+    """A copy of an `agents.rl` rollout engine that generates each prompt's responses with `tool` bound to
+    that prompt's question (`SearchTool.bind`), so the retriever gets "{question} [SEP] {query}" during RL as
+    in evaluation. The engine's tool sees only the query, hence one generation call per prompt."""
+    from agents.rl.rollout import RolloutEngine
+
+    class QuestionBoundEngine(RolloutEngine):
+        def __init__(self) -> None:  # noqa: D107 — shares the wrapped engine's state (model, rng, settings)
+            self.__dict__.update(engine.__dict__)
+
+        def continue_(self, states: list) -> None:
+            groups: dict[str, list] = {}
+            for state in states:
+                groups.setdefault(state.prompt, []).append(state)
+            try:
+                for prompt, group in groups.items():
+                    if prompt not in questions:
+                        raise EmbedkitError(f"no question known for rollout prompt {prompt[:80]!r}")
+                    self.tool = tool.bind(questions[prompt])
+                    super().continue_(group)
+            finally:
+                self.tool = tool
+
+    return QuestionBoundEngine()
 
 
 def _base_index(config: IterateConfig, out: Path) -> Path:

@@ -2,6 +2,7 @@
 
     steps = collect_steps(trajectories, retriever, LabelConfig())          # top-20 candidates per search step
     pairs, stats = label(trajectories, retriever, LabelConfig(), agent=agent, judge=backend, index=index)
+    record = rerun_policy(trajectories)      # the policy that produced them re-runs their steps
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from agents.llm import LLMBackend
 from agents.retrieval import Retriever
 from agents.search_agent.agent import SearchAgent
 from agents.search_agent.resilient import ResilientRetriever
-from agents.search_agent.trajectory import Trajectory
+from agents.search_agent.trajectory import PolicyRecord, Trajectory
 from embedkit.errors import EmbedkitError
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 def collect_steps(trajectories: Sequence[Trajectory], retriever: Retriever, config: LabelConfig,
                   *, batch_size: int = 64) -> list[Step]:  # fmt: skip
     """Every successful search step of trajectories with gold answers, with the current retriever's top-N
-    candidates for `config.query_template`."""
+    candidates. Candidates are fetched with what the agent sent at that step (its recorded retriever input, as
+    upstream's step2 does: the plain query in round 1) unless `config.candidate_template` is set; the training
+    query is always `config.query_template`."""
     pending: list[Step] = []
     for trajectory in trajectories:
         if not trajectory.answers:
@@ -34,13 +37,17 @@ def collect_steps(trajectories: Sequence[Trajectory], retriever: Retriever, conf
         for i, turn in enumerate(trajectory.turns):
             if turn.action == "search" and turn.query and turn.error is None:
                 text = config.query_template.format(question=trajectory.question, query=turn.query)
+                if config.candidate_template is not None:
+                    fetch = config.candidate_template.format(question=trajectory.question, query=turn.query)
+                else:
+                    fetch = turn.retriever_query or turn.query
                 pending.append(Step(trajectory=trajectory, turn=i, query=turn.query, retriever_query=text,
-                                    candidates=[]))  # fmt: skip
+                                    candidates=[], candidate_query=fetch))  # fmt: skip
     robust = ResilientRetriever(retriever)
     steps: list[Step] = []
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
-        result = robust.retrieve([s.retriever_query for s in chunk], config.candidates)
+        result = robust.retrieve([s.candidate_query for s in chunk], config.candidates)
         if result.error is not None:
             log.warning("skipping %d steps: %s", len(chunk), result.error)
             continue
@@ -73,19 +80,51 @@ def label(
         raise EmbedkitError("local utility 'embedder' needs the dense index of the current retriever")
     if config.global_utility == "rerun" and agent is None:
         raise EmbedkitError("global utility 'rerun' needs the agent; or use global_utility: containment")
-    local = LOCAL_SCORERS.get(config.local)(backend=judge, index=index, batch=config.judge_batch,
-                                            max_new_tokens=config.judge_max_new_tokens)  # fmt: skip
+    local = LOCAL_SCORERS.get(config.local)(
+        backend=judge, index=index, batch=config.judge_batch, max_new_tokens=config.judge_max_new_tokens,
+        judge_input=config.judge_input, passage_chars=config.judge_passage_chars,
+        unparseable=config.judge_unparseable, sub_answers=config.sub_answers,
+        sub_answer_max_new_tokens=config.sub_answer_max_new_tokens,
+    )
     global_ = GLOBAL_SCORERS.get(config.global_utility)(agent=agent)
     steps = collect_steps(trajectories, retriever, config)
     for start in range(0, len(steps), chunk):
         part = steps[start : start + chunk]
         global_(part)
-        # The judge is the expensive part: only steps some candidate can pass are worth judging.
+        # The judge is the expensive part: only steps some candidate can pass are worth judging (the others
+        # are skipped for EM 0 whatever their local scores).
         worth = [s for s in part if max(s.global_, default=0.0) > 0]
         local(worth)
         for step in part:
-            if not step.local:
+            if step.local is not None and len(step.local) != len(step.candidates):
                 step.local = [0.0] * len(step.candidates)
         if progress is not None:
             progress(len(part))
     return build_pairs(steps, config)
+
+
+def rerun_policy(trajectories: Sequence[Trajectory], given: PolicyRecord | None = None, *,
+                 allow_mismatch: bool = False) -> PolicyRecord:  # fmt: skip
+    """The policy that re-runs steps for global utility: the one recorded in the trajectories (upstream
+    re-runs the agent that produced them). A different `given` policy is refused unless `allow_mismatch`;
+    trajectories without a record need `given`."""
+    recorded = {t.policy.model_dump_json(): t.policy for t in trajectories if t.policy is not None}
+    if len(recorded) > 1 and not (given is not None and allow_mismatch):
+        names = "; ".join(sorted(p.describe() for p in recorded.values()))
+        raise EmbedkitError(f"the trajectories come from several policies ({names}): label each policy's "
+                            "trajectories separately")  # fmt: skip
+    if not recorded:
+        if given is None:
+            raise EmbedkitError("the trajectories do not record the policy that produced them: name it with "
+                                "--agent-llm (global utility re-runs steps with it)")  # fmt: skip
+        log.warning("trajectories record no policy; re-running steps with %s", given.describe())
+        return given
+    (own,) = recorded.values() if len(recorded) == 1 else (given,)
+    if given is None or given == own:
+        return own
+    if not allow_mismatch:
+        raise EmbedkitError(f"the trajectories were produced by {own.describe()}, not {given.describe()}: "
+                            "re-running their steps with another policy changes the global utility; drop "
+                            "--agent-llm, or pass --allow-policy-mismatch")  # fmt: skip
+    log.warning("re-running steps with %s, not %s that produced them", given.describe(), own.describe())
+    return given

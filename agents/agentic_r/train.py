@@ -2,7 +2,9 @@
 
 InfoNCE over the query's positive, its hard negatives and every other passage in the batch
 (sentence-transformers `MultipleNegativesRankingLoss` with scale = 1 / temperature = 100), trained with
-`SentenceTransformerTrainer`; each round starts again from `base_model`.
+`SentenceTransformerTrainer`; each round starts again from `base_model`. Launched with torchrun or
+`accelerate launch`, the batch's passages are gathered from every process (upstream: 8 GPUs × 32 queries ×
+16 passages), so `batch_size` is per process.
 
     model_dir = train_retriever(read_pairs("pairs.jsonl"), RetrieverTrainConfig(), "runs/r1/retriever")
     reindex("corpus.jsonl", model_dir, "runs/r1/index", RetrieverTrainConfig())
@@ -23,23 +25,40 @@ log = logging.getLogger(__name__)
 
 
 def pair_rows(pairs: Sequence[TrainingPair], hard_negatives: int) -> dict[str, list[str]]:
-    """Columns anchor, positive, negative_1 … negative_n: one row per positive.
+    """Columns anchor, positive, negative_1 … negative_n (n = `hard_negatives`): one row per positive, holding
+    its pair's first n negatives (pairs keep them in utility order, hardest first).
 
-    Every row needs the same number of negatives, so n is the smallest count any pair has (capped at
-    `hard_negatives`); rows keep their first n negatives.
+    Every pair must have at least n negatives (`agentic-r label` skips steps with fewer than
+    `label.negatives`); a pair with fewer is an error rather than a reason to cut every row.
     """
     if not pairs:
         raise EmbedkitError("no training pairs: every step was skipped (see the labelling statistics)")
-    n = min([hard_negatives, *(len(p.negatives) for p in pairs)])
+    short = [p for p in pairs if len(p.negatives) < hard_negatives]
+    if short:
+        raise EmbedkitError(
+            f"{len(short)} training pairs have fewer than {hard_negatives} negatives (e.g. '{short[0].qid}' turn "
+            f"{short[0].turn} has {len(short[0].negatives)}): label with label.negatives >= {hard_negatives} "
+            f"or train with hard_negatives <= {min(len(p.negatives) for p in short)}"
+        )  # fmt: skip
     columns: dict[str, list[str]] = {"anchor": [], "positive": []}
-    columns.update({f"negative_{i + 1}": [] for i in range(n)})
+    columns.update({f"negative_{i + 1}": [] for i in range(hard_negatives)})
     for pair in pairs:
         for positive in pair.positives:
             columns["anchor"].append(pair.query)
             columns["positive"].append(positive.joined())
-            for i in range(n):
+            for i in range(hard_negatives):
                 columns[f"negative_{i + 1}"].append(pair.negatives[i].joined())
     return columns
+
+
+def make_loss(model, config: RetrieverTrainConfig):
+    """InfoNCE at τ = `config.temperature` over each query's positive, its hard negatives and every other
+    passage of the batch — of every process's batch under torchrun/accelerate when `gather_across_devices`
+    (the gathered passages keep their gradient on the process that encoded them)."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    return MultipleNegativesRankingLoss(model, scale=1.0 / config.temperature,
+                                        gather_across_devices=config.gather_across_devices)  # fmt: skip
 
 
 def train_retriever(pairs: Sequence[TrainingPair], config: RetrieverTrainConfig, out: str | Path,
@@ -49,7 +68,6 @@ def train_retriever(pairs: Sequence[TrainingPair], config: RetrieverTrainConfig,
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     from embedkit.encoding import load_sentence_transformer
@@ -64,7 +82,7 @@ def train_retriever(pairs: Sequence[TrainingPair], config: RetrieverTrainConfig,
     saved_length = model.max_seq_length
     if config.max_length is not None:  # a training-time cut only; the saved model keeps the base's limit
         model.max_seq_length = config.max_length
-    loss = MultipleNegativesRankingLoss(model, scale=1.0 / config.temperature)
+    loss = make_loss(model, config)
     prompts = {"anchor": config.query_prefix, "positive": config.passage_prefix}
     prompts.update({name: config.passage_prefix for name in columns if name.startswith("negative_")})
     with atomic_directory(out, overwrite=overwrite) as folder:

@@ -16,6 +16,8 @@ LABEL_EXAMPLES = """\
       --judge openai:http://127.0.0.1:8001/v1 --judge-model Qwen2.5-7B-Instruct --local llm_judge
   embedkit agentic-r label --trajectories runs/agent.jsonl --index indexes/hotpotqa --out runs/pairs.jsonl \\
       --global containment          # no agent re-runs: answer containment as the global-utility proxy
+  embedkit agentic-r label --trajectories runs/agent.jsonl --index indexes/hotpotqa --out runs/pairs.jsonl \\
+      --config configs/agentic_r.yaml --set judge_input=question_and_query --set negatives=7
 """
 TRAIN_EXAMPLES = """\
   embedkit agentic-r train --pairs runs/pairs.jsonl --out runs/retriever           # e5-base-v2, query:/passage:
@@ -42,10 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub, "label", _label,
         help="score candidate passages along trajectories and write training pairs (jsonl)",
         description=(
-            "For every search step: the current retriever's top-20 candidates for '{question} [SEP] {query}' get a\n"
-            "local utility (LLM judge, listwise 0-100, or the embedder's cosine) and a global utility (the agent\n"
-            "re-run with only that passage, exact match of its answer; or answer containment). Pairs: sort by\n"
-            "(EM, local); skip when the best has EM 0 or local < 0.6; up to 3 tied positives; 15 random negatives."
+            "For every search step: the current retriever's top-20 candidates for what the agent sent (the plain\n"
+            "query in round 1) get a local utility (LLM judge: sub-answers inferred from the whole trajectory,\n"
+            "then the sub-query scored listwise 0-100 on a five-band rubric; or the embedder's cosine) and a global\n"
+            "utility (the agent that produced the trajectory re-run with only that passage, exact match of its\n"
+            "answer; or answer containment). Pairs: sort by (EM, local); skip when the best has EM 0 or local\n"
+            "< 0.6; every candidate tied with the best is a positive (first 3 kept), never a negative; 15 random\n"
+            "negatives from the rest (steps with fewer are skipped); queries '{question} [SEP] {query}'."
         ),
         examples=LABEL_EXAMPLES,
     )  # fmt: skip
@@ -53,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("--index", required=True, help="the current retriever's dense index")
     label.add_argument("--out", "-o", required=True, help="training pairs jsonl to write")
     label.add_argument("--config", help="YAML with a `label` (and `agent`) section, e.g. configs/agentic_r.yaml")
+    label.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                       help="override a `label` setting (repeatable), e.g. --set judge_input=question_and_query")
     label.add_argument("--local", choices=["llm_judge", "embedder"], help="local utility scorer")
     label.add_argument("--global", dest="global_utility", choices=["rerun", "containment"],
                        help="global utility scorer")  # fmt: skip
@@ -61,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("--judge", help="LLM judge for local utility: hf:PATH or openai:URL")
     label.add_argument("--judge-model", help="model name at the judge's endpoint")
     label.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="env variable with the judge's API key")
-    add_llm_arguments(label, default="heuristic", flag="--agent-llm")
+    add_llm_arguments(label, default=None, flag="--agent-llm")
+    label.add_argument("--allow-policy-mismatch", action="store_true",
+                       help="re-run steps with --agent-llm even though the trajectories record another policy")
     label.add_argument("--agent-config", help="agent YAML used for re-runs (defaults to the config's `agent`)")
     label.set_defaults(max_turns=None, top_k=None, max_new_tokens=None, temperature=None, query_template=None,
                        retrieval_timeout=None, retrieval_retries=None)  # fmt: skip
@@ -74,6 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--pairs", required=True, help="training pairs jsonl from `agentic-r label`")
     train.add_argument("--out", "-o", required=True, help="folder for the trained model (OUT/model)")
     train.add_argument("--config", help="YAML with a `train` section")
+    train.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                       help="override a `train` setting (repeatable), e.g. --set hard_negatives=7")
     train.add_argument("--base-model", help="model to start from (default: intfloat/e5-base-v2)")
     train.add_argument("--query-prefix", help="default 'query: '")
     train.add_argument("--passage-prefix", help="default 'passage: '")
@@ -93,6 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     it.add_argument("--config", required=True, help="YAML (configs/agentic_r*.yaml)")
     it.add_argument("--rounds", type=int, help="overrides rounds")
     it.add_argument("--output-dir", help="overrides output_dir")
+    it.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                    help="override any setting by its dotted name (repeatable), e.g. --set label.min_local=0.5")
     it.add_argument("--judge", help="LLM judge for local utility (hf:PATH or openai:URL)")
     it.add_argument("--judge-model")
     it.add_argument("--judge-key-env", default="OPENAI_API_KEY")
@@ -108,18 +121,19 @@ def _judge(args: argparse.Namespace):
 
 def _label(args: argparse.Namespace) -> int:
     from agents.agentic_r import LabelConfig, label, write_pairs
+    from agents.agentic_r.label import rerun_policy
     from agents.retrieval import IndexRetriever
     from agents.search_agent import SearchAgent, read_trajectories
-    from agents.search_agent.backends import build_policy
     from agents.search_agent.config import AgentConfig
+    from embedkit.config import parse_set_overrides, validate_config
     from embedkit.index import Index
 
     overrides = {"local": args.local, "global_utility": args.global_utility, "candidates": args.candidates,
-                 "min_local": args.min_local}  # fmt: skip
+                 "min_local": args.min_local, **parse_set_overrides(args.overrides)}  # fmt: skip
     if args.config:
         config = LabelConfig.from_yaml(args.config, section="label", overrides=overrides)
     else:
-        config = LabelConfig(**{k: v for k, v in overrides.items() if v is not None})
+        config = validate_config(LabelConfig, {k: v for k, v in overrides.items() if v is not None})
     if args.agent_config:
         args.config = args.agent_config
         agent_config = agent_config_from_args(args)
@@ -132,9 +146,8 @@ def _label(args: argparse.Namespace) -> int:
     retriever = IndexRetriever(index)
     agent = None
     if config.global_utility == "rerun":
-        policy = build_policy(args.llm, model=args.llm_model, api_key=os.environ.get(args.llm_key_env),
-                              chat=not args.no_chat)  # fmt: skip
-        agent = SearchAgent(policy, retriever, agent_config)
+        record = rerun_policy(trajectories, _given_policy(args), allow_mismatch=args.allow_policy_mismatch)
+        agent = SearchAgent(_policy_from_record(record, args), retriever, agent_config)
     pairs, stats = label(trajectories, retriever, config, agent=agent, judge=_judge(args), index=index)
     if not pairs:
         raise EmbedkitError(f"no training pairs: {stats}")
@@ -144,16 +157,39 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given_policy(args: argparse.Namespace):
+    """The policy named with --agent-llm, as a record comparable with the trajectories' own."""
+    from agents.search_agent.trajectory import PolicyRecord
+
+    if not args.llm:
+        return None
+    if args.llm == "heuristic":
+        return PolicyRecord(spec="heuristic")
+    return PolicyRecord(spec=args.llm, model=args.llm_model if args.llm.startswith("openai:") else None,
+                        chat=not args.no_chat, mode=getattr(args, "prompt_mode", None),
+                        tokenizer=getattr(args, "llm_tokenizer", None))  # fmt: skip
+
+
+def _policy_from_record(record, args: argparse.Namespace):
+    from agents.search_agent.backends import build_policy
+
+    extra = {key: value for key, value in (("mode", record.mode), ("tokenizer", record.tokenizer)) if value}
+    return build_policy(record.spec, model=record.model, api_key=os.environ.get(args.llm_key_env), chat=record.chat,
+                        **extra)  # fmt: skip
+
+
 def _train(args: argparse.Namespace) -> int:
     from agents.agentic_r import RetrieverTrainConfig, read_pairs, reindex, train_retriever
+    from embedkit.config import parse_set_overrides, validate_config
 
     overrides = {"base_model": args.base_model, "query_prefix": args.query_prefix,
                  "passage_prefix": args.passage_prefix, "epochs": args.epochs, "batch_size": args.batch_size,
-                 "learning_rate": args.learning_rate, "max_length": args.max_length}  # fmt: skip
+                 "learning_rate": args.learning_rate, "max_length": args.max_length,
+                 **parse_set_overrides(args.overrides)}  # fmt: skip
     if args.config:
         config = RetrieverTrainConfig.from_yaml(args.config, section="train", overrides=overrides)
     else:
-        config = RetrieverTrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+        config = validate_config(RetrieverTrainConfig, {k: v for k, v in overrides.items() if v is not None})
     if bool(args.corpus) != bool(args.index_out):
         raise EmbedkitError("give --corpus and --index-out together to re-index")
     model_dir = train_retriever(read_pairs(args.pairs), config, args.out, overwrite=args.overwrite)
@@ -166,8 +202,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _iterate(args: argparse.Namespace) -> int:
     from agents.agentic_r import IterateConfig, iterate
+    from embedkit.config import parse_set_overrides
 
-    config = IterateConfig.from_yaml(args.config, overrides={"rounds": args.rounds, "output_dir": args.output_dir})
+    config = IterateConfig.from_yaml(args.config, overrides={"rounds": args.rounds, "output_dir": args.output_dir,
+                                                             **parse_set_overrides(args.overrides)})  # fmt: skip
     summaries = iterate(config, judge=_judge(args))
     for summary in summaries:
         agent = summary["agent"]
