@@ -432,9 +432,11 @@ class RLTrainer:
             torch.cuda.set_rng_state_all(s["cuda"])
 
     # -- training -----------------------------------------------------------------------------------------
-    def train(self) -> list[dict]:
-        """Run until `trainer.steps`; returns the metrics of the steps run now."""
+    def train(self, *, stop_after: int | None = None) -> list[dict]:
+        """Run until `trainer.steps` (or stop, with a checkpoint, after step `stop_after`: a time-boxed job);
+        returns the metrics of the steps run now."""
         tc = self.config.trainer
+        last = tc.steps if stop_after is None else min(tc.steps, stop_after)
         self._restore_rng()
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -443,7 +445,7 @@ class RLTrainer:
         from tqdm.auto import tqdm
 
         history = []
-        bar = tqdm(range(self.start_step, tc.steps), initial=self.start_step, total=tc.steps, desc="rl",
+        bar = tqdm(range(self.start_step, last), initial=self.start_step, total=tc.steps, desc="rl",
                    disable=not (tc.progress and self.accelerator.is_main_process))  # fmt: skip
         for step in bar:
             metrics = self.step(step + 1)
@@ -452,10 +454,10 @@ class RLTrainer:
                 self.logger.log(metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}",
                             ent=f"{metrics['entropy']:.3f}", len=f"{metrics['response_length']:.1f}")  # fmt: skip
-            if tc.save_every and (step + 1) % tc.save_every == 0 and step + 1 < tc.steps:
+            if tc.save_every and (step + 1) % tc.save_every == 0 and step + 1 < last:
                 self.save_checkpoint(step + 1)
-        if tc.steps > self.start_step:
-            self.save_checkpoint(tc.steps)
+        if last > self.start_step:
+            self.save_checkpoint(last)
         return history
 
     def sample_examples(self) -> list:
