@@ -227,3 +227,58 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
         b = getattr(resumed.unwrapped, name).state_dict()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}.{key}")
+
+
+# ---- OpenAI-compatible rollout server ------------------------------------------------------------------------
+def _policy_server(tok, model):
+    """A small OpenAI-compatible completions server over an HF model (greedy), with SGLang's reload API."""
+    from fastapi import FastAPI
+    from transformers import AutoModelForCausalLM
+
+    app = FastAPI()
+    app.state.model, app.state.reloads, app.state.requests = model.eval(), [], []
+
+    @app.post("/v1/completions")
+    def completions(body: dict) -> dict:
+        app.state.requests.append(body)
+        ids = torch.tensor([body["prompt"]])
+        with torch.no_grad():
+            out = app.state.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                           max_new_tokens=body["max_tokens"], pad_token_id=tok.pad_token_id,
+                                           eos_token_id=tok.eos_token_id)[0, ids.shape[1]:].tolist()  # fmt: skip
+        eos = tok.eos_token_id in out
+        out = out[: out.index(tok.eos_token_id)] if eos else out
+        text = tok.decode(out, skip_special_tokens=True)
+        hits = [(text.find(s) + len(s), s) for s in body.get("stop") or [] if s in text]
+        if hits:
+            text = text[: min(hits)[0]]
+        return {"choices": [{"text": text, "finish_reason": "stop" if hits or eos else "length", "index": 0}]}
+
+    @app.post("/update_weights_from_disk")
+    def reload(body: dict) -> dict:
+        app.state.model = AutoModelForCausalLM.from_pretrained(body["model_path"]).eval()
+        app.state.reloads.append(body["model_path"])
+        return {"success": True}
+
+    return app
+
+
+@pytest.mark.slow
+def test_openai_rollout_backend_trains_and_pushes_weights(tmp_path):
+    from tests.helpers import running_server
+
+    tok = build_char_tokenizer()
+    app = _policy_server(tok, build_tiny_causal_lm(tok, seed=5))  # not the policy: the first sync replaces it
+    with running_server(app) as url:
+        config = _config(tmp_path, rollout={"backend": "openai", "group_size": 2,
+                                            "server": {"base_url": url + "/v1", "concurrency": 2},
+                                            "settings": {"max_new_tokens": 6, "temperature": 0.0}},
+                         trainer={"steps": 2, "prompts_per_step": 2})  # fmt: skip
+        trainer = RLTrainer(config)
+        history = trainer.train()
+    assert [m["step"] for m in history] == [1, 2]
+    assert len(app.state.reloads) == 3  # the initial policy, then after each update
+    assert len(app.state.requests) >= 8 and all(isinstance(r["prompt"], list) for r in app.state.requests)
+    served = app.state.model.state_dict()
+    for key, value in trainer.unwrapped.policy.state_dict().items():
+        torch.testing.assert_close(served[key], value)
