@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from agents.agentic_r import PairPassage, TrainingPair, pair_rows, read_pairs
+from agents.search_agent import read_trajectories
 from embedkit.cli import main
 from embedkit.encoding import Encoder, EncoderConfig
 from embedkit.errors import EmbedkitError
@@ -119,11 +120,20 @@ def test_iterate_one_round_and_resume(tmp_path, capsys):
         "train": {"base_model": MINILM, "query_prefix": "", "passage_prefix": "", "batch_size": 4, "hard_negatives": 3,
                   "epochs": 3, "learning_rate": 1e-4, "max_length": 48, "encode_batch_size": 8},
     }  # fmt: skip
+    evaluation = tmp_path / "qa.jsonl"  # Search-R1's layout: per-source EM before and after the round
+    evaluation.write_text("".join(json.dumps({"question": q["question"], "golden_answers": q["answers"],
+                                              "data_source": source})
+                                  + "\n" for q, source in zip(QUESTIONS[:2], ["hotpotqa", "nq"], strict=True)), encoding="utf-8")  # fmt: skip
+    config["eval_questions"] = [str(evaluation)]
     path = tmp_path / "agentic_r.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     assert main(["agentic-r", "iterate", "--config", str(path)]) == 0
     round_dir = tmp_path / "run" / "round_1"
     summary = json.loads((round_dir / "round.json").read_text())
+    assert set(summary["eval"]["after"]["by_source"]) == set(summary["eval"]["before"]["by_source"]) == {"hotpotqa", "nq"}
+    assert summary["eval"]["before"] == json.loads((tmp_path / "run" / "eval_base" / "metrics.json").read_text())
+    after = read_trajectories(round_dir / "eval" / "trajectories.jsonl")
+    assert all(t.searches[0].retriever_query.endswith(" [SEP] " + t.searches[0].query) for t in after)
     assert summary["agent"]["questions"] == 3 and summary["agent"]["scored"] == 2
     pairs = read_pairs(round_dir / "pairs.jsonl")
     assert summary["pairs"] == len(pairs) >= 2

@@ -137,6 +137,12 @@ class IterateConfig(_Config):
     policy: str = Field("heuristic", description="'heuristic' or an LLM spec: hf:PATH or openai:URL")
     policy_model: str | None = Field(None, description="model name at an OpenAI-compatible policy endpoint")
     policy_chat: bool = Field(True, description="chat messages (instruction models) or plain continuation")
+    eval_questions: list[str] = Field(
+        default_factory=list,
+        description="QA files in Search-R1's layout (question, golden_answers, data_source; jsonl or parquet): the "
+        "agent is evaluated on them with the base retriever and after every round, EM / F1 / sub-EM per data_source",
+    )
+    eval_limit: int | None = Field(None, ge=1, description="questions per evaluation file (default: all)")
     agent: AgentConfig = AgentConfig()
     label: LabelConfig = LabelConfig()
     train: RetrieverTrainConfig = RetrieverTrainConfig()

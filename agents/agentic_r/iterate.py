@@ -9,6 +9,9 @@ Round K's folder holds `trajectories.jsonl` (the agent with round K-1's retrieve
 agent searches the base retriever with `agent.query_template` (the plain query, as upstream), and its steps'
 candidates are fetched with that same input; from round 2 on the agent, the RL agent update and the
 candidates use `label.query_template` ("{question} [SEP] {query}"), the input the retriever was trained on.
+With `eval_questions` (QA files in Search-R1's layout), the agent is evaluated with the base retriever
+(`eval_base/`) and after every round with the new retriever and policy (`round_K/eval/`): EM / F1 / sub-EM per
+data_source, also in `round.json` under `eval.before` / `eval.after`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def iterate(config: IterateConfig, *, policy: Policy | None = None, judge: Any =
     index_path = Path(config.base_index) if config.base_index else _base_index(config, out)
     agent_config = config.agent
     summaries: list[dict] = []
+    if config.eval_questions:
+        base_eval = _evaluate(config, out / "eval_base", index_path, agent_config, policy, echo, "base retriever")
     for round_no in range(1, config.rounds + 1):
         folder = out / f"round_{round_no}"
         mark = folder / "round.json"
@@ -52,14 +57,40 @@ def iterate(config: IterateConfig, *, policy: Policy | None = None, judge: Any =
         else:
             folder.mkdir(parents=True, exist_ok=True)
             summary = _round(config, folder, index_path, agent_config, questions, policy, judge, echo)
-            with atomic_write(mark) as handle:
-                json.dump(summary, handle, indent=2)
-        summaries.append(summary)
+        # The next round's agent: the new retriever, queried with the input it was trained on, and the
+        # updated policy when there is one.
         index_path = folder / "index"
         agent_config = agent_config.model_copy(update={"query_template": config.label.query_template})
         if summary.get("policy"):
             policy = build_policy(f"hf:{summary['policy']}", chat=False)
+        if not mark.exists():
+            if config.eval_questions:
+                after = _evaluate(config, folder / "eval", index_path, agent_config, policy, echo, f"after {folder.name}")
+                summary["eval"] = {"before": base_eval if round_no == 1 else summaries[-1].get("eval", {}).get("after"),
+                                   "after": after}  # fmt: skip
+            with atomic_write(mark) as handle:
+                json.dump(summary, handle, indent=2)
+        summaries.append(summary)
     return summaries
+
+
+def _evaluate(config: IterateConfig, folder: Path, index_path: Path, agent_config, policy, echo, name: str) -> dict:
+    """EM / F1 / sub-EM per data_source of the agent on `config.eval_questions` (Search-R1's QA layout) with
+    the retriever at `index_path`; kept in `folder` (metrics.json) and not redone."""
+    from agents.search_agent.evaluate import evaluate, format_report
+
+    metrics_path = folder / "metrics.json"
+    if metrics_path.exists():
+        return json.loads(metrics_path.read_text(encoding="utf-8"))
+    folder.mkdir(parents=True, exist_ok=True)
+    questions = [q for path in config.eval_questions for q in load_questions(path, limit=config.eval_limit)]
+    trajectories = SearchAgent(policy, IndexRetriever.from_path(index_path), agent_config).run(questions)
+    write_trajectories(folder / "trajectories.jsonl", trajectories)
+    report = evaluate(trajectories)
+    with atomic_write(metrics_path) as handle:
+        json.dump(report, handle, indent=2)
+    echo(f"evaluation, {name}:\n{format_report(report)}")
+    return report
 
 
 def _round(config: IterateConfig, folder: Path, index_path: Path, agent_config, questions, policy, judge, echo) -> dict:

@@ -211,4 +211,10 @@ def _iterate(args: argparse.Namespace) -> int:
         agent = summary["agent"]
         print(f"round {summary['round']}: agent EM {agent['EM']:.4f} (before this round's retriever), "
               f"{summary['pairs']} pairs, index {summary['index']}")  # fmt: skip
+        if "eval" in summary:
+            before, after = summary["eval"]["before"], summary["eval"]["after"]
+            for source in after["by_source"]:
+                em_before = (before or {}).get("by_source", {}).get(source, {}).get("em")
+                shown = "n/a" if em_before is None else f"{em_before:.4f}"
+                print(f"  {source}: EM {shown} → {after['by_source'][source]['em']:.4f}")
     return 0
