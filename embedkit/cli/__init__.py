@@ -56,13 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:  # a command not part of this build
-                continue
-            raise
-        module.register(subparsers)
+        # A listed module that fails to import is a bug to see, not a command to hide.
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 
@@ -82,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         status = handler(args)
     except EmbedkitError as error:
         print(f"embedkit: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as error:
+        from embedkit.io import is_disk_full
+
+        if not is_disk_full(error):
+            raise
+        print(f"embedkit: error: no space left on the device ({error}); outputs are written atomically, so "
+              "earlier versions of them are unchanged", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("embedkit: interrupted", file=sys.stderr)

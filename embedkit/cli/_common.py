@@ -5,7 +5,28 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from embedkit.defaults import DEFAULT_BATCH_SIZE
+
 HELP_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (so `--k 0`, `--batch-size 0`, `--max-length -5` exit 2 with a message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_tag(text: str) -> str:
+    """argparse type for a TREC run tag: one non-empty word (the 6th whitespace-separated column)."""
+    if not text or any(ch.isspace() for ch in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a run tag must be one word without spaces (TREC run columns are whitespace-separated)")
+    return text
 
 
 def add_command(
@@ -64,8 +85,10 @@ def add_encoder_arguments(parser: argparse.ArgumentParser, *, model_default: str
         help="how an instruction becomes a query prefix (default: 'Instruct: {instruction}\\nQuery: ')",
     )
     group.add_argument("--no-normalize", action="store_true", help="keep raw embeddings (default: L2-normalize)")
-    group.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: the model's)")
-    group.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
+    group.add_argument("--max-length", type=positive_int,
+                       help="truncate inputs to this many tokens (default: the model's)")
+    group.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                       help=f"texts per forward pass (default: {DEFAULT_BATCH_SIZE})")
     group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     group.add_argument(
         "--dtype",
@@ -73,6 +96,15 @@ def add_encoder_arguments(parser: argparse.ArgumentParser, *, model_default: str
         choices=["auto", "float32", "float16", "bfloat16"],
         help="weights' precision (auto: float16 on CUDA, float32 elsewhere)",
     )
+
+
+def add_encoder_runtime_arguments(parser: argparse.ArgumentParser, *, title: str | None = None) -> None:
+    """--model/--device/--batch-size for commands whose encoder settings come from an index manifest."""
+    group = parser.add_argument_group(title or "encoder (settings come from the index manifest)")
+    group.add_argument("--model", help="local copy of the index's model (must have the same weights)")
+    group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    group.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                       help=f"queries/documents per forward pass (default: {DEFAULT_BATCH_SIZE})")
 
 
 def add_quiet_argument(parser: argparse.ArgumentParser) -> None:

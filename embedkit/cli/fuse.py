@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from embedkit.cli._common import add_command, add_quiet_argument
+from embedkit.cli._common import add_command, add_quiet_argument, positive_int, run_tag
 
 EXAMPLES = """\
   embedkit fuse runs/dense.trec runs/bm25.trec -o runs/hybrid.trec                 # RRF, k=60
@@ -14,9 +14,36 @@ EXAMPLES = """\
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from embedkit.hybrid.cli_search import add_fusion_arguments
+def add_fusion_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--fusion/--rrf-k/--alpha/--normalization, shared by `search --hybrid` and `fuse`."""
+    from embedkit.hybrid.fusion import FUSION_METHODS
 
+    parser.add_argument("--fusion", "--method", dest="fusion", default="rrf", choices=sorted(FUSION_METHODS),
+                        help="rrf: reciprocal rank fusion; interpolate: weighted sum of normalized scores "
+                             "(default: rrf)")
+    parser.add_argument("--rrf-k", type=float, default=60.0, help="RRF constant k in 1/(k + rank) (default: 60)")
+    parser.add_argument("--alpha", type=float,
+                        help="weight of the first system, 1-alpha for the second (default: equal weights)")
+    parser.add_argument("--normalization", default="minmax", choices=["minmax", "zscore"],
+                        help="score normalization for --fusion interpolate (default: minmax)")
+
+
+def fusion_config_from_args(args: argparse.Namespace, *, depth: int, weights: list[float] | None = None):
+    """The `FusionConfig` described by the options of `add_fusion_arguments`."""
+    from pydantic import ValidationError
+
+    from embedkit.errors import EmbedkitError
+    from embedkit.hybrid.fusion import FusionConfig
+
+    try:
+        return FusionConfig(method=args.fusion, rrf_k=args.rrf_k, alpha=args.alpha, normalization=args.normalization,
+                            weights=tuple(weights) if weights else None, depth=depth)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'fusion'}: {e['msg']}" for e in error.errors())
+        raise EmbedkitError(f"bad fusion settings: {problems}") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers,
         "fuse",
@@ -32,16 +59,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", "-o", required=True, help="fused TREC run to write")
     add_fusion_arguments(parser)
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per run (instead of --alpha)")
-    parser.add_argument("--depth", type=int, default=1000, help="hits per run that enter fusion (default: 1000)")
-    parser.add_argument("--k", "-k", type=int, default=1000, help="hits per query to write (default: 1000)")
-    parser.add_argument("--tag", default="fused", help="run tag, the 6th TREC column (default: fused)")
+    parser.add_argument("--depth", type=positive_int, default=1000,
+                        help="hits per run that enter fusion (default: 1000)")
+    parser.add_argument("--k", "-k", type=positive_int, default=1000, help="hits per query to write (default: 1000)")
+    parser.add_argument("--tag", type=run_tag, default="fused", help="run tag, the 6th TREC column (default: fused)")
     add_quiet_argument(parser)
 
 
 def fuse(args: argparse.Namespace) -> int:
     from embedkit.data.runs import read_run, write_trec_run
     from embedkit.errors import EmbedkitError
-    from embedkit.hybrid.cli_search import fusion_config_from_args
     from embedkit.hybrid.fusion import fuse_runs
 
     if len(args.runs) < 2:

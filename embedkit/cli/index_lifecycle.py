@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from embedkit.cli._common import add_command, add_corpus_arguments, add_quiet_argument, field_map_from_args
+from embedkit.cli._common import (
+    add_command,
+    add_corpus_arguments,
+    add_encoder_runtime_arguments,
+    add_quiet_argument,
+    field_map_from_args,
+    positive_int,
+)
 
 ADD_EXAMPLES = """\
   embedkit index add indexes/scifact --corpus new_docs.jsonl         # new ids inserted, known ids replaced
@@ -37,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       examples=ADD_EXAMPLES)
     add.add_argument("index", help="index folder")
     add_corpus_arguments(add)
-    _add_encoder_runtime_arguments(add)
+    add_encoder_runtime_arguments(add)
     add_quiet_argument(add)
 
     remove = add_command(subparsers, "remove", run_remove, help="delete documents from an index by id",
@@ -54,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           examples=COMPACT_EXAMPLES)
     compact.add_argument("index", help="index folder")
     compact.add_argument("--index-factory", help="rebuild as another FAISS kind (default: the current one)")
-    compact.add_argument("--train-sample", type=int, default=100_000)
+    compact.add_argument("--train-sample", type=positive_int, default=100_000)
 
     merge = add_command(subparsers, "merge", run_merge, help="join encode shards and/or indexes into one index",
                         description="Build one index from encode-shard folders (`embedkit encode --out`) and/or\n"
@@ -65,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--overwrite", action="store_true")
     merge.add_argument("--index-factory", help="FAISS factory (default: the first input index's, else Flat)")
     merge.add_argument("--metric", choices=["ip", "l2"], help="default: the first input index's, else ip")
-    merge.add_argument("--train-sample", type=int, default=100_000)
+    merge.add_argument("--train-sample", type=positive_int, default=100_000)
     merge.add_argument("--store-vectors", default="auto", choices=["auto", "float16", "float32", "none"],
                        help="keep a copy of the vectors in the folder (auto: float16 for lossy kinds)")
     merge.add_argument("--on-disk", action="store_true",
@@ -78,26 +85,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        examples=TUNE_EXAMPLES)
     tune.add_argument("index", help="index folder")
     tune.add_argument("--queries", help="queries file to encode with the index's encoder (default: sample documents)")
-    tune.add_argument("--num-queries", type=int, default=1000, help="documents sampled as queries (default: 1000)")
-    tune.add_argument("--k", type=int, default=10)
+    tune.add_argument("--num-queries", type=positive_int, default=1000,
+                      help="documents sampled as queries (default: 1000)")
+    tune.add_argument("--k", type=positive_int, default=10)
     tune.add_argument("--kinds", help="comma-separated subset of Flat,HNSW32,IVF-Flat,IVF-PQ,SQ8")
     tune.add_argument("--output", "-o", help="also write the table (markdown) to this file")
-    _add_encoder_runtime_arguments(tune)
-
-
-def _add_encoder_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("encoder (settings come from the index manifest)")
-    group.add_argument("--model", help="local copy of the index's model (must have the same weights)")
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    group.add_argument("--batch-size", type=int, default=64)
+    add_encoder_runtime_arguments(tune)
 
 
 def run_add(args: argparse.Namespace) -> int:
     from embedkit.data.corpus import iter_documents
-    from embedkit.index.lifecycle import add_documents
+    from embedkit.index.kinds import kind_of
 
-    report = add_documents(args.index, iter_documents(args.corpus, field_map_from_args(args)), model=args.model,
-                           device=args.device, batch_size=args.batch_size, source=str(args.corpus), quiet=args.quiet)
+    kind = kind_of(args.index)
+    report = kind.add(Path(args.index), iter_documents(args.corpus, field_map_from_args(args)), model=args.model,
+                      device=args.device, batch_size=args.batch_size, source=str(args.corpus), quiet=args.quiet)
     print(f"{args.index}: {report.summary()}")
     return 0
 
@@ -114,12 +116,12 @@ def read_ids(path: str | Path) -> list[str]:
 
 def run_remove(args: argparse.Namespace) -> int:
     from embedkit.errors import EmbedkitError
-    from embedkit.index.lifecycle import remove_documents
+    from embedkit.index.kinds import kind_of
 
     ids = list(args.id_list) + (read_ids(args.ids) if args.ids else [])
     if not ids:
         raise EmbedkitError("nothing to remove: give --ids FILE or --id ID")
-    report = remove_documents(args.index, ids, source=args.ids or "command line")
+    report = kind_of(args.index).remove(Path(args.index), ids, source=args.ids or "command line")
     print(f"{args.index}: {report.summary()}")
     if report.missing:
         print(f"not in the index: {', '.join(report.missing[:10])}{' …' if len(report.missing) > 10 else ''}")

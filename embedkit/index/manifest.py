@@ -150,7 +150,10 @@ class IndexManifest(BaseModel):
         for path in sorted(folder.rglob("*")):
             if path.is_file() and path.name not in UNTRACKED_FILES and ".tmp-" not in path.name:
                 name = path.relative_to(folder).as_posix()
-                records[name] = FileRecord(size=path.stat().st_size, sha256=file_sha256(path) if checksums else None)
+                # A symlinked file (e.g. a prebuilt FAISS index linked in, not copied) is not ours to hash on
+                # every write: it is checked by size only.
+                hashed = checksums and not path.is_symlink()
+                records[name] = FileRecord(size=path.stat().st_size, sha256=file_sha256(path) if hashed else None)
         self.files = records
 
     def check_files(self, folder: Path) -> None:
