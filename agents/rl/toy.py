@@ -28,7 +28,8 @@ def build_char_tokenizer(extra_tokens: list[str] | None = None) -> Any:
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     alternatives = "|".join(_escape(t) for t in sorted(tags, key=len, reverse=True))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"{alternatives}|."), behavior="isolated")
+    # "." does not match a newline; without "\\n" consecutive newlines would become one unknown token
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"{alternatives}|\\n|."), behavior="isolated")
     tok.decoder = decoders.Fuse()  # join characters back without spaces
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"

@@ -9,6 +9,7 @@ INDEX_COMMAND_MODULES: list[str] = [
     "embedkit.cli.index_build",
     "embedkit.cli.index_lifecycle",
     "embedkit.cli.index_reencode",
+    "embedkit.cli.index_import",
 ]
 
 
