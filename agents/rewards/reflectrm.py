@@ -166,22 +166,26 @@ def label_analyses(analyses: Sequence[str], preferred: str) -> list[int]:
 
 def reflectrm_records(pairs: Sequence[Any], backend: LLMBackend | None, *, n_analyses: int = 4,
                       ratio: float = DEFAULT_RATIO, temperature: float = 1.0, max_new_tokens: int = 256,
-                      seed: int = 0) -> list[dict]:  # fmt: skip
+                      seed: int = 0, demonstrations: bool = False) -> list[dict]:  # fmt: skip
     """Training prompts of both tasks from labelled pairs (`PreferencePair`s).
 
     Response task: each pair in both orders, ground truth `{"task": "response", "preferred": "A"|"B"}`.
     Analysis task: `n_analyses` sampled analyses of the pair (in a random order) listed for the judge,
     ground truth `{"task": "analysis", "reliable": [...], "n": n_analyses}`; only sets with both right and
     wrong analyses teach anything, so only those are kept, at most one per `ratio` response prompts.
-    `backend=None` builds the response task alone."""
+    `backend=None` builds the response task alone. `demonstrations` adds format-only demonstrations (a random
+    letter or analysis number) for a supervised warm-up."""
     rng = random.Random(seed)
     records = []
     for pair in pairs:
         for swapped in (False, True):
             a, b = (pair.rejected, pair.chosen) if swapped else (pair.chosen, pair.rejected)
-            records.append({"prompt": render_analysis_prompt(pair.prompt, a, b),
-                            "answer": {"task": "response", "preferred": "B" if swapped else "A", "item": pair.id},
-                            "domain": "response"})  # fmt: skip
+            record = {"prompt": render_analysis_prompt(pair.prompt, a, b),
+                      "answer": {"task": "response", "preferred": "B" if swapped else "A", "item": pair.id},
+                      "domain": "response"}  # fmt: skip
+            if demonstrations:
+                record["demonstration"] = f"<verdict>{rng.choice('AB')}</verdict>"
+            records.append(record)
     if backend is None or ratio <= 0:
         return records
     wanted = int(round(len(records) / ratio))
@@ -198,9 +202,12 @@ def reflectrm_records(pairs: Sequence[Any], backend: LLMBackend | None, *, n_ana
         if not reliable or len(reliable) == len(group):
             continue
         a, b = (pair.rejected, pair.chosen) if swapped else (pair.chosen, pair.rejected)
-        analysis_records.append({"prompt": render_reflect_prompt(pair.prompt, a, b, group),
-                                 "answer": {"task": "analysis", "reliable": reliable, "n": len(group), "item": pair.id},
-                                 "domain": "analysis"})  # fmt: skip
+        record = {"prompt": render_reflect_prompt(pair.prompt, a, b, group),
+                  "answer": {"task": "analysis", "reliable": reliable, "n": len(group), "item": pair.id},
+                  "domain": "analysis"}  # fmt: skip
+        if demonstrations:
+            record["demonstration"] = f"<choice>{rng.randrange(len(group)) + 1}</choice>"
+        analysis_records.append(record)
     rng.shuffle(analysis_records)
     records += analysis_records[:wanted]
     rng.shuffle(records)
