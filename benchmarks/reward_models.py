@@ -66,7 +66,7 @@ def train_judge(recipe: str, model_path: Path, prompts: Path, out_dir: Path, arg
         "trainer.steps": args.steps, "trainer.prompts_per_step": args.prompts_per_step, "trainer.lr": args.lr,
         "trainer.save_every": 0, "trainer.progress": False, "trainer.resume": False, "trainer.num_threads": 2,
         "rollout.group_size": args.group_size, "rollout.settings.max_new_tokens": args.max_new_tokens,
-        "warmup.steps": args.warmup_steps, "warmup.lr": 3e-3, "warmup.batch_size": 16,
+        "warmup.steps": args.warmup_steps, "warmup.lr": 5e-3, "warmup.batch_size": 16,
     }  # fmt: skip
     if recipe == "consistrm":
         overrides["reward.params.model"] = "sentence-transformers/all-MiniLM-L6-v2"
