@@ -302,3 +302,17 @@ def test_cli_label(setup, index_path, tmp_path, capsys):
                  str(index_path), "--out", str(tmp_path / "p2.jsonl")]) == 2  # fmt: skip
     for name in ("judge.jsonl", "p2.jsonl", "other.jsonl", "bad.jsonl"):
         assert not (tmp_path / name).exists()
+
+
+def test_sub_answers_once_per_trajectory(setup):
+    index, _, trajectories = setup
+
+    def reply(prompt):
+        if "<sub-answer>" in prompt:
+            return " ".join(["<sub-answer> Shirley Temple </sub-answer>"] * len(trajectories[0].searches))
+        return " ".join(["90"] * prompt.count("Passage ["))
+
+    judge = ScriptedJudge(reply)
+    config = LabelConfig(local="llm_judge", global_utility="containment", negatives=3)
+    label(trajectories, IndexRetriever(index), config, judge=judge, chunk=1)  # two steps, one trajectory
+    assert sum("<sub-answer>" in p[-1]["content"] for p in judge.prompts) == 1

@@ -88,8 +88,7 @@ def label(
     )
     global_ = GLOBAL_SCORERS.get(config.global_utility)(agent=agent)
     steps = collect_steps(trajectories, retriever, config)
-    for start in range(0, len(steps), chunk):
-        part = steps[start : start + chunk]
+    for part in _chunks(steps, chunk):
         global_(part)
         # The judge is the expensive part: only steps some candidate can pass are worth judging (the others
         # are skipped for EM 0 whatever their local scores).
@@ -101,6 +100,16 @@ def label(
         if progress is not None:
             progress(len(part))
     return build_pairs(steps, config)
+
+
+def _chunks(steps: Sequence[Step], size: int) -> list[list[Step]]:
+    """About `size` steps at a time, never splitting a trajectory (its sub-answers are inferred in one call)."""
+    chunks: list[list[Step]] = []
+    for step in steps:
+        if not chunks or (len(chunks[-1]) >= size and step.trajectory is not chunks[-1][-1].trajectory):
+            chunks.append([])
+        chunks[-1].append(step)
+    return chunks
 
 
 def rerun_policy(trajectories: Sequence[Trajectory], given: PolicyRecord | None = None, *,
