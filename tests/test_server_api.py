@@ -60,7 +60,7 @@ def server(indexes, minilm_encoder):
     dense, bm25 = indexes
     config = ServerConfig(index=str(dense), bm25=str(bm25), api_key=KEY,
                           limits=Limits(max_topk=5, max_queries=4, max_query_chars=200, max_body_bytes=BODY_LIMIT),
-                          batching=BatchingConfig(max_batch_size=64, max_wait_ms=5))
+                          batching=BatchingConfig(max_batch_size=64, max_wait_ms=5), search_streams=2)
     service = RetrievalService(config, {"dense": Index.load(dense, encoder=minilm_encoder), "bm25": Index.load(bm25)})
     with running_server(create_app(config, service), lifespan="on") as url:
         yield url

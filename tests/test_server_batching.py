@@ -97,3 +97,23 @@ def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order():
     big = run(scenario())
     assert [len(call) for call in search.calls] == [4, 4, 2]
     assert [hits[0].id for hits in big] == [f"q{i}#0" for i in range(10)]
+
+
+def test_concurrency_runs_that_many_calls_at_once():
+    both_running = threading.Barrier(2, timeout=30)
+    calls: list[list[str]] = []
+
+    def search(texts, k):
+        calls.append(list(texts))
+        both_running.wait()  # returns only when a second call runs beside this one
+        return [[Hit(id=f"{text}#0", score=1.0, rank=1)] for text in texts]
+
+    async def scenario():
+        batcher = MicroBatcher(search, ThreadPoolExecutor(2), max_batch_size=1, concurrency=2)
+        await batcher.start()
+        answers = await asyncio.gather(batcher.submit(["a"], 1), batcher.submit(["b"], 1))
+        await batcher.stop()
+        return answers
+
+    answers = run(scenario())
+    assert [hits[0][0].id for hits in answers] == ["a#0", "b#0"] and len(calls) == 2

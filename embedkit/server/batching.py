@@ -1,12 +1,13 @@
 """Micro-batching: gather the queries of concurrent requests into one search call.
 
 Requests put their queries on an asyncio queue. One worker coroutine takes everything waiting (up to
-`max_batch_size` queries) and runs a single `search(texts, k)` on a worker thread. It never sleeps when it
-could be searching: while one call runs, new requests pile up and form the next batch, so batches grow with
-the load by themselves (continuous batching). An optional `max_wait_ms` waits for company before a call.
-A request larger than `max_batch_size` is split into several calls (Search-R1 sends 2,560 queries at
-once), so no single call holds more than `max_batch_size` queries' vectors and hits. With batching disabled each request gets its
-own call (same thread, same order), which is the baseline `benchmarks/serve_load.py` compares against.
+`max_batch_size` queries) and runs a single `search(texts, k)` on a worker thread; with `concurrency` > 1
+up to that many calls run at once on as many threads (CPU serving runs several single-threaded streams).
+It never sleeps when it could be searching: while calls run, new requests pile up and form the next batch,
+so batches grow with the load by themselves (continuous batching); an optional `max_wait_ms` waits for
+company before a call. A request larger than `max_batch_size` is split into several calls (Search-R1 sends
+2,560 queries at once), so no single call holds more than `max_batch_size` queries' vectors and hits.
+With batching disabled each request gets its own call, the baseline `benchmarks/serve_load.py` can compare.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class MicroBatcher:
     max_batch_size: int = 256
     max_wait_ms: float = 0.0
     enabled: bool = True
+    concurrency: int = 1  # search calls in flight at once (the executor needs as many threads)
     stats: BatchStats = field(default_factory=BatchStats)
 
     def __post_init__(self) -> None:
@@ -114,28 +116,45 @@ class MicroBatcher:
         return batch
 
     async def _run(self) -> None:
+        # Up to `concurrency` calls run at once (one per search stream); the next batch forms from whatever
+        # waits when a stream frees up.
+        slots = asyncio.Semaphore(self.concurrency)
+        running: set[asyncio.Task] = set()
+        try:
+            while True:
+                await slots.acquire()
+                batch = await self._next_batch()
+                live = [item for item in batch if not item.future.done()]  # a client may have gone away
+                if not live:
+                    slots.release()
+                    continue
+                task = asyncio.create_task(self._call(live, slots))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _call(self, live: list[_Request], slots: asyncio.Semaphore) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._next_batch()
-            live = [item for item in batch if not item.future.done()]  # a client may have gone away
-            if not live:
-                continue
-            texts = [query for item in live for query in item.queries]
-            k = max(item.k for item in live)
-            self.stats.requests += len(live)
-            self.stats.queries += len(texts)
-            self.stats.calls += 1
-            self.stats.largest_call = max(self.stats.largest_call, len(texts))
-            try:
-                results = await loop.run_in_executor(self.executor, self.search, texts, k)
-            except Exception as error:  # handed to every waiting request; the worker keeps serving
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(error)
-                continue
-            start = 0
+        texts = [query for item in live for query in item.queries]
+        k = max(item.k for item in live)
+        self.stats.requests += len(live)
+        self.stats.queries += len(texts)
+        self.stats.calls += 1
+        self.stats.largest_call = max(self.stats.largest_call, len(texts))
+        try:
+            results = await loop.run_in_executor(self.executor, self.search, texts, k)
+        except Exception as error:  # handed to every waiting request; the worker keeps serving
             for item in live:
-                part = results[start:start + len(item.queries)]
-                start += len(item.queries)
                 if not item.future.done():
-                    item.future.set_result([hits[:item.k] for hits in part])
+                    item.future.set_exception(error)
+            return
+        finally:
+            slots.release()
+        start = 0
+        for item in live:
+            part = results[start:start + len(item.queries)]
+            start += len(item.queries)
+            if not item.future.done():
+                item.future.set_result([hits[:item.k] for hits in part])

@@ -70,8 +70,13 @@ class ServerConfig(YamlConfig):
     mmap: bool = Field(False, description="memory-map the FAISS file instead of reading it into RAM")
     device: str = "auto"
     encode_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice); "
-                                      "1 is much faster on machines whose cores are shared with other jobs")
+    search_streams: int | None = Field(None, ge=1, description="dense searches that run at once, each on its own "
+                                       "thread (default: min(4, CPUs) when encoding on the CPU, else 1)")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per search stream (default: CPUs / "
+                                      "streams, or torch's choice with one stream)")
+    switch_interval_ms: float | None = Field(1.0, gt=0, description="Python's GIL switch interval while serving "
+                                             "(default 1 ms instead of 5: the encoder threads get the GIL back "
+                                             "sooner while the event loop is busy); null: leave Python's")
 
     def resolved_api_key(self) -> str | None:
         return self.api_key or os.environ.get(API_KEY_ENV) or None

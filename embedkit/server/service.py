@@ -1,7 +1,13 @@
 """The retrieval service behind the HTTP routes: opened indexes, one micro-batcher per index, fusion, reloading.
 
-All searches run on one worker thread, so the encoder and the JVM are never used from two threads at once
-(Hugging Face fast tokenizers refuse concurrent use) and the event loop only waits.
+Threads: the event loop only parses, validates and answers requests. Dense searches run on `search_streams`
+worker threads. On a CPU, several single-threaded streams beat one multi-threaded stream: torch's OpenMP
+threads synchronise at every operator, and when the event loop or a client takes a core from one of them,
+all of them wait (on a 2-core machine serving 64 clients that stall was the throughput collapse), while
+independent streams only slow down in proportion. The streams encode in parallel (tokenization, which Hugging
+Face fast tokenizers refuse to run on two threads at once, is serialized by a lock) and take turns for the
+FAISS search and the document lookup, which are fast. BM25 searches run on their own single thread (the JVM
+and bm25s are used from one thread).
 
 Reloading: a background task stats each served folder's `manifest.json` every `reload.poll_seconds`. When
 `embedkit index add/remove/compact` swaps in a new folder, the manifest changes (new inode, size or mtime);
@@ -17,6 +23,9 @@ import asyncio
 import hashlib
 import logging
 import os
+import sys
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -101,13 +110,32 @@ class RetrievalService:
         self.opener = opener or (lambda path, previous: open_index(path, config, previous))
         self.reload_errors: dict[str, str] = {}
         self.reloads = 0
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedkit-search")
+        self.streams = self._dense_streams() if "dense" in indexes else 1
+        threads = config.torch_threads or (max(1, (os.cpu_count() or 1) // self.streams) if self.streams > 1 else None)
+        self.torch_threads = threads
+        self.executors = {
+            kind: ThreadPoolExecutor(max_workers=self.streams if kind == "dense" else 1,
+                                     thread_name_prefix=f"embedkit-{kind}",
+                                     initializer=_set_torch_threads if threads else None,
+                                     initargs=(threads,) if threads else ())
+            for kind in indexes
+        }
+        self._search_locks = {kind: threading.Lock() for kind in indexes}
         self.batchers = {
-            kind: MicroBatcher(self._search_fn(kind), self.executor, max_batch_size=config.batching.max_batch_size,
-                               max_wait_ms=config.batching.max_wait_ms, enabled=config.batching.enabled)
+            kind: MicroBatcher(self._search_fn(kind), self.executors[kind],
+                               max_batch_size=config.batching.max_batch_size, max_wait_ms=config.batching.max_wait_ms,
+                               enabled=config.batching.enabled, concurrency=self.streams if kind == "dense" else 1)
             for kind in indexes
         }
         self._watcher: asyncio.Task | None = None
+        self._switch_interval: float | None = None
+
+    def _dense_streams(self) -> int:
+        if self.config.search_streams is not None:
+            return self.config.search_streams
+        if self.config.backend == "faiss-gpu" or _gpu_encoding(self.config.device):
+            return 1  # a GPU batches by itself; one stream keeps its batches large
+        return max(1, min(4, os.cpu_count() or 1))
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> RetrievalService:
@@ -128,15 +156,25 @@ class RetrievalService:
         return {kind: served.index for kind, served in self.served.items()}
 
     def _search_fn(self, kind: str):
+        lock = self._search_locks[kind]
+
         def search(texts: list[str], k: int) -> list[list[Hit]]:
             index = self.served[kind].index  # looked up per call: a reload switches between calls
+            k = min(k, max(len(index), 1))
             # RL loops send each prompt's query from several rollouts (Search-R1: n_agent copies): encode
             # and search each distinct text once.
             positions: dict[str, int] = {}
             for text in texts:
                 positions.setdefault(text, len(positions))
             distinct = list(positions)
-            found = index.search(distinct, min(k, max(len(index), 1)))
+            encoder = getattr(index, "encoder", None) if self.streams > 1 else None
+            if encoder is not None and hasattr(index, "search_vectors") and _serialize_tokenizer(encoder):
+                vectors = encoder.encode_queries(distinct)  # in parallel with the other streams
+                with lock:
+                    found = index.search_vectors(vectors, k)
+            else:
+                with lock:
+                    found = index.search(distinct, k)
             if len(distinct) == len(texts):
                 return found
             return [found[positions[text]] for text in texts]
@@ -144,18 +182,21 @@ class RetrievalService:
         return search
 
     async def start(self) -> None:
+        global _RUNNING_SERVICES
+        _RUNNING_SERVICES += 1
         loop = asyncio.get_running_loop()
-        if self.config.torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(self.config.torch_threads)
-            # OpenMP settings are per thread: apply it where the searches run too.
-            await loop.run_in_executor(self.executor, torch.set_num_threads, self.config.torch_threads)
+        if self.config.switch_interval_ms is not None:
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(self.config.switch_interval_ms / 1000)
+        if self.torch_threads is not None:
+            _set_torch_threads(self.torch_threads)
         for batcher in self.batchers.values():
             await batcher.start()
-        # Load the model / start the JVM now, not on the first user request.
-        for served in self.served.values():
-            await loop.run_in_executor(self.executor, served.index.search, ["warm up"], 1)
+        # Load the model / start the JVM now, not on the first user request; warm up every stream.
+        for kind, batcher in self.batchers.items():
+            await loop.run_in_executor(self.executors[kind], batcher.search, ["warm up"], 1)
+            await asyncio.gather(*(loop.run_in_executor(self.executors[kind], batcher.search, ["warm up"], 1)
+                                   for _ in range(batcher.concurrency - 1)))
         if self.config.reload.enabled:
             self._watcher = asyncio.create_task(self._watch(), name="embedkit-index-watcher")
 
@@ -169,7 +210,14 @@ class RetrievalService:
             self._watcher = None
         for batcher in self.batchers.values():
             await batcher.stop()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self.executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
+        global _RUNNING_SERVICES
+        _RUNNING_SERVICES -= 1
+        _restore_tokenizers()
 
     async def _watch(self) -> None:
         while True:
@@ -195,7 +243,7 @@ class RetrievalService:
         version = manifest_version(path)
         loop = asyncio.get_running_loop()
         # Opening and warming up run on the search thread, between search calls, never beside one.
-        index = await loop.run_in_executor(self.executor, self._open_warm, path, current.index)
+        index = await loop.run_in_executor(self.executors[kind], self._open_warm, path, current.index)
         # The stamp read before opening: if the folder changed again meanwhile, the next poll reloads again.
         self.served[kind] = Served(index, stamp, version)
         self.reload_errors.pop(kind, None)
@@ -245,8 +293,75 @@ class RetrievalService:
                          "stats": {kind: b.stats.as_dict() for kind, b in self.batchers.items()}},
             "reload": {**self.config.reload.model_dump(), "reloads": self.reloads, "errors": dict(self.reload_errors)},
             "backend": self.config.backend,
+            "search_streams": self.streams,
+            "torch_threads_per_stream": self.torch_threads,
             "auth": self.config.resolved_api_key() is not None,
         }
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # OpenMP settings are per thread: each worker thread sets its own
+
+
+def _gpu_encoding(device: str) -> bool:
+    if device.startswith(("cuda", "mps")):
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _serialize_tokenizer(encoder) -> bool:
+    """Put a lock around the model's tokenization so several threads can encode with one model.
+
+    Forward passes only read the weights and can run side by side; a Hugging Face fast tokenizer raises
+    "Already borrowed" when two threads use it at once. False when the model has no tokenization entry
+    point we know (then the caller encodes one batch at a time). `_restore_tokenizers` undoes it.
+    """
+    model = getattr(encoder, "model", None)
+    if model is None:
+        return False
+    if model in _LOCKED_MODELS:
+        return True
+    with _WRAP_LOCK:
+        if model in _LOCKED_MODELS:
+            return True
+        names = [name for name in ("preprocess", "tokenize") if callable(getattr(model, name, None))]
+        if not names:
+            return False
+        lock = threading.RLock()  # re-entrant: tokenize() calls preprocess() in sentence-transformers 6
+        for name in names:
+            original = getattr(model, name)
+
+            def locked(*args, _original=original, **kwargs):
+                with lock:
+                    return _original(*args, **kwargs)
+
+            setattr(model, name, locked)  # an instance attribute: shadows the method for this model only
+        _LOCKED_MODELS[model] = names
+        return True
+
+
+_WRAP_LOCK = threading.Lock()
+_LOCKED_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+_RUNNING_SERVICES = 0
+
+
+def _restore_tokenizers() -> None:
+    """Undo `_serialize_tokenizer` once no service in this process runs any more (tests run several)."""
+    with _WRAP_LOCK:
+        if _RUNNING_SERVICES > 0:
+            return
+        for model, names in list(_LOCKED_MODELS.items()):
+            for name in names:
+                vars(model).pop(name, None)
+        _LOCKED_MODELS.clear()
 
 
 def open_index(path: Path, config: ServerConfig, previous: Index | None) -> Index:
