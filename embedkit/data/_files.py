@@ -200,8 +200,8 @@ def split_tsv_line(line: str) -> list[str]:
 def iter_tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of each non-blank TSV line (see `split_tsv_line` for quoting)."""
     for number, line in iter_lines(path):
-        if not line.strip():
-            continue
+        if "\t" not in line and not line.strip():
+            continue  # a blank line; a line of tabs is a row of empty fields
         try:
             yield number, split_tsv_line(line)
         except _Unclosed:
@@ -223,7 +223,7 @@ def iter_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
             return
         except csv.Error as error:
             raise DataFormatError(f"malformed CSV ({error})", path=path, line=start) from None
-        if any(field.strip() for field in row):
+        if len(row) > 1 or (row and row[0].strip()):  # skip blank lines, keep rows of empty fields
             yield start, row
 
 
