@@ -88,6 +88,14 @@ def label(
     )
     global_ = GLOBAL_SCORERS.get(config.global_utility)(agent=agent)
     steps = collect_steps(trajectories, retriever, config)
+    if agent is not None and config.global_utility == "rerun":
+        template = agent.config.query_template
+        differ = [s for s in steps if s.trajectory.turns[s.turn].retriever_query not in
+                  (None, template.format(question=s.trajectory.question, query=s.query))]  # fmt: skip
+        if differ:
+            log.warning("%d of %d steps were searched with another retriever input than the re-runs' "
+                        "query_template %r (e.g. %r)", len(differ), len(steps), template,
+                        differ[0].trajectory.turns[differ[0].turn].retriever_query)  # fmt: skip
     for part in _chunks(steps, chunk):
         global_(part)
         # The judge is the expensive part: only steps some candidate can pass are worth judging (the others

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("--index", required=True, help="the current retriever's dense index")
     label.add_argument("--out", "-o", required=True, help="training pairs jsonl to write")
     label.add_argument("--config", help="YAML with a `label` (and `agent`) section, e.g. configs/agentic_r.yaml")
-    label.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+    label.add_argument("--set", dest="label_overrides", action="append", metavar="KEY=VALUE",
                        help="override a `label` setting (repeatable), e.g. --set judge_input=question_and_query")
     label.add_argument("--local", choices=["llm_judge", "embedder"], help="local utility scorer")
     label.add_argument("--global", dest="global_utility", choices=["rerun", "containment"],
@@ -129,7 +129,7 @@ def _label(args: argparse.Namespace) -> int:
     from embedkit.index import Index
 
     overrides = {"local": args.local, "global_utility": args.global_utility, "candidates": args.candidates,
-                 "min_local": args.min_local, **parse_set_overrides(args.overrides)}  # fmt: skip
+                 "min_local": args.min_local, **parse_set_overrides(args.label_overrides)}  # fmt: skip
     if args.config:
         config = LabelConfig.from_yaml(args.config, section="label", overrides=overrides)
     else:
@@ -146,7 +146,10 @@ def _label(args: argparse.Namespace) -> int:
     retriever = IndexRetriever(index)
     agent = None
     if config.global_utility == "rerun":
-        record = rerun_policy(trajectories, _given_policy(args), allow_mismatch=args.allow_policy_mismatch)
+        given = _given_policy(args, agent_config)
+        record = rerun_policy(trajectories, given, allow_mismatch=args.allow_policy_mismatch)
+        if record.mode and record.mode != agent_config.prompt_mode:  # re-run in the prompt mode it ran in
+            agent_config = agent_config.model_copy(update={"prompt_mode": record.mode})
         agent = SearchAgent(_policy_from_record(record, args), retriever, agent_config)
     pairs, stats = label(trajectories, retriever, config, agent=agent, judge=_judge(args), index=index)
     if not pairs:
@@ -157,17 +160,18 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
-def _given_policy(args: argparse.Namespace):
-    """The policy named with --agent-llm, as a record comparable with the trajectories' own."""
+def _given_policy(args: argparse.Namespace, agent_config):
+    """The policy named with --agent-llm, recorded as `embedkit agent run` records it (comparable with the
+    trajectories' own)."""
     from agents.search_agent.trajectory import PolicyRecord
 
     if not args.llm:
         return None
     if args.llm == "heuristic":
         return PolicyRecord(spec="heuristic")
+    mode = getattr(args, "prompt_mode", None) or ("completion" if args.no_chat else agent_config.prompt_mode)
     return PolicyRecord(spec=args.llm, model=args.llm_model if args.llm.startswith("openai:") else None,
-                        chat=not args.no_chat, mode=getattr(args, "prompt_mode", None),
-                        tokenizer=getattr(args, "llm_tokenizer", None))  # fmt: skip
+                        chat=mode == "chat", mode=mode, tokenizer=getattr(args, "llm_tokenizer", None))  # fmt: skip
 
 
 def _policy_from_record(record, args: argparse.Namespace):
