@@ -7,11 +7,11 @@ import json
 
 import pytest
 
+from agents.rl.rewards import exact_match_score, f1_score
 from agents.search_agent import evaluate, load_questions, read_trajectories
 from agents.search_agent.evaluate import sub_em_score
 from agents.search_agent.questions import answer_list
 from agents.search_agent.trajectory import Trajectory
-from agents.rl.rewards import exact_match_score, f1_score
 from embedkit.cli import main
 from embedkit.data import Document
 from tests.helpers import write_jsonl

@@ -20,9 +20,9 @@ import logging
 from collections.abc import Callable, Sequence
 
 from agents.retrieval import Passage, Retriever
+from agents.search_agent.backends import policy_record
 from agents.search_agent.config import AgentConfig
 from agents.search_agent.evaluate import score
-from agents.search_agent.backends import policy_record
 from agents.search_agent.format import parse_action, render_information, restore_stop
 from agents.search_agent.policy import Policy
 from agents.search_agent.questions import Question

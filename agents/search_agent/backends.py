@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from agents.llm import DEFAULT_CONCURRENCY, LLMBackend, OpenAICompatibleBackend, TransformersBackend, load_causal_lm
+from agents.llm import (
+    DEFAULT_CONCURRENCY,
+    LLMBackend,
+    OpenAICompatibleBackend,
+    TransformersBackend,
+    load_causal_lm,
+)
 from agents.search_agent.policy import HeuristicPolicy, LLMPolicy, Policy
 from agents.search_agent.trajectory import PolicyRecord
 from embedkit.errors import EmbedkitError

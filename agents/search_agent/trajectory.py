@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedkit.passage import Passage
 from embedkit.data.records import read_records, write_records
+from embedkit.passage import Passage
 
 
 class Turn(BaseModel):

@@ -171,7 +171,6 @@ def _run(args: argparse.Namespace) -> list:
     from agents.search_agent import SearchAgent, write_trajectories
     from agents.search_agent.backends import build_policy
     from agents.search_agent.retrievers import open_retriever
-    from agents.search_agent.trajectory import PolicyRecord
 
     config = agent_config_from_args(args)
     questions = _load_all_questions(args)
@@ -183,10 +182,6 @@ def _run(args: argparse.Namespace) -> list:
     agent = SearchAgent(policy, retriever, config)
     with tqdm(total=len(questions), unit="q", desc="agent", disable=args.quiet) as bar:
         trajectories = agent.run(questions, progress=bar.update)
-    record = PolicyRecord(spec=args.llm, model=args.llm_model if args.llm.startswith("openai:") else None,
-                          chat=config.prompt_mode == "chat", mode=config.prompt_mode, tokenizer=args.llm_tokenizer)
-    for trajectory in trajectories:
-        trajectory.policy = record  # so Agentic-R can re-run the same policy
     write_trajectories(args.out, trajectories)
     return trajectories
 
