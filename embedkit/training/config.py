@@ -16,6 +16,7 @@ from embedkit.config import YamlConfig, apply_overrides, load_yaml_mapping, vali
 Strategy = Literal["batch_shuffle", "mixed", "sequential", "two_stage"]
 Pooling = Literal["auto", "cls", "mean", "lasttoken", "max", "weightedmean"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+WeightsDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 DEFAULT_HARD_NEGATIVES = 7  # inferred from the BOOM release
 DEFAULT_EPOCHS = 1.0  # inferred from the BOOM release
@@ -90,7 +91,15 @@ class TrainConfig(YamlConfig):
     normalize: bool = True
     instruction_template: str = DEFAULT_INSTRUCTION_TEMPLATE
     lora: LoraSettings = LoraSettings()
-    precision: Precision = "auto"
+    precision: Precision = Field("auto", description="mixed precision of the compute (autocast); the "
+                                 "optimizer keeps fp32 master weights when `dtype` is float32")
+    dtype: WeightsDtype = Field(
+        "float32", description="dtype the weights are loaded in; bfloat16/float16 halve memory but are only "
+        "allowed with LoRA (full fine-tuning needs fp32 master weights); auto: bfloat16 with LoRA on a GPU")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    append_eos: bool | Literal["auto"] = Field(
+        "auto", description="append the EOS token to every input (auto: for decoder bases with last-token "
+        "pooling, as Qwen3-Embedding-style models expect)")
     gradient_checkpointing: bool = False
     seed: int = 42
     checkpoint_dir: str | None = Field(None, description="default: <output_dir>.checkpoints")

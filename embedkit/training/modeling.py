@@ -38,35 +38,98 @@ def default_pooling(hf_config) -> str:
     return "lasttoken" if is_decoder(hf_config) else "mean"
 
 
-def build_model(config: TrainConfig, device: str | None = None):
+def weights_dtype(config: TrainConfig, lora: bool | None = None):
+    """The torch dtype to load weights in; refuses half-precision weights for full fine-tuning.
+
+    `lora`: whether LoRA will be used; None when not known yet (`enabled: auto` before the model's size is
+    known: the refusal is then left to the caller's second call)."""
+    import torch
+
+    if lora is None and config.lora.enabled != "auto":
+        lora = bool(config.lora.enabled)
+    name = config.dtype
+    if name == "auto":
+        name = "bfloat16" if lora and torch.cuda.is_available() and config.device != "cpu" else "float32"
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if dtype != torch.float32 and lora is False:
+        raise EmbedkitError(
+            f"dtype: {name} with full fine-tuning would train without fp32 master weights (updates smaller "
+            "than the bf16/fp16 resolution are lost); keep dtype: float32 and set precision: bf16 (mixed "
+            "precision, fp32 master weights), or enable LoRA (lora.enabled: true)")
+    return dtype
+
+
+def build_model(config: TrainConfig, device: str | None = None, *, lora: bool | None = None):
     """A SentenceTransformer ready to train: an existing ST model keeps its modules unless `pooling` asks
-    for another; a plain transformers model gets Transformer + Pooling (+ Normalize)."""
+    for another; a plain transformers model gets Transformer + Pooling (+ Normalize). Weights load in
+    `config.dtype` with `config.attn_implementation`; decoders get an EOS appended (`append_eos`)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     name = resolve_model_name(config.model)
     kwargs = {"device": device} if device else {}
+    model_kwargs = {"dtype": weights_dtype(config, lora), "attn_implementation": config.attn_implementation}
     if (Path(name) / "modules.json").exists() or not Path(name).exists() and _hub_is_sentence_transformer(name):
-        model = SentenceTransformer(name, **kwargs)
+        model = SentenceTransformer(name, model_kwargs=model_kwargs, **kwargs)
         if config.pooling != "auto":
             _replace_pooling(model, config.pooling)
         if config.normalize and not any(isinstance(m, Normalize) for m in model):
             model.append(Normalize())
     else:
-        transformer = Transformer(name, max_seq_length=config.max_seq_length)
+        transformer = Transformer(name, max_seq_length=config.max_seq_length, model_kwargs=model_kwargs)
         pooling = config.pooling if config.pooling != "auto" else default_pooling(transformer.auto_model.config)
         modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)]
         if config.normalize:
             modules.append(Normalize())
         model = SentenceTransformer(modules=modules, **kwargs)
     transformer = model[0]
-    if is_decoder(transformer.auto_model.config):
+    decoder = is_decoder(transformer.auto_model.config)
+    if decoder:
         tokenizer = transformer.tokenizer
         if tokenizer.pad_token is None:  # decoders often lack one; padding is masked out anyway
             tokenizer.pad_token = tokenizer.eos_token
+    pooling_mode = next((m.get_config_dict().get("pooling_mode") for m in model if isinstance(m, Pooling)), None)
+    wanted = config.append_eos
+    if wanted == "auto":
+        wanted = decoder and pooling_mode == "lasttoken"
+    if wanted:
+        append_eos(transformer.tokenizer, required=config.append_eos is True)
+    if config.gradient_checkpointing and not decoder:
+        LOG.info("gradient checkpointing on an encoder: activations are recomputed in the backward pass")
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
     return model
+
+
+def append_eos(tokenizer, *, required: bool = False) -> bool:
+    """Make `tokenizer` end every input with its EOS token (kept when inputs are truncated), so the
+    last-token embedding is read at EOS as Qwen3-Embedding-style models are trained. The change is part
+    of the saved tokenizer, so encoding with the trained model does the same. Returns True if changed."""
+    eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    if eos is None or eos_id is None:
+        if required:
+            raise EmbedkitError("append_eos: the tokenizer has no EOS token")
+        LOG.warning("the tokenizer has no EOS token; inputs are pooled at their last token as they are")
+        return False
+    last = tokenizer("a")["input_ids"][-1:]
+    if last == [eos_id]:
+        return False  # the tokenizer already appends it
+    if last and last[0] in set(tokenizer.all_special_ids):
+        LOG.info("the tokenizer already ends inputs with %s; pooling reads that token",
+                 tokenizer.convert_ids_to_tokens(last[0]))
+        return False
+    from tokenizers import processors
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise EmbedkitError("append_eos needs a fast (tokenizers) tokenizer")
+    template = processors.TemplateProcessing(single=f"$A:0 {eos}:0", pair=f"$A:0 {eos}:0 $B:1 {eos}:1",
+                                             special_tokens=[(eos, eos_id)])
+    existing = backend.post_processor
+    backend.post_processor = processors.Sequence([existing, template]) if existing is not None else template
+    if tokenizer("a")["input_ids"][-1:] != [eos_id]:
+        raise EmbedkitError("could not make the tokenizer append its EOS token")
+    return True
 
 
 def _hub_is_sentence_transformer(name: str) -> bool:
@@ -92,6 +155,11 @@ def _replace_pooling(model, mode: str) -> None:
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def lora_decision(config: TrainConfig) -> bool | None:
+    """True/False when the config decides LoRA by itself, None for `auto` (needs the model's size)."""
+    return None if config.lora.enabled == "auto" else bool(config.lora.enabled)
 
 
 def lora_wanted(settings: LoraSettings, n_params: int) -> bool:

@@ -108,7 +108,15 @@ def train(config: TrainConfig, tasks: Sequence[TaskData] | None = None, *, quiet
     """
     import torch
 
-    from embedkit.training.modeling import add_lora, build_model, count_parameters, lora_wanted, merge_lora
+    from embedkit.training.modeling import (
+        add_lora,
+        build_model,
+        count_parameters,
+        lora_decision,
+        lora_wanted,
+        merge_lora,
+        weights_dtype,
+    )
 
     tasks = list(tasks) if tasks is not None else load_tasks(config.datasets)
     output = Path(config.output_dir)
@@ -117,8 +125,11 @@ def train(config: TrainConfig, tasks: Sequence[TaskData] | None = None, *, quiet
     checkpoints = config.checkpoint_path
     checkpoints.mkdir(parents=True, exist_ok=True)
     device = None if config.device == "auto" else config.device
-    model = build_model(config, device=device)
-    use_lora = lora_wanted(config.lora, count_parameters(model))
+    use_lora = lora_decision(config)
+    model = build_model(config, device=device, lora=use_lora)
+    if use_lora is None:  # `auto`: decided by the loaded model's size
+        use_lora = lora_wanted(config.lora, count_parameters(model))
+        weights_dtype(config, use_lora)  # a half-precision load is only allowed with LoRA
     stages = plan_stages(config, tasks)
 
     started = time.perf_counter()
