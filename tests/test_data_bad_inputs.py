@@ -141,7 +141,7 @@ def test_cli_eval_bad_run_and_qrels_name_file_and_line(tmp_path: Path) -> None:
     assert_clear_error(embedkit("eval", "--run", run, "--qrels", qrels), "run.trec, line 2", "not valid UTF-8")
     run.write_text("q1 Q0 d1 1 0.5 t\n", encoding="utf-8")
     qrels.write_bytes(b"q1\td1\t1\nq2\td\xe9\t1\n")
-    assert_clear_error(embedkit("eval", "--run", run, "--qrels", qrels), "qrels.tsv, line 2", "byte offset 13")
+    assert_clear_error(embedkit("eval", "--run", run, "--qrels", qrels), "qrels.tsv, line 2", "byte offset 12")
     qrels.write_text("q1\td1\tvery\n", encoding="utf-8")
     assert_clear_error(embedkit("eval", "--run", run, "--qrels", qrels), "qrels.tsv, line 1", "not an integer")
 
