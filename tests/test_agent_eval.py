@@ -50,6 +50,11 @@ def test_nq_style_records_yield_answer_lists(tmp_path):
     assert answer_list({"reward_model": {"ground_truth": ["x", "y"]}}) == ["x", "y"]
     assert answer_list({"answer": "only one"}) == ["only one"]
     assert answer_list({"reward_model": {"ground_truth": "x, y"}}) == ["x, y"]  # no list anywhere: the string
+    # the RL module's jsonl task reads the same records the same way
+    from agents.rl.tasks import TASKS
+
+    examples = TASKS.get("jsonl")(path=str(path)).examples
+    assert [(e.prompt, e.ground_truth) for e in examples] == [(q.question, q.answers) for q in questions]
     # scored against the list, "December 1972" is an exact match; against the joined string it was not
     assert exact_match_score("December 1972", questions[0].answers) == 1.0
     assert exact_match_score("December 1972", [", ".join(questions[0].answers)]) == 0.0

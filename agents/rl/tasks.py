@@ -143,13 +143,23 @@ def search_kv(index: str = "indexes/rl-search-kv", keys: list[str] | None = None
 @TASKS.register("jsonl")
 def jsonl(path: str, prompt_field: str = "prompt", answer_field: str = "answer", domain_field: str = "domain",
           demonstration_field: str = "demonstration") -> Task:  # fmt: skip
+    from agents.search_agent.questions import answer_list
+
     examples = []
     for line_no, record in iter_json_lines(path):
-        for field in (prompt_field, answer_field):
-            if field not in record:
+        prompt, answer = record.get(prompt_field), record.get(answer_field)
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):  # verl: [{"role": "user", …}]
+            prompt = prompt[0].get("content")
+        if answer_field == "answer" and (answer is None or isinstance(answer, str)):
+            # verl / Search-R1 records hold the answer list elsewhere (extra_info.answer, ground_truth.target);
+            # a joined string must not stand in for it.
+            answers = answer_list(record, path=path, line=line_no)
+            answer = answers if answer is None or len(answers) > 1 else answer
+        for field, value in ((prompt_field, prompt), (answer_field, answer)):
+            if value is None or value == []:
                 raise DataFormatError("missing field", path=path, line=line_no, field=field, fields_found=record)
-        examples.append(Example(str(record[prompt_field]), record[answer_field],
-                                str(record.get(domain_field, "default")), record.get(demonstration_field)))  # fmt: skip
+        examples.append(Example(str(prompt), answer, str(record.get(domain_field, "default")),
+                                record.get(demonstration_field)))  # fmt: skip
     if not examples:
         raise DataFormatError("no examples", path=path)
     return Task(examples)
