@@ -248,3 +248,15 @@ def test_grad_cache_equals_one_big_batch(tmp_path):
     assert set(big) == set(cached) and len(big) > 10
     for name in big:
         torch.testing.assert_close(cached[name], big[name], rtol=1e-4, atol=1e-6)
+
+
+def test_real_model_loading_settings_are_checked():
+    base = {"model": {"name_or_path": "x", "dtype": "bfloat16"}}
+    with pytest.raises(ValueError, match="fp32 master"):
+        CocoaConfig.model_validate(base)
+    with_lora = CocoaConfig.model_validate({"model": {**base["model"], "lora": {"r": 4}}})
+    assert with_lora.weights_dtype == "bfloat16"
+    assert CocoaConfig.model_validate({"model": {"name_or_path": "x", "dtype": "auto"},
+                                       "run": {"device": "cpu"}}).weights_dtype == "float32"
+    with pytest.raises(ValueError, match="attn_implementation"):
+        CocoaConfig.model_validate({"model": {"name_or_path": "x", "attn_implementation": "flash_attention_2"}})

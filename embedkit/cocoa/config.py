@@ -26,8 +26,12 @@ class LoraSettings(YamlConfig):
 
 class ModelSettings(YamlConfig):
     name_or_path: str = Field(..., description="local folder or hub id (Qwen2-VL / Qwen2.5-VL)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights dtype; bfloat16/float16 only with LoRA (full fine-tuning keeps fp32 "
+        "master weights: use float32 with run.mixed_precision: bf16); auto: bfloat16 on a GPU with LoRA")
+    attn_implementation: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="flash_attention_2 is not offered: every CoCoA stage passes its own 4D mask, "
+        "which flash-attention kernels do not take")
     eos_token: str = "<|endoftext|>"
     mask_token: str = Field("<|mask|>", description="added to the tokenizer if missing (stage 1 and slots)")
     max_length: int = Field(256, gt=8, description="token budget of one sequence's content: instruction, "
@@ -145,7 +149,20 @@ class CocoaConfig(YamlConfig):
     def _check(self) -> CocoaConfig:
         if (self.model.min_pixels and self.model.max_pixels and self.model.min_pixels > self.model.max_pixels):
             raise ValueError("model.min_pixels is larger than model.max_pixels")
+        if self.model.dtype in ("bfloat16", "float16") and self.model.lora is None:
+            raise ValueError(f"model.dtype {self.model.dtype} with full fine-tuning trains without fp32 master "
+                             "weights; use dtype: float32 with run.mixed_precision: bf16, or add a model.lora block")
         return self
+
+    @property
+    def weights_dtype(self) -> str:
+        """The dtype weights are loaded in: `auto` is bfloat16 on a GPU with LoRA, float32 otherwise."""
+        if self.model.dtype != "auto":
+            return self.model.dtype
+        import torch
+
+        gpu = torch.cuda.is_available() and self.run.device != "cpu"
+        return "bfloat16" if gpu and self.model.lora is not None else "float32"
 
     def with_overrides(self, **sections) -> CocoaConfig:
         """A copy with some sections' fields replaced, e.g. `with_overrides(run={"output_dir": "x"})`."""

@@ -74,7 +74,7 @@ class CocoaTrainer:
             cpu=device == "cpu",
         )
         self.device = self.accelerator.device
-        self.vlm = loaded or load_vlm(self.init, device=str(self.device), dtype=config.model.dtype,
+        self.vlm = loaded or load_vlm(self.init, device=str(self.device), dtype=config.weights_dtype,
                                       attn_implementation=config.model.attn_implementation)
         self._ensure_token(config.model.mask_token)
         self._ensure_token(config.stage2.decoder_start_token)
@@ -326,8 +326,12 @@ class CocoaTrainer:
 
     # ----------------------------------------------------------------------------------- saving
     def _save_checkpoint(self, phase_dir: Path, stage: str, step: int, optimizer, scheduler) -> None:
-        if not self.accelerator.is_main_process:
-            return
+        """Rank 0 writes; every rank waits for it, so no rank resumes from a half-written checkpoint."""
+        if self.accelerator.is_main_process:
+            self._write_checkpoint(phase_dir, stage, step, optimizer, scheduler)
+        self.accelerator.wait_for_everyone()
+
+    def _write_checkpoint(self, phase_dir: Path, stage: str, step: int, optimizer, scheduler) -> None:
         target = phase_dir / f"checkpoint-{stage}-{step:06d}"
         model = self.accelerator.unwrap_model(self.vlm.model)
         with atomic_directory(target, overwrite=True) as tmp:
@@ -350,7 +354,7 @@ class CocoaTrainer:
             log.info("resuming from %s", checkpoint)
             if lora is None and not self._lora_applied:
                 settings = self.config.model
-                self.vlm.model = load_vlm(checkpoint, device=str(self.device), dtype=settings.dtype,
+                self.vlm.model = load_vlm(checkpoint, device=str(self.device), dtype=self.config.weights_dtype,
                                           attn_implementation=settings.attn_implementation).model
         self._prepare_model(adapter_dir=checkpoint if (checkpoint is not None and lora is not None) else None)
         heads = checkpoint / HEADS_NAME if checkpoint is not None else None
@@ -360,8 +364,12 @@ class CocoaTrainer:
     def _export(self, phase_dir: Path) -> Path:
         """Write `<phase>/model`: full weights (LoRA merged when asked), tokenizer, image processor."""
         target = phase_dir / "model"
-        if not self.accelerator.is_main_process:
-            return target
+        if self.accelerator.is_main_process:
+            self._write_model(target)
+        self.accelerator.wait_for_everyone()
+        return target
+
+    def _write_model(self, target: Path) -> None:
         model = self.accelerator.unwrap_model(self.vlm.model)
         lora = self.config.model.lora
         with atomic_directory(target, overwrite=True) as tmp:
@@ -385,7 +393,6 @@ class CocoaTrainer:
                            "min_pixels": self.config.model.min_pixels,
                            "max_pixels": self.config.model.max_pixels,
                            "text_reserve": self.config.model.text_reserve}, handle, indent=1)
-        return target
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float = 0.0) -> float:
