@@ -199,7 +199,7 @@ def test_each_grm_config_runs_two_rl_steps(name, tiny, tmp_path):
     assert all(m["reward_mean"] == m["reward_mean"] for m in history)
     assert (tmp_path / name / "checkpoints" / "step-2" / "policy" / "config.json").exists()
     if name == "consistrm":
-        state = json.loads((tmp_path / name / "reward_state" / "step-2.json").read_text())
+        state = json.loads((tmp_path / name / "task_state" / "step-2.json").read_text())
         assert state["task"]["cursor"] == 4 and "metric/reflectrm_response" in history[-1]
 
 

@@ -14,8 +14,9 @@ On a tie the well-formed judgements get no reward (None → `tie_reward`, 0 by d
 
 Rounds are clean passes over the data when the `judge_prompts` task stamps each prompt's pass number into its
 ground truth (`{"item": id, "swapped": bool, "round": r}`); without a round, every visit of an item is a
-round. The per-item memory is part of the training state (`state_dict` / `load_state_dict`), saved with each
-checkpoint by `agents.rewards.training.GRMTrainer` and restored on resume.
+round. The per-item memory is part of the training state (`state_dict` / `load_state_dict`): the RL trainer
+saves it in every checkpoint and restores it on resume (`agents.rewards.training.GRMTrainer` adds the
+position in the pass).
 """
 
 from __future__ import annotations

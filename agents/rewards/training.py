@@ -4,9 +4,9 @@
   by the builders (`prompt`, `answer`, optional `domain`, `demonstration`), served in clean passes: each
   pass visits every prompt exactly once in a fresh order, and stamps the pass number into dict ground truths
   as `round` (what ConsistRM's temporal consistency counts).
-- `GRMTrainer`: `agents.rl.trainer.RLTrainer` plus the state of the reward and the task (ConsistRM's per-item
-  memory, the position in the pass) saved beside every checkpoint and restored on resume, so an interrupted
-  and resumed run labels exactly as an uninterrupted one.
+- `GRMTrainer`: `agents.rl.trainer.RLTrainer` (which checkpoints the reward's state: ConsistRM's per-item
+  memory) plus the task's position in the current pass, saved beside every checkpoint and restored on
+  resume, so an interrupted and resumed run samples and labels exactly as an uninterrupted one.
 - `consistrm_records` / `acpo_records`: training prompts from any preference-pair file (ReflectRM's builder
   lives in `agents.rewards.reflectrm`).
 
@@ -84,20 +84,20 @@ def judge_prompts(path: str, seed: int = 0, passes: bool = True) -> Task:
     return PassTask(examples, seed) if passes else Task(examples)
 
 
-STATE_DIR = "reward_state"
+STATE_DIR = "task_state"
 _STEP_RE = re.compile(r"^step-(\d+)\.json$")
 
 
 class GRMTrainer(RLTrainer):
-    """`RLTrainer` whose reward and task state (when they have `state_dict`) is checkpointed too.
+    """`RLTrainer` whose task state (the position in the current pass of `judge_prompts`) is checkpointed too.
 
-    The state of step N is written to `<output_dir>/reward_state/step-N.json` before the checkpoint itself,
-    so every checkpoint that exists has its state; a resume reads the state of its step.
+    The RL trainer itself saves the reward's state (ConsistRM's per-item memory) in `trainer_state.pt`. The
+    task's state of step N is written to `<output_dir>/task_state/step-N.json` before the checkpoint
+    itself, so every checkpoint that exists has it; a resume reads the state of its step.
     """
 
     def _stateful(self) -> dict[str, Any]:
-        return {name: part for name, part in (("reward", self.reward_fn), ("task", self.task))
-                if callable(getattr(part, "state_dict", None))}  # fmt: skip
+        return {"task": self.task} if callable(getattr(self.task, "state_dict", None)) else {}
 
     def save_checkpoint(self, step: int) -> Path:
         parts = self._stateful()
@@ -123,7 +123,7 @@ class GRMTrainer(RLTrainer):
             return
         path = self.output_dir / STATE_DIR / f"step-{self.start_step}.json"
         if not path.is_file():
-            raise EmbedkitError(f"{checkpoint}: no reward/task state at {path}; the judge's memory cannot be "
+            raise EmbedkitError(f"{checkpoint}: no task state at {path}; the position in the pass cannot be "
                                 "restored (start fresh with trainer.resume=false or --no-resume)")  # fmt: skip
         state = json.loads(path.read_text(encoding="utf-8"))
         for name, part in parts.items():
