@@ -95,3 +95,18 @@ def test_huge_document_costs_little_memory(tmp_path: Path) -> None:
     assert report["truncated"] == 16 + 16  # every document is longer than 256 tokens
     # The text itself and its JSON line are a few copies of 8 MB; tokenising it whole cost >1 GB.
     assert report["growth_kb"] < 200 * 1024, report
+
+
+@pytest.mark.slow
+def test_cli_build_records_truncated_documents(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    with open(corpus, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"_id": "huge", "title": "Huge", "text": text_of(300_000, 9)}) + "\n")  # ~2.5 MB
+        handle.write(json.dumps({"_id": "small", "text": "cats purr and hunt mice"}) + "\n")
+    out = tmp_path / "idx"
+    result = subprocess.run([sys.executable, "-m", "embedkit", "index", "build", "--corpus", str(corpus), "--out",
+                             str(out), "--model", "sentence-transformers/all-MiniLM-L6-v2", "--quiet"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["truncated_documents"] == 1
