@@ -17,7 +17,7 @@ The load generator is a minimal HTTP/1.1 client on asyncio streams (about 50 us 
 2-core machine the client takes as little as possible from the server it measures. Run it on a quiet machine
 (`uptime` is recorded before and after; nothing else running):
 
-    .venv/bin/python benchmarks/serve_load.py                      # ~4 min (+ ~2 min to build the index once)
+    .venv/bin/python benchmarks/serve_load.py                      # ~5 min (+ ~3 min to build the index once)
     .venv/bin/python benchmarks/serve_load.py --seconds 5 --levels 1 8       # a quick look
     .venv/bin/python benchmarks/serve_load.py --server-args --torch-threads 1   # any `embedkit serve` options
 
@@ -204,9 +204,10 @@ def batch_stats(port: int) -> dict:
     return httpx.get(f"http://127.0.0.1:{port}/info", timeout=60).json()["batching"]["stats"]["dense"]
 
 
-def run_server_rows(index: Path, queries: list[str], args: argparse.Namespace) -> tuple[list[dict], dict]:
+def run_server_rows(index: Path, queries: list[str], server_args: list[str],
+                    args: argparse.Namespace) -> tuple[list[dict], dict]:
     port = free_port()
-    server = start_server(index, port, args.server_args)
+    server = start_server(index, port, server_args)
     rows = []
     try:
         asyncio.run(load_level(port, 4, queries, 1, 3))  # warm-up
@@ -218,7 +219,8 @@ def run_server_rows(index: Path, queries: list[str], args: argparse.Namespace) -
             calls = after["calls"] - before["calls"]
             row["queries_per_call"] = round((after["queries"] - before["queries"]) / calls, 1) if calls else 0.0
             rows.append(row)
-            print(f"server  clients={clients:<3} queries/request={per_request:<4} {row}", flush=True)
+            print(f"server {' '.join(server_args)} clients={clients:<3} queries/request={per_request:<4} {row}",
+                  flush=True)
         import httpx
 
         info = httpx.get(f"http://127.0.0.1:{port}/info", timeout=60).json()
@@ -243,6 +245,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each row (default: 15)")
     parser.add_argument("--torch-threads", type=int, help="for the encoder-only rows (default: torch's, like the server)")
     parser.add_argument("--encoder-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compare", default="--search-streams 1",
+                        help="`embedkit serve` options of a second server run for comparison (default: one search "
+                             "stream with torch's threads, the pre-streams design); '' to skip")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="extra `embedkit serve` options")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serve_load")
     args = parser.parse_args()
@@ -260,15 +265,22 @@ def main() -> None:
     encoder = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT,
                                         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}).stdout.splitlines()[-1])
     print(f"encoder only: {encoder}", flush=True)
-    rows, info = run_server_rows(args.index, queries, args)
+    rows, info = run_server_rows(args.index, queries, args.server_args, args)
+    compare_rows = []
+    if args.compare.strip():
+        compare_args = [*args.server_args, *args.compare.split()]
+        compare_rows, _ = run_server_rows(args.index, queries, compare_args, args)
+        for row in compare_rows:
+            row["server_args"] = " ".join(compare_args)
     load_after = uptime()
     print(f"after: {load_after}", flush=True)
-    write(args, queries_path, encoder, rows, info, load_before, load_after)
+    write(args, queries_path, encoder, rows, compare_rows, info, load_before, load_after)
 
 
-def write(args, queries_path: Path, encoder: dict, rows: list[dict], info: dict, before: str, after: str) -> None:
+def write(args, queries_path: Path, encoder: dict, rows: list[dict], compare_rows: list[dict], info: dict,
+          before: str, after: str) -> None:
     base = encoder["encode_qps"]
-    for row in rows:
+    for row in rows + compare_rows:
         row["share_of_encoder"] = round(row["qps"] / base, 3) if base else None
         row["p99_over_p50"] = round(row["p99_ms"] / row["p50_ms"], 2) if row["p50_ms"] else None
     single = [r for r in rows if r["queries_per_request"] == 1]
@@ -286,7 +298,7 @@ def write(args, queries_path: Path, encoder: dict, rows: list[dict], info: dict,
             "torch_threads_per_stream": info.get("torch_threads_per_stream"),
             "documents": info.get("indexes", {}).get("dense", {}).get("documents")}
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "encoder_only": encoder, "server": rows,
-                                                         "checks": checks}, indent=2) + "\n")
+                                                         "compare": compare_rows, "checks": checks}, indent=2) + "\n")
     server_args = " ".join(args.server_args)
     lines = [
         "# Retrieval server under load (loopback)", "",
@@ -305,15 +317,19 @@ def write(args, queries_path: Path, encoder: dict, rows: list[dict], info: dict,
         f"| in-process search (encode + FAISS + docstore) | – | {BATCH} | {encoder['search_qps']} | "
         f"{encoder['search_qps'] / base:.0%} | – | – | – | – | – |",
     ]
-    for row in rows:
-        lines.append(f"| server | {row['clients']} | {row['queries_per_request']} | {row['qps']} | "
-                     f"{row['share_of_encoder']:.0%} | {row['p50_ms']} | {row['p99_ms']} | {row['p99_over_p50']} | "
-                     f"{row['errors']} | {row['queries_per_call']} |")
+    for label, group in (("server", rows), (f"server {args.compare.strip()}", compare_rows)):
+        for row in group:
+            lines.append(f"| {label} | {row['clients']} | {row['queries_per_request']} | {row['qps']} | "
+                         f"{row['share_of_encoder']:.0%} | {row['p50_ms']} | {row['p99_ms']} | "
+                         f"{row['p99_over_p50']} | {row['errors']} | {row['queries_per_call']} |")
     lines += ["", f"Encoder-only rows ran in their own process with {encoder['torch_threads']} torch threads "
                   "(torch's default unless --torch-threads), before the server started. The server ran "
                   f"{meta['search_streams']} search stream(s) with {meta['torch_threads_per_stream'] or 'default'} "
                   "torch thread(s) each.", "", "Targets:", ""]
     lines += [f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in checks.items()]
+    if compare_rows:
+        lines += ["", f"Targets are checked on the default server rows; the `{args.compare.strip()}` rows are the "
+                      "same server with one multi-threaded search stream, for comparison."]
     lines.append("")
     args.out.with_suffix(".md").write_text("\n".join(lines))
     print(f"wrote {args.out.with_suffix('.md')}")

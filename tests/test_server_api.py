@@ -414,3 +414,35 @@ def _fuzzer(strategy, checks, calls, given, settings, health_check):
         calls.append(case.call_and_validate(headers=AUTH, checks=checks, timeout=60).status_code)
 
     return fuzz
+
+
+def test_backends_torch_and_mmap_serve_the_same_hits_and_faiss_gpu_needs_a_gpu(indexes, minilm_encoder):
+    import asyncio
+
+    from embedkit.errors import EmbedkitError
+    from embedkit.index import Index
+    from embedkit.server.config import ServerConfig
+    from embedkit.server.service import RetrievalService, open_index
+
+    dense = indexes[0]
+    loaded = Index.load(dense, encoder=minilm_encoder)  # its encoder is reused by open_index
+    queries = ["cats that purr", "erupting volcano", "bread yeast", "python syntax"]
+    want = [[(h.id, round(h.score, 4)) for h in hits] for hits in loaded.search(queries, 3)]
+    for options in ({"backend": "torch", "device": "cpu"}, {"mmap": True}, {"backend": "torch", "mmap": True}):
+        config = ServerConfig(index=str(dense), reload={"enabled": False}, **options)
+        service = RetrievalService(config, {"dense": open_index(dense, config, loaded)})
+
+        async def scenario(service=service):
+            await service.start()
+            try:
+                return await service.search(queries, 3)
+            finally:
+                await service.stop()
+
+        got = [[(h.id, round(h.score, 4)) for h in hits] for hits in asyncio.run(scenario())]
+        assert got == want, options
+    import faiss
+
+    if getattr(faiss, "get_num_gpus", lambda: 0)() == 0:
+        with pytest.raises(EmbedkitError, match="faiss-gpu"):
+            open_index(dense, ServerConfig(index=str(dense), backend="faiss-gpu"), loaded)

@@ -69,8 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mmap", action="store_true", default=None,
                         help="memory-map index.faiss instead of reading it into RAM")
     parser.add_argument("--device", help="encoder device: auto, cpu, cuda, mps")
+    parser.add_argument("--search-streams", type=int,
+                        help="dense searches running at once, one thread each (default: min(4, CPUs) on CPU, 1 on GPU)")
     parser.add_argument("--torch-threads", type=int,
-                        help="torch threads for query encoding (1 helps on CPUs shared with other jobs)")
+                        help="torch threads per search stream (default: CPUs / streams; torch's own with one stream)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -84,7 +86,7 @@ def config_from_args(args: argparse.Namespace):
     for name, key in (("index", "index"), ("bm25", "bm25"), ("host", "host"), ("port", "port"),
                       ("api_key", "api_key"), ("retrieve_mode", "retrieve_mode"), ("default_topk", "default_topk"),
                       ("hybrid_depth", "hybrid_depth"), ("device", "device"), ("torch_threads", "torch_threads"),
-                      ("backend", "backend"), ("mmap", "mmap"),
+                      ("search_streams", "search_streams"), ("backend", "backend"), ("mmap", "mmap"),
                       ("max_topk", "limits.max_topk"), ("max_queries", "limits.max_queries"),
                       ("max_query_length", "limits.max_query_chars"),
                       ("max_batch_size", "batching.max_batch_size"), ("max_wait_ms", "batching.max_wait_ms"),
