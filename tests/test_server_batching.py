@@ -117,3 +117,19 @@ def test_concurrency_runs_that_many_calls_at_once():
 
     answers = run(scenario())
     assert [hits[0][0].id for hits in answers] == ["a#0", "b#0"] and len(calls) == 2
+
+
+def test_a_large_request_is_spread_over_the_streams():
+    search = RecordingSearch()
+    search.release.set()
+
+    async def scenario():
+        batcher = MicroBatcher(search, ThreadPoolExecutor(2), max_batch_size=256, concurrency=2)
+        await batcher.start()
+        answer = await batcher.submit([f"q{i}" for i in range(100)], 1)
+        await batcher.stop()
+        return answer
+
+    answer = run(scenario())
+    assert sorted(len(call) for call in search.calls) == [50, 50]
+    assert [hits[0].id for hits in answer] == [f"q{i}#0" for i in range(100)]

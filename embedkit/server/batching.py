@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from embedkit.index.base import Hit
 
 SearchFn = Callable[[list[str], int], list[list[Hit]]]
+MIN_SPLIT = 16  # smallest part a request is split into to use several streams
 
 
 @dataclass
@@ -28,6 +29,7 @@ class _Request:
     queries: list[str]
     k: int
     future: asyncio.Future
+    part: bool = False  # one part of a split request: searched as a call of its own
 
 
 @dataclass
@@ -79,10 +81,13 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         queries = list(queries)
         step = self.max_batch_size if self.enabled else len(queries)
+        if self.enabled and self.concurrency > 1:
+            # Spread a large request over the streams (256 queries on 2 streams: two calls of 128 at once).
+            step = min(step, max(MIN_SPLIT, -(-len(queries) // self.concurrency)))
         futures = []
         for start in range(0, len(queries), step):
             future = loop.create_future()
-            self._queue.put_nowait(_Request(queries[start:start + step], k, future))
+            self._queue.put_nowait(_Request(queries[start:start + step], k, future, part=step < len(queries)))
             futures.append(future)
         if len(futures) == 1:
             return await futures[0]
@@ -94,7 +99,7 @@ class MicroBatcher:
         first = self._held if self._held is not None else await self._queue.get()
         self._held = None
         batch, size = [first], len(first.queries)
-        if not self.enabled:
+        if not self.enabled or first.part:
             return batch
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_ms / 1000
@@ -108,7 +113,7 @@ class MicroBatcher:
                 # Sleep, then drain: cancelling a pending queue.get() on timeout can lose an item.
                 await asyncio.sleep(remaining)
                 continue
-            if size + len(item.queries) > self.max_batch_size:
+            if item.part or size + len(item.queries) > self.max_batch_size:
                 self._held = item
                 break
             batch.append(item)
