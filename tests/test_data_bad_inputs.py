@@ -278,3 +278,22 @@ def test_title_field_appearing_after_the_first_record_is_kept(tmp_path: Path) ->
     path = tmp_path / "c.jsonl"
     path.write_text('{"_id": "1", "text": "a"}\n{"_id": "2", "title": "T", "text": "b"}\n', encoding="utf-8")
     assert [(d.id, d.title) for d in iter_documents(path)] == [("1", ""), ("2", "T")]
+
+
+def test_jsonl_run_writer_refuses_lone_surrogates(tmp_path: Path) -> None:
+    from embedkit.data import write_jsonl_run
+
+    with pytest.raises(DataFormatError, match=r"cannot write query 'q1': lone surrogate U\+DCFF.*\(field 'query'\)"):
+        write_jsonl_run({"q1": {"query": "cats \udcff", "hits": []}}, tmp_path / "run.jsonl")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_cli_search_query_that_is_not_utf8_exits_2(tmp_path: Path, small_corpus: Path) -> None:
+    index = tmp_path / "idx"
+    built = embedkit("index", "build", "--kind", "bm25", "--backend", "bm25s", "--corpus", small_corpus, "--out", index)
+    assert built.returncode == 0, built.stderr
+    result = subprocess.run([sys.executable, "-m", "embedkit", "search", str(index), b"cats \xff", "-o",
+                             str(tmp_path / "run.jsonl")], capture_output=True, text=True, timeout=600)
+    assert_clear_error(result, "surrogate")
+    assert not (tmp_path / "run.jsonl").exists()

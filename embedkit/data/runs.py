@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from embedkit.data._files import iter_lines, require_file
+from embedkit.data._files import find_surrogate, iter_lines, require_file, surrogate_message
 from embedkit.errors import DataFormatError
 from embedkit.io import atomic_write
 
@@ -19,6 +19,7 @@ Run = dict[str, dict[str, float]]
 
 # Whitespace as str.split() sees it (what every TREC reader splits on) and lone surrogates (not UTF-8).
 _NOT_TREC_SAFE = re.compile(r"[\s\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def ranked(scores: Mapping[str, float]) -> list[tuple[str, float]]:
@@ -69,7 +70,12 @@ def write_jsonl_run(results: Mapping[str, dict], path: str | Path) -> None:
     """One line per query: {"query_id", "query", "hits": [{"id", "score", "rank", "title", "text"}]}."""
     with atomic_write(path) as handle:
         for query_id, payload in results.items():
-            handle.write(json.dumps({"query_id": query_id, **payload}, ensure_ascii=False) + "\n")
+            record = {"query_id": query_id, **payload}
+            line = json.dumps(record, ensure_ascii=False)
+            if _SURROGATE.search(line):  # e.g. a query typed as bytes that are not UTF-8
+                field, text = find_surrogate(record) or ("", line)
+                raise DataFormatError(f"cannot write query {query_id!r}: {surrogate_message(text)}", field=field)
+            handle.write(line + "\n")
 
 
 def read_run(path: str | Path) -> Run:
