@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from embedkit.defaults import DEFAULT_BATCH_SIZE
 from embedkit.errors import EmbedkitError, IndexFormatError
 
 
@@ -16,7 +17,7 @@ def reencode_index(
     query_prefix: str | None = None,
     passage_prefix: str | None = None,
     max_length: int | None = None,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
     overwrite: bool = False,
     quiet: bool = False,

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from embedkit.cli._common import add_command, add_quiet_argument
+from embedkit.defaults import DEFAULT_BATCH_SIZE
 
 TRAIN_EXAMPLES = """\
   embedkit boom train --config configs/boom.yaml
@@ -99,7 +100,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--datasets", nargs="+", required=True, help="BEIR folders")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--max-length", type=int)
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    evaluate.add_argument("--no-saved-prompts", action="store_true",
+                          help="encode queries without the prompts saved with the model")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--output", help="also write the table (markdown) to this file")
     add_quiet_argument(evaluate)
@@ -229,7 +232,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from embedkit.training.evaluation import evaluate_suite
 
     suite = evaluate_suite(args.model, args.datasets, split=args.split, batch_size=args.batch_size,
-                           max_length=args.max_length, device=args.device, quiet=args.quiet)
+                           max_length=args.max_length, device=args.device, quiet=args.quiet,
+                           use_saved_prompts=not args.no_saved_prompts)
     table = suite.table()
     print(f"{args.model} [{args.split}]\n{table}")
     if args.output:

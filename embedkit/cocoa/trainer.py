@@ -334,7 +334,7 @@ class CocoaTrainer:
     def _write_checkpoint(self, phase_dir: Path, stage: str, step: int, optimizer, scheduler) -> None:
         target = phase_dir / f"checkpoint-{stage}-{step:06d}"
         model = self.accelerator.unwrap_model(self.vlm.model)
-        with atomic_directory(target, overwrite=True) as tmp:
+        with atomic_directory(target, overwrite=True, marker=STATE_NAME, what="checkpoint") as tmp:
             model.save_pretrained(tmp)
             torch.save(self.heads.state_dict(), tmp / HEADS_NAME)
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
@@ -372,7 +372,7 @@ class CocoaTrainer:
     def _write_model(self, target: Path) -> None:
         model = self.accelerator.unwrap_model(self.vlm.model)
         lora = self.config.model.lora
-        with atomic_directory(target, overwrite=True) as tmp:
+        with atomic_directory(target, overwrite=True, marker="config.json", what="model") as tmp:
             if lora is not None and lora.merge_on_save:
                 import copy
 

@@ -102,7 +102,8 @@ def merge_with_config(
     out = Path(out)
     if out.exists() and not overwrite:
         raise EmbedkitError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    with atomic_directory(out, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as work:
+    with atomic_directory(out, overwrite=overwrite, marker="modules.json", what="model") as tmp, \
+            tempfile.TemporaryDirectory(dir=tmp.parent) as work:
         merged = Path(work) / "transformer"
         options = MergeOptions(copy_tokenizer=True, quiet=True, lazy_unpickle=True, random_seed=seed, write_model_card=False)
         try:

@@ -239,7 +239,7 @@ def _save(model, config: TrainConfig, tasks: Sequence[TaskData], result: TrainRe
             # Saved prompts let users encode with prompt_name=<task>; they survive merges.
             prompts[task.name] = config.instruction_template.format(instruction=task.config.instruction)
     model.prompts = prompts
-    with atomic_directory(result.output_dir, overwrite=True) as tmp:
+    with atomic_directory(result.output_dir, overwrite=True, marker="modules.json", what="model") as tmp:
         model.save(str(tmp), create_model_card=False)
         with atomic_write(tmp / TRAINING_RECORD) as handle:
             json.dump(training_record(config, tasks, result), handle, indent=2)
