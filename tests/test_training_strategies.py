@@ -105,3 +105,23 @@ def test_suite_evaluation_uses_the_trained_prompts(tmp_path, shared_data):
     plain = evaluate_suite(str(model), [cisi], device="cpu", quiet=True, use_saved_prompts=False)
     assert plain.prompts == {"cisi": "query: "}
     assert plain.metrics["cisi"]["nDCG@10"] != suite.metrics["cisi"]["nDCG@10"]
+
+
+def test_negatives_grow_with_the_batch_not_with_accumulation(files):
+    with pytest.raises(ValueError, match="cached_mnrl"):
+        make(files, gradient_accumulation_steps=4)
+    config, _ = make(files, loss="cached_mnrl", batch_size=256, mini_batch_size=16)
+    from embedkit.training.losses import LOSSES, build_loss
+    from embedkit.training.tiny import build_tiny_bert
+
+    assert "gradcache" in LOSSES and config.gather_across_devices
+    import tempfile
+
+    from sentence_transformers import SentenceTransformer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = SentenceTransformer(str(build_tiny_bert(f"{tmp}/m")), device="cpu")
+        loss = build_loss(model, config)
+        assert loss.mini_batch_size == 16 and loss.gather_across_devices
+        with pytest.raises(Exception, match="unknown loss 'nope'; choose one of"):
+            build_loss(model, config.model_copy(update={"loss": "nope"}))

@@ -78,6 +78,8 @@ class TrainConfig(YamlConfig):
     loss: str = "mnrl"
     loss_scale: float = Field(20.0, gt=0, description="inverse temperature of the contrastive loss")
     mini_batch_size: int = Field(32, gt=0, description="GradCache chunk size for cached_mnrl")
+    gather_across_devices: bool = Field(
+        True, description="in-batch negatives from every GPU's batch (multi-GPU runs), not only this one's")
     hard_negatives: int = Field(DEFAULT_HARD_NEGATIVES, ge=0)
     epochs: float = Field(DEFAULT_EPOCHS, gt=0)
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (per stage)")
@@ -85,6 +87,8 @@ class TrainConfig(YamlConfig):
     gradient_accumulation_steps: int = Field(1, gt=0)
     learning_rate: float = Field(2e-5, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        "linear", description="decay after warm-up (transformers' lr_scheduler_type)")
     weight_decay: float = Field(0.01, ge=0)
     max_seq_length: int | None = Field(None, gt=0)
     pooling: Pooling = "auto"
@@ -134,6 +138,11 @@ class TrainConfig(YamlConfig):
                 unknown = sorted({d.task_type for d in self.datasets} - set(self.task_type_order))
                 if unknown:
                     raise ValueError(f"task_type_order does not list {unknown}")
+        if self.gradient_accumulation_steps > 1 and self.loss in ("mnrl", "MultipleNegativesRankingLoss"):
+            raise ValueError(
+                "with mnrl, gradient accumulation does not grow the in-batch negatives (each micro-batch only "
+                "sees its own); use loss: cached_mnrl with the full batch_size and mini_batch_size as the "
+                "memory chunk (GradCache), or gradient_accumulation_steps: 1")
         if "{instruction}" not in self.instruction_template:
             raise ValueError("instruction_template must contain {instruction}")
         return self

@@ -27,15 +27,18 @@ def _mnrl(model, config):
     """InfoNCE over in-batch and hard negatives (every extra column is a hard negative)."""
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    return MultipleNegativesRankingLoss(model, scale=config.loss_scale)
+    return MultipleNegativesRankingLoss(model, scale=config.loss_scale,
+                                        gather_across_devices=config.gather_across_devices)
 
 
 @register_loss("cached_mnrl", "CachedMultipleNegativesRankingLoss", "gradcache")
 def _cached_mnrl(model, config):
-    """The same loss with GradCache: large batches in `mini_batch_size` chunks of activation memory."""
+    """The same loss with GradCache: large batches in `mini_batch_size` chunks of activation memory, so
+    the in-batch negatives grow with the batch instead of being limited by memory."""
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
-    return CachedMultipleNegativesRankingLoss(model, scale=config.loss_scale, mini_batch_size=config.mini_batch_size)
+    return CachedMultipleNegativesRankingLoss(model, scale=config.loss_scale, mini_batch_size=config.mini_batch_size,
+                                              gather_across_devices=config.gather_across_devices)
 
 
 def build_loss(model, config):

@@ -204,6 +204,7 @@ def _run_stage(model, dataset, config: TrainConfig, stage_dir: Path, *, quiet: b
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
         warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        lr_scheduler_type=config.lr_scheduler,
         weight_decay=config.weight_decay,
         seed=config.seed,
         data_seed=config.seed,
