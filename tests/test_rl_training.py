@@ -27,7 +27,7 @@ def search_policy():
     """A tiny model overfit on one tool-using demonstration, so greedy decoding follows it."""
     tok = build_char_tokenizer()
     model = build_tiny_causal_lm(tok, seed=1)
-    sft_warmup(model, tok, [Example("find apple:", "7", demonstration=DEMO)], steps=150, lr=1e-2, batch_size=4)
+    sft_warmup(model, tok, [Example("find apple:", "7", demonstration=DEMO)], steps=250, lr=1e-2, batch_size=4)
     return model, tok
 
 
