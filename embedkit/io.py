@@ -254,16 +254,20 @@ def check_replaceable(path: str | Path, *, overwrite: bool, marker: str | None =
         return
     shown = f"{path}" if real == path.absolute() else f"{path} (-> {real})"
     if not real.is_dir():
-        raise EmbedkitError(f"{shown} is a file, not a {what} folder; refusing to replace it (choose another path)")
+        raise EmbedkitError(f"{shown} is a file, not {_a(what)}; refusing to replace it (choose another path)")
     if not any(real.iterdir()):
         return
     if marker is not None and not (real / marker).is_file():
         raise EmbedkitError(
-            f"{shown} exists and is not a {what} (it has no {marker}); refusing to replace it even with "
+            f"{shown} exists and is not {_a(what)} (it has no {marker}); refusing to replace it even with "
             "--overwrite, which only replaces a previous output. Choose another path or remove the folder yourself"
         )
     if not overwrite:
         raise EmbedkitError(f"{shown} already exists (use --overwrite to replace it)")
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def fsync_folder(path: Path) -> None:
@@ -300,7 +304,9 @@ def is_disk_full(error: BaseException) -> bool:
     if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
         return True
     text = str(error).lower()
-    return any(sign in text for sign in ("disk is full", "no space left", "file too large", "disk quota exceeded"))
+    # SQLite reports a write refused by the OS (EFBIG, EIO) as "disk I/O error", without the errno.
+    return any(sign in text for sign in ("disk is full", "no space left", "file too large", "disk quota exceeded",
+                                         "disk i/o error"))
 
 
 @contextlib.contextmanager
@@ -328,7 +334,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False, marker: str |
                 yield tmp
             except BaseException as error:
                 if isinstance(error, Exception) and is_disk_full(error):
-                    raise EmbedkitError(f"no space left on the device while writing {path} ({error}); "
+                    raise EmbedkitError(f"cannot write {path}: no space left on the device, or it failed ({error}); "
                                         f"the existing {what} (if any) is unchanged") from None
                 raise
             crash_point("filled")
@@ -336,7 +342,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False, marker: str |
                 fsync_tree(tmp)
             except OSError as error:
                 if is_disk_full(error):
-                    raise EmbedkitError(f"no space left on the device while writing {path} ({error}); "
+                    raise EmbedkitError(f"cannot write {path}: no space left on the device, or it failed ({error}); "
                                         f"the existing {what} (if any) is unchanged") from None
                 raise
             crash_point("synced")
