@@ -15,10 +15,9 @@ import math
 import secrets
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from embedkit.errors import EmbedkitError
 from embedkit.hybrid.fusion import FusionConfig
@@ -59,7 +58,9 @@ def create_app(config: ServerConfig, service: RetrievalService | None = None) ->
     service = service or RetrievalService.from_config(config)
     limits = config.limits
     api_key = config.resolved_api_key()
-    bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api key>` when the server has one")
+    # Auth is RequestGuard's (before the body is read); routes only declare it in the OpenAPI schema, which
+    # also spares every request FastAPI's dependency resolution.
+    secured = {"security": [{"HTTPBearer": []}]} if api_key is not None else None
     SearchRequest = search_request_model(fusion_method_names())
 
     @contextlib.asynccontextmanager
@@ -79,12 +80,6 @@ def create_app(config: ServerConfig, service: RetrievalService | None = None) ->
     )
     app.state.service = service
     app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=limits.max_body_bytes)
-
-    async def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        # RequestGuard already refused a wrong key before reading the body; this declares the scheme in the
-        # OpenAPI schema and guards the routes when the app is mounted without the middleware.
-        if api_key is not None and not _key_ok(credentials.credentials if credentials else None, api_key):
-            raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> Response:
@@ -113,7 +108,7 @@ def create_app(config: ServerConfig, service: RetrievalService | None = None) ->
             raise HTTPException(422, f"{name} must be between 1 and {limits.max_topk} (this server's limit), got {value}")
 
     @app.post("/retrieve", response_model=None, responses={200: {"model": RetrieveResponse}, **ERRORS},
-              dependencies=[Depends(authorize)], summary="Search-R1-compatible retrieval")
+              openapi_extra=secured, summary="Search-R1-compatible retrieval")
     async def retrieve(body: RetrieveRequest) -> Response:
         """Top-k documents per query, as Search-R1's retrieval server returns them."""
         # As in Search-R1's server, a missing, null or 0 topk means the server's default.
@@ -154,17 +149,30 @@ def create_app(config: ServerConfig, service: RetrievalService | None = None) ->
     # The body model is built from the fusion registry at app creation, so the annotation is set here.
     search.__annotations__ = {"body": SearchRequest, "return": Response}
     app.post("/search", response_model=None, responses={200: {"model": SearchResponse}, **ERRORS},
-             dependencies=[Depends(authorize)], summary="Dense, BM25 or hybrid search with id filters")(search)
+             openapi_extra=secured, summary="Dense, BM25 or hybrid search with id filters")(search)
 
     @app.get("/health", response_model=HealthResponse, summary="liveness, documents and manifest version served (no auth)")
     async def health() -> dict[str, Any]:
         return service.health()
 
-    @app.get("/info", responses={401: ERRORS[401]}, dependencies=[Depends(authorize)],
+    @app.get("/info", responses={401: ERRORS[401]}, openapi_extra=secured,
              summary="index manifests, limits, batching settings and counters")
     async def info() -> dict[str, Any]:
         return service.info()
 
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build_openapi()
+            if api_key is not None:
+                schema.setdefault("components", {}).setdefault("securitySchemes", {})["HTTPBearer"] = {
+                    "type": "http", "scheme": "bearer",
+                    "description": "`Authorization: Bearer <api key>`, checked before the body is read"}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 
@@ -246,6 +254,8 @@ def _unparsable_json(body: bytes, content_type: str | None) -> str | None:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
         return f"JSON decode error: the body is not valid UTF-8 (byte {error.start})"
+    if body.count(b"[") + body.count(b"{") < NESTING_SAFE:
+        return None  # cannot nest deeper than the parser goes: leave the parsing to FastAPI, once
     try:
         json.loads(text)
     except RecursionError:
@@ -253,6 +263,9 @@ def _unparsable_json(body: bytes, content_type: str | None) -> str | None:
     except ValueError:
         return None  # plain syntax errors: FastAPI answers them with a 422 that says where
     return None
+
+
+NESTING_SAFE = 500  # fewer brackets than this cannot reach Python's recursion limit (1,000) in json.loads
 
 
 async def _answer(send, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
