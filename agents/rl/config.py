@@ -193,6 +193,12 @@ class RLConfig(_Frozen):
         return self
 
     @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None, *,
+                  section: str | None = None) -> RLConfig:  # fmt: skip
+        """Load a YAML file; `overrides` maps dotted keys (`trainer.steps`) to values (`--set`)."""
+        return super().from_yaml(path, section=section, overrides=overrides)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str | Path | None = None) -> RLConfig:
         return validate_config(cls, data, path=source)
 
