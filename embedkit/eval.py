@@ -50,15 +50,15 @@ def evaluate(
     """
     import pytrec_eval
 
-    run = {query: dict(scores) for query, scores in run.items()}
-    check_overlap(run, qrels)
+    plain: Run = {query: dict(scores) for query, scores in run.items()}
+    check_overlap(plain, qrels)
     k_values = sorted(set(k_values))
     measures = {"map", f"ndcg_cut.{','.join(map(str, k_values))}", f"recall.{','.join(map(str, k_values))}",
                 f"P.{','.join(map(str, k_values))}"}
-    scores = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    scores = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(plain)
     rr_by_k = {}
     for k in k_values:
-        cut = {query: dict(ranked(docs)[:k]) for query, docs in run.items()}
+        cut = {query: dict(ranked(docs)[:k]) for query, docs in plain.items()}
         rr_by_k[k] = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(cut)
 
     table: dict[str, dict[str, float]] = {}

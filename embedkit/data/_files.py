@@ -30,7 +30,9 @@ _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 def open_binary(path: Path) -> IO[bytes]:
     """The file's bytes, gunzipped for `.gz`."""
     try:
-        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+        if path.suffix == ".gz":
+            return gzip.open(path, "rb")  # type: ignore[return-value]  # GzipFile is a binary IO
+        return open(path, "rb")
     except OSError as error:
         raise DataFormatError(f"cannot read: {error.strerror or error}", path=path) from None
 

@@ -28,7 +28,7 @@ class ShardEncoder:
     """Ray Data callable class: one model replica per actor, one shard per input row."""
 
     def __init__(self, corpus: str, out: str, config_json: str, fields: tuple, num_shards: int, part_size: int,
-                 dtype: str) -> None:
+                 dtype: StoreDtype) -> None:
         from embedkit.encoding.encoder import Encoder
 
         self.encoder = Encoder(EncoderConfig.model_validate_json(config_json))
