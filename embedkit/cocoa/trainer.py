@@ -392,7 +392,8 @@ class CocoaTrainer:
                            "max_length": self.config.model.max_length,
                            "min_pixels": self.config.model.min_pixels,
                            "max_pixels": self.config.model.max_pixels,
-                           "text_reserve": self.config.model.text_reserve}, handle, indent=1)
+                           "text_reserve": self.config.model.text_reserve,
+                           "decoder_start_token": self.config.stage2.decoder_start_token}, handle, indent=1)
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float = 0.0) -> float:

@@ -42,14 +42,28 @@ class EosCompressor:
     """Compress a text into its <EOS> state; decode it back through the stage-2 (EOS-bridge) mask."""
 
     def __init__(self, vlm: LoadedVLM, *, eos_token: str = "<|endoftext|>", max_length: int = 256,
-                 content_attention: str = "causal") -> None:
+                 content_attention: str = "causal", decoder_start_token: str | None = "<|im_start|>") -> None:
         self.vlm = vlm
-        self.tokens = VisionTokens.from_tokenizer(vlm.tokenizer, eos_token, mask_token=None)
+        # Decoding starts at the decoder-start token after <EOS>, as stage 2 trained it (None: from <EOS>,
+        # for checkpoints trained before the token existed).
+        self.tokens = VisionTokens.from_tokenizer(vlm.tokenizer, eos_token, mask_token=None,
+                                                  decoder_start_token=decoder_start_token)
         self.max_length = max_length
         self.content_attention = content_attention
 
     @classmethod
     def from_path(cls, path: str, *, device: str = "auto", dtype: str = "float32", **options) -> EosCompressor:
+        """Load a checkpoint; the decoder-start token it was trained with is read from its settings."""
+        import json
+        from pathlib import Path
+
+        from embedkit.multimodal.embedder import EMBEDDER_SETTINGS
+
+        saved = Path(path) / EMBEDDER_SETTINGS
+        if saved.is_file() and "decoder_start_token" not in options:
+            values = json.loads(saved.read_text(encoding="utf-8"))
+            if "decoder_start_token" in values:
+                options["decoder_start_token"] = values["decoder_start_token"]
         return cls(load_vlm(path, device=pick_device(device), dtype=dtype), **options)
 
     @property
@@ -81,17 +95,19 @@ class EosCompressor:
         reference = self.vlm.tokenizer(text, add_special_tokens=False)["input_ids"]
         limit = max_new_tokens or len(reference) + 8
         base = self._batch([text])
+        start = [self.tokens.decoder_start] if self.tokens.decoder_start is not None else []
         generated: list[int] = []
         entropies: list[float] = []
         for _ in range(limit):
-            extra = torch.tensor([generated], dtype=torch.long, device=self.device).reshape(1, -1)
+            extra = torch.tensor([start + generated], dtype=torch.long, device=self.device).reshape(1, -1)
+            kinds = [int(Segment.DECODER_START)] * len(start) + [int(Segment.TARGET)] * len(generated)
+            length = base.input_ids.shape[1] + extra.shape[1]
             batch = EncodedBatch(
                 input_ids=torch.cat([base.input_ids, extra], dim=1),
-                attention_mask=torch.ones((1, base.input_ids.shape[1] + len(generated)), dtype=torch.long,
-                                          device=self.device),
-                segments=torch.cat([base.segments, torch.full_like(extra, int(Segment.TARGET))], dim=1),
-                mm_token_type_ids=torch.zeros((1, base.input_ids.shape[1] + len(generated)), dtype=torch.int,
-                                              device=self.device),
+                attention_mask=torch.ones((1, length), dtype=torch.long, device=self.device),
+                segments=torch.cat([base.segments, torch.tensor([kinds], dtype=torch.long,
+                                                                device=self.device).reshape(1, -1)], dim=1),
+                mm_token_type_ids=torch.zeros((1, length), dtype=torch.int, device=self.device),
             )
             hidden = forward_hidden(self.vlm.model, batch, self._mask(batch)).hidden
             probabilities = torch.softmax(lm_logits(self.vlm.model, hidden[0, -1]).float(), dim=-1)
@@ -105,7 +121,7 @@ class EosCompressor:
 
     @torch.no_grad()
     def teacher_forced_nll(self, text: str) -> float:
-        """Mean NLL of the text's tokens (and the closing <EOS>) decoded from <EOS> alone."""
+        """Mean NLL of the text's tokens (and the closing <EOS>) decoded through <EOS> alone."""
         batch = self._batch([text], targets=[text])
         hidden = forward_hidden(self.vlm.model, batch, self._mask(batch)).hidden
         target = batch.segments == int(Segment.TARGET)
