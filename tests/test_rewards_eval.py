@@ -1,8 +1,6 @@
 """Reward-model evaluation: verdict parsing, pair loaders (RewardBench, RM-Bench, chat), the both-orders
 harness arithmetic on a hand-made pair file, labelled-pair builders, and `embedkit rewards eval` end to end."""
 
-from __future__ import annotations
-
 import json
 import re
 from pathlib import Path

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from agents.rewards.acgenrm import ACGenRM, acpo_group_rewards, length_term
-from agents.rewards.consistrm import ConsistRMReward, ConsistencyMemory
+from agents.rewards.consistrm import ConsistencyMemory, ConsistRMReward
 from agents.rewards.pair_data import countdown_pairs, math_pairs
 from agents.rewards.pairs import PreferencePair
 from agents.rewards.reflectrm import ReflectRM, label_analyses, reflectrm_records

@@ -56,6 +56,16 @@ def pairwise_vote(text: str) -> int | None:
     return 1 if verdict == "A" else -1 if verdict == "B" else None
 
 
+def _oriented(flip: int) -> Callable[[str], int | None]:
+    """Pairwise votes in the item's canonical order (`flip` = −1 when the pair is shown swapped)."""
+
+    def vote(text: str) -> int | None:
+        v = pairwise_vote(text)
+        return None if v is None else v * flip
+
+    return vote
+
+
 @dataclass
 class ItemMemory:
     labels: list[int] = field(default_factory=list)  # ŷ of every finished round
@@ -134,7 +144,7 @@ def consistrm_item_rewards(texts: Sequence[str], label: int, embed: Embed | None
         for rank in np.argsort(-scores, kind="stable")[:keep]:
             i = valid[int(rank)]
             if votes[i] == label:
-                rewards[i] = rewards[i] + bonus
+                rewards[i] = (rewards[i] or 0.0) + bonus
     return rewards
 
 
@@ -181,11 +191,9 @@ class ConsistRMReward:
             gt = batch.ground_truths[rows[0]] if batch.ground_truths else None
             info = gt if isinstance(gt, dict) else {}
             texts = [batch.responses[i] for i in rows]
+            vote: Callable[[str], int | None] = parse_vote
             if self._pairwise(gt):
-                flip = -1 if info.get("swapped") else 1
-                vote = lambda t, flip=flip: None if (v := pairwise_vote(t)) is None else v * flip  # noqa: E731
-            else:
-                vote = parse_vote
+                vote = _oriented(-1 if info.get("swapped") else 1)
             item = info.get("item", batch.prompts[rows[0]])  # the prompt identifies a pointwise item
             votes = [v for v in (vote(t) for t in texts) if v is not None]
             label = self.memory.update(item, votes, info.get("round"))

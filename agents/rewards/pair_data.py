@@ -92,15 +92,15 @@ def countdown_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
     from agents.rl.rewards import _safe_eval, countdown_score
 
     rng = random.Random(f"countdown-{seed}")
-    pairs = []
+    pairs: list[PreferencePair] = []
     while len(pairs) < n:
         numbers = [rng.randint(1, 20) for _ in range(rng.choice((3, 4)))]
         make = _expressions(numbers, rng)
         good = make()
-        target = _safe_eval(good)
-        if target.denominator != 1 or target <= 0:
+        value = _safe_eval(good)
+        if value.denominator != 1 or value <= 0:
             continue
-        target = int(target)
+        target = int(value)
         for _ in range(50):
             bad = make()
             if _safe_eval(bad) != Fraction(target):
@@ -119,7 +119,7 @@ def math_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
     from agents.rl.rewards import last_boxed, math_equal
 
     rng = random.Random(f"math-{seed}")
-    pairs = []
+    pairs: list[PreferencePair] = []
     for k in itertools.count():
         if len(pairs) >= n:
             break

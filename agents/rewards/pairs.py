@@ -131,7 +131,8 @@ def pairs_from_record(record: dict[str, Any], *, path: Path, line: int | None) -
         return [PreferencePair(pid, prompt if prompt is not None else chat_prompt, good, bad, subset)]
     if prompt is None:
         raise DataFormatError("missing field", path=path, line=line, field="prompt", fields_found=record)
-    tags = record.get("tags") if isinstance(record.get("tags"), dict) else {}
+    raw_tags = record.get("tags")
+    tags: dict[Any, Any] = raw_tags if isinstance(raw_tags, dict) else {}
     return [PreferencePair(pid, prompt, _text(chosen, path, line, "chosen"), _text(rejected, path, line, "rejected"),
                            subset, {str(k): str(v) for k, v in tags.items()})]  # fmt: skip
 
