@@ -15,7 +15,11 @@ Budget (2 contended CPU cores): training truncates texts to --train-max-seq-leng
 up to the cap. Both are printed in the results table. Everything is cached in --work-dir, so a rerun
 resumes where an interrupted one stopped.
 
-    python benchmarks/boom_experiment.py --work-dir /tmp/boom-exp
+    python benchmarks/boom_experiment.py --work-dir /tmp/boom-exp --seeds 42 43
+
+Every seed trains every model again (its own sub-folder of --work-dir; BOOM bags use seed, seed + 1);
+the table reports the mean over seeds with the standard error (std / sqrt(n)) beside it. Defaults are
+the full BEIR test query sets and corpora and the full training data.
 """
 
 from __future__ import annotations
@@ -98,8 +102,12 @@ def main() -> int:
     parser.add_argument("--work-dir", default="/tmp/embedkit-boom-exp")
     parser.add_argument("--train-max-seq-length", type=int, default=32)
     parser.add_argument("--eval-max-length", type=int, default=64)
-    parser.add_argument("--corpus-cap", type=int, default=150, help="0: full corpora")
-    parser.add_argument("--eval-queries", type=int, default=25, help="judged queries per dataset (seeded sample); 0: all")
+    parser.add_argument("--corpus-cap", type=int, default=0, help="0: full corpora")
+    parser.add_argument("--eval-queries", type=int, default=0, help="judged queries per dataset (seeded sample); 0: all")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43],
+                        help="training seeds; each trains every model (mean and standard error reported)")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--update-weight", type=float, default=0.5, help="the BOOM update model's merge weight")
     parser.add_argument("--hotpot-negatives", type=int, default=1, help="hard negatives per HotpotQA question")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
@@ -107,7 +115,7 @@ def main() -> int:
     parser.add_argument("--history-ratio", type=float, default=0.4)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process (1 wastes least CPU on an oversubscribed machine)")
-    parser.add_argument("--train-fraction", type=float, default=0.5,
+    parser.add_argument("--train-fraction", type=float, default=1.0,
                         help="train on this per-dataset sample of A and B (1: all), the same for every model")
     parser.add_argument("--part", choices=["all", "shuffle", "boom", "updates", "update_merge", "report"], default="all",
                         help="run one part (parts can run as parallel processes; 'report' only writes the table)")
@@ -118,22 +126,35 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from embedkit.boom import BoomConfig, MergeSettings, boom_train, boom_update
     from embedkit.paths import shared_data_dir
-    from embedkit.training import DatasetConfig, TrainConfig, load_tasks, train
-    from embedkit.training.evaluation import evaluate_suite
-    from embedkit.training.modeling import resolve_model_name
 
     data = shared_data_dir()
     if data is None:
         print("shared data not found (../shared/data or $EMBEDKIT_SHARED_DATA)", file=sys.stderr)
         return 2
-    work = Path(args.work_dir)
+    root = Path(args.work_dir)
+    if args.part != "report":
+        for seed in args.seeds:
+            log(f"seed {seed}")
+            run_seed(args, data, root, seed)
+    write_results([merged_state(root / f"seed-{seed}") for seed in args.seeds], args, root)
+    return 0
+
+
+def run_seed(args, data: Path, root: Path, seed: int) -> None:
+    """Train and evaluate every model of the experiment with one seed, in `root/seed-<seed>`."""
+    from embedkit.boom import BoomConfig, MergeSettings, UpdateSettings, boom_train, boom_update
+    from embedkit.training import DatasetConfig, TrainConfig, load_tasks, train
+    from embedkit.training.evaluation import evaluate_suite
+    from embedkit.training.modeling import resolve_model_name
+
+    work = root / f"seed-{seed}"
     work.mkdir(parents=True, exist_ok=True)
     base = resolve_model_name("sentence-transformers/all-MiniLM-L6-v2")
     cap = args.corpus_cap or None
 
-    hotpot_train, hotpot_eval_ids = hotpot_split(data, work, args.hotpot_negatives)
+    # Data preparation and evaluation sets are shared by all seeds (only training varies with the seed).
+    hotpot_train, hotpot_eval_ids = hotpot_split(data, root, args.hotpot_negatives)
     task_a = DatasetConfig(name="scifact", path=str(data / "scifact"), format="beir", split="train")
     task_b = DatasetConfig(name="hotpotqa", path=str(hotpot_train), format="jsonl")
     if args.train_fraction < 1:
@@ -143,23 +164,24 @@ def main() -> int:
 
         subsets = []
         for task in (task_a, task_b):
-            path = work / "data" / f"{task.name}_train_{args.train_fraction:g}.jsonl"
+            path = root / "data" / f"{task.name}_train_{args.train_fraction:g}.jsonl"
             if not path.exists():
                 write_jsonl(sample_task(load_tasks([task])[0], args.train_fraction, 0, purpose="subset").groups, path)
             subsets.append(DatasetConfig(name=task.name, path=str(path), format="jsonl"))
         task_a, task_b = subsets
     mq = args.eval_queries or None
     suite = {
-        "scifact": capped_beir(data / "scifact", work / "eval" / "scifact", cap, max_queries=mq),
-        "hotpotqa": capped_beir(data / "hotpotqa_dev500" / "beir", work / "eval" / "hotpotqa", cap, hotpot_eval_ids,
+        "scifact": capped_beir(data / "scifact", root / "eval" / "scifact", cap, max_queries=mq),
+        "hotpotqa": capped_beir(data / "hotpotqa_dev500" / "beir", root / "eval" / "hotpotqa", cap, hotpot_eval_ids,
                                 max_queries=mq),
-        **{name: capped_beir(data / name, work / "eval" / name, cap, max_queries=mq) for name in OOD},
+        **{name: capped_beir(data / name, root / "eval" / name, cap, max_queries=mq) for name in OOD},
     }
     training = {
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "max_seq_length": args.train_max_seq_length,
         "hard_negatives": args.hotpot_negatives,
+        "epochs": args.epochs,
         "device": "cpu",
         "logging_steps": 20,
         "save_steps": 50,
@@ -170,7 +192,6 @@ def main() -> int:
 
     def save_state() -> None:
         state_file.write_text(json.dumps(state, indent=2))
-        write_results(merged_state(work), args, suite)
 
     def trained(name: str, path: Path, make) -> Path:
         if name not in state["train_seconds"]:
@@ -182,7 +203,7 @@ def main() -> int:
 
     def run_train(name: str, model: str, datasets: list[DatasetConfig]) -> float:
         out = work / "models" / name
-        config = TrainConfig(model=model, output_dir=str(out), datasets=datasets, **training)
+        config = TrainConfig(model=model, output_dir=str(out), datasets=datasets, seed=seed, **training)
         return train(config, load_tasks(datasets), quiet=True).train_seconds
 
     def evaluate(name: str, path: Path) -> None:
@@ -206,7 +227,8 @@ def main() -> int:
 
     def run_boom() -> float:
         config = BoomConfig(model=base, output_dir=str(work / "models" / "boom_AB"), datasets=[task_a, task_b],
-                            bags=args.bags, merge=MergeSettings(method="multislerp"), training=training)
+                            bags=args.bags, seeds=[seed + i for i in range(len(args.bags))],
+                            merge=MergeSettings(method="multislerp"), training=training)
         result = boom_train(config, quiet=True)
         return result.train_seconds + result.merge_seconds
 
@@ -226,16 +248,15 @@ def main() -> int:
 
         def run_update() -> float:
             result = boom_update(a_model, new_data=[task_b], history=[task_a],
-                                 output_dir=work / "models" / "A_then_boom_update",
-                                 history_ratio=args.history_ratio, training=training, quiet=True)
+                                 output_dir=work / "models" / "A_then_boom_update", seed=seed,
+                                 update=UpdateSettings(weight=args.update_weight, history_ratio=args.history_ratio),
+                                 training=training, quiet=True)
             return result.train_seconds + result.merge_seconds
 
         evaluate("A_then_boom_update", trained("A_then_boom_update", work / "models" / "A_then_boom_update" / "model",
                                                run_update))
     if part in ("all", "updates") and not args.skip_a_only_eval:
         evaluate("A_only", Path(a_model))
-    write_results(merged_state(work), args, suite)
-    return 0
 
 
 def merged_state(work: Path) -> dict:
@@ -247,7 +268,17 @@ def merged_state(work: Path) -> dict:
     return merged
 
 
-def write_results(state: dict, args, suite: dict) -> None:
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (sample std / sqrt(n)); 0 error for a single value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, (var / n) ** 0.5
+
+
+def write_results(states: list[dict], args, root: Path) -> None:
     labels = {
         "base": "base all-MiniLM-L6-v2",
         "batch_shuffle_AB": "batch-level shuffling on A+B",
@@ -255,62 +286,79 @@ def write_results(state: dict, args, suite: dict) -> None:
         "boom_AB": f"BOOM on A+B, bags {args.bags} merged with multislerp",
         "A_only": "base trained on A (starting point of the updates)",
         "A_then_B_finetune": "update (i): A model fine-tuned on B only",
-        "A_then_boom_update": f"update (ii): BOOM update, B + {args.history_ratio:.0%} of A, merged into the A model",
+        "A_then_boom_update": f"update (ii): BOOM update, B + {args.history_ratio:.0%} of A, merged into the A model "
+                              f"with weight {args.update_weight}",
     }
-    rows = []
     order = ["base", "batch_shuffle_AB", "boom_AB", "A_only", "A_then_B_finetune", "A_then_boom_update", "retrain_AB"]
-    metrics_by_name = dict(state["metrics"])
-    seconds = dict(state["train_seconds"])
-    if "batch_shuffle_AB" in metrics_by_name:  # update (iii) is the batch-shuffling model (same data and seed)
-        metrics_by_name["retrain_AB"] = metrics_by_name["batch_shuffle_AB"]
-        seconds["retrain_AB"] = seconds.get("batch_shuffle_AB", 0)
-    for name, metrics in sorted(metrics_by_name.items(), key=lambda item: order.index(item[0]) if item[0] in order else 99):
-        ood = sum(metrics[n]["nDCG@10"] for n in OOD) / len(OOD)
-        train_s = f"{seconds[name]:.0f}" if name in seconds else "—"
-        rows.append(
-            f"| {labels.get(name, name)} | {metrics['scifact']['nDCG@10']:.4f} | {metrics['hotpotqa']['nDCG@10']:.4f} | "
-            + " | ".join(f"{metrics[n]['nDCG@10']:.4f}" for n in OOD)
-            + f" | **{ood:.4f}** | {train_s} |"
-        )
-    sizes = {name: sum(1 for _ in open(Path(path) / "corpus.jsonl")) for name, path in suite.items()}
-    missing = [labels[n] for n in order[:-1] if n not in metrics_by_name]
+    columns = ["scifact", "hotpotqa", *OOD, "OOD mean"]
+    per_model: dict[str, dict[str, list[float]]] = {}
+    seconds: dict[str, list[float]] = {}
+    for state in states:
+        metrics_by_name = dict(state["metrics"])
+        if "batch_shuffle_AB" in metrics_by_name:  # update (iii) is the batch-shuffling model (same data and seed)
+            metrics_by_name["retrain_AB"] = metrics_by_name["batch_shuffle_AB"]
+        for name, metrics in metrics_by_name.items():
+            values = {n: metrics[n]["nDCG@10"] for n in ["scifact", "hotpotqa", *OOD]}
+            values["OOD mean"] = sum(values[n] for n in OOD) / len(OOD)
+            for column, value in values.items():
+                per_model.setdefault(name, {}).setdefault(column, []).append(value)
+        for name, value in state["train_seconds"].items():
+            seconds.setdefault(name, []).append(value)
+    rows = []
+    for name in sorted(per_model, key=lambda n: order.index(n) if n in order else 99):
+        cells = []
+        for column in columns:
+            mean, se = mean_se(per_model[name][column])
+            cell = f"{mean:.4f} ± {se:.4f}"
+            cells.append(f"**{cell}**" if column == "OOD mean" else cell)
+        n = len(per_model[name]["scifact"])
+        train_s = f"{sum(seconds[name]) / len(seconds[name]):.0f}" if name in seconds else "—"
+        rows.append(f"| {labels.get(name, name)} | {n} | " + " | ".join(cells) + f" | {train_s} |")
+    suite_dir = root / "eval"
+    sizes = {p.name: sum(1 for _ in open(p / "corpus.jsonl")) for p in sorted(suite_dir.glob("*")) if (p / "corpus.jsonl").exists()}
+    queries = {p.name: len({line.split("\t")[0] for line in open(p / "qrels" / "test.tsv").read().splitlines()[1:]})
+               for p in sorted(suite_dir.glob("*")) if (p / "qrels" / "test.tsv").exists()}
+    missing = [labels[n] for n in order[:-1] if n not in per_model or len(per_model[n]["scifact"]) < len(args.seeds)]
     text = [
         "# BOOM acceptance experiment (CPU, all-MiniLM-L6-v2)",
         "",
         "Produced by `benchmarks/boom_experiment.py`; numbers are whatever the run gave.",
         "",
-        "| model | SciFact test | HotpotQA last 250 | Cranfield | CISI | MEDLINE | CACM | OOD mean | train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"nDCG@10, mean ± standard error over seeds {args.seeds} (n = seeds with a result).",
+        "",
+        "| model | n | SciFact test | HotpotQA last 250 | Cranfield | CISI | MEDLINE | CACM | OOD mean | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        *([f"**Incomplete run: no results yet for {', '.join(missing)}.**", ""] if missing else []),
-        "nDCG@10. Training seconds are wall-clock on a shared, heavily contended 2-core CPU (other jobs ran at",
-        "the same time), so they compare only roughly; BOOM and the BOOM update include the merge time.",
+        *([f"**Incomplete run: not every seed has results for {', '.join(missing)}.**", ""] if missing else []),
+        "Training seconds are wall-clock on a shared, heavily contended 2-core CPU (other jobs ran at the same",
+        "time), so they compare only roughly; BOOM and the BOOM update include the merge time.",
         "",
         "## Settings",
         "",
         f"- Task A: SciFact `qrels/train.tsv` (in-batch negatives only). Task B: first 250 HotpotQA dev questions -> "
         f"their 2 supporting paragraphs, {args.hotpot_negatives} of the 8 distractor paragraphs as hard negatives."
-        + (f" **Reduced for CPU: every model trains on the same fixed {args.train_fraction:.0%} per-dataset sample "
-           "(without replacement, seed 0) of A and of B.**" if args.train_fraction < 1 else ""),
-        f"- Training: MultipleNegativesRankingLoss, 1 epoch, batch {args.batch_size}, lr {args.learning_rate}, "
-        f"max_seq_length {args.train_max_seq_length} (bounded for CPU), seed 42 (BOOM bags 42, 43), strategy batch_shuffle.",
-        f"- Evaluation: cosine, exact search, documents truncated to {args.eval_max_length} tokens.",
-        "- Corpus sizes used: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
-        + (f" — **reduced for CPU: at most {args.eval_queries} judged queries per dataset (seeded sample), and the "
-           f"corpus is every judged document of those queries plus random other documents up to {args.corpus_cap}** "
-           "(no fill when the judged documents already exceed it). Absolute nDCG@10 is therefore higher than on the "
-           "full corpora and not comparable with published numbers; all models are compared on identical sets."
-           if args.corpus_cap else " (full corpora)."),
+        + (f" Every model trains on the same fixed {args.train_fraction:.0%} per-dataset sample of A and of B."
+           if args.train_fraction < 1 else " Full training data."),
+        f"- Training: MultipleNegativesRankingLoss, {args.epochs:g} epoch(s), batch {args.batch_size}, lr "
+        f"{args.learning_rate}, max_seq_length {args.train_max_seq_length}, seeds {args.seeds} (BOOM bags seed, "
+        "seed + 1), strategy batch_shuffle. The BOOM update merges with an explicit weight "
+        f"({args.update_weight} for the update model, {1 - args.update_weight:g} for the A model).",
+        f"- Evaluation: cosine, exact search, documents truncated to {args.eval_max_length} tokens; the queries are "
+        "encoded with the prompts saved in each model (none here: no task has an instruction).",
+        "- Judged test queries used: " + ", ".join(f"{k} {v}" for k, v in queries.items())
+        + ". Corpus sizes: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
+        + (f" — reduced: at most {args.eval_queries or 'all'} queries, corpus capped at {args.corpus_cap}."
+           if args.corpus_cap or args.eval_queries else " (full test query sets and corpora)."),
         "- HotpotQA evaluation: queries drawn only from the last 250 questions of `hotpotqa_dev500` (never trained on), "
         "documents from its BEIR paragraph folder.",
-        "- Update (iii) \"retrained on A+B from scratch\" has exactly the data, seed and settings of the batch-shuffling run; "
-        "the same model is reported once.",
+        "- Update (iii) \"retrained on A+B from scratch\" has exactly the data, seed and settings of the batch-shuffling "
+        "run; the same model is reported once.",
     ]
     results = REPO / "benchmarks" / args.results_name
     results.with_suffix(".md").write_text("\n".join(text) + "\n", encoding="utf-8")
-    results.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "corpus_sizes": sizes, **state}, indent=2),
-                                            encoding="utf-8")
+    results.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "corpus_sizes": sizes, "queries": queries,
+                                                        "per_seed": states}, indent=2), encoding="utf-8")
     log(f"wrote {results.with_suffix('.md')}")
 
 

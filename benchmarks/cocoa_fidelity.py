@@ -7,6 +7,10 @@ stage 1, and after half and all of stage 2, and show whether the <EOS> bottlenec
 or rewrites them from the priors.
 
     python benchmarks/cocoa_fidelity.py            # writes benchmarks/cocoa_fidelity.{md,json}
+    python benchmarks/cocoa_fidelity.py --hidden 32 64 128 --out benchmarks/cocoa_fidelity_sizes
+
+With several `--hidden` widths the same schedule runs on a compressor of each width (the size side of the
+size-fidelity paradox: does a wider <EOS> keep planted facts better, or only fit the priors better?).
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def main() -> None:
     parser.add_argument("--stage1", type=int, default=30)
     parser.add_argument("--stage2", type=int, default=120)
     parser.add_argument("--texts", type=int, default=300)
-    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[64], help="compressor widths (one run each)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "cocoa_fidelity"))
@@ -77,35 +81,45 @@ def main() -> None:
     records = [MultimodalInput(text=t) for t in training_texts(args.texts, args.seed)]
     extra = "\n".join(t.text for t in records[:200])
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_vlm(Path(tmp) / "init", "qwen2-vl", seed=args.seed, hidden_size=args.hidden, extra_text=extra)
+    sizes = []
+    for hidden in args.hidden:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = build_tiny_vlm(Path(tmp) / "init", "qwen2-vl", seed=args.seed, hidden_size=hidden, extra_text=extra)
+            prefix = f"h{hidden}: " if len(args.hidden) > 1 else ""
 
-        def probe(label: str, path: Path) -> None:
-            report = run_probes(EosCompressor.from_path(str(path), device="cpu"), PLANTED_TEXTS, model_name=label)
-            results.append(report)
-            print(json.dumps({k: v for k, v in report.model_dump().items() if k != "rows"}), flush=True)
+            def probe(label: str, path: Path, prefix: str = prefix, hidden: int = hidden) -> None:
+                report = run_probes(EosCompressor.from_path(str(path), device="cpu"), PLANTED_TEXTS,
+                                    model_name=prefix + label)
+                results.append(report)
+                sizes.append(hidden)
+                print(json.dumps({k: v for k, v in report.model_dump().items() if k != "rows"}), flush=True)
 
-        probe("random init", model)
-        half = args.stage2 // 2
-        for label, s2 in (("after stage 1", 0), (f"stage 1 + {half} stage-2 steps", half),
-                          (f"stage 1 + {args.stage2} stage-2 steps", args.stage2)):
-            config = CocoaConfig.model_validate({
-                "model": {"name_or_path": str(model), "max_length": 48},
-                "stage1": {"steps": args.stage1, "learning_rate": 1e-3},
-                "stage2": {"steps": s2, "learning_rate": 1e-3},
-                "optim": {"batch_size": args.batch, "seed": args.seed, "warmup_steps": 10},
-                "run": {"output_dir": str(Path(tmp) / "run"), "save_every": 10_000, "log_every": 20, "device": "cpu"},
-            })
-            probe(label, CocoaTrainer(config).pretrain(records))  # resumes from the previous checkpoint
+            probe("random init", model)
+            half = args.stage2 // 2
+            for label, s2 in (("after stage 1", 0), (f"stage 1 + {half} stage-2 steps", half),
+                              (f"stage 1 + {args.stage2} stage-2 steps", args.stage2)):
+                # Each checkpoint resumes from the previous one; the schedule must not depend on the length.
+                config = CocoaConfig.model_validate({
+                    "model": {"name_or_path": str(model), "max_length": 48},
+                    "stage1": {"steps": args.stage1, "learning_rate": 1e-3},
+                    "stage2": {"steps": s2, "learning_rate": 1e-3},
+                    "optim": {"batch_size": args.batch, "seed": args.seed, "warmup_steps": 10,
+                              "lr_schedule": "constant"},
+                    "run": {"output_dir": str(Path(tmp) / "run"), "save_every": 10_000, "log_every": 20,
+                            "device": "cpu"},
+                })
+                probe(label, CocoaTrainer(config).pretrain(records))
 
     fields = ["bleu", "exact_token_recovery", "reconstruction_nll", "entity_preservation", "number_preservation",
               "roles", "swap_cosine", "effective_rank", "effective_rank_centered", "mean_decoding_entropy"]
     lines = ["# CoCoA compression-fidelity probes (tiny random-init Qwen2-VL, CPU)", "",
-             f"Tiny Qwen2-VL (hidden {args.hidden}, 2 layers), text-only pre-training on {args.texts} template texts "
+             f"Tiny Qwen2-VL (hidden {', '.join(map(str, args.hidden))}, 2 layers), text-only pre-training on "
+             f"{args.texts} template texts "
              f"with priors; stage 1 {args.stage1} steps, stage 2 up to {args.stage2} steps, batch {args.batch}. "
              f"Probes: the {len(PLANTED_TEXTS)} handmade planted-fact texts of `embedkit.fidelity.PLANTED_TEXTS` "
              f"(greedy decoding from <EOS>). Wall time {time.time() - began:.0f} s on a shared 2-core CPU. "
-             "No GPU was available.", "",
+             "No GPU was available. Stage 2 decodes from a decoder-start token after <EOS> (the <EOS> state is "
+             "read only through attention).", "",
              "| checkpoint | " + " | ".join(fields) + " |", "|---" * (len(fields) + 1) + "|"]
     for report in results:
         values = []
@@ -121,7 +135,9 @@ def main() -> None:
     with atomic_write(args.out + ".md") as handle:
         handle.write("\n".join(lines) + "\n")
     with atomic_write(args.out + ".json") as handle:
-        json.dump({"args": vars(args), "reports": [r.model_dump() for r in results]}, handle, indent=1)
+        json.dump({"args": vars(args), "reports": [{**r.model_dump(), "hidden": h} for r, h in zip(results, sizes,
+                                                                                                strict=True)]},
+                  handle, indent=1)
     print("\n".join(lines))
 
 
