@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from benchmarks.cocoa_synthetic import QUERY_INSTRUCTION, config  # noqa: E402
+from benchmarks.cocoa_synthetic import QUERY_INSTRUCTION, config, pretrain_records  # noqa: E402
 from embedkit.cocoa.trainer import CocoaTrainer  # noqa: E402
 from embedkit.fidelity.metrics import effective_rank  # noqa: E402
 from embedkit.io import atomic_write  # noqa: E402
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--pretrain", choices=["pairs", "separate"], default="pairs")
     args = parser.parse_args()
     torch.set_num_threads(2)
     began = time.time()
@@ -59,7 +60,7 @@ def main() -> None:
     columns = list(next(iter(rows.values())))
     lines = ["# Geometry of <EOS> embeddings before stage 3 (synthetic benchmark set-up)", "",
              f"Seeds {args.seeds}, {size}x{size} images, 48 held-out renders; wall time {time.time() - began:.0f} s "
-             "on a shared 2-core CPU. Stage 2 decodes from a decoder-start token after <EOS>; stage 1 masks "
+             f"on a shared 2-core CPU. Pre-training records: {args.pretrain}. Stage 2 decodes from a decoder-start token after <EOS>; stage 1 masks "
              "image patches before the vision encoder.", "",
              "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(f"{values[c]:.3f}" for c in columns) + " |" for name, values in rows.items()]
@@ -75,7 +76,7 @@ def run(seed: int, size: int, args) -> dict[str, dict[str, float]]:
         model = build_tiny_vlm(Path(tmp) / "init", "qwen2-vl", seed=seed, image_pixels=size * size)
         train = make_scenes(seed=1000 + seed, repeats=4, size=size)
         test = make_scenes(seed=2000 + seed, repeats=1, size=size)
-        pretrain = [MultimodalInput(image=s.image) for s in train] + [MultimodalInput(text=s.caption) for s in train]
+        pretrain = pretrain_records(train, args.pretrain)
         rows = {"random init": geometry(MultimodalEmbedder(MultimodalEmbedderConfig(model=str(model), device="cpu")), test)}
         quarter = args.steps // 4
         trainer = CocoaTrainer(config(str(model), str(Path(tmp) / "run"), quarter, 0, 0, seed, args.batch))

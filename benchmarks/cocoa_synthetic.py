@@ -8,6 +8,10 @@ Reported: text->image and image->text recall@1 over the held-out renders (every 
 searched through embedkit's FAISS index code, and MMEB-style precision@1 (positive + 9 random candidates).
 
     python benchmarks/cocoa_synthetic.py --steps 160 --seeds 0 1    # writes benchmarks/cocoa_synthetic.{md,json}
+
+Pre-training records (`--pretrain`): `pairs` (default) are image+caption records; stage 2 encodes the image
+alone and reconstructs the caption through <EOS> (the caption is removed from the content, so it cannot be
+copied); `separate` are the images and the captions as records of their own (the earlier runs' set-up).
 """
 
 from __future__ import annotations
@@ -81,12 +85,20 @@ def write_mmeb(test, folder: Path, seed: int) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
-def run(seed: int, steps: int, batch: int, size: int, work: Path, arms: list[str]) -> list[dict]:
+def pretrain_records(train, kind: str = "pairs") -> list[MultimodalInput]:
+    """Stage-1/2 records: image+caption pairs, or images and captions as separate records."""
+    if kind == "pairs":
+        return [MultimodalInput(text=s.caption, image=s.image) for s in train]
+    return [MultimodalInput(image=s.image) for s in train] + [MultimodalInput(text=s.caption) for s in train]
+
+
+def run(seed: int, steps: int, batch: int, size: int, work: Path, arms: list[str],
+        pretrain_kind: str = "pairs") -> list[dict]:
     torch.manual_seed(seed)
     model = build_tiny_vlm(work / "init", "qwen2-vl", seed=seed, image_pixels=size * size)
     train = make_scenes(seed=1000 + seed, repeats=4, size=size)
     test = make_scenes(seed=2000 + seed, repeats=1, size=size)
-    pretrain = [MultimodalInput(image=s.image) for s in train] + [MultimodalInput(text=s.caption) for s in train]
+    pretrain = pretrain_records(train, pretrain_kind)
     pairs = [ContrastivePair(MultimodalInput(text=s.caption, instruction=QUERY_INSTRUCTION),
                              MultimodalInput(image=s.image)) for s in train]
     write_mmeb(test, work / "mmeb", seed)
@@ -136,6 +148,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--arms", nargs="+", default=["contrastive-only", "cocoa"],
                         choices=["contrastive-only", "cocoa", "cocoa+N"], help="which arms to run")
+    parser.add_argument("--pretrain", choices=["pairs", "separate"], default="pairs",
+                        help="stage-1/2 records: image+caption pairs (caption removed from the content in stage 2) "
+                             "or images and captions separately")
     parser.add_argument("--out", default=str(ROOT / "cocoa_synthetic"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -146,14 +161,16 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            rows += run(seed, args.steps, args.batch, args.size, Path(tmp), args.arms)
+            rows += run(seed, args.steps, args.batch, args.size, Path(tmp), args.arms, args.pretrain)
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     lines = [
         "# CoCoA synthetic benchmark (tiny random-init Qwen2-VL, CPU)", "",
         f"Budget N={args.steps} optimizer steps, batch {args.batch}, seeds {args.seeds}, {args.size}x{args.size} images, "
         f"{len(make_scenes(repeats=1))} test renders (every shape x colour x position once), "
         f"train = 4 other renders of each. Wall time {time.time() - began:.0f} s on a shared 2-core CPU, "
-        f"{args.threads} torch threads. No GPU was available: no throughput or memory numbers.", "",
+        f"{args.threads} torch threads. No GPU was available: no throughput or memory numbers. "
+        f"Pre-training records: {args.pretrain}; stage 2 decodes from a decoder-start token after <EOS>, stage 1 "
+        "masks image patches before the vision encoder.", "",
         "| seed | arm | t2i R@1 | i2t R@1 | MMEB-style P@1 (10 cand.) | train s | losses (first->last) |",
         "|---|---|---|---|---|---|---|",
     ]
