@@ -27,8 +27,7 @@ def _mnrl(model, config):
     """InfoNCE over in-batch and hard negatives (every extra column is a hard negative)."""
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    return MultipleNegativesRankingLoss(model, scale=config.loss_scale,
-                                        gather_across_devices=config.gather_across_devices)
+    return MultipleNegativesRankingLoss(model, scale=config.loss_scale, gather_across_devices=_gather(config))
 
 
 @register_loss("cached_mnrl", "CachedMultipleNegativesRankingLoss", "gradcache")
@@ -38,7 +37,15 @@ def _cached_mnrl(model, config):
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
     return CachedMultipleNegativesRankingLoss(model, scale=config.loss_scale, mini_batch_size=config.mini_batch_size,
-                                              gather_across_devices=config.gather_across_devices)
+                                              gather_across_devices=_gather(config))
+
+
+def _gather(config) -> bool:
+    """Gather in-batch negatives across processes only in a distributed run (the training arguments
+    have set the process group up by the time the loss is built)."""
+    import torch.distributed as dist
+
+    return bool(config.gather_across_devices) and dist.is_available() and dist.is_initialized()
 
 
 def build_loss(model, config):
