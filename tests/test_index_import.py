@@ -105,6 +105,26 @@ def test_import_searches_exactly_like_plain_faiss(prebuilt, minilm_encoder, tmp_
         [[records[r]["id"] for r in q] for q in plain_rows]  # fmt: skip
 
 
+def test_imported_index_can_be_updated_without_touching_the_original(prebuilt, minilm_encoder, tmp_path):
+    from embedkit.index import Index
+
+    folder, corpus, records = prebuilt
+    original = (folder / "Flat.index").read_bytes()
+    out = tmp_path / "wiki18"
+    assert main(import_args(folder, corpus, out)) == 0
+    before = [[h.id for h in q] for q in Index.load(out).search(QUERIES, k=3)]
+    new = write_jsonl(tmp_path / "new.jsonl", [{"id": "new", "contents": '"Saturn"\nSaturn is a ringed gas giant planet.'}])
+    assert main(["index", "add", str(out), "--corpus", str(new), "-q"]) == 0
+    updated = Index.load(out)
+    assert len(updated) == len(TOPICS) + 1 and not (out / "index.faiss").is_symlink()
+    assert updated.search(["the ringed planet Saturn"], k=1)[0][0].id == "new"
+    after = [[h.id for h in q if h.id != "new"][:2] for q in updated.search(QUERIES, k=4)]
+    assert after == [q[:2] for q in before]
+    assert (folder / "Flat.index").read_bytes() == original  # the linked file was read, never written
+    assert main(["index", "remove", str(out), "--id", "0"]) == 0
+    assert "0" not in [h.id for h in Index.load(out).search(QUERIES[:1], k=3)[0]]
+
+
 def test_import_refuses_what_cannot_match(prebuilt, tmp_path, capsys):
     folder, corpus, records = prebuilt
     short = write_jsonl(tmp_path / "short.jsonl", records[:-1])

@@ -45,6 +45,7 @@ from embedkit.index.docstore import DOCSTORE_NAME, DocStore, DuplicateIdError
 from embedkit.index.faiss_ops import try_remove
 from embedkit.index.kinds import check_document_ids
 from embedkit.index.manifest import MANIFEST_NAME, DenseManifest, HistoryEntry, IndexManifest
+from embedkit.index.prebuilt import with_row_ids
 from embedkit.io import atomic_directory, folder_lock
 
 if TYPE_CHECKING:
@@ -269,6 +270,7 @@ class _Update:
             if name != FAISS_NAME:  # the FAISS index is read into memory and written anew
                 shutil.copyfile(source / name, folder / name)
         self.index = faiss.read_index(str(source / FAISS_NAME))
+        self.index = with_row_ids(self.index)  # an imported plain index (`embedkit index import`) labels by position
         self.store = DocStore(folder / DOCSTORE_NAME, readonly=False)
         deleted = folder / DELETED_NAME
         self.deleted: set[int] = set(np.load(deleted).tolist()) if deleted.is_file() else set()

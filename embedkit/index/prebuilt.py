@@ -60,6 +60,32 @@ def describe_faiss(index: Any) -> tuple[str, str]:
     return metric, factory
 
 
+def with_row_ids(index: Any) -> Any:
+    """An imported plain FAISS index whose labels are positions (Flat, HNSW), rebuilt once under explicit row
+    ids (row i keeps id i) so documents can be added and removed; indexes that store ids are returned as is."""
+    import faiss
+    import numpy as np
+
+    from embedkit.index.faiss_ops import add_vectors, create_index, stores_exact_vectors
+
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
+        return index
+    try:
+        faiss.extract_index_ivf(index)
+        return index  # IVF lists store the ids (positions, when added without ids)
+    except RuntimeError:
+        pass
+    if not stores_exact_vectors(index):
+        raise EmbedkitError("this imported FAISS index stores lossy vectors without ids; documents cannot be added "
+                            "to it in place: rebuild it with `embedkit index build`")  # fmt: skip
+    metric, factory = describe_faiss(index)
+    rebuilt = create_index(index.d, factory, metric)
+    for start in range(0, index.ntotal, 262_144):
+        stop = min(start + 262_144, index.ntotal)
+        add_vectors(rebuilt, index.reconstruct_n(start, stop - start), np.arange(start, stop, dtype=np.int64))
+    return rebuilt
+
+
 def import_faiss_index(
     faiss_path: str | Path,
     corpus: str | Path,
