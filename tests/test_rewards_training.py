@@ -232,3 +232,19 @@ def test_judge_prompts_task_errors_name_the_line(tmp_path):
     bad.write_text('{"prompt": "p", "answer": {"item": 1}}\n{"prompt": "q"}\n')
     with pytest.raises(DataFormatError, match=r"bad.jsonl, line 2.*'answer'"):
         judge_prompts(str(bad))
+
+
+@pytest.mark.slow
+def test_cli_rewards_train_resumes_with_the_pass_position(tiny, tmp_path, capsys):
+    from embedkit.cli import main
+
+    path, files = tiny
+    args = ["rewards", "train", "--config", "configs/rm_consistrm.yaml", "-q", "--output-dir", str(tmp_path / "run"),
+            "--set", f"policy.model={path}", "--set", f"task.params.path={files['consistrm']}", "--set", "reward.params.model=null",
+            "--set", "rollout.group_size=2", "--set", "trainer.prompts_per_step=3", "--set", "rollout.settings.max_new_tokens=6"]  # fmt: skip
+    assert main([*args, "--steps", "1"]) == 0
+    assert "step 1: reward_mean=" in capsys.readouterr().out
+    assert main([*args, "--steps", "2"]) == 0
+    state = json.loads((tmp_path / "run" / "task_state" / "step-2.json").read_text())
+    assert state["task"] == {"pass": 0, "cursor": 6}  # resumed at 3, not restarted at 0
+    assert main([*args, "--steps", "3", "--set", "trainer.prompts_per_step=0"]) == 2  # a config error, exit 2
