@@ -129,6 +129,7 @@ def test_trec_round_trip_of_unicode_ids(tmp_path: Path) -> None:
     assert read_run(tmp_path / "run.trec") == run
 
 
+@pytest.mark.slow
 def test_cli_eval_bad_run_and_qrels_name_file_and_line(tmp_path: Path) -> None:
     qrels = tmp_path / "qrels.tsv"
     qrels.write_text("q1\td1\t1\n", encoding="utf-8")
@@ -181,6 +182,13 @@ def test_deeply_nested_json_is_refused(tmp_path: Path) -> None:
     queries.write_text('{"_id": "q", "text": ' + '[{"a": ' * 50_000 + "\n", encoding="utf-8")
     with pytest.raises(DataFormatError, match=r"q\.jsonl, line 1: JSON nested too deeply"):
         load_queries(queries)
+
+
+def test_huge_json_integer_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"_id": "1", "text": "x", "n": ' + "9" * 5000 + "}\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"c\.jsonl, line 1: unreadable JSON"):
+        list(iter_documents(path))
 
 
 def test_file_named_parquet_that_is_not_parquet(tmp_path: Path) -> None:

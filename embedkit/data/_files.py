@@ -119,6 +119,8 @@ def parse_json_line(text: str, *, path: Path | str, line: int) -> Any:
         raise DataFormatError(f"malformed JSON ({error.msg} at column {error.colno})", path=path, line=line) from None
     except RecursionError:
         raise DataFormatError("JSON nested too deeply", path=path, line=line) from None
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        raise DataFormatError(f"unreadable JSON ({error})", path=path, line=line) from None
     if _SURROGATE_ESCAPE.search(text):
         found = find_surrogate(value)
         if found is not None:
