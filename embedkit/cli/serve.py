@@ -58,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "while the previous call runs)")
     group.add_argument("--no-batching", action="store_true", help="one encoder call per request")
     group.add_argument("--no-reload", action="store_true",
-                       help="keep serving the folder as it was at start even if `embedkit index add` updates it")
+                       help="keep serving the folder as it was at start even if `embedkit index add` updates it "
+                            "(a reload holds the old and the new index in memory for a moment: use this when two "
+                            "copies do not fit, e.g. a GPU-resident 21M-passage index)")
     group = parser.add_argument_group("hybrid")
     group.add_argument("--fusion", help="default fusion of hybrid mode: a registered fusion method (default: rrf)")
     group.add_argument("--alpha", type=float, help="weight of the dense ranking for interpolation")
