@@ -87,7 +87,7 @@ def main() -> None:
         compact_index(live)
         compacted = top_ids(Index.load(live), queries)
         lines.append(
-            f"| {factory} | {live_index.manifest.settings.get('search') or '-'} | {masked} | {identical:.4f} | "
+            f"| {factory} | {live_index.manifest.search.model_dump(exclude_none=True) or '-'} | {masked} | {identical:.4f} | "
             f"{overlap(got, want):.4f} | {overlap(got, truth):.4f} | {overlap(want, truth):.4f} | "
             f"{overlap(compacted, want):.4f} | {update_s:.1f} |"
         )

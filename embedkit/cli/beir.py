@@ -10,6 +10,7 @@ from embedkit.cli._common import (
     add_encoder_arguments,
     add_quiet_argument,
     encoder_config_from_args,
+    positive_int,
 )
 
 EXAMPLES = """\
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--index", help="index folder to build or reuse (default: indexes/DATASET-MODEL-FACTORY)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the index even if a matching one exists")
     parser.add_argument("--output-dir", help="where run.trec and metrics.json go (default: runs/DATASET-MODEL-FACTORY)")
-    parser.add_argument("--k", type=int, nargs="+", default=[1, 3, 5, 10, 100, 1000], help="metric cut-offs")
+    parser.add_argument("--k", type=positive_int, nargs="+", default=[1, 3, 5, 10, 100, 1000], help="metric cut-offs")
     add_encoder_arguments(parser, model_default=None)
     add_quiet_argument(parser)
 

@@ -6,7 +6,7 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
-from embedkit.cli._common import add_command, add_quiet_argument, print_hits
+from embedkit.cli._common import add_command, add_quiet_argument, positive_int, print_hits
 
 DEMO_QUERIES = [
     "how do search engines find documents containing a word?",
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="indexes/demo", help="where to write the demo index (default: indexes/demo)")
     parser.add_argument("--query", action="append", help="your own query (repeatable); default: three examples")
-    parser.add_argument("--k", type=int, default=3, help="hits per query (default: 3)")
+    parser.add_argument("--k", type=positive_int, default=3, help="hits per query (default: 3)")
     add_quiet_argument(parser)
 
 

@@ -11,6 +11,7 @@ from embedkit.cli._common import (
     add_quiet_argument,
     encoder_config_from_args,
     field_map_from_args,
+    positive_int,
 )
 
 EXAMPLES = """\
@@ -43,15 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_encoder_arguments(parser, model_default=None)
     group = parser.add_argument_group("sharding")
     group.add_argument("--shard-id", type=int, default=0, help="which shard this process encodes (default 0)")
-    group.add_argument("--num-shards", type=int, default=None, help="how many shards in total (default 1; with --ray: workers)")
-    group.add_argument("--part-size", type=int, default=8192, help="documents per checkpointed part (default 8192)")
+    group.add_argument("--num-shards", type=positive_int, default=None, help="how many shards in total (default 1; with --ray: workers)")
+    group.add_argument("--part-size", type=positive_int, default=8192, help="documents per checkpointed part (default 8192)")
     group.add_argument("--store-dtype", default="float32", choices=["float32", "float16"],
                        help="precision of the stored embeddings (float16 halves disk)")
     group.add_argument("--devices", help="comma-separated CUDA devices to encode with (default: all visible GPUs)")
     ray = parser.add_argument_group("Ray")
     ray.add_argument("--ray", action="store_true", help="run all shards as a Ray Data pipeline")
     ray.add_argument("--ray-address", help="Ray cluster address (default: start a local instance)")
-    ray.add_argument("--ray-workers", type=int, default=2, help="model replicas (actors) (default 2)")
+    ray.add_argument("--ray-workers", type=positive_int, default=2, help="model replicas (actors) (default 2)")
     ray.add_argument("--ray-gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0")
     build = parser.add_argument_group("index (after encoding)")
     build.add_argument("--index", help="build this index folder from the shards when all of them are finished")

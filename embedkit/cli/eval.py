@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from embedkit.cli._common import add_command
+from embedkit.cli._common import add_command, positive_int
 
 EXAMPLES = """\
   embedkit eval --run runs/scifact.trec --qrels ../shared/data/scifact/qrels/test.tsv
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          examples=EXAMPLES)
     parser.add_argument("--run", required=True, help="TREC run file (qid Q0 docid rank score tag)")
     parser.add_argument("--qrels", required=True, help="BEIR qrels tsv or TREC qrels (qid 0 docid rel)")
-    parser.add_argument("--k", type=int, nargs="+", default=[10, 100], help="cut-offs (default: 10 100)")
+    parser.add_argument("--k", type=positive_int, nargs="+", default=[10, 100], help="cut-offs (default: 10 100)")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     parser.add_argument("--per-query", action="store_true", help="print a line per query too")
 

@@ -22,10 +22,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     index_subparsers = parser.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
     for module_name in INDEX_COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue
-            raise
-        module.register(index_subparsers)
+        importlib.import_module(module_name).register(index_subparsers)

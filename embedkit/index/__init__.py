@@ -37,7 +37,7 @@ _LAZY = {"DenseIndex", "build_dense_index", "write_dense_index"}
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from embedkit.index import dense
+        import embedkit.index.dense as dense_module
 
-        return getattr(dense, name)
+        return getattr(dense_module, name)
     raise AttributeError(f"module 'embedkit.index' has no attribute {name!r}")

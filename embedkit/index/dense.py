@@ -39,7 +39,7 @@ from embedkit.index.faiss_ops import (
     train_index,
 )
 from embedkit.index.faiss_ops import search as faiss_search
-from embedkit.index.kinds import IndexKind, VerifyReport, check_document_ids
+from embedkit.index.kinds import VerifyReport, check_document_ids, verify_folder
 from embedkit.index.manifest import (
     MANIFEST_NAME,
     DenseManifest,
@@ -464,53 +464,17 @@ def _check_positive(**values: int | None) -> None:
             raise EmbedkitError(f"{name} must be a whole number of at least 1, got {value!r}")
 
 
-class DenseKind(IndexKind):
-    """FAISS index + document store + encoder spec. Updatable in place (`embedkit.index.lifecycle`)."""
-
-    name = "dense"
-    manifest_model = DenseManifest
-    build_options = DenseBuildOptions
-    open_options = DenseOpenOptions
-
-    def build(self, documents: Iterable[Document], out: str | Path, options: DenseBuildOptions, *,
-              overwrite: bool = False, corpus: str | None = None, total: int | None = None,
-              quiet: bool = False) -> Path:
-        from embedkit.encoding.encoder import Encoder
-
-        check_factory(options.factory)  # before loading the model
-        return build_dense_index(documents, Encoder(options.encoder), out, factory=options.factory,
-                                 metric=options.metric, train_sample=options.train_sample, overwrite=overwrite,
-                                 total=total, quiet=quiet, corpus=corpus, store_vectors=options.store_vectors,
-                                 on_disk=options.on_disk)
-
-    def open(self, path: Path, manifest: DenseManifest, options: DenseOpenOptions) -> DenseIndex:
-        return DenseIndex(path, manifest, **dict(options))
-
-    def add(self, path: Path, documents: Iterable[Document], *, source: str | None = None, quiet: bool = True,
-            **runtime: Any):
-        from embedkit.index.lifecycle import add_documents
-
-        return add_documents(path, documents, source=source, quiet=quiet, **runtime)
-
-    def remove(self, path: Path, ids: Iterable[str], *, source: str | None = None):
-        from embedkit.index.lifecycle import remove_documents
-
-        return remove_documents(path, ids, source=source)
-
-    def verify(self, path: Path, manifest: DenseManifest | None = None) -> VerifyReport:
-        report = super().verify(path, manifest)
-        index = DenseIndex(path, manifest or DenseManifest.load(path))
-        ntotal = index.faiss_index.ntotal  # checks the FAISS row count against the manifest
-        notes = [f"FAISS {index.manifest.index_factory}: {ntotal} vectors ({len(index.deleted_rows)} masked)"]
-        stored = index.manifest.vectors
-        if stored is not None:
-            row_bytes = index.spec.dim * np.dtype(stored.dtype).itemsize
-            size = (path / stored.file).stat().st_size
-            if size != index.manifest.next_row * row_bytes:
-                raise IndexFormatError(f"index {path} is damaged: {path / stored.file} has {size} bytes, expected "
-                                       f"{index.manifest.next_row} rows of {row_bytes} bytes")
-        report.notes.extend(notes)
-        return report
-
-
-DENSE_KIND = DenseKind()
+def verify_dense(path: Path, manifest: DenseManifest) -> VerifyReport:
+    """Every byte against the checksums, the counts, FAISS's row count and the stored-vectors file's size."""
+    report = verify_folder(path, manifest)
+    index = DenseIndex(path, manifest)
+    ntotal = index.faiss_index.ntotal  # reading it checks the FAISS row count against the manifest
+    stored = manifest.vectors
+    if stored is not None:
+        row_bytes = index.spec.dim * np.dtype(stored.dtype).itemsize
+        size = (path / stored.file).stat().st_size
+        if size != manifest.next_row * row_bytes:
+            raise IndexFormatError(f"index {path} is damaged: {path / stored.file} has {size} bytes, expected "
+                                   f"{manifest.next_row} rows of {row_bytes} bytes")
+    report.notes.append(f"FAISS {manifest.index_factory}: {ntotal} vectors ({len(index.deleted_rows)} masked)")
+    return report

@@ -91,21 +91,30 @@ class IndexKind(ABC):
 
     def check(self, path: Path, manifest: IndexManifest) -> None:
         """Cheap checks run on every open: recorded files present with their sizes, document count."""
-        manifest.check_files(path)
-        count = _docstore_count(path)
-        if count != manifest.num_docs:
-            raise IndexFormatError(
-                f"index {path} is damaged: its document store holds {count} documents, the manifest says "
-                f"{manifest.num_docs} (a row was deleted or the manifest edited); rebuild the index"
-            )
+        check_folder(path, manifest)
 
     def verify(self, path: Path, manifest: IndexManifest | None = None) -> VerifyReport:
         """Full check: every file's SHA-256 against the manifest, and the counts. Raises IndexFormatError."""
-        manifest = manifest or IndexManifest.load(path)
-        unchecked = manifest.verify_checksums(path)
-        self.check(path, manifest)
-        return VerifyReport(path=path, kind=self.name, num_docs=manifest.num_docs, files=len(manifest.files),
-                            unchecked=unchecked)
+        return verify_folder(path, manifest or IndexManifest.load(path))
+
+
+def check_folder(path: Path, manifest: IndexManifest) -> None:
+    """The cheap checks of any kind: recorded files present with their sizes; document store count."""
+    manifest.check_files(path)
+    count = _docstore_count(path)
+    if count != manifest.num_docs:
+        raise IndexFormatError(
+            f"index {path} is damaged: its document store holds {count} documents, the manifest says "
+            f"{manifest.num_docs} (a row was deleted or the manifest edited); rebuild the index"
+        )
+
+
+def verify_folder(path: Path, manifest: IndexManifest) -> VerifyReport:
+    """The full checks of any kind: every recorded file's SHA-256, then `check_folder`."""
+    unchecked = manifest.verify_checksums(path)
+    check_folder(path, manifest)
+    return VerifyReport(path=path, kind=manifest.kind, num_docs=manifest.num_docs, files=len(manifest.files),
+                        unchecked=unchecked)
 
 
 def _docstore_count(path: Path) -> int:
@@ -119,7 +128,7 @@ def _docstore_count(path: Path) -> int:
 
 
 INDEX_KINDS: Registry[IndexKind] = Registry("index kind")
-INDEX_KINDS.add("dense", "embedkit.index.dense:DENSE_KIND")
+INDEX_KINDS.add("dense", "embedkit.index.dense_kind:DENSE_KIND")
 INDEX_KINDS.add("bm25", "embedkit.lexical.index:BM25_KIND")
 
 

@@ -37,13 +37,13 @@ from embedkit.index.dense import (
     DEFAULT_TRAIN_SAMPLE,
     DELETED_NAME,
     FAISS_NAME,
-    DENSE_KIND,
     DenseIndex,
     _write,
+    verify_dense,
 )
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore, DuplicateIdError
 from embedkit.index.faiss_ops import try_remove
-from embedkit.index.kinds import check_document_ids
+from embedkit.index.kinds import check_document_ids, check_folder
 from embedkit.index.manifest import MANIFEST_NAME, DenseManifest, HistoryEntry, IndexManifest
 from embedkit.index.prebuilt import with_row_ids
 from embedkit.io import atomic_directory, folder_lock
@@ -219,9 +219,9 @@ def _dense_manifest(path: Path, *, verify: bool = False) -> DenseManifest:
     if not isinstance(manifest, DenseManifest):
         raise IndexFormatError(f"{path} is a {manifest.kind} index; only dense indexes can be updated this way")
     if verify:
-        DENSE_KIND.verify(path, manifest)
+        verify_dense(path, manifest)
     else:
-        DENSE_KIND.check(path, manifest)
+        check_folder(path, manifest)
     return manifest
 
 
