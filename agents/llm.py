@@ -78,7 +78,8 @@ def load_causal_lm(path: str, *, device: str = "auto") -> tuple[Any, Any]:
         from embedkit.errors import ModelUnavailableError
 
         raise ModelUnavailableError(f"cannot load causal LM '{path}': {str(error).splitlines()[0]}") from None
-    return model.to(device).eval(), tokenizer
+    model = model.to(device)  # type: ignore[arg-type]  # transformers' stubs type `to` oddly
+    return model.eval(), tokenizer
 
 
 class TransformersBackend:

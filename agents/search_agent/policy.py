@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from agents.llm import LLMBackend
 from agents.search_agent.config import AgentConfig
@@ -40,6 +40,7 @@ class LLMPolicy:
     def __init__(self, backend: LLMBackend, *, chat: bool | None = None) -> None:
         self.backend = backend
         self.chat = chat
+        self.record: Any = None  # how to rebuild this policy (a PolicyRecord, set by build_policy)
         self._prefixes: dict[str, str] = {}
 
     def mode(self, config: AgentConfig) -> str:
@@ -69,7 +70,7 @@ class LLMPolicy:
         return messages
 
     def act(self, trajectories: Sequence[Trajectory], config: AgentConfig) -> list[str]:
-        prompts = [self.render(t, config) for t in trajectories]
+        prompts: list[Any] = [self.render(t, config) for t in trajectories]
         return self.backend.generate(
             prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature, stop=list(config.stop)
         )

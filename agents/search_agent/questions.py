@@ -92,7 +92,7 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _parse(record: dict[str, Any], path: Path, line: int, default_source: str) -> Question:
-    extra = record.get("extra_info") if isinstance(record.get("extra_info"), dict) else {}
+    extra = _mapping(record.get("extra_info"))
     qid = next((str(record[f]) for f in ID_FIELDS if record.get(f) not in (None, "")), None)
     if qid is None:
         qid = str(extra["index"]) if extra.get("index") not in (None, "") else str(line)
@@ -117,6 +117,10 @@ def _parse(record: dict[str, Any], path: Path, line: int, default_source: str) -
                     prompt=prompt if prompt is not None and prompt.strip() != text else None)  # fmt: skip
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _first_user_message(prompt: Any) -> str | None:
     if isinstance(prompt, str):
         return prompt
@@ -130,8 +134,8 @@ def _first_user_message(prompt: Any) -> str | None:
 
 def answer_list(record: dict[str, Any], *, path: str | Path | None = None, line: int | None = None) -> list[str]:
     """The accepted answers of a QA record, preferring a list over a joined string (see the module docstring)."""
-    extra = record.get("extra_info") if isinstance(record.get("extra_info"), dict) else {}
-    reward = record.get("reward_model") if isinstance(record.get("reward_model"), dict) else {}
+    extra = _mapping(record.get("extra_info"))
+    reward = _mapping(record.get("reward_model"))
     ground_truth = reward.get("ground_truth")
     if isinstance(ground_truth, dict):
         ground_truth = ground_truth.get("target", ground_truth.get("answers", ground_truth.get("answer")))

@@ -18,4 +18,4 @@ def open_retriever(index: str | None = None, url: str | None = None, *, api_key:
     except ImportError as error:
         raise EmbedkitError(f"the HTTP retriever is not available in this build: {error}") from None
     # The agent retries (ResilientRetriever); the client itself makes one attempt so retries do not multiply.
-    return HttpRetriever(url, api_key=api_key, timeout=timeout, retries=0)
+    return HttpRetriever(str(url), api_key=api_key, timeout=timeout, retries=0)
