@@ -129,6 +129,7 @@ class RetrievalService:
         }
         self._watcher: asyncio.Task | None = None
         self._switch_interval: float | None = None
+        self._main_torch_threads: int | None = None
 
     def _dense_streams(self) -> int:
         if self.config.search_streams is not None:
@@ -189,7 +190,10 @@ class RetrievalService:
             self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(self.config.switch_interval_ms / 1000)
         if self.torch_threads is not None:
-            _set_torch_threads(self.torch_threads)
+            import torch
+
+            # Worker threads set their own count; MKL's is process-wide, so restore this thread's at stop.
+            self._main_torch_threads = torch.get_num_threads()
         for batcher in self.batchers.values():
             await batcher.start()
         # Load the model / start the JVM now, not on the first user request; warm up every stream.
@@ -215,6 +219,9 @@ class RetrievalService:
         if self._switch_interval is not None:
             sys.setswitchinterval(self._switch_interval)
             self._switch_interval = None
+        if self._main_torch_threads is not None:
+            _set_torch_threads(self._main_torch_threads)
+            self._main_torch_threads = None
         global _RUNNING_SERVICES
         _RUNNING_SERVICES -= 1
         _restore_tokenizers()
