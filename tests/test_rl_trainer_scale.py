@@ -89,9 +89,9 @@ def test_first_ppo_epoch_has_ratio_one_and_no_clipping(tmp_path):
 
 
 # ---- micro-batching and precision ----------------------------------------------------------------------------
-def _grads_after_one_update(tmp_path, micro):
-    trainer = RLTrainer(_config(tmp_path / str(micro), algorithm={"estimator": "gae", "kl_coef": 0.05},
-                                trainer={"micro_batch_size": micro, "max_grad_norm": 1e9}))  # fmt: skip
+def _grads_after_one_update(tmp_path, micro, term="none", estimator="gae"):
+    trainer = RLTrainer(_config(tmp_path / f"{term}-{micro}", algorithm={"estimator": estimator, "kl_coef": 0.05},
+                                term={"name": term}, trainer={"micro_batch_size": micro, "max_grad_norm": 1e9}))  # fmt: skip
     trajs, domains, rewards = trainer.rollout()
     prep = trainer.prepare(trajs, rewards, domains)
     trainer.optimizer.step = lambda *a, **k: None  # keep the weights: compare the gradients only
@@ -99,8 +99,11 @@ def _grads_after_one_update(tmp_path, micro):
     return [p.grad.clone() if p.grad is not None else None for p in trainer.optimizer.param_groups[0]["params"]]
 
 
-def test_micro_batches_accumulate_to_the_full_batch_gradient(tmp_path):
-    whole, micro = _grads_after_one_update(tmp_path, None), _grads_after_one_update(tmp_path, 2)
+@pytest.mark.parametrize(("term", "estimator"), [("none", "gae"), ("forking", "grpo"), ("tre_k", "drgrpo")])
+def test_micro_batches_accumulate_to_the_full_batch_gradient(tmp_path, term, estimator):
+    """The forking mask is chosen over the mini-batch, not per micro-batch; terms are token-weighted."""
+    whole = _grads_after_one_update(tmp_path, None, term, estimator)
+    micro = _grads_after_one_update(tmp_path, 2, term, estimator)
     assert len(whole) == len(micro)
     for a, b in zip(whole, micro, strict=True):
         if a is not None:

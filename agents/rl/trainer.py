@@ -552,7 +552,7 @@ class RLTrainer:
                         old_values=old_values, domain_of_row=torch.tensor([names.index(d) for d in domains]),
                         n_domains=len(names), entropy=float(entropy_sum / mask.sum().clamp_min(1)))  # fmt: skip
 
-    def micro_loss(self, prep: Prepared, rows: torch.Tensor, totals: dict[str, float]) -> tuple[torch.Tensor, dict]:
+    def micro_loss(self, prep: Prepared, rows: torch.Tensor, totals: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         """The loss of `rows` with the mini-batch's denominators in `totals` (so micro-batch and domain losses
         add up to the mini-batch loss): policy gradient + KL + policy term + critic."""
         alg, cfg = self.config.algorithm, self.config
@@ -565,13 +565,16 @@ class RLTrainer:
         pg_mask = m
         stats: dict[str, float] = {}
         loss = logp.new_zeros(())
+        share = float(m.sum()) / totals["tokens"]  # this micro-batch's share of the mini-batch's tokens
         if need_logits:
             term_out = self.term(logits, m, **cfg.term.params)
             if term_out.pg_mask is not None:
                 pg_mask = term_out.pg_mask
-            share = float(m.sum()) / totals["tokens"]
             loss = loss + term_out.loss * share
-            stats.update(term_out.metrics)
+            stats.update({k: v * share for k, v in term_out.metrics.items()})
+        override = totals.get("pg_mask")
+        if override is not None:  # the forking mask chosen over the whole mini-batch
+            pg_mask = override[dev_rows, :t]
         agg = alg.aggregation()
         loss = loss + aggregate(clip.loss, pg_mask, agg, norm_length=totals["norm_length"],
                                 total_tokens=totals["pg_tokens"], total_seqs=totals["pg_seqs"])  # fmt: skip
@@ -584,7 +587,7 @@ class RLTrainer:
             v_loss = 0.5 * aggregate(v, m, "token-mean", total_tokens=totals["tokens"])
             loss = loss + alg.value_coef * v_loss
             stats["value_loss"] = float(v_loss.detach())
-        w = float(m.sum()) / totals["tokens"]  # this micro-batch's share, for token-weighted metrics
+        w = share
         stats["clip_frac"] = float(masked_mean(clip.clipped, m)) * w
         stats["clip_frac_lower"] = float(masked_mean(clip.clipped_lower, m)) * w
         stats["ratio_mean"] = float(masked_mean(clip.ratio.detach(), m)) * w
@@ -593,7 +596,7 @@ class RLTrainer:
                                            total_tokens=totals["pg_tokens"], total_seqs=totals["pg_seqs"]))  # fmt: skip
         return loss, stats
 
-    def totals(self, prep: Prepared, rows: torch.Tensor) -> dict[str, float]:
+    def totals(self, prep: Prepared, rows: torch.Tensor) -> dict[str, Any]:
         """Denominators of a mini-batch (the forking term's mask changes the policy-gradient ones)."""
         m = prep.mask[rows.to(self.accelerator.device)]
         norm_length = self.config.algorithm.norm_length or self.config.rollout.settings.max_new_tokens
@@ -601,7 +604,7 @@ class RLTrainer:
         seqs = float((m.sum(-1) > 0).sum().clamp_min(1))
         return {"tokens": tokens, "pg_tokens": tokens, "pg_seqs": seqs, "norm_length": float(norm_length)}
 
-    def _accumulate(self, prep: Prepared, rows: torch.Tensor, totals: dict[str, float]) -> tuple[float, dict]:
+    def _accumulate(self, prep: Prepared, rows: torch.Tensor, totals: dict[str, Any]) -> tuple[float, dict]:
         loss_total, stats = 0.0, {}
         for micro in self._micro_batches(rows):
             loss, s = self.micro_loss(prep, micro, totals)
@@ -619,10 +622,14 @@ class RLTrainer:
                 _, ent, _, _, t = self._forward(prep.batch, rows, with_entropy=True)
                 from agents.rl.regularizers import forking_mask
 
-                m = prep.mask[rows.to(self.accelerator.device), :t]
+                dev_rows = rows.to(self.accelerator.device)
+                m = prep.mask[dev_rows, :t]
                 fm = forking_mask(ent, m, float(self.config.term.params.get("rho", 0.2)))
                 totals["pg_tokens"] = float(fm.sum().clamp_min(1))
                 totals["pg_seqs"] = float((fm.sum(-1) > 0).sum().clamp_min(1))
+                full = torch.zeros_like(prep.mask)
+                full[dev_rows, :t] = fm
+                totals["pg_mask"] = full
         params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer.zero_grad()
         for p in params:
