@@ -62,3 +62,14 @@ def test_bad_settings_are_user_errors(tmp_path):
     bad.write_text("index: x\nunknown_setting: 1\n")
     with pytest.raises(EmbedkitError, match="unknown_setting"):
         parse("--config", str(bad))
+
+
+def test_the_example_config_loads_with_the_defaults_it_documents():
+    from pathlib import Path
+
+    from embedkit.server.config import ServerConfig
+
+    example = ServerConfig.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "serve.yaml")
+    defaults = ServerConfig(index=example.index)
+    assert example.limits == defaults.limits and example.batching == defaults.batching
+    assert example.reload == defaults.reload and example.backend == defaults.backend
