@@ -110,7 +110,11 @@ class Encoder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
-        return self._encode(self.fit_texts(list(queries), self.query_prefix, count=False), self.query_prefix)
+        # Only a character cap here, no tokenizer call: the server encodes queries from several threads and
+        # serialises the model's own tokenize(); a second tokenizer user would race with it.
+        limit = getattr(self.model, "max_seq_length", None)
+        cap = int(limit) * MAX_CHARS_PER_TOKEN if limit else None
+        return self._encode([query[:cap] for query in queries] if cap else list(queries), self.query_prefix)
 
     def encode_documents(self, documents: Sequence[Document]) -> np.ndarray:
         return self._encode(self.document_texts(documents), self.passage_prefix)
