@@ -193,8 +193,9 @@ class RLConfig(_Frozen):
         return self
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None, *,
-                  section: str | None = None) -> RLConfig:  # fmt: skip
+    def from_yaml(  # type: ignore[override]  # `overrides` may also be positional (older callers)
+        cls, path: str | Path, overrides: dict[str, Any] | None = None, *, section: str | None = None
+    ) -> RLConfig:
         """Load a YAML file; `overrides` maps dotted keys (`trainer.steps`) to values (`--set`)."""
         return super().from_yaml(path, section=section, overrides=overrides)
 

@@ -135,8 +135,9 @@ class RolloutEngine:
         if not queries:
             return []
         unique = list(dict.fromkeys(queries))
-        batch = getattr(self.tool, "batch", None)
-        answers = batch(unique) if callable(batch) else [self.tool(q) for q in unique]
+        tool: Any = self.tool
+        batch = getattr(tool, "batch", None)
+        answers = batch(unique) if callable(batch) else [tool(q) for q in unique]
         found = dict(zip(unique, answers, strict=True))
         return [found[q] for q in queries]
 
@@ -216,7 +217,7 @@ class StopOnStrings:
         tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - self.window) :].tolist()
         texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
         done = [any(t.rstrip().endswith(s) for s in self.stops) for t in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 RolloutFn = Callable[..., list[Trajectory]]

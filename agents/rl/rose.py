@@ -68,7 +68,8 @@ def branch_point_sets(parents: Sequence[int | None], branch_positions: Sequence[
             raise ValueError(f"response {r}: parent {parent} is not a response of its group (0..{n - 1})")
     sets: list[set[int]] = []
     for r in range(n):
-        points, cur, seen = {0}, r, set()
+        cur: int | None = r
+        points, seen = {0}, set()
         while cur is not None and cur not in seen:  # own k and every ancestor's
             seen.add(cur)
             if parents[cur] is not None and branch_positions[cur] >= 0:

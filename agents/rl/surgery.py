@@ -49,7 +49,15 @@ def project_conflicts(vectors: Sequence[torch.Tensor], rng: random.Random) -> li
 
 
 def _domain_tensors(grads: dict[object, Grads], index: int, like: torch.Tensor) -> list[torch.Tensor]:
-    return [g[index] if g[index] is not None else torch.zeros_like(like) for g in grads.values()]
+    out: list[torch.Tensor] = []
+    for g in grads.values():
+        grad = g[index]
+        out.append(grad if grad is not None else torch.zeros_like(like))
+    return out
+
+
+def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return grad if grad is not None else torch.zeros_like(like)
 
 
 def _reference(grads: dict[object, Grads], index: int) -> torch.Tensor | None:
@@ -90,12 +98,12 @@ def pcgrad(grads: dict[object, Grads], rng: random.Random | None = None) -> Grad
     """Projection of the flattened whole-model gradients, then the sum over domains."""
     rng = rng or random.Random()
     n_params = len(next(iter(grads.values())))
-    refs = [_reference(grads, p) for p in range(n_params)]
-    live = [p for p in range(n_params) if refs[p] is not None]
+    found = [_reference(grads, p) for p in range(n_params)]
+    refs = {p: ref for p, ref in enumerate(found) if ref is not None}
+    live = sorted(refs)
     flats = []
     for domain_grads in grads.values():
-        parts = [(domain_grads[p] if domain_grads[p] is not None else torch.zeros_like(refs[p])).flatten()
-                 for p in live]  # fmt: skip
+        parts = [_or_zeros(domain_grads[p], refs[p]).flatten() for p in live]
         flats.append(torch.cat(parts))
     combined = torch.stack(project_conflicts(flats, rng)).sum(0)
     out: Grads = [None] * n_params

@@ -74,13 +74,16 @@ class ActorCritic(nn.Module):
 
     def __init__(self, policy: nn.Module, critic: str | None) -> None:
         super().__init__()
-        self.policy = policy
+        self.policy: Any = policy  # an HF causal LM (save_pretrained, generate, config)
         self.critic_kind = critic
         self.critic: ValueModel | None = None
         self.value_head: nn.Linear | None = None
         hidden = _hidden_size(policy.config)
         if critic == "separate":
-            self.critic = ValueModel(copy.deepcopy(policy.base_model), hidden)
+            trunk = getattr(policy, "base_model", None)
+            if not isinstance(trunk, nn.Module):
+                raise EmbedkitError("a separate critic needs an HF model with a base_model trunk; use critic: shared")
+            self.critic = ValueModel(copy.deepcopy(trunk), hidden)
         elif critic == "shared":
             self.value_head = nn.Linear(hidden, 1)
             nn.init.zeros_(self.value_head.weight)
@@ -138,8 +141,9 @@ def prepare_policy(model: nn.Module, config: RLConfig) -> nn.Module:
     """Dtype and gradient checkpointing of the policy, applied the same way on a fresh start and on resume."""
     p = config.policy
     model = model.to(getattr(torch, p.dtype))
-    if p.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable()
+    enable = getattr(model, "gradient_checkpointing_enable", None)
+    if p.gradient_checkpointing and callable(enable):
+        enable()
         if hasattr(model.config, "use_cache"):
             model.config.use_cache = False
     return model
@@ -367,7 +371,7 @@ class RLTrainer:
         """policy/ (save_pretrained + tokenizer), reference/, trainer_state.pt (optimizer, scheduler, critic,
         fp32 masters, reward-model memory) and rank_<r>_rng.pt per rank; written atomically."""
         target = self.output_dir / "checkpoints" / f"step-{step}"
-        rng_states = [None] * self.world
+        rng_states: list[Any] = [None] * self.world
         if self.world > 1:
             import torch.distributed as dist
 
@@ -378,8 +382,9 @@ class RLTrainer:
             with atomic_directory(target, overwrite=True) as tmp:
                 self.unwrapped.policy.save_pretrained(tmp / "policy")
                 self.tokenizer.save_pretrained(tmp / "policy")
-                if self.reference is not None:
-                    self.reference.save_pretrained(tmp / "reference")
+                reference: Any = self.reference
+                if reference is not None:
+                    reference.save_pretrained(tmp / "reference")
                 reward_state = getattr(self.reward_fn, "state_dict", None)
                 state = {
                     "step": step,
@@ -526,9 +531,9 @@ class RLTrainer:
             logp, ent, values, _, t = self._forward(batch, rows, with_entropy=True)
             old_logp[rows.to(device), :t] = logp
             entropy_sum += (ent * mask[rows.to(device), :t]).sum()
-            if values is not None:
+            if values is not None and old_values is not None:
                 old_values[rows.to(device), :t] = values.float()
-            if self.reference is not None:
+            if self.reference is not None and ref_logp is not None:
                 r_cpu = rows.cpu()
                 width = int(batch["attention_mask"][r_cpu].sum(-1).max())
                 ref_logits = self.reference(input_ids=batch["input_ids"][r_cpu, :width].to(device),
@@ -582,7 +587,7 @@ class RLTrainer:
             kl = kl_penalty(logp, prep.ref_logp[dev_rows, :t], alg.kl_estimator)
             loss = loss + alg.kl_coef * aggregate(kl, m, "token-mean", total_tokens=totals["tokens"])
             stats["kl"] = float((kl.detach() * m).sum() / totals["tokens"])
-        if values is not None:
+        if values is not None and prep.old_values is not None:
             v = value_loss(values, prep.old_values[dev_rows, :t], prep.returns[dev_rows, :t], alg.value_clip)
             v_loss = 0.5 * aggregate(v, m, "token-mean", total_tokens=totals["tokens"])
             loss = loss + alg.value_coef * v_loss
@@ -605,7 +610,7 @@ class RLTrainer:
         return {"tokens": tokens, "pg_tokens": tokens, "pg_seqs": seqs, "norm_length": float(norm_length)}
 
     def _accumulate(self, prep: Prepared, rows: torch.Tensor, totals: dict[str, Any]) -> tuple[float, dict]:
-        loss_total, stats = 0.0, {}
+        loss_total, stats = 0.0, {}  # type: float, dict[str, float]
         for micro in self._micro_batches(rows):
             loss, s = self.micro_loss(prep, micro, totals)
             self.accelerator.backward(loss)
@@ -696,8 +701,8 @@ class RLTrainer:
                 order = torch.randperm(n)
                 for chunk in torch.chunk(order, max(1, min(alg.mini_batches, n))):
                     chunk_stats = self.update(prep, chunk)
-                    for k, v in chunk_stats.items():
-                        stats.setdefault(k, []).append(v)
+                    for key, value in chunk_stats.items():
+                        stats.setdefault(key, []).append(value)
                     if epoch == 0:
                         for k in ("ratio_mean", "clip_frac"):
                             stats.setdefault(f"{k}_epoch1", []).append(chunk_stats[k])
@@ -731,8 +736,8 @@ class RLTrainer:
             for name in names:
                 rs = [r for r, d in zip(all_rewards, all_domains, strict=True) if d == name]
                 metrics[f"reward/{name}"] = sum(rs) / len(rs)
-        for k, v in stats.items():
-            metrics[k] = max(v) if k == "ratio_max_dev" else sum(v) / len(v)
+        for key, values_of in stats.items():
+            metrics[key] = max(values_of) if key == "ratio_max_dev" else sum(values_of) / len(values_of)
         return metrics
 
 
