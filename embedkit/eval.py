@@ -1,7 +1,7 @@
 """Retrieval metrics with trec_eval semantics (pytrec_eval).
 
     >>> evaluate({"q1": {"d1": 2.0, "d2": 1.0}}, {"q1": {"d2": 1}}, k_values=(10,))
-    {'nDCG@10': 0.6309, 'Recall@10': 1.0, 'MRR@10': 0.5, 'MAP': 0.5, 'P@10': 0.1}
+    {'nDCG@10': 0.63093, 'Recall@10': 1.0, 'MRR@10': 0.5, 'P@10': 0.1, 'MAP': 0.5, 'queries': 1}
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Incremental merge updates: train a light update model on new data plus a sample of the historical
 data, then merge it into the existing model — no retraining from scratch.
 
+The example needs a trained model and data files, so it is not run here:
+
 >>> boom_update("runs/boom/model", new_data=[DatasetConfig(name="new", path="new.jsonl")],
 ...             history=[DatasetConfig(name="scifact", path="../shared/data/scifact")],
-...             output_dir="runs/boom-v2", update=UpdateSettings(weight=0.3))
+...             output_dir="runs/boom-v2", update=UpdateSettings(weight=0.3))  # doctest: +SKIP
 
 The merge is stated, not implied: the update model gets weight `update.weight` (w) and the current
 model 1 - w. With `linear` the result is (1 - w)·current + w·update tensor by tensor; with task-vector

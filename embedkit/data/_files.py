@@ -53,7 +53,11 @@ def base_suffix(path: Path) -> str:
 def iter_lines(path: str | Path, *, keep_ends: bool = False) -> Iterator[tuple[int, str]]:
     """Yield (line number, text) for every line, decoded as UTF-8; the line ending is dropped unless `keep_ends`.
 
-    >>> for number, text in iter_lines("queries.tsv"): ...
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"
+    >>> _ = path.write_bytes(b"first\\r\\n\\nthird")
+    >>> list(iter_lines(path))
+    [(1, 'first'), (2, ''), (3, 'third')]
     """
     path = Path(path)
     offset = 0
@@ -131,7 +135,11 @@ def parse_json_line(text: str, *, path: Path | str, line: int) -> Any:
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a line that is not a JSON object is an error.
 
-    >>> for line, record in iter_json_lines("train.jsonl"): ...
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "train.jsonl"
+    >>> _ = path.write_text('{"query": "a"}\\n\\n{"query": "b"}\\n')
+    >>> list(iter_json_lines(path))
+    [(1, {'query': 'a'}), (3, {'query': 'b'})]
     """
     path = require_file(path, "file")
     for line_number, line in iter_lines(path):

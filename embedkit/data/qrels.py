@@ -18,7 +18,9 @@ def load_qrels(path: str | Path) -> Qrels:
     A file whose first line holds a tab is read as tab-separated (BEIR; ids may contain spaces, quoted
     fields as in our TSV reader); otherwise columns are separated by runs of whitespace (TREC).
 
-    >>> load_qrels("scifact/qrels/test.tsv")["1"]
+    With BEIR SciFact unpacked in ``scifact/`` (needs data files, so not run here):
+
+    >>> load_qrels("scifact/qrels/test.tsv")["1"]  # doctest: +SKIP
     {'31715818': 1}
     """
     path = require_file(path, "qrels file")

@@ -19,7 +19,9 @@ def load_queries(source: str | Path, *, id_field: str | None = None, text_field:
     Ids and texts must be strings (a JSON number, list or object is refused, naming the line and field);
     tsv/csv rows must have exactly two columns, id and text, after an optional header row.
 
-    >>> load_queries("scifact/queries.jsonl")["1"]
+    With BEIR SciFact unpacked in ``scifact/`` (needs data files, so not run here):
+
+    >>> load_queries("scifact/queries.jsonl")["1"]  # doctest: +SKIP
     '0-dimensional biomaterials show inductive properties.'
     """
     path = Path(source)

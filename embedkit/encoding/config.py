@@ -17,7 +17,9 @@ Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 class EncoderConfig(BaseModel):
     """Settings for encoding queries and documents.
 
-    >>> EncoderConfig(model="intfloat/e5-small-v2", query_prefix="query: ", passage_prefix="passage: ")
+    >>> config = EncoderConfig(model="intfloat/e5-small-v2", query_prefix="query: ", passage_prefix="passage: ")
+    >>> config.query_prefix, config.normalize
+    ('query: ', True)
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

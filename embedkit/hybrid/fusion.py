@@ -4,7 +4,7 @@ Every method maps, for one query, a list of {doc id: score} (one per system, bes
 fused {doc id: score}. `fuse_runs` applies it to whole runs, `fuse_hits` to live search results.
 
     >>> fuse_scores([{"a": 3.0, "b": 1.0}, {"b": 9.0, "c": 5.0}], FusionConfig(method="rrf"))
-    {'b': 0.0325…, 'a': 0.0163…, 'c': 0.0161…}
+    {'b': 0.0325..., 'a': 0.0163..., 'c': 0.0161...}
 """
 
 from __future__ import annotations

@@ -29,9 +29,11 @@ def check_k(k: int) -> int:
 class Index(ABC):
     """A searchable index folder.
 
-    >>> index = Index.load("indexes/scifact")
-    >>> [hit.id for hit in index.search("microRNA in cancer", k=3)[0]]
-    ['…', '…', '…']
+    With an index built earlier (needs an index folder and its model, so not run here):
+
+    >>> index = Index.load("indexes/scifact")  # doctest: +SKIP
+    >>> [hit.id for hit in index.search("microRNA in cancer", k=3)[0]]  # doctest: +SKIP
+    ['...', '...', '...']
     """
 
     kind: ClassVar[str] = ""

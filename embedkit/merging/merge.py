@@ -4,8 +4,11 @@ mergekit merges the transformer weights; embedkit refuses inputs whose pooling, 
 or other modules differ (a merge that silently changes pooling loses accuracy), copies those settings to
 the output, writes the mergekit YAML beside the model, and checks that `SentenceTransformer(out)` loads.
 
->>> merge_models(["bags/bag-0", "bags/bag-1"], "merged", method="multislerp")
->>> merge_from_yaml("my-merge.yml", "merged")   # a mergekit YAML you already have
+The examples need trained models on disk, so they are not run here:
+
+>>> from embedkit.merging.merge import merge_from_yaml, merge_models
+>>> merge_models(["bags/bag-0", "bags/bag-1"], "merged", method="multislerp")  # doctest: +SKIP
+>>> merge_from_yaml("my-merge.yml", "merged")   # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Evaluate one model on a suite of BEIR-format datasets and print nDCG@10 per dataset as a table.
 
->>> suite = evaluate_suite("runs/boom/model", ["../shared/data/scifact", "../shared/data/cisi"])
->>> print(suite.table())
+The example needs a model and data files, so it is not run here:
+
+>>> from embedkit.training.evaluation import evaluate_suite
+>>> suite = evaluate_suite("runs/boom/model", ["../shared/data/scifact", "../shared/data/cisi"])  # doctest: +SKIP
+>>> print(suite.table())  # doctest: +SKIP
 """
 
 from __future__ import annotations

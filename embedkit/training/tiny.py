@@ -37,7 +37,11 @@ def build_tiny_bert(
 ) -> Path:
     """Save a random-init BERT wrapped as a sentence-transformers model at `out`; returns `out`.
 
-    >>> build_tiny_bert("/tmp/tiny", seed=1, pooling="cls")  # then SentenceTransformer("/tmp/tiny")
+    >>> import tempfile
+    >>> from sentence_transformers import SentenceTransformer
+    >>> out = build_tiny_bert(f"{tempfile.mkdtemp()}/tiny", seed=1, pooling="cls")
+    >>> SentenceTransformer(str(out)).encode(["a tiny model"]).shape
+    (1, 32)
     """
     import tempfile
 

@@ -9,7 +9,10 @@ Scheduling strategies:
 - `sequential`: one task after the other (`sequential_order`: given, reversed, by_task_type).
 - `two_stage`: stage-1 tasks first, then stage-2 tasks (each stage batch-shuffled).
 
->>> result = train(load_train_config("configs/train_multitask.yaml"))
+Training needs a base model and the data files the config names, so the example is not run here:
+
+>>> from embedkit.training import load_train_config, train
+>>> result = train(load_train_config("configs/train_multitask.yaml"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
