@@ -30,12 +30,12 @@ def reencode_index(
     from embedkit.encoding import Encoder, EncoderConfig
     from embedkit.index.base import Index
     from embedkit.index.dense import build_dense_index
-    from embedkit.index.manifest import HistoryEntry, IndexManifest
+    from embedkit.index.manifest import DenseManifest, HistoryEntry, IndexManifest
 
     index_path = Path(index_path)
     index = Index.load(index_path)
     manifest = index.manifest
-    if manifest.kind != "dense" or manifest.encoder is None:
+    if not isinstance(manifest, DenseManifest) or manifest.encoder is None:
         raise IndexFormatError(f"{index_path} is a {manifest.kind} index; only dense indexes can be re-encoded")
     spec = manifest.encoder
     target = Path(out) if out else index_path

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 from embedkit.cli._common import add_command
 
@@ -34,7 +35,7 @@ INDEX_EXAMPLES = """\
   embedkit cocoa search indexes/photos --model runs/cocoa/contrastive/model --text "a red circle" -k 5
   embedkit cocoa search indexes/photos --model runs/cocoa/contrastive/model --image query.png
 """
-STAGE_NAMES = {"1": "bidirectional", "2": "eos_bridge", "3": "causal",
+STAGE_NAMES: dict[str, Literal["bidirectional", "eos_bridge", "causal"]] = {"1": "bidirectional", "2": "eos_bridge", "3": "causal",
                "bidirectional": "bidirectional", "eos_bridge": "eos_bridge", "causal": "causal"}
 
 
@@ -150,7 +151,12 @@ def run_search(args: argparse.Namespace) -> int:
 
     if not args.text and not args.image:
         raise EmbedkitError("give --text, --image or both")
+    from embedkit.index.dense import DenseIndex
+    from embedkit.index.manifest import DenseManifest
+
     index = Index.load(args.index)
+    if not isinstance(index, DenseIndex) or not isinstance(index.manifest, DenseManifest):
+        raise EmbedkitError(f"{args.index} is a {index.manifest.kind} index; multimodal search needs a dense one")
     embedder = _embedder(args.model, args.device)
     spec = index.manifest.encoder
     if spec is not None and spec.fingerprint != weights_fingerprint(embedder.model):

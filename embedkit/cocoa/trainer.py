@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -131,7 +132,7 @@ class CocoaTrainer:
             raise EmbedkitError("pre-training needs at least one record")
         phase_dir = Path(self.config.run.output_dir) / "pretrain"
         checkpoint = latest_checkpoint(phase_dir) if resume else None
-        state = _read_state(checkpoint) if checkpoint else {"stage": "stage1", "step": 0}
+        state: dict[str, Any] = _read_state(checkpoint) if checkpoint else {"stage": "stage1", "step": 0}
         self._start_from(checkpoint)
         stages = [("stage1", self.config.stage1.steps, self.config.stage1.learning_rate, self._stage1_step),
                   ("stage2", self.config.stage2.steps, self.config.stage2.learning_rate, self._stage2_step)]
@@ -150,7 +151,7 @@ class CocoaTrainer:
             raise EmbedkitError("contrastive training needs at least one pair")
         phase_dir = Path(self.config.run.output_dir) / "contrastive"
         checkpoint = latest_checkpoint(phase_dir) if resume else None
-        state = _read_state(checkpoint) if checkpoint else {"stage": "stage3", "step": 0}
+        state: dict[str, Any] = _read_state(checkpoint) if checkpoint else {"stage": "stage3", "step": 0}
         self._start_from(checkpoint)
         settings = self.config.stage3
         self._run_stage(phase_dir, "stage3", settings.steps, settings.learning_rate, state["step"], pairs,
@@ -168,8 +169,10 @@ class CocoaTrainer:
 
     def _stage1_step(self, items: list[MultimodalInput], generator: torch.Generator) -> StepLoss:
         batch = self._encode(items)
-        return warmup_loss(self.vlm.model, self.heads, batch, self.config.stage1, self.tokens.mask,
-                           self.merge_size, generator)
+        mask = self.tokens.mask
+        if mask is None:  # `_ensure_token` added it; a tokenizer that still lacks one cannot run stage 1
+            raise EmbedkitError(f"the tokenizer has no mask token {self.config.model.mask_token!r}")
+        return warmup_loss(self.vlm.model, self.heads, batch, self.config.stage1, mask, self.merge_size, generator)
 
     def _stage2_step(self, items: list[MultimodalInput], generator: torch.Generator) -> StepLoss:
         settings = self.config.stage2
@@ -248,7 +251,7 @@ class CocoaTrainer:
                         if self.accelerator.sync_gradients:
                             scheduler.step()
                         optimizer.zero_grad()
-            losses.append({"step": step + 1, "lr": scheduler.get_last_lr()[0], **result.parts})
+            losses.append({"step": step + 1, "lr": float(scheduler.get_last_lr()[0]), **result.parts})
             if (step + 1) % self.config.run.log_every == 0 or step + 1 == steps:
                 log.info("%s step %d/%d %s", stage, step + 1, steps, result.parts)
             if (step + 1) % self.config.run.save_every == 0 and step + 1 < steps:
@@ -298,7 +301,9 @@ class CocoaTrainer:
         shift = rank * local_positives.shape[0] if gather else 0
         result = contrastive_loss(queries, positives, negatives, owners, settings, positive_offset=shift)
         result.total.backward()
-        positive_grad = positives.grad
+        query_grad, positive_grad = queries.grad, positives.grad
+        negative_grad = negatives.grad if negatives is not None else None
+        assert query_grad is not None and positive_grad is not None  # leaves of the loss just backpropagated
         if gather:  # every process's queries scored this process's positives: sum their gradients
             positive_grad = self.accelerator.reduce(positive_grad, reduction="sum")
             positive_grad = positive_grad[shift: shift + local_positives.shape[0]]
@@ -308,9 +313,9 @@ class CocoaTrainer:
             torch.set_rng_state(rng)
             q2, p2, n2, _ = self._stage3_vectors(pairs, embedder)
             rows = slice(start, start + q.shape[0])
-            surrogate = (q2 * queries.grad[rows]).sum() + (p2 * positive_grad[rows]).sum()
-            if n.shape[0]:
-                surrogate = surrogate + (n2 * negatives.grad[negative_start: negative_start + n.shape[0]]).sum()
+            surrogate = (q2 * query_grad[rows]).sum() + (p2 * positive_grad[rows]).sum()
+            if n.shape[0] and negative_grad is not None:
+                surrogate = surrogate + (n2 * negative_grad[negative_start: negative_start + n.shape[0]]).sum()
             # accelerate divides by the accumulation steps; this one loss already covers all of them.
             self.accelerator.backward(surrogate * self.accelerator.gradient_accumulation_steps)
             start += q.shape[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class EosCompressor:
     """Compress a text into its <EOS> state; decode it back through the stage-2 (EOS-bridge) mask."""
 
     def __init__(self, vlm: LoadedVLM, *, eos_token: str = "<|endoftext|>", max_length: int = 256,
-                 content_attention: str = "causal", decoder_start_token: str | None = "<|im_start|>") -> None:
+                 content_attention: Literal["causal", "bidirectional"] = "causal", decoder_start_token: str | None = "<|im_start|>") -> None:
         self.vlm = vlm
         # Decoding starts at the decoder-start token after <EOS>, as stage 2 trained it (None: from <EOS>,
         # for checkpoints trained before the token existed).
@@ -198,7 +199,8 @@ def run_probes(compressor: EosCompressor, texts: Sequence[ProbeText], *, model_n
     with_roles = [p for p in texts if p.roles is not None]
     if with_roles:
         originals = compressor.embed([p.text for p in with_roles])
-        swapped = compressor.embed([metrics.swap_roles(p.text, p.roles.agent, p.roles.patient) for p in with_roles])
+        swapped = compressor.embed([metrics.swap_roles(p.text, p.roles.agent, p.roles.patient)
+                                    for p in with_roles if p.roles is not None])
         cosines = (originals * swapped).sum(1) / (np.linalg.norm(originals, axis=1) * np.linalg.norm(swapped, axis=1))
         swap_cosine = float(np.mean(cosines))
     return FidelityReport(

@@ -92,7 +92,7 @@ def _patch_plan_tensor() -> None:
             self._tensors[-1] = (weight, self._tensors[-1][1])
         return None
 
-    plan_tensor.__embedkit_original__ = original
+    plan_tensor.__embedkit_original__ = original  # type: ignore[attr-defined]
     MergePlanner.plan_tensor = plan_tensor
 
 
@@ -117,7 +117,7 @@ def _patch_vl_num_layers() -> None:
             return getattr(text_config, key)
         return original(self, config)
 
-    num_layers.__embedkit_original__ = original
+    num_layers.__embedkit_original__ = original  # type: ignore[attr-defined]
     JsonModuleArchitecture.num_layers = num_layers
 
 

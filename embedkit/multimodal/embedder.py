@@ -171,6 +171,8 @@ def _with_saved_settings(config: MultimodalEmbedderConfig) -> MultimodalEmbedder
 def _as_input(item: MultimodalInput | str | Path, instruction: str | None) -> MultimodalInput:
     if isinstance(item, str):
         return MultimodalInput(text=item, instruction=instruction)
+    if isinstance(item, Path):  # a path is an image file
+        return MultimodalInput(image=str(item), instruction=instruction)
     if instruction and not item.instruction:
         return item.model_copy(update={"instruction": instruction})
     return item

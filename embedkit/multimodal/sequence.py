@@ -196,11 +196,12 @@ def encode_batch(
         add([tokens.eos], Segment.EOS)
         target = targets[row] if targets is not None else None
         if target:
-            if tokens.decoder_start is not None:
-                add([tokens.decoder_start], Segment.DECODER_START)
+            start = tokens.decoder_start
+            if start is not None:
+                add([start], Segment.DECODER_START)
             target_ids = tokenizer(target, add_special_tokens=False)["input_ids"][:max_length]
             add(target_ids + [tokens.eos], Segment.TARGET)
-        if image_target_slots and n_image:
+        if image_target_slots and n_image and tokens.mask is not None:  # checked above
             add([tokens.mask] * n_image, Segment.TARGET_IMAGE)
         rows.append((ids, segs))
 

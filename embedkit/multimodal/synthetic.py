@@ -10,6 +10,7 @@ import itertools
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (40, 60, 220), "yellow": (230, 210, 20)}
@@ -21,7 +22,7 @@ class Scene:
     shape: str
     colour: str
     position: str
-    image: object  # PIL.Image
+    image: Any  # PIL.Image
 
     @property
     def caption(self) -> str:

@@ -11,7 +11,7 @@ real checkpoint takes runs on them. Usage:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from embedkit.errors import EmbedkitError
 
@@ -73,7 +73,7 @@ def tiny_config(family: Family, vocab_size: int, token_ids: dict[str, int], *, h
     head_dim = hidden_size // heads
     half = head_dim // 2
     mrope = [half - 2 * (half // 3), half // 3, half // 3]  # temporal, height, width; sums to head_dim / 2
-    text = dict(
+    text: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
@@ -86,7 +86,7 @@ def tiny_config(family: Family, vocab_size: int, token_ids: dict[str, int], *, h
         eos_token_id=token_ids["<|endoftext|>"],
         pad_token_id=token_ids["<|endoftext|>"],
     )
-    ids = dict(
+    ids: dict[str, Any] = dict(
         image_token_id=token_ids["<|image_pad|>"],
         video_token_id=token_ids["<|video_pad|>"],
         vision_start_token_id=token_ids["<|vision_start|>"],
@@ -95,7 +95,7 @@ def tiny_config(family: Family, vocab_size: int, token_ids: dict[str, int], *, h
     if family == "qwen2-vl":
         from transformers import Qwen2VLConfig
 
-        vision = dict(depth=vision_depth, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
+        vision: dict[str, Any] = dict(depth=vision_depth, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
                       patch_size=patch_size, spatial_merge_size=merge_size, temporal_patch_size=2)
         return Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
     if family == "qwen2.5-vl":

@@ -135,7 +135,7 @@ class TrainConfig(YamlConfig):
             if missing:
                 raise ValueError(f"sequential_order: by_task_type needs task_type on every dataset; missing on {missing}")
             if self.task_type_order is not None:
-                unknown = sorted({d.task_type for d in self.datasets} - set(self.task_type_order))
+                unknown = sorted({d.task_type for d in self.datasets if d.task_type} - set(self.task_type_order))
                 if unknown:
                     raise ValueError(f"task_type_order does not list {unknown}")
         if self.gradient_accumulation_steps > 1 and self.loss in ("mnrl", "MultipleNegativesRankingLoss"):

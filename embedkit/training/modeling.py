@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from embedkit.errors import EmbedkitError
 from embedkit.training.config import LoraSettings, TrainConfig
@@ -67,7 +68,7 @@ def build_model(config: TrainConfig, device: str | None = None, *, lora: bool | 
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     name = resolve_model_name(config.model)
-    kwargs = {"device": device} if device else {}
+    kwargs: dict[str, Any] = {"device": device} if device else {}
     model_kwargs = {"dtype": weights_dtype(config, lora), "attn_implementation": config.attn_implementation}
     if (Path(name) / "modules.json").exists() or not Path(name).exists() and _hub_is_sentence_transformer(name):
         model = SentenceTransformer(name, model_kwargs=model_kwargs, **kwargs)
@@ -76,13 +77,13 @@ def build_model(config: TrainConfig, device: str | None = None, *, lora: bool | 
         if config.normalize and not any(isinstance(m, Normalize) for m in model):
             model.append(Normalize())
     else:
-        transformer = Transformer(name, max_seq_length=config.max_seq_length, model_kwargs=model_kwargs)
-        pooling = config.pooling if config.pooling != "auto" else default_pooling(transformer.auto_model.config)
-        modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)]
+        base = Transformer(name, max_seq_length=config.max_seq_length, model_kwargs=model_kwargs)
+        pooling = config.pooling if config.pooling != "auto" else default_pooling(base.auto_model.config)
+        modules = [base, Pooling(base.get_embedding_dimension(), pooling_mode=pooling)]
         if config.normalize:
             modules.append(Normalize())
         model = SentenceTransformer(modules=modules, **kwargs)
-    transformer = model[0]
+    transformer: Any = model[0]
     decoder = is_decoder(transformer.auto_model.config)
     if decoder:
         tokenizer = transformer.tokenizer

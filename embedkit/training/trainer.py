@@ -148,7 +148,7 @@ def train(config: TrainConfig, tasks: Sequence[TaskData] | None = None, *, quiet
             LOG.info("stage %s already trained; loading it", stage.name)
             from sentence_transformers import SentenceTransformer
 
-            model = SentenceTransformer(str(final), **({"device": device} if device else {}))
+            model = SentenceTransformer(str(final), device=device)
             steps += json.loads((stage_dir / STAGE_DONE).read_text()).get("steps", 0)
             continue
         if use_lora:
