@@ -18,21 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from embedkit.data.runs import Run, ranked
 from embedkit.errors import EmbedkitError
 from embedkit.passage import Passage
+from embedkit.registry import Registry
 
 Scores = Mapping[str, float]
 FusionFn = Callable[[Sequence[Scores], "FusionConfig"], dict[str, float]]
 
-FUSION_METHODS: dict[str, FusionFn] = {}
+FUSION_METHODS: Registry[FusionFn] = Registry("fusion method")
 
 
 def register_fusion(name: str) -> Callable[[FusionFn], FusionFn]:
     """Decorator: make a fusion function selectable as `FusionConfig(method=name)` / `--fusion name`."""
-
-    def decorate(fn: FusionFn) -> FusionFn:
-        FUSION_METHODS[name] = fn
-        return fn
-
-    return decorate
+    return FUSION_METHODS.register(name)
 
 
 class FusionConfig(BaseModel):
@@ -58,7 +54,7 @@ class FusionConfig(BaseModel):
     @model_validator(mode="after")
     def _known_method(self) -> FusionConfig:
         if self.method not in FUSION_METHODS:
-            raise ValueError(f"unknown fusion method '{self.method}' (choose {', '.join(sorted(FUSION_METHODS))})")
+            raise ValueError(f"unknown fusion method '{self.method}' (choose {', '.join(FUSION_METHODS.names())})")
         return self
 
     def weights_for(self, systems: int) -> list[float]:
@@ -116,7 +112,7 @@ def score_interpolation(systems: Sequence[Scores], config: FusionConfig) -> dict
 def fuse_scores(systems: Sequence[Scores], config: FusionConfig | None = None) -> dict[str, float]:
     """Fuse one query's scores from several systems; the result is sorted best first."""
     config = config or FusionConfig()
-    return dict(ranked(FUSION_METHODS[config.method](systems, config)))
+    return dict(ranked(FUSION_METHODS.get(config.method)(systems, config)))
 
 
 def fuse_runs(runs: Sequence[Run], config: FusionConfig | None = None, *, k: int | None = None) -> Run:
