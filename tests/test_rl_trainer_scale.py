@@ -181,6 +181,12 @@ def test_chat_template_wraps_prompts():
         encode_prompt(tok, "next 1:", chat_template=True)
     tok.chat_template = "{% for m in messages %}user: {{ m['content'] }}\n{% endfor %}answer:"
     assert tok.decode(encode_prompt(tok, "next 1:", chat_template=True)) == "user: next 1:\nanswer:"
+    from agents.rl.tasks import Example
+    from agents.rl.warmup import demonstration_tokens
+
+    ids, mask = demonstration_tokens(tok, Example("next 1:", "2", demonstration="<answer>2</answer>"), True)
+    prompt = encode_prompt(tok, "next 1:", chat_template=True)
+    assert ids[: len(prompt)] == prompt and mask[: len(prompt)] == [0] * len(prompt)
 
 
 def test_memory_estimate_is_printed_and_scales_with_the_model(tmp_path, capsys):

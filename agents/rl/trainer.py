@@ -268,7 +268,8 @@ class RLTrainer:
         self.warmup_losses: list[float] = []
         if checkpoint is None and config.warmup.steps > 0:
             self.warmup_losses = sft_warmup(model, tokenizer, self.task.examples, steps=config.warmup.steps,
-                                            lr=config.warmup.lr, batch_size=config.warmup.batch_size, seed=tc.seed)  # fmt: skip
+                                            lr=config.warmup.lr, batch_size=config.warmup.batch_size, seed=tc.seed,
+                                            chat_template=config.rollout.settings.chat_template)  # fmt: skip
         self.module = ActorCritic(model, config.policy.critic if self.use_critic else None).to(self.accelerator.device)
         self.reference = None
         if alg.kl_coef > 0:  # the reference is the policy as RL starts (after warm-up)

@@ -14,9 +14,12 @@ from agents.rl.tasks import Example
 INFO_RE = re.compile(r"<information>.*?</information>", re.DOTALL)
 
 
-def demonstration_tokens(tokenizer: Any, example: Example) -> tuple[list[int], list[int]]:
-    """Prompt + demonstration ids and a label mask: 1 on demonstration tokens outside `<information>`."""
-    prompt_ids = tokenizer.encode(example.prompt, add_special_tokens=True)
+def demonstration_tokens(tokenizer: Any, example: Example, chat_template: bool = False) -> tuple[list[int], list[int]]:
+    """Prompt + demonstration ids and a label mask: 1 on demonstration tokens outside `<information>`; the
+    prompt is encoded as the rollouts encode it (optionally as a chat-template user turn)."""
+    from agents.rl.rollout import encode_prompt
+
+    prompt_ids = encode_prompt(tokenizer, example.prompt, chat_template)
     ids, mask = list(prompt_ids), [0] * len(prompt_ids)
     text = example.demonstration or ""
     cursor = 0
@@ -33,7 +36,7 @@ def demonstration_tokens(tokenizer: Any, example: Example) -> tuple[list[int], l
 
 
 def sft_warmup(model: Any, tokenizer: Any, examples: Sequence[Example], *, steps: int, lr: float = 1e-3,
-               batch_size: int = 32, seed: int = 0) -> list[float]:  # fmt: skip
+               batch_size: int = 32, seed: int = 0, chat_template: bool = False) -> list[float]:  # fmt: skip
     """A few AdamW steps of next-token cross-entropy on the demonstrations; returns the losses."""
     demos = [e for e in examples if e.demonstration]
     if steps <= 0 or not demos:
@@ -45,7 +48,7 @@ def sft_warmup(model: Any, tokenizer: Any, examples: Sequence[Example], *, steps
     model.train()
     losses = []
     for _ in range(steps):
-        rows = [demonstration_tokens(tokenizer, rng.choice(demos)) for _ in range(batch_size)]
+        rows = [demonstration_tokens(tokenizer, rng.choice(demos), chat_template) for _ in range(batch_size)]
         width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
