@@ -51,14 +51,22 @@ def test_pairwise_votes_of_both_orders_count_for_one_item():
         ground_truths=[{"item": "p", "swapped": False, "round": 0}] * 2 + [{"item": "p", "swapped": True, "round": 0}] * 2,
         group_ids=[0, 0, 1, 1],
     )  # fmt: skip
-    # order ab: A (+1), B (−1) → tie → no supervision; order ba: B means the pair's first response (+1) wins,
-    # pooled with round 0's votes (+1, −1, +1) → ŷ = +1; the garbage judgement pays the format penalty
-    assert reward(batch) == [0.0, 0.0, 1.0, -5.0]
+    # order ab: A (+1), B (−1); order ba: B means the pair's first response (+1) wins; both groups pool
+    # (+1, −1, +1) → ŷ = +1 for both; the garbage judgement pays the format penalty
+    assert reward(batch) == [1.0, 0.0, 1.0, -5.0]
     assert reward.last_labels == {"p": 1}
     state = json.loads(json.dumps(reward.state_dict()))
     restored = ConsistRMReward(None)
     restored.load_state_dict(state)
     assert restored.memory.items["p"].votes == [1, -1, 1] and restored.last_labels == {"p": 1}
+
+
+def test_pass_task_serves_both_orders_of_an_item_together():
+    import random
+
+    task = PassTask([Example(f"p{i}{o}", {"item": i, "swapped": o}) for i in range(4) for o in (False, True)], seed=1)
+    items = [e.ground_truth["item"] for e in task.sample(8, random.Random(0))]
+    assert all(items[k] == items[k + 1] for k in range(0, 8, 2)) and sorted(set(items)) == [0, 1, 2, 3]
 
 
 def test_pass_task_visits_each_prompt_once_per_round():

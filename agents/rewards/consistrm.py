@@ -14,7 +14,8 @@ On a tie the well-formed judgements get no reward (None → `tie_reward`, 0 by d
 
 Rounds are clean passes over the data when the `judge_prompts` task stamps each prompt's pass number into its
 ground truth (`{"item": id, "swapped": bool, "round": r}`); without a round, every visit of an item is a
-round. The per-item memory is part of the training state (`state_dict` / `load_state_dict`): the RL trainer
+round. All groups of one item in a batch (the task serves both orders of a pair next to each other) pool
+their votes before the item is labelled, so a position-biased judge's votes cancel instead of labelling. The per-item memory is part of the training state (`state_dict` / `load_state_dict`): the RL trainer
 saves it in every checkpoint and restores it on resume (`agents.rewards.training.GRMTrainer` adds the
 position in the pass).
 """
@@ -186,20 +187,27 @@ class ConsistRMReward:
     def __call__(self, batch: RewardBatch) -> list[float]:
         groups = batch.group_ids or list(range(len(batch.responses)))
         out: list[float] = [0.0] * len(batch.responses)
+        plans = []
         for gid in dict.fromkeys(groups):
             rows = [i for i, g in enumerate(groups) if g == gid]
             gt = batch.ground_truths[rows[0]] if batch.ground_truths else None
             info = gt if isinstance(gt, dict) else {}
-            texts = [batch.responses[i] for i in rows]
             vote: Callable[[str], int | None] = parse_vote
             if self._pairwise(gt):
                 vote = _oriented(-1 if info.get("swapped") else 1)
             item = info.get("item", batch.prompts[rows[0]])  # the prompt identifies a pointwise item
-            votes = [v for v in (vote(t) for t in texts) if v is not None]
-            label = self.memory.update(item, votes, info.get("round"))
+            plans.append((rows, item, info.get("round"), vote))
+        # Every group of one item in this batch (e.g. both orders of a pair) votes before the item is labelled.
+        pooled: dict[tuple[Hashable, int | None], list[int]] = {}
+        for rows, item, round_, vote in plans:
+            votes = [v for v in (vote(batch.responses[i]) for i in rows) if v is not None]
+            pooled.setdefault((item, round_), []).extend(votes)
+        labels = {key: self.memory.update(key[0], votes, key[1]) for key, votes in pooled.items()}
+        for rows, item, round_, vote in plans:
+            label = labels[(item, round_)]
             self.last_labels[item] = label
-            rewards = consistrm_item_rewards(texts, label, self.embed, top_p=self.top_p, bonus=self.bonus,
-                                             format_penalty=self.format_penalty, vote=vote)  # fmt: skip
+            rewards = consistrm_item_rewards([batch.responses[i] for i in rows], label, self.embed, top_p=self.top_p,
+                                             bonus=self.bonus, format_penalty=self.format_penalty, vote=vote)  # fmt: skip
             for i, r in zip(rows, rewards, strict=True):
                 out[i] = self.tie_reward if r is None else r
         return out

@@ -34,18 +34,26 @@ from embedkit.io import atomic_write
 
 
 class PassTask(Task):
-    """A task sampled in clean passes (no replacement within a pass); its position is training state."""
+    """A task sampled in clean passes (no replacement within a pass); its position is training state.
+
+    Prompts of one item (ground truth `{"item": …}`, e.g. both orders of a pair) are served next to each
+    other, in a fresh item order every pass, so they usually share a step and pool their votes."""
 
     def __init__(self, examples: list[Example], seed: int = 0) -> None:
         super().__init__(examples)
         self.seed = seed
         self.pass_index = 0
         self.cursor = 0
+        groups: dict[Any, list[int]] = {}
+        for i, e in enumerate(examples):
+            key = e.ground_truth.get("item", ("row", i)) if isinstance(e.ground_truth, dict) else ("row", i)
+            groups.setdefault(str(key), []).append(i)
+        self._groups = list(groups.values())
 
     def _order(self) -> list[int]:
-        order = list(range(len(self.examples)))
-        random.Random(f"{self.seed}-{self.pass_index}").shuffle(order)
-        return order
+        groups = list(self._groups)
+        random.Random(f"{self.seed}-{self.pass_index}").shuffle(groups)
+        return [i for group in groups for i in group]
 
     def sample(self, n: int, rng: random.Random) -> list[Example]:  # noqa: ARG002 - passes use their own order
         out: list[Example] = []
