@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal, overload
 
 from embedkit.data.qrels import Qrels
 from embedkit.data.runs import Run, ranked
@@ -35,6 +36,16 @@ def check_overlap(run: Run, qrels: Qrels) -> None:
 def _sample(ids) -> str:
     items = sorted(ids)[:3]
     return ", ".join(repr(item) for item in items) + (", …" if len(ids) > 3 else "")
+
+
+@overload
+def evaluate(run: Mapping[str, Mapping[str, float]], qrels: Qrels, k_values: Sequence[int] = ...,
+             *, per_query: Literal[False] = ...) -> dict[str, float]: ...
+
+
+@overload
+def evaluate(run: Mapping[str, Mapping[str, float]], qrels: Qrels, k_values: Sequence[int] = ...,
+             *, per_query: Literal[True]) -> tuple[dict[str, float], dict[str, dict[str, float]]]: ...
 
 
 def evaluate(

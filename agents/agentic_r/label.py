@@ -19,13 +19,14 @@ from agents.retrieval import Retriever
 from agents.search_agent.agent import SearchAgent
 from agents.search_agent.resilient import ResilientRetriever
 from agents.search_agent.trajectory import PolicyRecord, Trajectory
+from embedkit.defaults import DEFAULT_BATCH_SIZE
 from embedkit.errors import EmbedkitError
 
 log = logging.getLogger(__name__)
 
 
 def collect_steps(trajectories: Sequence[Trajectory], retriever: Retriever, config: LabelConfig,
-                  *, batch_size: int = 64) -> list[Step]:  # fmt: skip
+                  *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Step]:  # fmt: skip
     """Every successful search step of trajectories with gold answers, with the current retriever's top-N
     candidates. Candidates are fetched with what the agent sent at that step (its recorded retriever input, as
     upstream's step2 does: the plain query in round 1) unless `config.candidate_template` is set; the training
@@ -136,7 +137,9 @@ def rerun_policy(trajectories: Sequence[Trajectory], given: PolicyRecord | None 
                                 "--agent-llm (global utility re-runs steps with it)")  # fmt: skip
         log.warning("trajectories record no policy; re-running steps with %s", given.describe())
         return given
-    (own,) = recorded.values() if len(recorded) == 1 else (given,)
+    if len(recorded) > 1 and given is not None:  # several policies: allowed above only with allow_mismatch
+        return given
+    (own,) = recorded.values()
     if given is None or given == own:
         return own
     if not allow_mismatch:

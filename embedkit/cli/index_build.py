@@ -136,7 +136,7 @@ def _kind_arguments(args: argparse.Namespace) -> None:
 def build(args: argparse.Namespace) -> int:
     from embedkit.data.corpus import count_documents, iter_documents
     from embedkit.index.kinds import build_index
-    from embedkit.index.manifest import MANIFEST_NAME, IndexManifest
+    from embedkit.index.manifest import MANIFEST_NAME, BM25Manifest, IndexManifest
     from embedkit.io import check_replaceable
 
     _kind_arguments(args)
@@ -149,7 +149,7 @@ def build(args: argparse.Namespace) -> int:
     build_index(args.kind, documents, out, options, overwrite=args.overwrite, corpus=str(args.corpus), total=total,
                 quiet=args.quiet)
     manifest = IndexManifest.load(out)
-    if args.kind == "bm25":
+    if isinstance(manifest, BM25Manifest):
         settings = manifest.settings
         layout = "title and text as separate fields" if settings.multifield else "title and text as one field"
         print(f"wrote {out}: {manifest.num_docs} documents, BM25 ({settings.backend}, k1={settings.k1}, "

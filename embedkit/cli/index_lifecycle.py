@@ -138,12 +138,12 @@ def run_compact(args: argparse.Namespace) -> int:
 
 def run_merge(args: argparse.Namespace) -> int:
     from embedkit.index.lifecycle import merge_indexes
-    from embedkit.index.manifest import IndexManifest
+    from embedkit.index.manifest import DenseManifest
 
     merge_indexes(args.inputs, args.out, factory=args.index_factory, metric=args.metric,
                   train_sample=args.train_sample, overwrite=args.overwrite, store_vectors=args.store_vectors,
                   on_disk=args.on_disk)
-    manifest = IndexManifest.load(args.out)
+    manifest = DenseManifest.load(args.out)
     print(f"wrote {args.out}: {manifest.num_docs} documents, {manifest.index_factory}")
     return 0
 
@@ -161,11 +161,11 @@ def run_tune(args: argparse.Namespace) -> int:
         queries = encoder.encode_queries(list(load_queries(args.queries).values()))
     candidates = None
     if args.kinds:
-        from embedkit.index.base import Index
+        from embedkit.index.manifest import DenseManifest
 
-        index = Index.load(args.index)
+        manifest = DenseManifest.load(args.index)  # the manifest alone: no model or FAISS index to load
         wanted = set(args.kinds.split(","))
-        candidates = [c for c in default_candidates(index.manifest.num_docs, index.manifest.encoder.dim) if c.name in wanted]
+        candidates = [c for c in default_candidates(manifest.num_docs, manifest.encoder.dim) if c.name in wanted]
     results = tune_index(args.index, queries=queries, num_queries=args.num_queries, candidates=candidates, k=args.k)
     table = format_table(results, k=args.k)
     print(table)

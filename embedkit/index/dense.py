@@ -298,7 +298,7 @@ def iter_vector_file(path: Path, dim: int, dtype, *, chunk_rows: int = 16384, st
         while row < stop:
             take = min(chunk_rows, stop - row)
             data = np.empty((take, dim), dtype=dtype)
-            if handle.readinto(memoryview(data).cast("B")) != take * row_bytes:
+            if handle.readinto(data.data.cast("B")) != take * row_bytes:
                 raise IndexFormatError(f"{path} is truncated")
             yield row, data.astype(np.float32, copy=False)
             row += take
@@ -391,8 +391,7 @@ class DenseIndex(Index):
         rows = np.asarray(rows, dtype=np.int64)
         stored = self.manifest.vectors
         if stored is not None:
-            matrix = np.memmap(self.path / stored.file, dtype=np.dtype(stored.dtype), mode="r")
-            matrix = matrix.reshape(-1, self.spec.dim)
+            matrix = np.memmap(self.path / stored.file, dtype=np.dtype(stored.dtype), mode="r").reshape(-1, self.spec.dim)
             return np.asarray(matrix[rows], dtype=np.float32)
         return reconstruct_rows(self.faiss_index, rows)
 
@@ -407,7 +406,9 @@ class DenseIndex(Index):
         rows = self.live_rows()
         return TorchExactSearch(self.vectors(rows), rows, metric=self.manifest.metric, device=self._search_device)
 
-    def search(self, queries: str | Sequence[str], k: int = 10, *, nprobe: int | None = None,
+    # Each kind names its own search options (listed in `search_options`) where `Index.search` takes
+    # **params, so the narrower signature is deliberate.
+    def search(self, queries: str | Sequence[str], k: int = 10, *, nprobe: int | None = None,  # type: ignore[override]
                ef_search: int | None = None, with_text: bool = True) -> list[list[Passage]]:
         check_k(k)
         _check_positive(nprobe=nprobe, ef_search=ef_search)

@@ -23,7 +23,7 @@ from embedkit.index.lifecycle import UpdateReport, add_documents, remove_documen
 from embedkit.index.manifest import DenseManifest
 
 
-class DenseKind(IndexKind):
+class DenseKind(IndexKind[DenseManifest, DenseBuildOptions, DenseOpenOptions]):
     """FAISS index + document store + encoder spec. Updatable in place (`embedkit.index.lifecycle`)."""
 
     name = "dense"

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -62,8 +62,17 @@ def parse_options(model: type[BaseModel], options: Mapping[str, Any], what: str)
         raise EmbedkitError(f"bad {what}: {'; '.join(problems)}") from None
 
 
-class IndexKind(ABC):
-    """One kind of index folder. Instances are registered in `INDEX_KINDS`."""
+ManifestT = TypeVar("ManifestT", bound=IndexManifest)
+BuildOptionsT = TypeVar("BuildOptionsT", bound=BaseModel)
+OpenOptionsT = TypeVar("OpenOptionsT", bound=BaseModel)
+
+
+class IndexKind(ABC, Generic[ManifestT, BuildOptionsT, OpenOptionsT]):
+    """One kind of index folder. Instances are registered in `INDEX_KINDS`.
+
+    Parameterized by its manifest model and its build and open option models, so a kind's methods take
+    its own types (`DenseKind(IndexKind[DenseManifest, DenseBuildOptions, DenseOpenOptions])`).
+    """
 
     name: ClassVar[str]
     manifest_model: ClassVar[type[IndexManifest]]
@@ -71,12 +80,12 @@ class IndexKind(ABC):
     open_options: ClassVar[type[BaseModel]]
 
     @abstractmethod
-    def build(self, documents: Iterable[Document], out: str | Path, options: BaseModel, *, overwrite: bool = False,
+    def build(self, documents: Iterable[Document], out: str | Path, options: BuildOptionsT, *, overwrite: bool = False,
               corpus: str | None = None, total: int | None = None, quiet: bool = False) -> Path:
         """Write a new index folder at `out` atomically."""
 
     @abstractmethod
-    def open(self, path: Path, manifest: IndexManifest, options: BaseModel) -> Index:
+    def open(self, path: Path, manifest: ManifestT, options: OpenOptionsT) -> Index:
         """Open a folder whose manifest was validated and whose cheap checks passed."""
 
     def add(self, path: Path, documents: Iterable[Document], *, source: str | None = None, quiet: bool = True,
@@ -93,7 +102,7 @@ class IndexKind(ABC):
         """Cheap checks run on every open: recorded files present with their sizes, document count."""
         check_folder(path, manifest)
 
-    def verify(self, path: Path, manifest: IndexManifest | None = None) -> VerifyReport:
+    def verify(self, path: Path, manifest: ManifestT | None = None) -> VerifyReport:
         """Full check: every file's SHA-256 against the manifest, and the counts. Raises IndexFormatError."""
         return verify_folder(path, manifest or IndexManifest.load(path))
 
@@ -127,7 +136,7 @@ def _docstore_count(path: Path) -> int:
         store.close()
 
 
-INDEX_KINDS: Registry[IndexKind] = Registry("index kind")
+INDEX_KINDS: Registry[IndexKind[Any, Any, Any]] = Registry("index kind")
 INDEX_KINDS.add("dense", "embedkit.index.dense_kind:DENSE_KIND")
 INDEX_KINDS.add("bm25", "embedkit.lexical.index:BM25_KIND")
 

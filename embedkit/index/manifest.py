@@ -192,6 +192,13 @@ class DenseManifest(IndexManifest):
 
     kind_name: ClassVar[str] = "dense"
 
+    @classmethod
+    def load(cls, folder: str | Path) -> DenseManifest:
+        """`IndexManifest.load` for a dense folder; another kind's folder is refused."""
+        manifest = super().load(folder)
+        assert isinstance(manifest, DenseManifest)  # super().load refused any other kind
+        return manifest
+
     kind: Literal["dense"] = "dense"
     encoder: EncoderSpec
     metric: Literal["ip", "l2"] = "ip"
@@ -220,6 +227,13 @@ class BM25Manifest(IndexManifest):
     """A BM25 index (pyserini/Lucene or bm25s) over the folder's document store."""
 
     kind_name: ClassVar[str] = "bm25"
+
+    @classmethod
+    def load(cls, folder: str | Path) -> BM25Manifest:
+        """`IndexManifest.load` for a BM25 folder; another kind's folder is refused."""
+        manifest = super().load(folder)
+        assert isinstance(manifest, BM25Manifest)  # super().load refused any other kind
+        return manifest
 
     kind: Literal["bm25"] = "bm25"
     settings: BM25Settings

@@ -49,7 +49,7 @@ class TorchExactSearch:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != self.dim:
             raise EmbedkitError(f"query vectors have dim {queries.shape[1]}, the index has {self.dim}")
-        k_eff = max(1, min(k, self.ntotal))
+        k_eff = min(max(1, k), self.ntotal)  # 0 for an empty index: every hit is padding
         all_scores, all_rows = [], []
         with torch.inference_mode():
             for start in range(0, len(queries), self.query_batch):
@@ -57,28 +57,30 @@ class TorchExactSearch:
                 scores, positions = self._search_batch(q, k_eff)
                 all_scores.append(scores.float().cpu())
                 all_rows.append(self.rows[positions.cpu()])
-        scores = torch.cat(all_scores).numpy() if all_scores else np.zeros((0, k_eff), np.float32)
-        rows = torch.cat(all_rows).numpy() if all_rows else np.zeros((0, k_eff), np.int64)
+        score_array = torch.cat(all_scores).numpy() if all_scores else np.zeros((0, k_eff), np.float32)
+        row_array = torch.cat(all_rows).numpy() if all_rows else np.zeros((0, k_eff), np.int64)
         if self.metric == "l2":
-            scores = -scores
+            score_array = -score_array
         if k_eff < k:  # pad like faiss does
-            scores = np.pad(scores, ((0, 0), (0, k - k_eff)), constant_values=-np.inf if self.metric == "ip" else np.inf)
-            rows = np.pad(rows, ((0, 0), (0, k - k_eff)), constant_values=-1)
-        return scores.astype(np.float32), rows.astype(np.int64)
+            score_array = np.pad(score_array, ((0, 0), (0, k - k_eff)),
+                                 constant_values=-np.inf if self.metric == "ip" else np.inf)
+            row_array = np.pad(row_array, ((0, 0), (0, k - k_eff)), constant_values=-1)
+        return score_array.astype(np.float32), row_array.astype(np.int64)
 
     def _search_batch(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        best_scores = best_positions = None
+        best_scores: torch.Tensor | None = None
+        best_positions: torch.Tensor | None = None
         q_low = q.to(self.dtype)
         q_norm = (q * q).sum(dim=1, keepdim=True) if self.metric == "l2" else None
         offset = 0
         for index, chunk in enumerate(self.chunks):
             scores = (q_low @ chunk.T).float()
-            if self.metric == "l2":  # rank by -||q - x||² = 2 q·x - ||x||² - ||q||²
+            if q_norm is not None:  # l2: rank by -||q - x||² = 2 q·x - ||x||² - ||q||²
                 scores = 2 * scores - self.norms[index][None, :] - q_norm
             take = min(k, chunk.shape[0])
             top_scores, top_positions = torch.topk(scores, take, dim=1)
             top_positions = top_positions + offset
-            if best_scores is None:
+            if best_scores is None or best_positions is None:
                 best_scores, best_positions = top_scores, top_positions
             else:
                 merged_scores = torch.cat([best_scores, top_scores], dim=1)
@@ -86,6 +88,8 @@ class TorchExactSearch:
                 best_scores, order = torch.topk(merged_scores, min(k, merged_scores.shape[1]), dim=1)
                 best_positions = torch.gather(merged_positions, 1, order)
             offset += chunk.shape[0]
+        if best_scores is None or best_positions is None:  # an empty index: nothing to rank
+            return torch.empty((len(q), 0)), torch.empty((len(q), 0), dtype=torch.long)
         return best_scores, best_positions
 
 

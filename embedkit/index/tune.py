@@ -113,7 +113,9 @@ def tune_vectors(vectors: np.ndarray, queries: np.ndarray, candidates: Sequence[
         add_vectors(index, vectors, rows)
         build_s = time.perf_counter() - started
         size_mb = serialized_size(index) / 2**20
-        settings = [("nprobe", v) for v in candidate.nprobe] + [("efSearch", v) for v in candidate.ef_search] or [(None, None)]
+        settings: list[tuple[str | None, int | None]] = [("nprobe", v) for v in candidate.nprobe]
+        settings += [("efSearch", v) for v in candidate.ef_search]
+        settings = settings or [(None, None)]
         for key, value in settings:
             set_search_parameters(index, nprobe=value if key == "nprobe" else None,
                                   ef_search=value if key == "efSearch" else None)
@@ -129,9 +131,10 @@ def tune_vectors(vectors: np.ndarray, queries: np.ndarray, candidates: Sequence[
 
 def _timed_search(index, queries: np.ndarray, k: int, min_time: float) -> tuple[np.ndarray, float]:
     """Batch search repeated until `min_time` has passed, so fast indexes are timed reliably."""
-    found = None
-    runs, elapsed = 0, 0.0
-    while elapsed < min_time or runs == 0:
+    started = time.perf_counter()
+    _, found = index.search(queries, k)
+    runs, elapsed = 1, time.perf_counter() - started
+    while elapsed < min_time:
         started = time.perf_counter()
         _, found = index.search(queries, k)
         elapsed += time.perf_counter() - started

@@ -132,7 +132,9 @@ class BM25Index(Index):
         by_row = self.docstore.ids_by_row()
         return [by_row[row] for row in sorted(by_row)]
 
-    def search(self, queries: str | Sequence[str], k: int = 10, *, with_text: bool = True,
+    # Each kind names its own search options (listed in `search_options`) where `Index.search` takes
+    # **params, so the narrower signature is deliberate.
+    def search(self, queries: str | Sequence[str], k: int = 10, *, with_text: bool = True,  # type: ignore[override]
                k1: float | None = None, b: float | None = None) -> list[list[Passage]]:
         check_k(k)
         texts = [queries] if isinstance(queries, str) else list(queries)
@@ -155,7 +157,7 @@ class BM25Index(Index):
         return results
 
 
-class BM25Kind(IndexKind):
+class BM25Kind(IndexKind[BM25Manifest, BM25Settings, BM25OpenOptions]):
     """BM25 over the folder's document store, with the pyserini (Lucene) or bm25s backend. Rebuilt, not updated."""
 
     name = "bm25"

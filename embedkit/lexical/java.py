@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,13 +103,12 @@ def installed_runtimes(roots: tuple[str, ...] | list[str] | None = None) -> list
 
 
 def find_java(minimum: int = MIN_JAVA, *, roots: tuple[str, ...] | list[str] | None = None,
-              environ: dict[str, str] | None = None) -> JavaRuntime | None:
+              environ: Mapping[str, str] | None = None) -> JavaRuntime | None:
     """The JVM to use: `JAVA_HOME` when it is new enough, else the newest installed one that is.
 
     A `JAVA_HOME` older than `minimum` is passed over with a warning (it is often set for other tools).
     """
-    environ = os.environ if environ is None else environ
-    configured = environ.get("JAVA_HOME")
+    configured = (os.environ if environ is None else environ).get("JAVA_HOME")
     if configured:
         runtime = _runtime(configured)
         if runtime is not None and runtime.version >= minimum:

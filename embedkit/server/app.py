@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from embedkit.errors import EmbedkitError
 from embedkit.hybrid.fusion import FusionConfig
-from embedkit.index.base import Hit
+from embedkit.passage import Passage
 from embedkit.server.config import ServerConfig
 from embedkit.server.schemas import (
     ErrorResponse,
@@ -35,7 +35,7 @@ from embedkit.server.service import RetrievalService
 
 log = logging.getLogger(__name__)
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "the request cannot be served by this server's indexes"},
     401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
     413: {"model": ErrorResponse, "description": "too many queries, a query too long, or a body too large"},
@@ -60,7 +60,7 @@ def create_app(config: ServerConfig, service: RetrievalService | None = None) ->
     api_key = config.resolved_api_key()
     # Auth is RequestGuard's (before the body is read); routes only declare it in the OpenAPI schema, which
     # also spares every request FastAPI's dependency resolution.
-    secured = {"security": [{"HTTPBearer": []}]} if api_key is not None else None
+    secured: dict[str, Any] | None = {"security": [{"HTTPBearer": []}]} if api_key is not None else None
     SearchRequest = search_request_model(fusion_method_names())
 
     @contextlib.asynccontextmanager
@@ -116,6 +116,7 @@ def create_app(config: ServerConfig, service: RetrievalService | None = None) ->
         check_k("topk", topk)
         check_queries(body.queries)
         results = await service.search(body.queries, topk)
+        out: dict[str, Any]
         if body.return_scores:
             out = {"result": [[{"document": _document(hit), "score": _finite(hit.score)} for hit in hits]
                               for hits in results]}
@@ -172,7 +173,7 @@ def create_app(config: ServerConfig, service: RetrievalService | None = None) ->
             app.openapi_schema = schema
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
     return app
 
 
@@ -289,7 +290,7 @@ def _json(content: Any) -> Response:
     return Response(data, media_type="application/json")
 
 
-def _document(hit: Hit) -> dict[str, str]:
+def _document(hit: Passage) -> dict[str, str]:
     contents = hit.contents  # Passage.contents is a property ("title\ntext", or the text alone without a title)
     return {"id": hit.id, "contents": contents() if callable(contents) else contents}
 

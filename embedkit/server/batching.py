@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from embedkit.index.base import Hit
+from embedkit.passage import Passage
 
-SearchFn = Callable[[list[str], int], list[list[Hit]]]
+SearchFn = Callable[[list[str], int], list[list[Passage]]]
 MIN_SPLIT = 16  # smallest part a request is split into to use several streams
 
 
@@ -73,7 +73,7 @@ class MicroBatcher:
                 await self._worker
             self._worker = None
 
-    async def submit(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    async def submit(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         if not queries:
             return []
         if self._queue is None:

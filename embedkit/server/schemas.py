@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
@@ -82,8 +82,10 @@ def search_request_model(fusion_methods: Sequence[str]) -> type[SearchRequestBas
     methods = tuple(sorted(fusion_methods))
     if not methods:
         raise ValueError("no fusion methods registered")
+    # A Literal built at run time from the registry's names: type checkers see only the special form.
+    method_type: Any = Literal[methods]
     fusion = create_model("FusionRequest", __base__=FusionRequestBase,
-                          method=(Literal[methods], Field("rrf" if "rrf" in methods else methods[0],
+                          method=(method_type, Field("rrf" if "rrf" in methods else methods[0],
                                                           description="a registered fusion method")))
     return create_model("SearchRequest", __base__=SearchRequestBase,
                         fusion=(fusion | None, Field(None, description="hybrid mode: overrides the server's "

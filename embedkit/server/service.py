@@ -30,12 +30,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from embedkit.errors import EmbedkitError
 from embedkit.hybrid.fusion import FusionConfig, fuse_hits
-from embedkit.index.base import Hit, Index
+from embedkit.index.base import Index
+from embedkit.passage import Passage
 from embedkit.server.batching import MicroBatcher
 from embedkit.server.config import Mode, ServerConfig
 
@@ -116,8 +118,7 @@ class RetrievalService:
         self.executors = {
             kind: ThreadPoolExecutor(max_workers=self.streams if kind == "dense" else 1,
                                      thread_name_prefix=f"embedkit-{kind}",
-                                     initializer=_set_torch_threads if threads else None,
-                                     initargs=(threads,) if threads else ())
+                                     initializer=partial(_set_torch_threads, threads) if threads else None)
             for kind in indexes
         }
         self._search_locks = {kind: threading.Lock() for kind in indexes}
@@ -159,7 +160,7 @@ class RetrievalService:
     def _search_fn(self, kind: str):
         lock = self._search_locks[kind]
 
-        def search(texts: list[str], k: int) -> list[list[Hit]]:
+        def search(texts: list[str], k: int) -> list[list[Passage]]:
             index = self.served[kind].index  # looked up per call: a reload switches between calls
             k = min(k, max(len(index), 1))
             # RL loops send each prompt's query from several rollouts (Search-R1: n_agent copies): encode
@@ -264,7 +265,7 @@ class RetrievalService:
         return index
 
     async def search(self, queries: Sequence[str], k: int, mode: Mode | None = None,
-                     fusion: FusionConfig | None = None) -> list[list[Hit]]:
+                     fusion: FusionConfig | None = None) -> list[list[Passage]]:
         mode = mode or self.default_mode
         if mode not in self.modes:
             raise EmbedkitError(f"mode '{mode}' is not available on this server (available: {', '.join(self.modes)})")
@@ -390,8 +391,10 @@ def open_index(path: Path, config: ServerConfig, previous: Index | None) -> Inde
     else:
         index = Index.load(path, **options)
     if config.backend == "faiss-gpu":
+        from embedkit.index.dense import DenseIndex
         from embedkit.server.gpu import clone_to_gpus
 
         # DenseIndex caches its FAISS index in faiss_index (a cached_property): put the GPU copy there.
-        vars(index)["faiss_index"] = clone_to_gpus(index.faiss_index)
+        if isinstance(index, DenseIndex):
+            vars(index)["faiss_index"] = clone_to_gpus(index.faiss_index)
     return index
