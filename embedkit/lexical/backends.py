@@ -6,7 +6,6 @@ a Java 21+ runtime exists and bm25s otherwise.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from typing import ClassVar
 from embedkit.data.corpus import Document
 from embedkit.errors import EmbedkitError
 from embedkit.lexical.settings import BM25Settings
+from embedkit.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,14 @@ class LexicalBackend(ABC):
         """Open the files under `folder`; `ids()` lists document ids by row (for backends storing rows)."""
 
 
-BACKENDS: dict[str, str] = {
-    # name -> module defining a `Backend` class; imported on demand (pyserini is heavy and needs a JVM)
-    "pyserini": "embedkit.lexical.pyserini_backend",
-    "bm25s": "embedkit.lexical.bm25s_backend",
-}
+# Lazy entries: pyserini is heavy and needs a JVM, so a backend's module is imported only when it is used.
+BACKENDS: Registry[type[LexicalBackend]] = Registry("BM25 backend")
+BACKENDS.add("pyserini", "embedkit.lexical.pyserini_backend:Backend")
+BACKENDS.add("bm25s", "embedkit.lexical.bm25s_backend:Backend")
 
 
 def get_backend(name: str) -> LexicalBackend:
-    if name not in BACKENDS:
-        raise EmbedkitError(f"unknown BM25 backend '{name}' (choose {', '.join(BACKENDS)})")
-    return importlib.import_module(BACKENDS[name]).Backend()
+    return BACKENDS.get(name)()
 
 
 def resolve_backend(name: str) -> str:
@@ -77,7 +74,7 @@ def resolve_backend(name: str) -> str:
         raise EmbedkitError("the pyserini backend needs pyserini: pip install 'embedkit[lexical]' "
                             "(or use --backend bm25s)")
     if name not in BACKENDS:
-        raise EmbedkitError(f"unknown BM25 backend '{name}' (choose auto, {', '.join(BACKENDS)})")
+        raise EmbedkitError(f"unknown BM25 backend '{name}'; choose one of: auto, {', '.join(BACKENDS.names())}")
     return name
 
 
