@@ -4,6 +4,9 @@
         lr: float = 2e-5
 
     config = TrainConfig.from_yaml("configs/train.yaml", overrides={"lr": 1e-5})
+    faster = config.with_overrides({"lr": 1e-4})      # a copy; dotted keys reach nested sections
+
+On the command line the same overrides come from repeated `--set lr=1e-5` (`parse_set_overrides`).
 """
 
 from __future__ import annotations
@@ -100,6 +103,19 @@ class YamlConfig(BaseModel):
                   overrides: Mapping[str, Any] | None = None) -> Self:
         data = apply_overrides(load_yaml_mapping(path, section=section), overrides or {})
         return validate_config(cls, data, path=path)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Self:
+        """A validated copy with dotted keys replaced: the convention of `from_yaml(overrides=)` and `--set`.
+
+        >>> class Optim(YamlConfig):
+        ...     lr: float = 1e-3
+        ...     steps: int = 10
+        >>> class Run(YamlConfig):
+        ...     optim: Optim = Optim()
+        >>> Run().with_overrides({"optim.lr": 0.5}).optim
+        Optim(lr=0.5, steps=10)
+        """
+        return validate_config(type(self), apply_overrides(self.model_dump(), overrides))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -61,7 +61,7 @@ def test_three_stages_learn_save_reload_and_index(family, tmp_path):
         first, last = first_last(result)
         assert last < first, (result.stage, result.losses)
 
-    trainer = CocoaTrainer(config.with_overrides(optim={"batch_size": 4}), init=pretrained)
+    trainer = CocoaTrainer(config.with_overrides({"optim.batch_size": 4}), init=pretrained)
     final = trainer.contrastive(PAIRS)
     first, last = first_last(trainer.history[-1])
     assert last < first * 0.8, trainer.history[-1].losses

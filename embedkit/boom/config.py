@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from embedkit.config import YamlConfig, apply_overrides, load_yaml_mapping, validate_config
+from embedkit.config import YamlConfig
 from embedkit.merging.methods import DEFAULT_MERGE_METHOD, get_merge_method
 from embedkit.training.config import DatasetConfig, TrainConfig
 
@@ -158,7 +158,6 @@ class BoomConfig(YamlConfig):
 
 def load_boom_config(path: str | Path, overrides: dict[str, Any] | None = None, **top_level) -> BoomConfig:
     """Read a BOOM YAML; `overrides` holds dotted keys (`--set merge.method=linear`), keyword arguments
-    top-level keys given as CLI flags (None = not given)."""
-    data = apply_overrides(load_yaml_mapping(path), {**{k: v for k, v in top_level.items() if v is not None},
-                                                     **(overrides or {})})
-    return validate_config(BoomConfig, data, path=path)
+    top-level keys given as CLI flags (None = not given). The same as `BoomConfig.from_yaml` with both merged."""
+    flags = {k: v for k, v in top_level.items() if v is not None}
+    return BoomConfig.from_yaml(path, overrides={**flags, **(overrides or {})})

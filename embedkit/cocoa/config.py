@@ -163,10 +163,3 @@ class CocoaConfig(YamlConfig):
 
         gpu = torch.cuda.is_available() and self.run.device != "cpu"
         return "bfloat16" if gpu and self.model.lora is not None else "float32"
-
-    def with_overrides(self, **sections) -> CocoaConfig:
-        """A copy with some sections' fields replaced, e.g. `with_overrides(run={"output_dir": "x"})`."""
-        data = self.model_dump()
-        for section, values in sections.items():
-            data[section] = {**(data.get(section) or {}), **values}
-        return CocoaConfig.model_validate(data)

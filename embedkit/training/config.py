@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from embedkit.config import YamlConfig, apply_overrides, load_yaml_mapping, validate_config
+from embedkit.config import YamlConfig
 
 Strategy = Literal["batch_shuffle", "mixed", "sequential", "two_stage"]
 Pooling = Literal["auto", "cls", "mean", "lasttoken", "max", "weightedmean"]
@@ -153,6 +153,5 @@ class TrainConfig(YamlConfig):
 
 
 def load_train_config(path: str | Path, **overrides) -> TrainConfig:
-    """Read a training YAML; keyword overrides (dotted keys allowed; None = not given) replace values."""
-    data = apply_overrides(load_yaml_mapping(path), {k: v for k, v in overrides.items() if v is not None})
-    return validate_config(TrainConfig, data, path=path)
+    """`TrainConfig.from_yaml` with keyword overrides (dotted keys allowed; None = not given)."""
+    return TrainConfig.from_yaml(path, overrides={k: v for k, v in overrides.items() if v is not None})
