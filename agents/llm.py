@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -267,7 +267,7 @@ class BackendConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: str = "openai"  # openai | transformers
+    kind: Literal["openai", "transformers"] = "openai"
     model: str
     base_url: str = "http://127.0.0.1:8000"
     api_key_env: str | None = "OPENAI_API_KEY"
@@ -287,7 +287,5 @@ def build_backend(config: BackendConfig | dict[str, Any]) -> LLMBackend:
         key = os.environ.get(config.api_key_env) if config.api_key_env else None
         return OpenAICompatibleBackend(config.base_url, config.model, api_key=key, timeout=config.timeout,
                                        max_retries=config.max_retries, concurrency=config.concurrency)  # fmt: skip
-    if config.kind == "transformers":
-        model, tokenizer = load_causal_lm(config.model)
-        return TransformersBackend(model, tokenizer, batch_size=config.batch_size)
-    raise EmbedkitError(f"unknown LLM backend kind '{config.kind}'; choose openai or transformers")
+    model, tokenizer = load_causal_lm(config.model)  # kind == "transformers"
+    return TransformersBackend(model, tokenizer, batch_size=config.batch_size)

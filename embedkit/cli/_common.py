@@ -87,9 +87,7 @@ def add_encoder_arguments(parser: argparse.ArgumentParser, *, model_default: str
     group.add_argument("--no-normalize", action="store_true", help="keep raw embeddings (default: L2-normalize)")
     group.add_argument("--max-length", type=positive_int,
                        help="truncate inputs to this many tokens (default: the model's)")
-    group.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                       help=f"texts per forward pass (default: {DEFAULT_BATCH_SIZE})")
-    group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    add_device_and_batch_size(group)
     group.add_argument(
         "--dtype",
         default="auto",
@@ -102,9 +100,14 @@ def add_encoder_runtime_arguments(parser: argparse.ArgumentParser, *, title: str
     """--model/--device/--batch-size for commands whose encoder settings come from an index manifest."""
     group = parser.add_argument_group(title or "encoder (settings come from the index manifest)")
     group.add_argument("--model", help="local copy of the index's model (must have the same weights)")
+    add_device_and_batch_size(group, batch_help="queries/documents per forward pass")
+
+
+def add_device_and_batch_size(group: argparse._ActionsContainer, *, batch_help: str = "texts per forward pass") -> None:
+    """The encoder runtime flags every encoding command shares: --device and --batch-size."""
     group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     group.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                       help=f"queries/documents per forward pass (default: {DEFAULT_BATCH_SIZE})")
+                       help=f"{batch_help} (default: {DEFAULT_BATCH_SIZE})")
 
 
 def add_quiet_argument(parser: argparse.ArgumentParser) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from embedkit.cli._common import add_command, add_quiet_argument
-from embedkit.defaults import DEFAULT_BATCH_SIZE
+from embedkit.cli._common import add_command, add_device_and_batch_size, add_quiet_argument
 
 TRAIN_EXAMPLES = """\
   embedkit boom train --config configs/boom.yaml
@@ -100,10 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--datasets", nargs="+", required=True, help="BEIR folders")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--max-length", type=int)
-    evaluate.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    add_device_and_batch_size(evaluate)
     evaluate.add_argument("--no-saved-prompts", action="store_true",
                           help="encode queries without the prompts saved with the model")
-    evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--output", help="also write the table (markdown) to this file")
     add_quiet_argument(evaluate)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from embedkit.cli._common import add_command, add_quiet_argument, positive_int
-from embedkit.defaults import DEFAULT_BATCH_SIZE
+from embedkit.cli._common import add_command, add_device_and_batch_size, add_quiet_argument, positive_int
 
 EXAMPLES = """\
   embedkit index reencode indexes/scifact --model runs/boom-v2/model            # replace in place (atomic)
@@ -36,9 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--query-prefix", help="default: the old index's query prefix")
     parser.add_argument("--passage-prefix", help="default: the old index's passage prefix")
     parser.add_argument("--max-length", type=positive_int, help="default: the old index's")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                        help=f"texts per forward pass (default: {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    add_device_and_batch_size(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     add_quiet_argument(parser)
 
