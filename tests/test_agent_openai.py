@@ -13,6 +13,8 @@ from embedkit.data import Document
 from embedkit.index import Index, build_dense_index
 from tests.helpers import free_port, running_server
 
+pytestmark = pytest.mark.slow  # a real uvicorn server
+
 
 @pytest.fixture(scope="module")
 def llm_server():

@@ -14,6 +14,8 @@ from embedkit.boom import BoomConfig, boom_train, read_lineage  # noqa: E402
 from embedkit.cli import main  # noqa: E402
 from embedkit.training.tiny import build_tiny_bert  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains and merges models
+
 PAIRS = [
     ("what protein is in the cell", "the protein of the cell"),
     ("who is the king", "the king was born in the capital"),

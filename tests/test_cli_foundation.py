@@ -85,6 +85,7 @@ def test_bad_input_exits_2_with_clear_message(cli_index: Path, beir_dataset: Pat
     _fails(["search", str(cli_index), "query", "--query-prefix", "query: "], capsys, "differs from the prefix")
 
 
+@pytest.mark.slow
 def test_python_dash_m_exit_code(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "embedkit", "search", str(tmp_path), "q"],
                             capture_output=True, text=True, timeout=120)

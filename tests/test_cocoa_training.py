@@ -50,6 +50,7 @@ def first_last(result):
     return result.losses[0]["loss"], result.losses[-1]["loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
 def test_three_stages_learn_save_reload_and_index(family, tmp_path):
     config = make_config(cached_tiny_vlm(family), tmp_path / "run", optim={"batch_size": 6})
@@ -85,6 +86,7 @@ def test_three_stages_learn_save_reload_and_index(family, tmp_path):
     assert [h.id for h in text_hits] == [h.id for h in expected]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_where_it_stopped(tmp_path):
     model = cached_tiny_vlm("qwen2-vl")
     # The interruption is simulated by a shorter run, so the schedule must not depend on the length.
@@ -104,6 +106,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     np.testing.assert_allclose([entry["loss"] for entry in resumed.history[-1].losses], straight_losses, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_lora_with_gradient_checkpointing_trains_adapters_and_exports_merged(tmp_path):
     model = cached_tiny_vlm("qwen2-vl")
     config = make_config(model, tmp_path / "lora", s3=3, model={"lora": {"r": 4, "alpha": 8},
@@ -122,6 +125,7 @@ def test_lora_with_gradient_checkpointing_trains_adapters_and_exports_merged(tmp
     assert not np.allclose(merged, base, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_step_runs_on_cpu(tmp_path):
     config = make_config(cached_tiny_vlm("qwen2.5-vl"), tmp_path / "bf16", s1=1, s2=1,
                          run={"mixed_precision": "bf16"})

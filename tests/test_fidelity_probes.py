@@ -60,6 +60,7 @@ def test_probe_text_files(tmp_path):
         read_probe_texts(rich)
 
 
+@pytest.mark.slow
 def test_probes_on_a_cocoa_trained_tiny_model(tmp_path):
     """Stage-2 training on the planted texts makes reconstruction from <EOS> better than random init."""
     model = cached_tiny_vlm("qwen2-vl")

@@ -12,6 +12,8 @@ from embedkit.encoding.shards import encode_shards, open_shards
 from embedkit.index.lifecycle import merge_indexes
 from embedkit.training.tiny import build_tiny_bert
 
+pytestmark = pytest.mark.slow  # Ray workers
+
 ray = pytest.importorskip("ray")
 
 

@@ -204,6 +204,7 @@ def test_qa_pairs_from_shared_data(shared_data):
 
 
 # ---- the command line --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_eval_over_an_openai_server(tmp_path, capsys):
     """`embedkit rewards eval` against a real HTTP server that always answers A: every order-swap flips."""
     from fastapi import FastAPI, Request

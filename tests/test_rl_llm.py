@@ -35,6 +35,7 @@ def server():
         yield f"{base}", state
 
 
+@pytest.mark.slow
 def test_openai_backend_retries_and_truncates(server):
     url, state = server
     backend = OpenAICompatibleBackend(url + "/v1", "judge", api_key="k", timeout=5, max_retries=2, backoff_s=0.01)
@@ -45,6 +46,7 @@ def test_openai_backend_retries_and_truncates(server):
     assert state["payloads"][-1]["max_tokens"] == 4 and state["payloads"][-1]["stop"] == [" STOP"]
 
 
+@pytest.mark.slow
 def test_openai_backend_client_error_is_user_error(server):
     url, _ = server
     backend = OpenAICompatibleBackend(url, "missing", timeout=5, max_retries=0)

@@ -27,6 +27,7 @@ def _batch(responses, golds, groups=None, prompts=None):
 
 
 # ---- one registry, no import cycle --------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("first", ["agents.rewards", "agents.rl.rewards", "agents.rl.config"])
 def test_reward_registry_has_no_cycle(first):
     """Whichever side is imported first, every reward is listed, and the rule rewards never import the

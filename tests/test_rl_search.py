@@ -31,6 +31,7 @@ def test_search_tool_serves_the_right_document(kv_task):
     assert all("<information>" in e.demonstration for e in task.examples)
 
 
+@pytest.mark.slow
 def test_one_grpo_step_with_retrieval_in_the_loop(kv_index, kv_task, tmp_path):
     config = RLConfig.from_dict({
         "task": {"name": "search_kv", "params": {"index": str(kv_index), "keys": KEYS, "build": False}},

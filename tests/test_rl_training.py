@@ -97,6 +97,7 @@ def _config(tmp_path: Path, **sections) -> RLConfig:
     ],
     ids=["grpo-tre_k-kl", "drgrpo-tre_p-mgs", "rose-forking", "ppo-gae-pcgrad"],
 )
+@pytest.mark.slow
 def test_training_loop_combinations(tmp_path, sections):
     trainer = RLTrainer(_config(tmp_path, **sections))
     before = [p.detach().clone() for p in trainer.unwrapped.policy.parameters()]
@@ -119,6 +120,7 @@ def test_training_loop_combinations(tmp_path, sections):
     assert (run / "checkpoints" / "step-2" / "policy" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_rose_rollout_builds_branch_tree(tmp_path):
     trainer = RLTrainer(_config(tmp_path, rollout={"strategy": "rose", "group_size": 4,
                                                    "settings": {"max_new_tokens": 6, "rose_epsilon": 0.0}}))  # fmt: skip
@@ -132,6 +134,7 @@ def test_rose_rollout_builds_branch_tree(tmp_path):
             assert t.response_ids[: t.branch_position] == parent.response_ids[: t.branch_position]
 
 
+@pytest.mark.slow
 def test_resume_continues_from_checkpoint(tmp_path):
     RLTrainer(_config(tmp_path)).train()
     resumed = RLTrainer(_config(tmp_path, trainer={"steps": 3}))
@@ -154,6 +157,7 @@ def test_config_errors_are_user_errors(tmp_path):
         RLConfig.from_yaml(bad)
 
 
+@pytest.mark.slow
 def test_cli_train_and_plot(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(_config(tmp_path).to_yaml())

@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers import free_port, running_server
 
+pytestmark = pytest.mark.slow  # a real uvicorn server
+
 DOCS = [
     {"_id": "d1", "title": "Cats", "text": "Cats are small domesticated felines that purr and hunt mice."},
     {"_id": "d2", "title": "Dogs", "text": "Dogs are loyal companions that bark and love to play fetch."},

@@ -22,6 +22,8 @@ from embedkit.index import Index
 from embedkit.index.lifecycle import merge_indexes
 from embedkit.training.tiny import build_tiny_bert
 
+pytestmark = pytest.mark.slow  # encoding subprocesses
+
 WORDS = "protein cell gene cancer virus dna rna study patients treatment disease blood brain heart risk".split()
 
 

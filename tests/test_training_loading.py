@@ -12,6 +12,8 @@ from embedkit.errors import EmbedkitError
 from embedkit.training import TrainConfig, train
 from embedkit.training.modeling import append_eos, build_model, weights_dtype
 
+pytestmark = pytest.mark.slow  # training runs
+
 
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory):

@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 from embedkit.training import TrainConfig, train
 from embedkit.training.tiny import build_tiny_bert, write_vocab
 
+pytestmark = pytest.mark.slow  # training runs
+
 QUERIES = [
     ("what protein is in the cell", "the protein of the cell", "the river of the city"),
     ("who is the king", "the king was born in the capital", "gene dna rna"),
