@@ -14,10 +14,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from typing_extensions import Self  # typing.Self is 3.11+; pydantic depends on typing_extensions
 
 from embedkit.errors import DataFormatError
 
