@@ -65,7 +65,7 @@ def add_corpus_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
 
 
 def add_encoder_arguments(parser: argparse.ArgumentParser, *, model_default: str | None) -> None:
-    from embedkit.encoding.config import DEFAULT_MODEL
+    from embedkit.defaults import DEFAULT_MODEL  # not embedkit.encoding: building the parser stays light
 
     group = parser.add_argument_group("encoder")
     group.add_argument(

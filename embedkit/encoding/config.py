@@ -6,9 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedkit.defaults import DEFAULT_BATCH_SIZE
+from embedkit.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery: "
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]

@@ -15,7 +15,6 @@ from embedkit.hybrid.fusion import (
     fuse_scores,
     register_fusion,
 )
-from embedkit.hybrid.searcher import HybridSearcher
 
 __all__ = [
     "FUSION_METHODS",
@@ -26,3 +25,12 @@ __all__ = [
     "fuse_scores",
     "register_fusion",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy: the searcher pulls in the index package, which `embedkit fuse` (runs only) never needs.
+    if name == "HybridSearcher":
+        from embedkit.hybrid.searcher import HybridSearcher
+
+        return HybridSearcher
+    raise AttributeError(f"module 'embedkit.hybrid' has no attribute {name!r}")
