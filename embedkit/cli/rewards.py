@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from embedkit.cli._common import add_command
+from embedkit.cli.rl import add_train_arguments, config_from_args
 from embedkit.errors import EmbedkitError
 
 JUDGE_NAMES = "consistrm|reflectrm|acgenrm|pairwise"
@@ -87,12 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         examples="  embedkit rewards train --config configs/rm_consistrm.yaml\n"
         "  embedkit rewards train --config configs/rm_reflectrm.yaml --set trainer.steps=200",
     )  # fmt: skip
-    tr.add_argument("--config", required=True, help="YAML file (see configs/rm_*.yaml)")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, repeatable")
-    tr.add_argument("--output-dir", help="overrides trainer.output_dir")
-    tr.add_argument("--steps", type=int, help="overrides trainer.steps")
-    tr.add_argument("--no-resume", action="store_true", help="start fresh even when checkpoints exist")
-    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_train_arguments(tr, "configs/rm_*.yaml")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -171,19 +167,8 @@ def _build_prompts(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from agents.rewards.training import GRMTrainer
-    from agents.rl.config import RLConfig
-    from embedkit.config import parse_set_overrides
 
-    overrides = parse_set_overrides(args.set)
-    if args.output_dir:
-        overrides["trainer.output_dir"] = args.output_dir
-    if args.steps is not None:
-        overrides["trainer.steps"] = args.steps
-    if args.no_resume:
-        overrides["trainer.resume"] = False
-    if args.quiet:
-        overrides["trainer.progress"] = False
-    config = RLConfig.from_yaml(args.config, overrides=overrides)
+    config = config_from_args(args)
     history = GRMTrainer(config).train()
     if history:
         last = history[-1]

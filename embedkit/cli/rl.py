@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedkit.cli._common import add_command
 from embedkit.errors import EmbedkitError
+
+if TYPE_CHECKING:
+    from agents.rl.config import RLConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,13 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  embedkit rl train --config configs/rl_grpo_toy.yaml --set term.name=tre_k --set trainer.steps=50\n"
         "  embedkit rl train --config configs/rl_search_toy.yaml --output-dir runs/search",
     )  # fmt: skip
-    train.add_argument("--config", required=True, help="YAML file (see configs/rl_*.yaml)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value (dotted key, YAML value), repeatable")  # fmt: skip
-    train.add_argument("--output-dir", help="overrides trainer.output_dir")
-    train.add_argument("--steps", type=int, help="overrides trainer.steps")
-    train.add_argument("--no-resume", action="store_true", help="start fresh even when checkpoints exist")
-    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_train_arguments(train, "configs/rl_*.yaml")
 
     plot = add_command(
         sub, "plot", _plot,
@@ -47,9 +45,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot.add_argument("--smooth", type=int, default=1, help="moving-average window in steps (default: 1)")
 
 
-def _train(args: argparse.Namespace) -> int:
+def add_train_arguments(parser: argparse.ArgumentParser, configs: str) -> None:
+    """The flags of every command that trains from an RL config (`rl train`, `rewards train`)."""
+    parser.add_argument("--config", required=True, help=f"YAML file (see {configs})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (dotted key, YAML value), repeatable")  # fmt: skip
+    parser.add_argument("--output-dir", help="overrides trainer.output_dir")
+    parser.add_argument("--steps", type=int, help="overrides trainer.steps")
+    parser.add_argument("--no-resume", action="store_true", help="start fresh even when checkpoints exist")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> RLConfig:
+    """The RL config: the YAML, then `--set`, then the dedicated flags."""
     from agents.rl.config import RLConfig
-    from agents.rl.trainer import RLTrainer
     from embedkit.config import parse_set_overrides
 
     overrides = parse_set_overrides(args.set)
@@ -61,7 +70,13 @@ def _train(args: argparse.Namespace) -> int:
         overrides["trainer.resume"] = False
     if args.quiet:
         overrides["trainer.progress"] = False
-    config = RLConfig.from_yaml(args.config, overrides=overrides)
+    return RLConfig.from_yaml(args.config, overrides=overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from agents.rl.trainer import RLTrainer
+
+    config = config_from_args(args)
     history = RLTrainer(config).train()
     if history:
         last = history[-1]
