@@ -73,6 +73,10 @@ def run_beir(
     queries = {qid: text for qid, text in load_queries(queries_path).items() if qid in qrels}
     if not queries:
         raise DataFormatError(f"no query of {queries_path.name} is judged in {qrels_path.name}", path=qrels_path)
+    for query_id in queries:
+        if any(ch.isspace() for ch in query_id):
+            raise DataFormatError(f"query id {query_id!r} contains whitespace, which the TREC run file this writes "
+                                  "cannot hold (columns are whitespace-separated)", path=queries_path)
     encoder = encoder or Encoder(encoder_config)
     index_path = Path(index_path or default_index_dir() / default_index_name(dataset_dir, encoder_config.model, factory))
     if rebuild or not _reusable(index_path, encoder, factory):
