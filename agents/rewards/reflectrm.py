@@ -151,7 +151,7 @@ def reflectrm_judge(backend: LLMBackend, **options: Any) -> Any:
     class _Judge:
         def judge(self, items: Sequence[Any]) -> list[JudgeOutput]:
             results = reflect.judge_many([(i.prompt, i.a, i.b) for i in items])
-            return [JudgeOutput(r.preferred, r.analyses[r.chosen] if r.chosen is not None else "",
+            return [JudgeOutput(r.preferred, r.analyses[r.chosen] if r.chosen is not None else "\n---\n".join(r.analyses),
                                 {"verdicts": r.verdicts, "choices": list(r.choices), "chosen": r.chosen})
                     for r in results]  # fmt: skip
 
