@@ -22,7 +22,7 @@ import json
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -192,13 +192,6 @@ class DenseManifest(IndexManifest):
 
     kind_name: ClassVar[str] = "dense"
 
-    @classmethod
-    def load(cls, folder: str | Path) -> DenseManifest:
-        """`IndexManifest.load` for a dense folder; another kind's folder is refused."""
-        manifest = super().load(folder)
-        assert isinstance(manifest, DenseManifest)  # super().load refused any other kind
-        return manifest
-
     kind: Literal["dense"] = "dense"
     encoder: EncoderSpec
     metric: Literal["ip", "l2"] = "ip"
@@ -210,6 +203,11 @@ class DenseManifest(IndexManifest):
     on_disk: bool = Field(False, description="IVF lists live in index.ivfdata, read from disk")
     truncated_documents: int | None = Field(
         None, ge=0, description="documents longer than the encoder's max length (cut when encoded)")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> DenseManifest:
+        """`IndexManifest.load` for a dense folder; another kind's folder is refused."""
+        return _as_kind(super().load(folder), DenseManifest)
 
 
 class BM25BackendInfo(BaseModel):
@@ -228,16 +226,22 @@ class BM25Manifest(IndexManifest):
 
     kind_name: ClassVar[str] = "bm25"
 
-    @classmethod
-    def load(cls, folder: str | Path) -> BM25Manifest:
-        """`IndexManifest.load` for a BM25 folder; another kind's folder is refused."""
-        manifest = super().load(folder)
-        assert isinstance(manifest, BM25Manifest)  # super().load refused any other kind
-        return manifest
-
     kind: Literal["bm25"] = "bm25"
     settings: BM25Settings
     backend_info: BM25BackendInfo = Field(default_factory=BM25BackendInfo)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> BM25Manifest:
+        """`IndexManifest.load` for a BM25 folder; another kind's folder is refused."""
+        return _as_kind(super().load(folder), BM25Manifest)
+
+
+_KindManifest = TypeVar("_KindManifest", bound=IndexManifest)
+
+
+def _as_kind(manifest: IndexManifest, kind: type[_KindManifest]) -> _KindManifest:
+    assert isinstance(manifest, kind)  # IndexManifest.load, called on `kind`, refused any other kind
+    return manifest
 
 
 AnyManifest = Annotated[DenseManifest | BM25Manifest, Field(discriminator="kind")]
