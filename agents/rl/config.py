@@ -44,11 +44,7 @@ TaskName = Annotated[str, _registered("agents.rl.tasks", "TASKS")]
 AggMode = Literal["token-mean", "seq-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 
 
-class _Frozen(YamlConfig):
-    pass
-
-
-class PolicyConfig(_Frozen):
+class PolicyConfig(YamlConfig):
     model: str = "toy:char-gpt2"  # "toy:char-gpt2" builds a tiny random-init model with a character tokenizer
     tokenizer: str | None = None  # defaults to `model`
     toy_layers: int = 2
@@ -59,7 +55,7 @@ class PolicyConfig(_Frozen):
     critic: Literal["separate", "shared"] = "separate"  # gae/ppo: own trunk (verl's critic) or a head on the policy
 
 
-class WarmupConfig(_Frozen):
+class WarmupConfig(YamlConfig):
     """Supervised warm-up on the task's demonstrations before RL (0 steps = none)."""
 
     steps: int = 0
@@ -67,7 +63,7 @@ class WarmupConfig(_Frozen):
     batch_size: int = 32
 
 
-class AlgorithmConfig(_Frozen):
+class AlgorithmConfig(YamlConfig):
     estimator: EstimatorName = "grpo"  # grpo | drgrpo | gae (= ppo) | rose
     loss_agg: AggMode | None = None  # None: per estimator (seq-mean-token-sum-norm for drgrpo, else token-mean)
     norm_length: int | None = None  # seq-mean-token-sum-norm's constant (verl's loss_scale_factor; default max_new_tokens)
@@ -92,7 +88,7 @@ class AlgorithmConfig(_Frozen):
         return "seq-mean-token-sum-norm" if self.estimator == "drgrpo" else "token-mean"
 
 
-class NamedConfig(_Frozen):
+class NamedConfig(YamlConfig):
     name: str = "none"
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -113,7 +109,7 @@ class TaskConfig(NamedConfig):
     name: TaskName = "digit_map"
 
 
-class ServerConfig(_Frozen):
+class ServerConfig(YamlConfig):
     """An OpenAI-compatible inference server (vLLM, SGLang) serving the policy for rollouts."""
 
     base_url: str = "http://127.0.0.1:8000/v1"
@@ -128,7 +124,7 @@ class ServerConfig(_Frozen):
     reload_path: str = "/update_weights_from_disk"  # relative to the server root (base_url without /v1)
 
 
-class RolloutConfig(_Frozen):
+class RolloutConfig(YamlConfig):
     strategy: RolloutName = "sample"  # sample | rose
     group_size: int = 8
     backend: Literal["hf", "openai"] = "hf"  # HF generate in the trainer, or an OpenAI-compatible server
@@ -136,7 +132,7 @@ class RolloutConfig(_Frozen):
     settings: RolloutSettings = RolloutSettings()
 
 
-class ToolConfig(_Frozen):
+class ToolConfig(YamlConfig):
     """A search tool over an embedkit index folder (`kind: index`), or none."""
 
     kind: Literal["none", "index"] = "none"
@@ -145,7 +141,7 @@ class ToolConfig(_Frozen):
     max_chars: int = 400
 
 
-class TrainerConfig(_Frozen):
+class TrainerConfig(YamlConfig):
     steps: int = 100
     prompts_per_step: int = 8  # per process; under accelerate every rank gets its own shard of the prompts
     micro_batch_size: int | None = None  # sequences per forward/backward (gradient accumulation); None = mini-batch
@@ -167,7 +163,7 @@ class TrainerConfig(_Frozen):
     memory_estimate: bool = True  # print the estimated memory at start
 
 
-class RLConfig(_Frozen):
+class RLConfig(YamlConfig):
     task: TaskConfig = TaskConfig()
     policy: PolicyConfig = PolicyConfig()
     warmup: WarmupConfig = WarmupConfig()
