@@ -137,3 +137,24 @@ def test_merge_base_from_settings_for_bags():
     assert merge_base(MergeSettings(method="ties"), "/tmp/base") == "/tmp/base"
     assert merge_inputs(["a", "b"], [0.2, 0.8], "base") == (["base", "a", "b"], [1.0, 0.2, 0.8])
     assert merge_inputs(["a", "b"], None, None) == (["a", "b"], None)
+
+
+def test_update_cli_takes_defaults_from_a_boom_config(tmp_path, capsys):
+    import argparse
+
+    from embedkit.cli import main
+    from embedkit.cli.boom import _merge_settings
+
+    defaults = MergeSettings(method="task_arithmetic", relative_to_base=False, parameters={"normalize": False})
+    args = argparse.Namespace(method=None, weights=None, relative_to_base=None, t=None, density=0.3)
+    merged = _merge_settings(args, defaults)
+    assert merged.method == "task_arithmetic" and merged.parameters == {"normalize": False, "density": 0.3}
+    args.method = "linear"
+    assert _merge_settings(args, defaults).method == "linear"  # a flag beats the config
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"query": "q", "pos": ["p"]}\n')
+    config = tmp_path / "boom.yaml"
+    config.write_text(f"model: m\noutput_dir: o\ndatasets: [{{name: d, path: {data}}}]\nupdate: {{weight: 0}}\n")
+    status = main(["boom", "update", "--config", str(config), "--base", "m", "--new-data", str(data),
+                   "--output-dir", str(tmp_path / "out")])
+    assert status == 2 and "update.weight" in capsys.readouterr().err

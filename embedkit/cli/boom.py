@@ -19,6 +19,8 @@ UPDATE_EXAMPLES = """\
       --method linear --update-weight 0.3 --batch-size 64 --output-dir runs/boom-v2
   embedkit boom update --base runs/boom/model --new-data new.jsonl --history old.jsonl \
       --method task_arithmetic --merge-base backbone --update-init backbone --output-dir runs/boom-v3
+  embedkit boom update --config configs/boom.yaml --base runs/boom/model --new-data new.jsonl \
+      --history old.jsonl --output-dir runs/boom-v4     # merge/update/training sections as defaults
   embedkit index reencode indexes/mine --model runs/boom-v2/model     # then refresh the index
 """
 MERGE_EXAMPLES = """\
@@ -64,22 +66,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     update.add_argument("--base", required=True, help="the current model (sentence-transformers folder or hub id)")
     update.add_argument("--new-data", nargs="+", required=True, help="FlagEmbedding jsonl files or BEIR folders")
     update.add_argument("--history", nargs="*", default=[], help="the historical training data (jsonl or BEIR folders)")
-    update.add_argument("--history-ratio", type=float, default=0.4, help="fraction of each historical dataset (default 0.4)")
-    update.add_argument("--update-weight", type=float, default=0.5,
+    update.add_argument("--config", help="a BOOM YAML whose merge, update and training sections are the defaults "
+                        "(flags override them)")
+    update.add_argument("--history-ratio", type=float, help="fraction of each historical dataset (default 0.4)")
+    update.add_argument("--update-weight", type=float,
                         help="the update model's merge weight w; the current model gets 1 - w (default 0.5)")
-    update.add_argument("--merge-base", default="backbone",
+    update.add_argument("--merge-base",
                         help="task-vector base for task_arithmetic/ties/dare_ties (and multislerp with "
                              "--relative-to-base): backbone (the original base model, from the lineage; "
                              "default), current, or a model path")
-    update.add_argument("--update-init", choices=["current", "backbone"], default="current",
+    update.add_argument("--update-init", choices=["current", "backbone"],
                         help="start the update model from the current model (default) or the original backbone")
-    update.add_argument("--relative-to-base", action="store_true",
+    update.add_argument("--relative-to-base", action="store_true", default=None,
                         help="multislerp on task vectors relative to --merge-base")
     update.add_argument("--output-dir", required=True)
     update.add_argument("--seed", type=int, default=42)
     update.add_argument("--training-config", help="YAML of training options (any TrainConfig key, e.g. loss, strategy)")
     _add_training_overrides(update)
-    _add_merge_arguments(update)
+    _add_merge_arguments(update, method_default=None)
     add_quiet_argument(update)
 
     merge = add_command(commands, "merge", run_merge, help="merge sentence-transformers models with mergekit",
@@ -117,11 +121,12 @@ def _add_training_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device")
 
 
-def _add_merge_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_merge_arguments(parser: argparse.ArgumentParser, method_default: str | None = "") -> None:
     from embedkit.merging import DEFAULT_MERGE_METHOD, MERGE_METHODS
 
+    method_default = DEFAULT_MERGE_METHOD if method_default == "" else method_default
     group = parser.add_argument_group("merge")
-    group.add_argument("--method", default=DEFAULT_MERGE_METHOD, choices=sorted(MERGE_METHODS),
+    group.add_argument("--method", default=method_default, choices=sorted(MERGE_METHODS),
                        help=f"merge method (default: {DEFAULT_MERGE_METHOD})")
     group.add_argument("--weights", type=float, nargs="+", help="one weight per model")
     group.add_argument("--t", type=float, help="slerp interpolation factor (0: first model, 1: second)")
@@ -142,15 +147,20 @@ def _dataset_configs(paths: list[str]):
     return configs
 
 
-def _merge_settings(args: argparse.Namespace):
+def _merge_settings(args: argparse.Namespace, defaults=None):
+    """Merge settings from the flags given, over `defaults` (a config's `merge` section)."""
     from pydantic import ValidationError
 
     from embedkit.boom import MergeSettings
     from embedkit.errors import EmbedkitError
 
+    values = (defaults or MergeSettings()).model_dump()
+    given = {"method": args.method, "weights": args.weights,
+             "relative_to_base": getattr(args, "relative_to_base", None)}
+    values.update({k: v for k, v in given.items() if v is not None})
+    values["parameters"] = {**values.get("parameters", {}), **_merge_parameters(args)}
     try:
-        return MergeSettings(method=args.method, weights=args.weights, parameters=_merge_parameters(args),
-                             relative_to_base=getattr(args, "relative_to_base", False))
+        return MergeSettings(**values)
     except ValidationError as error:
         raise EmbedkitError(f"invalid merge options: {error.errors()[0]['msg']}") from None
 
@@ -174,10 +184,17 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_update(args: argparse.Namespace) -> int:
-    from embedkit.boom import UpdateSettings, boom_update
+    from embedkit.boom import MergeSettings, UpdateSettings, boom_update
     from embedkit.config import load_yaml_mapping
 
-    training = load_yaml_mapping(args.training_config) if args.training_config else {}
+    merge_defaults, update_defaults, training = MergeSettings(), UpdateSettings(), {}
+    if args.config:
+        from embedkit.boom import BoomConfig
+
+        boom = BoomConfig.from_yaml(args.config)
+        merge_defaults, update_defaults, training = boom.merge, boom.update, dict(boom.training)
+    if args.training_config:
+        training.update(load_yaml_mapping(args.training_config))
     for key in ("batch_size", "epochs", "learning_rate", "max_seq_length", "hard_negatives", "max_steps", "device"):
         if getattr(args, key) is not None:
             training[key] = getattr(args, key)
@@ -195,16 +212,18 @@ def run_update(args: argparse.Namespace) -> int:
     if args.weights:
         raise EmbedkitError("an update's merge weight is --update-weight (the current model gets 1 - it)")
     try:
-        settings = UpdateSettings(weight=args.update_weight, merge_base=args.merge_base, init=args.update_init,
-                                  history_ratio=args.history_ratio)
+        given = {"weight": args.update_weight, "merge_base": args.merge_base, "init": args.update_init,
+                 "history_ratio": args.history_ratio}
+        settings = UpdateSettings(**{**update_defaults.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+        merge = _merge_settings(args, merge_defaults)
+        settings_used = (merge.method, settings.weight)
         result = boom_update(args.base, new_data=new, history=history, output_dir=args.output_dir,
-                             merge=_merge_settings(args), update=settings, training=training,
-                             seed=args.seed, quiet=args.quiet)
+                             merge=merge, update=settings, training=training, seed=args.seed, quiet=args.quiet)
     except ValidationError as error:
         raise EmbedkitError(f"invalid training options: {error}") from None
     print(f"update model trained on {result.new_groups} new + {result.history_groups} historical queries "
           f"in {result.train_seconds:.0f} s -> {result.update_model_dir}")
-    print(f"merged into the base with {args.method}, update weight {args.update_weight} -> {result.model_dir}")
+    print(f"merged into the base with {settings_used[0]}, update weight {settings_used[1]} -> {result.model_dir}")
     print(f"refresh indexes with: embedkit index reencode INDEX --model {result.model_dir}")
     return 0
 
