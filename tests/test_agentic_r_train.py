@@ -108,6 +108,7 @@ def test_search_tool_sends_the_agents_retriever_input(tmp_path, minilm_encoder):
     assert sent == evaluated and sent[0].startswith(question + " [SEP] ")
 
 
+@pytest.mark.slow
 def test_iterate_one_round_and_resume(tmp_path, capsys):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(d) + "\n" for d in DOCS), encoding="utf-8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
 
@@ -31,6 +32,7 @@ def test_show_mask_needs_an_input():
     assert main(["cocoa", "show-mask", "--stage", "1"]) == 2
 
 
+@pytest.mark.slow
 def test_pretrain_contrastive_and_mmeb_from_the_command_line(tmp_path, capsys):
     scenes = make_scenes(seed=0, size=16, shapes=("square",), positions=("left",))
     names = save_scenes(scenes, tmp_path / "images")

@@ -168,6 +168,7 @@ PAIRS = [ContrastivePair(MultimodalInput(text=f"a {c} square"), MultimodalInput(
                         ("yellow", (230, 220, 20)))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", ["bidirectional", "causal"])
 def test_attention_flow_of_every_stage_is_a_setting(tmp_path, vlm, attention):
     config = make_config(tmp_path, stage1={"attention": attention}, stage2={"content_attention": attention,
@@ -216,6 +217,7 @@ def test_learning_rate_warms_up_then_decays():
     assert lr_factor(9, 0, 10, "constant") == 1.0
 
 
+@pytest.mark.slow
 def test_trainer_logs_a_decaying_learning_rate(tmp_path):
     config = make_config(tmp_path, stage3={"steps": 4}, optim={"batch_size": 2, "lr_schedule": "linear",
                                                                "warmup_steps": 1})

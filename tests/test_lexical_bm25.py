@@ -86,6 +86,7 @@ def test_damaged_bm25_index_is_refused(small_corpus, tmp_path):
         Index.load(index.path)
 
 
+@pytest.mark.slow
 @needs_java
 @pytest.mark.needs_java
 def test_pyserini_matches_lucene_bm25_and_bm25s(term_corpus, small_corpus, tmp_path):

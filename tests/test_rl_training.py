@@ -31,6 +31,7 @@ def search_policy():
     return model, tok
 
 
+@pytest.mark.slow
 def test_demonstration_mask_excludes_information(search_policy):
     _, tok = search_policy
     ids, mask = demonstration_tokens(tok, Example("find apple:", "7", demonstration=DEMO))
@@ -38,6 +39,7 @@ def test_demonstration_mask_excludes_information(search_policy):
     assert masked_text == "find apple:<information> apple is 7 </information>"
 
 
+@pytest.mark.slow
 def test_multi_turn_rollout_masks_tool_output(search_policy):
     model, tok = search_policy
     calls = []
@@ -64,6 +66,7 @@ def test_multi_turn_rollout_masks_tool_output(search_policy):
     assert batch["input_ids"][0, batch["response_index"][0, 0] + 1].item() == row.response_ids[0]
 
 
+@pytest.mark.slow
 def test_rollout_without_tool_stops_at_answer(search_policy):
     model, tok = search_policy
     traj = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=40, temperature=0.0)).sample(["find apple:"], 1)

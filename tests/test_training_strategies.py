@@ -88,6 +88,7 @@ def test_sequential_by_task_type_with_explicit_order(files):
                     datasets=[{"name": "a", "path": str(files[0])}])
 
 
+@pytest.mark.slow
 def test_suite_evaluation_uses_the_trained_prompts(tmp_path, shared_data):
     from embedkit.training.evaluation import dataset_prompt, evaluate_suite
     from embedkit.training.tiny import build_tiny_bert
