@@ -36,7 +36,7 @@ class Scripted:
         return ["<search> cats </search>" if not t.turns else "<answer> mice </answer>" for t in trajectories]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # slow: SFT warm-up of a tiny LM
 
 
 @pytest.fixture(scope="module")
