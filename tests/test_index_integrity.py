@@ -102,7 +102,7 @@ def test_overwrite_refuses_a_folder_that_is_not_an_index(tmp_path, tiny_model):
 def test_overwrite_replaces_an_earlier_index(tmp_path):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", docs(5))
     out = tmp_path / "bm25"
-    for count in (1, 2):
+    for _ in (1, 2):  # the second build replaces the first
         result = embedkit("index", "build", "--kind", "bm25", "--backend", "bm25s", "--corpus", corpus,
                           "--out", out, "--overwrite")
         assert result.returncode == 0, result.stderr

@@ -36,7 +36,7 @@ def check_factory(factory: str) -> None:
             raise EmbedkitError(f"invalid FAISS index factory '{factory}': HNSW needs M >= 2 neighbours per node "
                                 f"(got {match.group(0)}); HNSW32 is a good default")
     for match in _NUMBER_AFTER_NAME.finditer(factory):
-        name, number, bits = match.group(1), int(match.group(2)), match.group(3)
+        number, bits = int(match.group(2)), match.group(3)
         if number < 1 or (bits is not None and int(bits) < 1):
             raise EmbedkitError(f"invalid FAISS index factory '{factory}': '{match.group(0)}' needs a size of at "
                                 "least 1 (e.g. IVF1024,Flat, PQ16, HNSW32)")
