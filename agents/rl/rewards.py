@@ -84,24 +84,26 @@ def _per_sample(score: Callable[[str, Any], float]) -> RewardFn:
     return reward
 
 
-@REWARDS.register("exact_match")
-def exact_match(format_penalty: float = 0.0) -> RewardFn:
-    """1 when the last `<answer>` matches a gold answer after normalisation; `format_penalty` without one."""
+def _answer_reward(metric: Callable[[str, Sequence[str]], float], format_penalty: float) -> RewardFn:
+    """`metric` of the last `<answer>` against the golds; `format_penalty` for a response without one."""
 
     def score(response: str, gt: Any) -> float:
         pred = extract_answer(response)
-        return format_penalty if pred is None else exact_match_score(pred, _golds(gt))
+        return format_penalty if pred is None else metric(pred, _golds(gt))
 
     return _per_sample(score)
+
+
+@REWARDS.register("exact_match")
+def exact_match(format_penalty: float = 0.0) -> RewardFn:
+    """1 when the last `<answer>` matches a gold answer after normalisation; `format_penalty` without one."""
+    return _answer_reward(exact_match_score, format_penalty)
 
 
 @REWARDS.register("f1")
 def f1(format_penalty: float = 0.0) -> RewardFn:
-    def score(response: str, gt: Any) -> float:
-        pred = extract_answer(response)
-        return format_penalty if pred is None else f1_score(pred, _golds(gt))
-
-    return _per_sample(score)
+    """Token F1 of the last `<answer>` against the best gold; `format_penalty` without one."""
+    return _answer_reward(f1_score, format_penalty)
 
 
 def last_boxed(text: str) -> str | None:
