@@ -141,16 +141,16 @@ class RetrievalService:
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> RetrievalService:
-        from embedkit.index.manifest import IndexManifest
-
         indexes: dict[str, Index] = {}
         for path in (config.index, config.bm25):
             if path is None:
                 continue
-            kind = "bm25" if IndexManifest.load(path).kind == "bm25" else "dense"
-            if kind in indexes:
-                raise EmbedkitError(f"two {kind} indexes given ({indexes[kind].path} and {path}); give one of each")
-            indexes[kind] = open_index(Path(path), config, None)
+            index = open_index(Path(path), config, None)
+            # The server serves one lexical and one vector index; every non-BM25 kind answers as "dense".
+            slot = "bm25" if index.kind == "bm25" else "dense"
+            if slot in indexes:
+                raise EmbedkitError(f"two {slot} indexes given ({indexes[slot].path} and {path}); give one of each")
+            indexes[slot] = index
         return cls(config, indexes)
 
     @property
@@ -374,12 +374,13 @@ def _restore_tokenizers() -> None:
 
 def open_index(path: Path, config: ServerConfig, previous: Index | None) -> Index:
     """Open a folder with the server's options; a dense reopen reuses `previous`'s encoder if the weights match."""
-    from embedkit.index.manifest import IndexManifest
+    from embedkit.index.kinds import kind_of
 
-    if IndexManifest.load(path).kind == "bm25":
-        return Index.load(path)
-    options: dict[str, Any] = {"device": config.device, "batch_size": config.encode_batch_size,
-                               "mmap": config.mmap, "backend": "faiss" if config.backend == "faiss-gpu" else config.backend}
+    wanted: dict[str, Any] = {"device": config.device, "batch_size": config.encode_batch_size,
+                              "mmap": config.mmap, "backend": "faiss" if config.backend == "faiss-gpu" else config.backend}
+    # Each kind takes the server options its typed open-options model declares (BM25 takes no backend/mmap).
+    accepted = kind_of(path).open_options.model_fields
+    options = {name: value for name, value in wanted.items() if name in accepted}
     encoder = getattr(previous, "encoder", None) if previous is not None else None
     if encoder is not None:
         from embedkit.errors import ModelMismatchError
