@@ -47,3 +47,14 @@ def test_bad_set_is_a_user_error_naming_it(tmp_path: Path, capsys, assignment: s
     config_path.write_text("model: m\noutput_dir: runs/x\ndatasets:\n  - {name: a, path: a.jsonl}\n")
     assert main(["train", "--config", str(config_path), "--set", assignment]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_boom_update_set_reaches_the_boom_config(tmp_path: Path, capsys) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    args = ["boom", "update", "--base", "m", "--new-data", str(tmp_path / "new.jsonl"), "--output-dir",
+            str(tmp_path / "out"), "--config", str(repo / "configs" / "boom.yaml")]
+    # a registry-checked value: refused, naming the choices, before any model is loaded
+    assert main([*args, "--set", "merge.method=nope"]) == 2
+    assert "unknown merge method 'nope'; choose one of:" in capsys.readouterr().err
+    assert main([*args[:-2], "--set", "merge.method=linear"]) == 2
+    assert "give --config too" in capsys.readouterr().err

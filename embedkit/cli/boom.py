@@ -68,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     update.add_argument("--history", nargs="*", default=[], help="the historical training data (jsonl or BEIR folders)")
     update.add_argument("--config", help="a BOOM YAML whose merge, update and training sections are the defaults "
                         "(flags override them)")
+    update.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="override a value of the --config YAML by its dotted key (repeatable), "
+                             "e.g. merge.method=linear")
     update.add_argument("--history-ratio", type=float, help="fraction of each historical dataset (default 0.4)")
     update.add_argument("--update-weight", type=float,
                         help="the update model's merge weight w; the current model gets 1 - w (default 0.5)")
@@ -185,14 +188,19 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_update(args: argparse.Namespace) -> int:
     from embedkit.boom import MergeSettings, UpdateSettings, boom_update
-    from embedkit.config import load_yaml_mapping
+    from embedkit.config import load_yaml_mapping, parse_set_overrides
 
     merge_defaults, update_defaults, training = MergeSettings(), UpdateSettings(), {}
+    overrides = parse_set_overrides(args.overrides)
     if args.config:
         from embedkit.boom import BoomConfig
 
-        boom = BoomConfig.from_yaml(args.config)
+        boom = BoomConfig.from_yaml(args.config, overrides=overrides)
         merge_defaults, update_defaults, training = boom.merge, boom.update, dict(boom.training)
+    elif overrides:
+        from embedkit.errors import EmbedkitError
+
+        raise EmbedkitError("--set overrides values of the --config BOOM YAML; give --config too")
     if args.training_config:
         training.update(load_yaml_mapping(args.training_config))
     for key in ("batch_size", "epochs", "learning_rate", "max_seq_length", "hard_negatives", "max_steps", "device"):
