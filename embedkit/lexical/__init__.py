@@ -11,13 +11,24 @@ The backend defaults to pyserini when a Java 21+ runtime is found (see `embedkit
 bm25s otherwise. Both score with Lucene's BM25 formula; the settings are recorded in the manifest.
 """
 
-from embedkit.lexical.settings import BM25Settings, parse_fields
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from embedkit.lexical.index import build_bm25_index
+    from embedkit.lexical.settings import BM25Settings, parse_fields
 
 __all__ = ["BM25Settings", "build_bm25_index", "parse_fields"]
 
 
 def __getattr__(name: str):
-    # Lazy: importing the index module pulls in the docstore and the backends.
+    # Lazy: the CLI imports `embedkit.lexical.backends` to list backends; pydantic models, the docstore
+    # and the backends load only when used.
+    if name in ("BM25Settings", "parse_fields"):
+        from embedkit.lexical import settings
+
+        return getattr(settings, name)
     if name == "build_bm25_index":
         from embedkit.lexical.index import build_bm25_index
 

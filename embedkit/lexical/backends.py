@@ -10,12 +10,14 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from embedkit.data.corpus import Document
 from embedkit.errors import EmbedkitError
-from embedkit.lexical.settings import BM25Settings
 from embedkit.registry import Registry
+
+if TYPE_CHECKING:  # annotations only: `embedkit --help` lists BACKENDS without importing pydantic models
+    from embedkit.data.corpus import Document
+    from embedkit.lexical.settings import BM25Settings
 
 log = logging.getLogger(__name__)
 
