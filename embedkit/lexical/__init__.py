@@ -26,9 +26,9 @@ def __getattr__(name: str):
     # Lazy: the CLI imports `embedkit.lexical.backends` to list backends; pydantic models, the docstore
     # and the backends load only when used.
     if name in ("BM25Settings", "parse_fields"):
-        from embedkit.lexical import settings
+        from embedkit.lexical.settings import BM25Settings, parse_fields
 
-        return getattr(settings, name)
+        return BM25Settings if name == "BM25Settings" else parse_fields
     if name == "build_bm25_index":
         from embedkit.lexical.index import build_bm25_index
 
