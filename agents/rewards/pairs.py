@@ -36,6 +36,10 @@ class PreferencePair:
     subset: str = "default"
     tags: dict[str, str] = field(default_factory=dict)  # e.g. {"difficulty": "hard"} for RM-Bench
 
+    def shown(self, swapped: bool) -> tuple[str, str]:
+        """Responses A and B as a judge sees them: the chosen one first unless `swapped`."""
+        return (self.rejected, self.chosen) if swapped else (self.chosen, self.rejected)
+
     def to_record(self) -> dict[str, Any]:
         record = asdict(self)
         if not self.tags:

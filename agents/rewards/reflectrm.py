@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.llm import LLMBackend
+from agents.rewards.pairs import PreferencePair
 from agents.rewards.parsing import last_tag, parse_choice
 from agents.rl.reward_registry import REWARDS, RewardBatch, RewardFn
 
@@ -164,7 +165,7 @@ def label_analyses(analyses: Sequence[str], preferred: str) -> list[int]:
     return [i for i, text in enumerate(analyses) if parse_choice(text) == preferred.upper()]
 
 
-def reflectrm_records(pairs: Sequence[Any], backend: LLMBackend | None, *, n_analyses: int = 4,
+def reflectrm_records(pairs: Sequence[PreferencePair], backend: LLMBackend | None, *, n_analyses: int = 4,
                       ratio: float = DEFAULT_RATIO, temperature: float = 1.0, max_new_tokens: int = 256,
                       seed: int = 0, demonstrations: bool = False) -> list[dict]:  # fmt: skip
     """Training prompts of both tasks from labelled pairs (`PreferencePair`s).
@@ -179,7 +180,7 @@ def reflectrm_records(pairs: Sequence[Any], backend: LLMBackend | None, *, n_ana
     records = []
     for pair in pairs:
         for swapped in (False, True):
-            a, b = (pair.rejected, pair.chosen) if swapped else (pair.chosen, pair.rejected)
+            a, b = pair.shown(swapped)
             record = {"prompt": render_analysis_prompt(pair.prompt, a, b),
                       "answer": {"task": "response", "preferred": "B" if swapped else "A", "item": pair.id},
                       "domain": "response"}  # fmt: skip
@@ -192,7 +193,7 @@ def reflectrm_records(pairs: Sequence[Any], backend: LLMBackend | None, *, n_ana
     shown = [(pair, rng.random() < 0.5) for pair in pairs]
     prompts = []
     for pair, swapped in shown:
-        a, b = (pair.rejected, pair.chosen) if swapped else (pair.chosen, pair.rejected)
+        a, b = pair.shown(swapped)
         prompts += [render_analysis_prompt(pair.prompt, a, b)] * n_analyses
     texts = backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=None)
     analysis_records = []
@@ -201,7 +202,7 @@ def reflectrm_records(pairs: Sequence[Any], backend: LLMBackend | None, *, n_ana
         reliable = label_analyses(group, "B" if swapped else "A")
         if not reliable or len(reliable) == len(group):
             continue
-        a, b = (pair.rejected, pair.chosen) if swapped else (pair.chosen, pair.rejected)
+        a, b = pair.shown(swapped)
         record = {"prompt": render_reflect_prompt(pair.prompt, a, b, group),
                   "answer": {"task": "analysis", "reliable": reliable, "n": len(group), "item": pair.id},
                   "domain": "analysis"}  # fmt: skip

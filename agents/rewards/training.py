@@ -155,7 +155,7 @@ def consistrm_records(pairs: Sequence[PreferencePair], *, demonstrations: bool =
     records = []
     for pair in pairs:
         for swapped in (False, True):
-            a, b = (pair.rejected, pair.chosen) if swapped else (pair.chosen, pair.rejected)
+            a, b = pair.shown(swapped)
             record = {"prompt": render_pairwise(pair.prompt, a, b),
                       "answer": {"item": pair.id, "swapped": swapped, "preferred": "B" if swapped else "A"},
                       "domain": pair.subset}  # fmt: skip
