@@ -51,6 +51,7 @@ from agents.search_agent import (  # noqa: E402
     write_trajectories,  # noqa: E402
 )
 from embedkit.data import iter_documents, load_qrels  # noqa: E402
+from embedkit.defaults import DEFAULT_BATCH_SIZE  # noqa: E402
 from embedkit.encoding import Encoder, EncoderConfig  # noqa: E402
 from embedkit.eval import evaluate  # noqa: E402
 from embedkit.index import Index, build_dense_index  # noqa: E402
@@ -127,7 +128,7 @@ def main() -> None:
     rows += evaluate_setting("MiniLM (base)", base, test_q, qrels, SEP, work / "before_sep.jsonl")
     t = tick("evaluate base on held-out", t)
 
-    agent = SearchAgent(HeuristicPolicy(), IndexRetriever(base), AgentConfig(batch_size=64))
+    agent = SearchAgent(HeuristicPolicy(), IndexRetriever(base), AgentConfig(batch_size=DEFAULT_BATCH_SIZE))
     trajectories = agent.run(train_q)
     write_trajectories(work / "train_trajectories.jsonl", trajectories)
     t = tick("agent on training questions", t)
@@ -193,7 +194,7 @@ def evaluate_setting(name: str, index: Index, questions, qrels, template: str, o
     queries = {q.id: template.format(question=q.question, query=q.question) for q in questions}
     run = index.search_run(queries, k=max(K_VALUES))
     metrics = evaluate(run, {qid: qrels[qid] for qid in held}, k_values=K_VALUES)
-    agent = SearchAgent(HeuristicPolicy(), IndexRetriever(index), AgentConfig(query_template=template, batch_size=64))
+    agent = SearchAgent(HeuristicPolicy(), IndexRetriever(index), AgentConfig(query_template=template, batch_size=DEFAULT_BATCH_SIZE))
     trajectories = agent.run(questions)
     write_trajectories(out, trajectories)
     summary = summarize(trajectories)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from embedkit.data import count_documents, iter_documents
+from embedkit.defaults import DEFAULT_BATCH_SIZE
 from embedkit.encoding import Encoder, EncoderConfig
 from embedkit.paths import shared_data_dir
 
@@ -29,7 +30,7 @@ HERE = Path(__file__).parent
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--limit", type=int, help="encode only the first N documents")
     args = parser.parse_args()

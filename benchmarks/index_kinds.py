@@ -69,7 +69,7 @@ def scifact(args) -> tuple[np.ndarray, np.ndarray, str]:
         from embedkit.encoding.shards import encode_shards, open_shards
 
         torch.set_num_threads(2)
-        encoder = Encoder(EncoderConfig(model="sentence-transformers/all-MiniLM-L6-v2", batch_size=64))
+        encoder = Encoder(EncoderConfig(model="sentence-transformers/all-MiniLM-L6-v2"))
         # checkpointed parts: a benchmark killed while encoding resumes where it stopped
         shards = CACHE / "scifact-minilm-shards"
         started = time.perf_counter()
