@@ -99,6 +99,7 @@ def _grads_after_one_update(tmp_path, micro, term="none", estimator="gae"):
     return [p.grad.clone() if p.grad is not None else None for p in trainer.optimizer.param_groups[0]["params"]]
 
 
+@pytest.mark.slow  # three trainer set-ups with full and micro-batched backward passes
 @pytest.mark.parametrize(("term", "estimator"), [("none", "gae"), ("forking", "grpo"), ("tre_k", "drgrpo")])
 def test_micro_batches_accumulate_to_the_full_batch_gradient(tmp_path, term, estimator):
     """The forking mask is chosen over the mini-batch, not per micro-batch; terms are token-weighted."""
