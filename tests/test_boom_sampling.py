@@ -43,7 +43,7 @@ def test_history_sample_is_forty_percent_by_default():
 def test_bad_ratios_are_rejected():
     with pytest.raises(EmbedkitError):
         sample_task(task("d", 5), 0.0, seed=0)
-    with pytest.raises(ValueError, match="percentages"):
+    with pytest.raises(ValueError, match=r"bags\.1\.ratio[\s\S]*less than or equal to 100"):
         BoomConfig(model="m", output_dir="o", datasets=[{"name": "d", "path": "p"}], bags=[80, 120])
     with pytest.raises(ValueError, match="seeds"):
         BoomConfig(model="m", output_dir="o", datasets=[{"name": "d", "path": "p"}], bags=[60, 60, 60], seeds=[1])
