@@ -9,6 +9,17 @@ from pathlib import Path
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
+#: A two-hop question's corpus (id, title, text): the film, its star, a distractor on the same star, noise.
+MULTIHOP_DOCS = [
+    ("k1", "Kiss and Tell (1945 film)",
+     "Kiss and Tell is a 1945 comedy film starring Shirley Temple as the teenager Corliss Archer."),
+    ("s1", "Shirley Temple",
+     "Shirley Temple Black was an American actress. She held the government position of Chief of Protocol."),
+    ("m1", "Meet Corliss Archer", "Meet Corliss Archer is a radio sitcom that ran on CBS from 1943 to 1956."),
+    ("v1", "Volcano", "A volcano erupts when molten rock rises through the crust of a planet."),
+    ("b1", "Bread", "Bread is baked from flour, water, salt and yeast in an oven."),
+]
+
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,16 +14,9 @@ from agents.search_agent.questions import answer_list
 from agents.search_agent.trajectory import Trajectory
 from embedkit.cli import main
 from embedkit.data import Document
-from tests.helpers import write_jsonl
+from tests.helpers import MULTIHOP_DOCS, write_jsonl
 
-DOCS = [
-    ("k1", "Kiss and Tell (1945 film)",
-     "Kiss and Tell is a 1945 comedy film starring Shirley Temple as the teenager Corliss Archer."),
-    ("s1", "Shirley Temple",
-     "Shirley Temple Black was an American actress. She held the government position of Chief of Protocol."),
-    ("m1", "Meet Corliss Archer", "Meet Corliss Archer is a radio sitcom that ran on CBS from 1943 to 1956."),
-    ("b1", "Bread", "Bread is baked from flour, water, salt and yeast in an oven."),
-]
+DOCS = [doc for doc in MULTIHOP_DOCS if doc[0] != "v1"]
 HOP = "What government position was held by the actress who starred in the film Kiss and Tell?"
 # Our own wording, in the shape of Search-R1's data scripts: the whole instruction in prompt[0].content.
 INSTRUCTION = "Answer the question, searching with <search> query </search> when needed. Question: {q}\n"

@@ -29,17 +29,9 @@ from embedkit.cli import main
 from embedkit.data import Document
 from embedkit.errors import EmbedkitError
 from embedkit.index import Index, build_dense_index
-from tests.helpers import running_server
+from tests.helpers import MULTIHOP_DOCS, running_server
 
-DOCS = [
-    ("k1", "Kiss and Tell (1945 film)",
-     "Kiss and Tell is a 1945 comedy film starring Shirley Temple as the teenager Corliss Archer."),
-    ("s1", "Shirley Temple",
-     "Shirley Temple Black was an American actress. She held the government position of Chief of Protocol."),
-    ("m1", "Meet Corliss Archer", "Meet Corliss Archer is a radio sitcom that ran on CBS from 1943 to 1956."),
-    ("v1", "Volcano", "A volcano erupts when molten rock rises through the crust of a planet."),
-    ("b1", "Bread", "Bread is baked from flour, water, salt and yeast in an oven."),
-]
+DOCS = MULTIHOP_DOCS
 QUESTION = Question("q1", "What government position was held by the actress who starred in the film Kiss and Tell?",
                     ["Chief of Protocol"])  # fmt: skip
 AGENT = AgentConfig(top_k=1)
