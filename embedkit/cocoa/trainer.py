@@ -130,10 +130,7 @@ class CocoaTrainer:
         """Stage 1 then stage 2; returns the folder of the final model."""
         if not records:
             raise EmbedkitError("pre-training needs at least one record")
-        phase_dir = Path(self.config.run.output_dir) / "pretrain"
-        checkpoint = latest_checkpoint(phase_dir) if resume else None
-        state: dict[str, Any] = _read_state(checkpoint) if checkpoint else {"stage": "stage1", "step": 0}
-        self._start_from(checkpoint)
+        phase_dir, checkpoint, state = self._open_phase("pretrain", "stage1", resume=resume)
         stages = [("stage1", self.config.stage1.steps, self.config.stage1.learning_rate, self._stage1_step),
                   ("stage2", self.config.stage2.steps, self.config.stage2.learning_rate, self._stage2_step)]
         order = [name for name, *_ in stages]
@@ -149,14 +146,20 @@ class CocoaTrainer:
         """Stage 3; returns the folder of the final model."""
         if not pairs:
             raise EmbedkitError("contrastive training needs at least one pair")
-        phase_dir = Path(self.config.run.output_dir) / "contrastive"
-        checkpoint = latest_checkpoint(phase_dir) if resume else None
-        state: dict[str, Any] = _read_state(checkpoint) if checkpoint else {"stage": "stage3", "step": 0}
-        self._start_from(checkpoint)
+        phase_dir, checkpoint, state = self._open_phase("contrastive", "stage3", resume=resume)
         settings = self.config.stage3
         self._run_stage(phase_dir, "stage3", settings.steps, settings.learning_rate, state["step"], pairs,
                         self._stage3_step, checkpoint / OPTIMIZER_NAME if checkpoint else None)
         return self._export(phase_dir)
+
+    def _open_phase(self, phase: str, first_stage: str, *, resume: bool) -> tuple[Path, Path | None, dict[str, Any]]:
+        """The phase's folder, its latest checkpoint (when resuming) and the stage/step to go on from; the model
+        is restored from that checkpoint."""
+        phase_dir = Path(self.config.run.output_dir) / phase
+        checkpoint = latest_checkpoint(phase_dir) if resume else None
+        state: dict[str, Any] = _read_state(checkpoint) if checkpoint else {"stage": first_stage, "step": 0}
+        self._start_from(checkpoint)
+        return phase_dir, checkpoint, state
 
     # ----------------------------------------------------------------------------------- steps
     def _encode(self, items, **kwargs):
