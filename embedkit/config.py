@@ -12,6 +12,7 @@ On the command line the same overrides come from repeated `--set lr=1e-5` (`pars
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,14 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     return merged
 
 
+_EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def parse_set_overrides(assignments: list[str] | None) -> dict[str, Any]:
     """Parse repeated ``--set a.b=VALUE`` flags; each VALUE is read as YAML (``1e-5``, ``true``, ``[1, 2]``).
 
-    >>> parse_set_overrides(["optim.lr=1e-5", "run.name=exp 1", "tags=[a, b]"])
-    {'optim.lr': 1e-05, 'run.name': 'exp 1', 'tags': ['a', 'b']}
+    >>> parse_set_overrides(["optim.lr=1e-5", "run.name=exp 1", "tags=[a, b]", "run.tag=nan"])
+    {'optim.lr': 1e-05, 'run.name': 'exp 1', 'tags': ['a', 'b'], 'run.tag': 'nan'}
     """
     overrides: dict[str, Any] = {}
     for assignment in assignments or []:
@@ -73,12 +77,10 @@ def parse_set_overrides(assignments: list[str] | None) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, str):
-            # PyYAML (YAML 1.1) reads "1e-5" as a string; users mean a number.
-            try:
-                value = float(value)
-            except ValueError:
-                pass
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            # PyYAML (YAML 1.1) reads "1e-5" (an exponent without a dot) as a string; users mean a number.
+            # Only that form: "nan", "inf" or "1_000" stay what YAML made of them.
+            value = float(value)
         overrides[key.strip()] = value
     return overrides
 
