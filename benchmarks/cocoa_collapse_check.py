@@ -13,34 +13,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from benchmarks.cocoa_synthetic import QUERY_INSTRUCTION, config, pretrain_records  # noqa: E402
+from benchmarks.cocoa_synthetic import config, geometry, pretrain_records  # noqa: E402
 from embedkit.cocoa.trainer import CocoaTrainer  # noqa: E402
-from embedkit.fidelity.metrics import effective_rank  # noqa: E402
 from embedkit.io import atomic_write  # noqa: E402
 from embedkit.multimodal.embedder import MultimodalEmbedder, MultimodalEmbedderConfig  # noqa: E402
-from embedkit.multimodal.sequence import MultimodalInput  # noqa: E402
 from embedkit.multimodal.synthetic import make_scenes  # noqa: E402
 from embedkit.multimodal.tiny import build_tiny_vlm  # noqa: E402
-
-
-def geometry(embedder, test) -> dict[str, float]:
-    out = {}
-    for name, items, instruction in (
-        ("images", [MultimodalInput(image=s.image) for s in test], None),
-        ("captions", [s.caption for s in test], QUERY_INSTRUCTION),
-    ):
-        vectors = embedder.encode(items, instruction=instruction)
-        cos = vectors @ vectors.T
-        off = cos[~np.eye(len(vectors), dtype=bool)]
-        out[f"{name} mean cos"] = float(off.mean())
-        out[f"{name} eff. rank (centred)"] = effective_rank(vectors, center=True)
-    return out
 
 
 def main() -> None:

@@ -35,8 +35,10 @@ from embedkit.cocoa.config import CocoaConfig  # noqa: E402
 from embedkit.cocoa.data import ContrastivePair  # noqa: E402
 from embedkit.cocoa.trainer import CocoaTrainer, loss_trend  # noqa: E402
 from embedkit.data import Document  # noqa: E402
+from embedkit.fidelity.metrics import effective_rank  # noqa: E402
 from embedkit.index import Index, write_dense_index  # noqa: E402
 from embedkit.io import atomic_write  # noqa: E402
+from embedkit.multimodal.embedder import MultimodalEmbedder, MultimodalEmbedderConfig  # noqa: E402
 from embedkit.multimodal.mmeb import evaluate_mmeb, load_mmeb  # noqa: E402
 from embedkit.multimodal.sequence import MultimodalInput  # noqa: E402
 from embedkit.multimodal.synthetic import make_scenes, save_scenes  # noqa: E402
@@ -73,6 +75,21 @@ def recall_at_1(embedder, test, work: Path) -> dict[str, float]:
     return result
 
 
+def geometry(embedder, test) -> dict[str, float]:
+    """Mean pairwise cosine and centred effective rank of the held-out images' and captions' embeddings."""
+    out = {}
+    for name, items, instruction in (
+        ("images", [MultimodalInput(image=s.image) for s in test], None),
+        ("captions", [s.caption for s in test], QUERY_INSTRUCTION),
+    ):
+        vectors = embedder.encode(items, instruction=instruction)
+        cos = vectors @ vectors.T
+        off = cos[~np.eye(len(vectors), dtype=bool)]
+        out[f"{name} mean cos"] = float(off.mean())
+        out[f"{name} eff. rank (centred)"] = effective_rank(vectors, center=True)
+    return out
+
+
 def write_mmeb(test, folder: Path, seed: int) -> None:
     """The test set in MMEB-eval form: caption query, positive image + 9 random other images."""
     names = save_scenes(test, folder / "images")
@@ -93,7 +110,8 @@ def pretrain_records(train, kind: str = "pairs") -> list[MultimodalInput]:
 
 
 def run(seed: int, steps: int, batch: int, size: int, work: Path, arms: list[str],
-        pretrain_kind: str = "pairs") -> list[dict]:
+        pretrain_kind: str = "pairs") -> tuple[list[dict], list[dict]]:
+    """Train and evaluate every arm for one seed: result rows and the embedding geometry per stage."""
     torch.manual_seed(seed)
     model = build_tiny_vlm(work / "init", "qwen2-vl", seed=seed, image_pixels=size * size)
     train = make_scenes(seed=1000 + seed, repeats=4, size=size)
@@ -104,6 +122,10 @@ def run(seed: int, steps: int, batch: int, size: int, work: Path, arms: list[str
     write_mmeb(test, work / "mmeb", seed)
     tasks = load_mmeb(work / "mmeb" / "tasks", image_base_dir=work / "mmeb" / "images")
     rows = []
+    stages: list[dict] = []  # embedding geometry per seed, arm and stage
+
+    def measure(embedder, arm: str, stage: str) -> None:
+        stages.append({"seed": seed, "arm": arm, "stage": stage, **geometry(embedder, test)})
 
     def evaluate(trainer, arm: str, started: float, extra: dict) -> None:
         embedder = trainer.embedder()
@@ -111,8 +133,10 @@ def run(seed: int, steps: int, batch: int, size: int, work: Path, arms: list[str
         mmeb = evaluate_mmeb(embedder, tasks, query_instructions={"SyntheticT2I": QUERY_INSTRUCTION})
         rows.append({"seed": seed, "arm": arm, **metrics, "mmeb_P@1": mmeb.average["precision@1"],
                      "train_s": round(time.time() - started, 1), **extra})
+        measure(embedder, arm, "after stage 3")
         print(json.dumps(rows[-1]), flush=True)
 
+    measure(MultimodalEmbedder(MultimodalEmbedderConfig(model=str(model), device="cpu")), "all", "random init")
     if "contrastive-only" in arms:
         started = time.time()
         baseline = CocoaTrainer(config(str(model), str(work / "base"), 0, 0, steps, seed, batch))
@@ -121,13 +145,20 @@ def run(seed: int, steps: int, batch: int, size: int, work: Path, arms: list[str
         evaluate(baseline, "contrastive-only", started, {"stage3_loss": f"{first:.2f}->{last:.2f}"})
     cocoa_arms = [(arm, steps - 2 * (steps // 4) if arm == "cocoa" else steps) for arm in arms if arm.startswith("cocoa")]
     if not cocoa_arms:
-        return rows
+        return rows, stages
 
     started = time.time()
     quarter = steps // 4
+    # Stage 1 alone, then stage 2 resumed from its checkpoint (the same steps as one run of both), so the
+    # geometry can be measured between them.
+    stage1 = CocoaTrainer(config(str(model), str(work / "cocoa"), quarter, 0, 0, seed, batch))
+    stage1.pretrain(pretrain, resume=False)
+    measure(stage1.embedder(), "cocoa (pre-training)", f"after stage 1 ({quarter} steps)")
     pre = CocoaTrainer(config(str(model), str(work / "cocoa"), quarter, quarter, steps - 2 * quarter, seed, batch))
-    pretrained = pre.pretrain(pretrain, resume=False)
-    losses = {f"{r.stage}_loss": "{:.2f}->{:.2f}".format(*loss_trend(r)) for r in pre.history}
+    pretrained = pre.pretrain(pretrain)
+    measure(pre.embedder(), "cocoa (pre-training)", f"after stages 1+2 ({quarter}+{quarter} steps)")
+    losses = {f"{r.stage}_loss": "{:.2f}->{:.2f}".format(*loss_trend(r)) for r in stage1.history + pre.history
+              if r.losses}
     pre_seconds = time.time() - started
     for arm, stage3_steps in cocoa_arms:
         started = time.time()
@@ -136,7 +167,14 @@ def run(seed: int, steps: int, batch: int, size: int, work: Path, arms: list[str
         trainer.contrastive(pairs, resume=False)
         first, last = loss_trend(trainer.history[-1])
         evaluate(trainer, arm.replace("+N", f"+{steps}"), started - pre_seconds, {**losses, "stage3_loss": f"{first:.2f}->{last:.2f}"})
-    return rows
+    return rows, stages
+
+
+def mean_se(values: list[float]) -> str:
+    """Mean ± standard error (std with ddof 1 over sqrt(n)); the mean alone for one value."""
+    if len(values) < 2:
+        return f"{np.mean(values):.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) / np.sqrt(len(values)):.3f}"
 
 
 def main() -> None:
@@ -152,16 +190,20 @@ def main() -> None:
                         help="stage-1/2 records: image+caption pairs (caption removed from the content in stage 2) "
                              "or images and captions separately")
     parser.add_argument("--out", default=str(ROOT / "cocoa_synthetic"))
+    parser.add_argument("--note", help="markdown file appended to the table (e.g. what changed since the last run)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("httpx", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     began = time.time()
-    rows = []
+    rows: list[dict] = []
+    stages: list[dict] = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            rows += run(seed, args.steps, args.batch, args.size, Path(tmp), args.arms, args.pretrain)
+            seed_rows, seed_stages = run(seed, args.steps, args.batch, args.size, Path(tmp), args.arms, args.pretrain)
+            rows += seed_rows
+            stages += seed_stages
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     lines = [
         "# CoCoA synthetic benchmark (tiny random-init Qwen2-VL, CPU)", "",
@@ -178,16 +220,25 @@ def main() -> None:
         losses = ", ".join(f"{k[:-5]} {v}" for k, v in r.items() if k.endswith("_loss"))
         lines.append(f"| {r['seed']} | {r['arm']} | {r['t2i_R@1']:.3f} | {r['i2t_R@1']:.3f} | "
                      f"{r['mmeb_P@1']:.3f} | {r['train_s']} | {losses} |")
-    lines += ["", "| arm | mean t2i R@1 | mean i2t R@1 | mean P@1 |", "|---|---|---|---|"]
+    lines += ["", f"Mean ± standard error over {len(args.seeds)} seed(s):", "",
+              "| arm | t2i R@1 | i2t R@1 | P@1 |", "|---|---|---|---|"]
     for arm in arms:
         chosen = [r for r in rows if r["arm"] == arm]
-        lines.append(f"| {arm} | {np.mean([r['t2i_R@1'] for r in chosen]):.3f} | "
-                     f"{np.mean([r['i2t_R@1'] for r in chosen]):.3f} | {np.mean([r['mmeb_P@1'] for r in chosen]):.3f} |")
+        lines.append(f"| {arm} | " + " | ".join(mean_se([r[key] for r in chosen])
+                                               for key in ("t2i_R@1", "i2t_R@1", "mmeb_P@1")) + " |")
     lines += ["", "Chance: R@1 = 1/48 = 0.021, P@1 = 0.100."]
+    columns = [k for k in stages[0] if k not in ("seed", "arm", "stage")]
+    lines += ["", "Geometry of the held-out embeddings (mean pairwise cosine; effective rank of the centred "
+              "vectors), per seed and stage:", "",
+              "| seed | arm | stage | " + " | ".join(columns) + " |", "|---" * (len(columns) + 3) + "|"]
+    lines += [f"| {g['seed']} | {g['arm']} | {g['stage']} | " + " | ".join(f"{g[c]:.3f}" for c in columns) + " |"
+              for g in stages]
+    if args.note:
+        lines += ["", Path(args.note).read_text().rstrip()]
     with atomic_write(args.out + ".md") as handle:
         handle.write("\n".join(lines) + "\n")
     with atomic_write(args.out + ".json") as handle:
-        json.dump({"args": vars(args), "rows": rows}, handle, indent=1)
+        json.dump({"args": vars(args), "rows": rows, "geometry": stages}, handle, indent=1)
     print("\n".join(lines))
 
 
