@@ -74,8 +74,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "cocoa_fidelity"))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--note", help="markdown file appended to the table (e.g. what changed since the last run)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     began = time.time()
     records = [MultimodalInput(text=t) for t in training_texts(args.texts, args.seed)]
@@ -132,6 +134,8 @@ def main() -> None:
     lines += ["", f"Reconstructions by the last checkpoint ({final.model}):", "",
               "| planted text | reconstruction from <EOS> | role outcome |", "|---|---|---|"]
     lines += [f"| {row['text']} | {row['reconstruction'] or '(empty)'} | {row['role'] or ''} |" for row in final.rows]
+    if args.note:
+        lines += ["", Path(args.note).read_text().rstrip()]
     with atomic_write(args.out + ".md") as handle:
         handle.write("\n".join(lines) + "\n")
     with atomic_write(args.out + ".json") as handle:
