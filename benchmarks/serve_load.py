@@ -328,12 +328,13 @@ def write(args, queries_path: Path, encoder: dict, rows: list[dict], compare_row
                          f"{row['p99_over_p50']} | {row['errors']} | {row['queries_per_call']} |")
     lines += ["", f"Encoder-only rows ran in their own process with {encoder['torch_threads']} torch threads "
                   "(torch's default unless --torch-threads), before the server started. The server ran "
-                  f"{meta['search_streams']} search stream(s) with {meta['torch_threads_per_stream'] or 'default'} "
-                  "torch thread(s) each.", "", "Targets:", ""]
+                  f"{meta['search_streams']} search stream(s); torch and FAISS threads per call: "
+                  f"{meta['torch_threads_per_stream']} (stream 0 serves every call that runs alone).", "",
+              "Targets:", ""]
     lines += [f"- {name}: {'not measured' if ok is None else 'met' if ok else 'NOT met'}" for name, ok in checks.items()]
     if compare_rows:
         lines += ["", f"Targets are checked on the default server rows; the `{args.compare.strip()}` rows are the "
-                      "same server with one multi-threaded search stream, for comparison."]
+                      "same server with that option, for comparison."]
     lines.append("")
     args.out.with_suffix(".md").write_text("\n".join(lines))
     print(f"wrote {args.out.with_suffix('.md')}")

@@ -448,3 +448,33 @@ def test_backends_torch_and_mmap_serve_the_same_hits_and_faiss_gpu_needs_a_gpu(i
     if getattr(faiss, "get_num_gpus", lambda: 0)() == 0:
         with pytest.raises(EmbedkitError, match="faiss-gpu"):
             open_index(dense, ServerConfig(index=str(dense), backend="faiss-gpu"), loaded)
+
+
+def test_search_threads_give_a_lone_call_every_core(indexes, minilm_encoder):
+    """Stream 0 takes CPUs / calls sharing them (torch and FAISS alike); other streams take CPUs / streams."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import faiss
+    import torch
+
+    from embedkit.index import Index
+    from embedkit.server.config import ServerConfig
+    from embedkit.server.service import RetrievalService
+
+    service = RetrievalService(ServerConfig(search_streams=2, device="cpu"),
+                               {"dense": Index.load(indexes[0], encoder=minilm_encoder)})
+    cpus = os.cpu_count() or 1
+
+    def sized(stream, sharing):
+        service._size_threads(stream, sharing)
+        return torch.get_num_threads(), faiss.omp_get_max_threads()
+
+    with ThreadPoolExecutor(1) as thread:  # a thread of its own, like a search stream: the settings are per thread
+        assert thread.submit(sized, 0, 1).result() == (cpus, cpus)
+        assert thread.submit(sized, 0, 2).result() == (max(1, cpus // 2),) * 2
+        assert thread.submit(sized, 1, 1).result() == (max(1, cpus // 2),) * 2
+    fixed = RetrievalService(ServerConfig(search_streams=2, torch_threads=1, device="cpu"),
+                             {"dense": Index.load(indexes[0], encoder=minilm_encoder)})
+    with ThreadPoolExecutor(1) as thread:
+        assert thread.submit(lambda: (fixed._size_threads(0, 1), torch.get_num_threads())[1]).result() == 1

@@ -37,7 +37,7 @@ def test_waiting_requests_are_gathered_into_one_call(enabled):
     search = RecordingSearch()
 
     async def scenario():
-        batcher = MicroBatcher(search, ThreadPoolExecutor(1), max_batch_size=64, max_wait_ms=0, enabled=enabled)
+        batcher = MicroBatcher(search, [ThreadPoolExecutor(1)], max_batch_size=64, max_wait_ms=0, enabled=enabled)
         await batcher.start()
         first = asyncio.create_task(batcher.submit(["q0"], 1))
         while not search.calls:  # the first call is running (and blocked) on the worker thread
@@ -67,7 +67,7 @@ def test_batches_respect_the_size_limit_and_errors_reach_only_their_batch():
     search.release.set()
 
     async def scenario():
-        batcher = MicroBatcher(search, ThreadPoolExecutor(1), max_batch_size=4, max_wait_ms=20)
+        batcher = MicroBatcher(search, [ThreadPoolExecutor(1)], max_batch_size=4, max_wait_ms=20)
         await batcher.start()
         results = await asyncio.gather(*[batcher.submit([f"a{i}", f"b{i}"], 1) for i in range(5)],
                                        return_exceptions=True)
@@ -88,7 +88,7 @@ def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order():
     search.release.set()
 
     async def scenario():
-        batcher = MicroBatcher(search, ThreadPoolExecutor(1), max_batch_size=4)
+        batcher = MicroBatcher(search, [ThreadPoolExecutor(1)], max_batch_size=4)
         await batcher.start()
         big = await batcher.submit([f"q{i}" for i in range(10)], 1)
         await batcher.stop()
@@ -109,7 +109,7 @@ def test_concurrency_runs_that_many_calls_at_once():
         return [[Hit(id=f"{text}#0", score=1.0, rank=1)] for text in texts]
 
     async def scenario():
-        batcher = MicroBatcher(search, ThreadPoolExecutor(2), max_batch_size=1, concurrency=2)
+        batcher = MicroBatcher(search, [ThreadPoolExecutor(1), ThreadPoolExecutor(1)], max_batch_size=1)
         await batcher.start()
         answers = await asyncio.gather(batcher.submit(["a"], 1), batcher.submit(["b"], 1))
         await batcher.stop()
@@ -124,7 +124,7 @@ def test_a_large_request_is_spread_over_the_streams():
     search.release.set()
 
     async def scenario():
-        batcher = MicroBatcher(search, ThreadPoolExecutor(2), max_batch_size=256, concurrency=2)
+        batcher = MicroBatcher(search, [ThreadPoolExecutor(1), ThreadPoolExecutor(1)], max_batch_size=256)
         await batcher.start()
         answer = await batcher.submit([f"q{i}" for i in range(100)], 1)
         await batcher.stop()
@@ -133,3 +133,55 @@ def test_a_large_request_is_spread_over_the_streams():
     answer = run(scenario())
     assert sorted(len(call) for call in search.calls) == [50, 50]
     assert [hits[0].id for hits in answer] == [f"q{i}#0" for i in range(100)]
+
+
+def test_a_lone_call_runs_on_stream_0_and_overlapping_calls_count_as_load():
+    """Stream 0 serves every call that runs alone; `before_call` learns how many calls share the cores."""
+    seen: list[tuple[int, int, str]] = []
+    gate = threading.Event()
+
+    def search(texts, k):
+        if texts == ["slow"]:
+            gate.wait(timeout=30)
+        return [[Hit(id=f"{text}#0", score=1.0, rank=1)] for text in texts]
+
+    def before_call(stream, sharing):
+        seen.append((stream, sharing, threading.current_thread().name))
+
+    async def scenario():
+        executors = [ThreadPoolExecutor(1, thread_name_prefix=f"s{i}") for i in range(2)]
+        batcher = MicroBatcher(search, executors, max_batch_size=1, before_call=before_call)
+        await batcher.start()
+        for text in ("a", "b"):  # one after the other: alone, on stream 0
+            await batcher.submit([text], 1)
+        slow = asyncio.create_task(batcher.submit(["slow"], 1))
+        while len(seen) < 3:
+            await asyncio.sleep(0.005)
+        await batcher.submit(["beside"], 1)  # stream 0 is busy: stream 1, two calls share the cores
+        gate.set()
+        await slow
+        await batcher.submit(["after"], 1)  # alone again, but right after an overlap: still counted as load
+        await batcher.stop()
+
+    run(scenario())
+    assert [(stream, sharing) for stream, sharing, _ in seen] == [(0, 1), (0, 1), (0, 1), (1, 2), (0, 2)]
+    assert {name.split("_")[0] for stream, _, name in seen if stream == 0} == {"s0"}
+    assert {name.split("_")[0] for stream, _, name in seen if stream == 1} == {"s1"}
+
+
+def test_the_parts_of_a_split_request_are_sized_as_sharing_the_cores():
+    """A request split over two streams: stream 0 must not take every core while stream 1 runs the other part."""
+    seen: list[tuple[int, int]] = []
+    search = RecordingSearch()
+    search.release.set()
+
+    async def scenario():
+        executors = [ThreadPoolExecutor(1) for _ in range(2)]
+        batcher = MicroBatcher(search, executors, max_batch_size=256,
+                               before_call=lambda stream, sharing: seen.append((stream, sharing)))
+        await batcher.start()
+        await batcher.submit([f"q{i}" for i in range(64)], 1)
+        await batcher.stop()
+
+    run(scenario())
+    assert sorted(seen) == [(0, 2), (1, 2)]

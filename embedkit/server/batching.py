@@ -1,12 +1,15 @@
 """Micro-batching: gather the queries of concurrent requests into one search call.
 
 Requests put their queries on an asyncio queue. One worker coroutine takes everything waiting (up to
-`max_batch_size` queries) and runs a single `search(texts, k)` on a worker thread; with `concurrency` > 1
-up to that many calls run at once on as many threads (CPU serving runs several single-threaded streams).
+`max_batch_size` queries) and runs a single `search(texts, k)` on a search stream: one single-threaded executor
+per stream, so up to that many calls run at once (CPU serving runs several streams). A call goes to the idle
+stream with the lowest number, so a lone client is always served by stream 0 (which `before_call` may give
+every core) and the other streams only run under load.
 It never sleeps when it could be searching: while calls run, new requests pile up and form the next batch,
 so batches grow with the load by themselves (continuous batching); an optional `max_wait_ms` waits for
-company before a call. A request larger than `max_batch_size` is split into several calls (Search-R1 sends
-2,560 queries at once), so no single call holds more than `max_batch_size` queries' vectors and hits.
+company before a call.
+A request larger than `max_batch_size` is split into several calls (Search-R1 sends 2,560 queries at once), so
+no single call holds more than `max_batch_size` queries' vectors and hits.
 With batching disabled each request gets its own call, the baseline `benchmarks/serve_load.py` can compare.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -21,7 +25,18 @@ from dataclasses import dataclass, field
 from embedkit.passage import Passage
 
 SearchFn = Callable[[list[str], int], list[list[Passage]]]
+# Runs on the stream's thread before each call: (stream number, calls sharing the cores: the calls running
+# with this one, or every stream while the server is under load or more work waits).
+BeforeCall = Callable[[int, int], None]
 MIN_SPLIT = 16  # smallest part a request is split into to use several streams
+# Calls that overlapped this recently mean the server is under load: a call that starts alone now will soon
+# have company, so it is sized as if every stream ran (see `before_call`).
+LOAD_MEMORY_S = 0.1
+GATHER_POLL_S = 0.0002
+# Gathering stops at this many queries: a CPU forward pass over 8 short queries already costs per query about
+# what one over 256 does (MiniLM, 2 cores: 13-15 ms each alone on a core vs 20-27 ms for one query alone), and
+# under heavy load the queue fills calls without help.
+GATHER_QUERIES = 8
 
 
 @dataclass
@@ -47,24 +62,46 @@ class BatchStats:
 
 @dataclass
 class MicroBatcher:
-    """`await batcher.submit(queries, k)` → hits per query; calls `search` on `executor` with batches."""
+    """`await batcher.submit(queries, k)` → hits per query; calls `search` with batches on `executors`.
+
+    Each executor is one search stream and should have one thread.
+    """
 
     search: SearchFn
-    executor: Executor
+    executors: Sequence[Executor]
     max_batch_size: int = 256
     max_wait_ms: float = 0.0
     enabled: bool = True
-    concurrency: int = 1  # search calls in flight at once (the executor needs as many threads)
+    before_call: BeforeCall | None = None  # e.g. size the stream's threads by the calls running
+    gather_ms: float = 0.0  # how long a freed stream waits for the clients it expects back (see _next_batch)
     stats: BatchStats = field(default_factory=BatchStats)
 
     def __post_init__(self) -> None:
+        if not self.executors:
+            raise ValueError("MicroBatcher needs at least one executor")
+        self._running = 0  # calls dispatched and not finished
+        self._pending = 0  # requests submitted and not answered
+        self._in_calls = 0  # requests in the calls that run
+        self._peak, self._peak_at = 0, float("-inf")  # most requests pending at once lately, and when
+        self._overlapped_at = float("-inf")  # loop time when two calls last ran at once
         self._queue: asyncio.Queue[_Request] | None = None
         self._held: _Request | None = None  # arrived, but would have overfilled the previous batch
         self._worker: asyncio.Task | None = None
 
+    @property
+    def concurrency(self) -> int:
+        """Search calls that can run at once: one per stream."""
+        return len(self.executors)
+
     async def start(self) -> None:
         self._queue = asyncio.Queue()
         self._worker = asyncio.create_task(self._run(), name="embedkit-microbatcher")
+
+    async def warm_up(self, queries: list[str]) -> None:
+        """Run one call on every stream (loads the model, starts the JVM, sizes each stream's threads)."""
+        loop = asyncio.get_running_loop()
+        for stream, executor in enumerate(self.executors):
+            await loop.run_in_executor(executor, self._invoke, queries, 1, stream, 1)
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -89,10 +126,17 @@ class MicroBatcher:
             future = loop.create_future()
             self._queue.put_nowait(_Request(queries[start:start + step], k, future, part=step < len(queries)))
             futures.append(future)
-        if len(futures) == 1:
-            return await futures[0]
-        parts = await asyncio.gather(*futures)
-        return [hits for part in parts for hits in part]
+        self._pending += 1
+        now = loop.time()
+        if self._pending >= self._peak or now - self._peak_at > LOAD_MEMORY_S:
+            self._peak, self._peak_at = self._pending, now
+        try:
+            if len(futures) == 1:
+                return await futures[0]
+            parts = await asyncio.gather(*futures)
+            return [hits for part in parts for hits in part]
+        finally:
+            self._pending -= 1
 
     async def _next_batch(self) -> list[_Request]:
         assert self._queue is not None
@@ -102,13 +146,24 @@ class MicroBatcher:
         if not self.enabled or first.part:
             return batch
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_ms / 1000
+        start = loop.time()
+        deadline = start + self.max_wait_ms / 1000
+        # Closed-loop clients (an RL rollout, an agent, a load generator) send their next query right after
+        # their answer: the requests pending lately that are neither queued nor in a running call are on their
+        # way back. Waiting up to `gather_ms` for them turns a stream of one-query calls into one call per
+        # group, which costs a CPU forward pass little more than one query. A lone client is never waited for.
+        expected = self._peak - self._in_calls
+        gather_until = start + self.gather_ms / 1000
         while size < self.max_batch_size:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0 or self.max_wait_ms <= 0:
+                now = loop.time()
+                if len(batch) < expected and size < GATHER_QUERIES and now < gather_until:
+                    await asyncio.sleep(GATHER_POLL_S)
+                    continue
+                remaining = deadline - now
+                if remaining <= 0:
                     break
                 # Sleep, then drain: cancelling a pending queue.get() on timeout can lose an item.
                 await asyncio.sleep(remaining)
@@ -121,42 +176,65 @@ class MicroBatcher:
         return batch
 
     async def _run(self) -> None:
-        # Up to `concurrency` calls run at once (one per search stream); the next batch forms from whatever
-        # waits when a stream frees up.
-        slots = asyncio.Semaphore(self.concurrency)
+        # The next batch forms from whatever waits when a stream frees up.
+        idle = list(range(self.concurrency))  # a heap: the lowest-numbered idle stream goes first
+        freed = asyncio.Event()
         running: set[asyncio.Task] = set()
         try:
             while True:
-                await slots.acquire()
+                while not idle:
+                    freed.clear()
+                    await freed.wait()
                 batch = await self._next_batch()
                 live = [item for item in batch if not item.future.done()]  # a client may have gone away
                 if not live:
-                    slots.release()
                     continue
-                task = asyncio.create_task(self._call(live, slots))
+                stream = heapq.heappop(idle)  # chosen now: a lower stream may have freed while the batch formed
+                task = asyncio.create_task(self._call(live, stream, self._dispatch(live), idle, freed))
                 running.add(task)
                 task.add_done_callback(running.discard)
         finally:
             for task in running:
                 task.cancel()
 
-    async def _call(self, live: list[_Request], slots: asyncio.Semaphore) -> None:
+    def _invoke(self, texts: list[str], k: int, stream: int, sharing: int) -> list[list[Passage]]:
+        if self.before_call is not None:
+            self.before_call(stream, sharing)
+        return self.search(texts, k)
+
+    def _dispatch(self, live: list[_Request]) -> int:
+        """Count a call as running (before its task starts: the next batch may form first); return its sharing."""
+        self.stats.requests += len(live)
+        self.stats.queries += sum(len(item.queries) for item in live)
+        self.stats.calls += 1
+        self.stats.largest_call = max(self.stats.largest_call, sum(len(item.queries) for item in live))
+        self._running += 1
+        self._in_calls += len(live)
+        now = asyncio.get_running_loop().time()
+        if self._running > 1:
+            self._overlapped_at = now
+        # Work left waiting (the other half of a split request, more clients) starts beside this call at once.
+        waiting = self._held is not None or (self._queue is not None and not self._queue.empty())
+        loaded = waiting or now - self._overlapped_at < LOAD_MEMORY_S
+        return self.concurrency if loaded else self._running
+
+    async def _call(self, live: list[_Request], stream: int, sharing: int, idle: list[int],
+                    freed: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         texts = [query for item in live for query in item.queries]
         k = max(item.k for item in live)
-        self.stats.requests += len(live)
-        self.stats.queries += len(texts)
-        self.stats.calls += 1
-        self.stats.largest_call = max(self.stats.largest_call, len(texts))
         try:
-            results = await loop.run_in_executor(self.executor, self.search, texts, k)
+            results = await loop.run_in_executor(self.executors[stream], self._invoke, texts, k, stream, sharing)
         except Exception as error:  # handed to every waiting request; the worker keeps serving
             for item in live:
                 if not item.future.done():
                     item.future.set_exception(error)
             return
         finally:
-            slots.release()
+            self._running -= 1
+            self._in_calls -= len(live)
+            heapq.heappush(idle, stream)
+            freed.set()
         start = 0
         for item in live:
             part = results[start:start + len(item.queries)]

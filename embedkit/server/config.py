@@ -42,6 +42,9 @@ class BatchingConfig(YamlConfig):
     max_batch_size: int = Field(256, ge=1, description="queries per search call; larger requests are split")
     max_wait_ms: float = Field(0.0, ge=0, description="extra wait for company before a call (0: none; requests "
                                "queue up anyway while the previous call runs)")
+    gather_ms: float = Field(3.0, ge=0, description="how long a freed search stream waits for the clients it just "
+                             "answered to send their next query (closed-loop clients come back within a "
+                             "millisecond or two); never waits for a lone client; 0: off")
 
 
 class ReloadConfig(YamlConfig):
@@ -72,8 +75,8 @@ class ServerConfig(YamlConfig):
     encode_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
     search_streams: int | None = Field(None, ge=1, description="dense searches that run at once, each on its own "
                                        "thread (default: min(4, CPUs) when encoding on the CPU, else 1)")
-    torch_threads: int | None = Field(None, ge=1, description="torch threads per search stream (default: CPUs / "
-                                      "streams, or torch's choice with one stream)")
+    torch_threads: int | None = Field(None, ge=1, description="torch and FAISS threads per search call (default: "
+                                      "CPUs / calls running, so a call alone gets every core)")
     switch_interval_ms: float | None = Field(1.0, gt=0, description="Python's GIL switch interval while serving "
                                              "(default 1 ms instead of 5: the encoder threads get the GIL back "
                                              "sooner while the event loop is busy); null: leave Python's")

@@ -1,13 +1,16 @@
 """The retrieval service behind the HTTP routes: opened indexes, one micro-batcher per index, fusion, reloading.
 
 Threads: the event loop only parses, validates and answers requests. Dense searches run on `search_streams`
-worker threads. On a CPU, several single-threaded streams beat one multi-threaded stream: torch's OpenMP
-threads synchronise at every operator, and when the event loop or a client takes a core from one of them,
-all of them wait (on a 2-core machine serving 64 clients that stall was the throughput collapse), while
-independent streams only slow down in proportion. The streams encode in parallel (tokenization, which Hugging
-Face fast tokenizers refuse to run on two threads at once, is serialized by a lock) and take turns for the
-FAISS search and the document lookup, which are fast. BM25 searches run on their own single thread (the JVM
-and bm25s are used from one thread).
+worker threads, one per stream. On a CPU, several single-threaded streams beat one multi-threaded stream under
+load: torch's OpenMP threads synchronise at every operator, and when the event loop or a client takes a core
+from one of them, all of them wait (on a 2-core machine serving 64 clients that stall was the throughput
+collapse), while independent streams only slow down in proportion. A lone call, though, would leave cores idle:
+so stream 0, which serves every call that runs alone, sets its OpenMP threads (torch's and FAISS's; both are
+per-thread settings) to CPUs / calls sharing them before each call (every stream counts while calls
+overlapped in the last 100 ms), and the other streams use CPUs / streams. The
+streams encode in parallel (tokenization, which Hugging Face fast tokenizers refuse to run on two threads at
+once, is serialized by a lock) and take turns for the FAISS search and the document lookup, which are fast.
+BM25 searches run on their own single thread (the JVM and bm25s are used from one thread).
 
 Reloading: a background task stats each served folder's `manifest.json` every `reload.poll_seconds`. When
 `embedkit index add/remove/compact` swaps in a new folder, the manifest changes (new inode, size or mtime);
@@ -30,7 +33,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -113,29 +115,53 @@ class RetrievalService:
         self.reload_errors: dict[str, str] = {}
         self.reloads = 0
         self.streams = self._dense_streams() if "dense" in indexes else 1
-        threads = config.torch_threads or (max(1, (os.cpu_count() or 1) // self.streams) if self.streams > 1 else None)
-        self.torch_threads = threads
+        self.torch_threads = config.torch_threads
+        self.cpus = os.cpu_count() or 1
+        # One single-threaded executor per search stream: a stream's OpenMP threads belong to its thread.
         self.executors = {
-            kind: ThreadPoolExecutor(max_workers=self.streams if kind == "dense" else 1,
-                                     thread_name_prefix=f"embedkit-{kind}",
-                                     initializer=partial(_set_torch_threads, threads) if threads else None)
+            kind: [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embedkit-{kind}-{stream}")
+                   for stream in range(self.streams if kind == "dense" else 1)]
             for kind in indexes
         }
         self._search_locks = {kind: threading.Lock() for kind in indexes}
+        self._stream_threads = threading.local()
+        # On a GPU the threads only feed the device; on a CPU they are the compute.
+        adaptive = "dense" in indexes and (self.torch_threads is not None or not self._gpu())
         self.batchers = {
             kind: MicroBatcher(self._search_fn(kind), self.executors[kind],
                                max_batch_size=config.batching.max_batch_size, max_wait_ms=config.batching.max_wait_ms,
-                               enabled=config.batching.enabled, concurrency=self.streams if kind == "dense" else 1)
+                               gather_ms=config.batching.gather_ms, enabled=config.batching.enabled,
+                               before_call=self._size_threads if kind == "dense" and adaptive else None)
             for kind in indexes
         }
         self._watcher: asyncio.Task | None = None
         self._switch_interval: float | None = None
         self._main_torch_threads: int | None = None
 
+    def _size_threads(self, stream: int, sharing: int) -> None:
+        """On a search thread, before a call: how many OpenMP threads (torch and FAISS) this call uses.
+
+        Stream 0 takes CPUs / calls sharing them, so a lone call gets every core; the other streams run only
+        under load and take CPUs / streams. Only stream 0 ever runs a multi-threaded team of its own, so idle
+        teams never spin on the cores a call needs. `torch_threads` fixes the number instead.
+        """
+        if self.torch_threads is not None:
+            threads = self.torch_threads
+        elif stream == 0:
+            threads = max(1, self.cpus // max(1, sharing))
+        else:
+            threads = max(1, self.cpus // self.streams)
+        if getattr(self._stream_threads, "n", None) != threads:
+            _set_stream_threads(threads)
+            self._stream_threads.n = threads
+
+    def _gpu(self) -> bool:
+        return self.config.backend == "faiss-gpu" or _gpu_encoding(self.config.device)
+
     def _dense_streams(self) -> int:
         if self.config.search_streams is not None:
             return self.config.search_streams
-        if self.config.backend == "faiss-gpu" or _gpu_encoding(self.config.device):
+        if self._gpu():
             return 1  # a GPU batches by itself; one stream keeps its batches large
         return max(1, min(4, os.cpu_count() or 1))
 
@@ -190,18 +216,16 @@ class RetrievalService:
         if self.config.switch_interval_ms is not None:
             self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(self.config.switch_interval_ms / 1000)
-        if self.torch_threads is not None:
+        if self.batchers.get("dense") is not None and self.batchers["dense"].before_call is not None:
             import torch
 
-            # Worker threads set their own count; MKL's is process-wide, so restore this thread's at stop.
+            # Worker threads set their own count; restore this thread's at stop in case a library shares it.
             self._main_torch_threads = torch.get_num_threads()
         for batcher in self.batchers.values():
             await batcher.start()
         # Load the model / start the JVM now, not on the first user request; warm up every stream.
-        for kind, batcher in self.batchers.items():
-            await loop.run_in_executor(self.executors[kind], batcher.search, ["warm up"], 1)
-            await asyncio.gather(*(loop.run_in_executor(self.executors[kind], batcher.search, ["warm up"], 1)
-                                   for _ in range(batcher.concurrency - 1)))
+        for batcher in self.batchers.values():
+            await batcher.warm_up(["warm up"])
         if self.config.reload.enabled:
             self._watcher = asyncio.create_task(self._watch(), name="embedkit-index-watcher")
 
@@ -215,13 +239,14 @@ class RetrievalService:
             self._watcher = None
         for batcher in self.batchers.values():
             await batcher.stop()
-        for executor in self.executors.values():
-            executor.shutdown(wait=False, cancel_futures=True)
+        for executors in self.executors.values():
+            for executor in executors:
+                executor.shutdown(wait=False, cancel_futures=True)
         if self._switch_interval is not None:
             sys.setswitchinterval(self._switch_interval)
             self._switch_interval = None
         if self._main_torch_threads is not None:
-            _set_torch_threads(self._main_torch_threads)
+            _set_stream_threads(self._main_torch_threads)
             self._main_torch_threads = None
         global _RUNNING_SERVICES
         _RUNNING_SERVICES -= 1
@@ -250,8 +275,8 @@ class RetrievalService:
             return False
         version = manifest_version(path)
         loop = asyncio.get_running_loop()
-        # Opening and warming up run on the search thread, between search calls, never beside one.
-        index = await loop.run_in_executor(self.executors[kind], self._open_warm, path, current.index)
+        # Opening and warming up run on stream 0's thread, between its search calls.
+        index = await loop.run_in_executor(self.executors[kind][0], self._open_warm, path, current.index)
         # The stamp read before opening: if the folder changed again meanwhile, the next poll reloads again.
         self.served[kind] = Served(index, stamp, version)
         self.reload_errors.pop(kind, None)
@@ -302,15 +327,19 @@ class RetrievalService:
             "reload": {**self.config.reload.model_dump(), "reloads": self.reloads, "errors": dict(self.reload_errors)},
             "backend": self.config.backend,
             "search_streams": self.streams,
-            "torch_threads_per_stream": self.torch_threads,
+            "torch_threads_per_stream": self.torch_threads or f"CPUs ({self.cpus}) / calls sharing them",
             "auth": self.config.resolved_api_key() is not None,
         }
 
 
-def _set_torch_threads(threads: int) -> None:
+def _set_stream_threads(threads: int) -> None:
+    import faiss
     import torch
 
-    torch.set_num_threads(threads)  # OpenMP settings are per thread: each worker thread sets its own
+    # OpenMP settings are per thread: each search thread sets its own. FAISS ships its own OpenMP runtime,
+    # whose threads would otherwise spin beside torch's on the cores the other streams use.
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
 
 
 def _gpu_encoding(device: str) -> bool:
