@@ -77,6 +77,12 @@ def _mean_curve(seed_runs: list[list[dict]]) -> list[dict]:
     return out
 
 
+def _conditions(workdir: Path) -> str:
+    """The run conditions an operator wrote to <workdir>/CONDITIONS (one line), if any."""
+    note = workdir / "CONDITIONS"
+    return f" ({note.read_text(encoding='utf-8').strip()})" if note.is_file() else ""
+
+
 def report(workdir: Path) -> None:
     runs: dict[str, list[list[dict]]] = {}
     for name in RUNS:
@@ -93,8 +99,9 @@ def report(workdir: Path) -> None:
         "prompt's digit (never the right answer), then RL: 32 prompts × 8 responses per step, 2 mini-batches,",
         "lr 1e-3, KL(k3) 0.04 to the warmed-up reference, dual-clip PPO loss (verl's). Reward: closeness",
         "1 − circular distance / 5 (1 only when exact); exact match logged. Values: mean ± std (min–max) over",
-        "the seeds. Written by `python benchmarks/rl_toy_learning.py` on a shared, heavily loaded 2-core CPU",
-        f"machine ({platform.processor() or platform.machine()}); times are wall-clock and inflated by other jobs.",
+        "the seeds. Written by `python benchmarks/rl_toy_learning.py` on a 2-core CPU machine",
+        f"({platform.processor() or platform.machine()}), one torch thread per run{_conditions(workdir)}; train times are",
+        "wall-clock and include any time other jobs took from the run's core.",
         "",
         "| run | seeds | steps | reward (first 5) | reward (last 10) | exact match (last 10) | entropy (last 10) "
         "| train time per seed (s) |",
