@@ -237,7 +237,16 @@ def uptime() -> str:
         return str(os.getloadavg())
 
 
+def parser_defaults() -> dict:
+    return vars(build_parser().parse_args([]))
+
+
 def main() -> None:
+    args = build_parser().parse_args()
+    _main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="built from HotpotQA dev500 when missing")
     parser.add_argument("--queries", type=Path, help="queries jsonl (default: HotpotQA dev500's 500 questions)")
@@ -250,7 +259,10 @@ def main() -> None:
                              "stream with torch's threads, the pre-streams design); '' to skip")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="extra `embedkit serve` options")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serve_load")
-    args = parser.parse_args()
+    return parser
+
+
+def _main(args: argparse.Namespace) -> None:
     queries_path = args.queries or shared_data() / "hotpotqa_dev500" / "beir" / "queries.jsonl"
     queries = load_queries(queries_path)
     if args.encoder_only:
@@ -304,9 +316,11 @@ def write(args, queries_path: Path, encoder: dict, rows: list[dict], compare_row
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "encoder_only": encoder, "server": rows,
                                                          "compare": compare_rows, "checks": checks}, indent=2) + "\n")
     server_args = " ".join(args.server_args)
+    default_compare = parser_defaults()["compare"]
+    compare_flag = "" if args.compare == default_compare else f" --compare '{args.compare}'"
     lines = [
         "# Retrieval server under load (loopback)", "",
-        f"`python benchmarks/serve_load.py{' --server-args ' + server_args if server_args else ''}` — "
+        f"`python benchmarks/serve_load.py{compare_flag}{' --server-args ' + server_args if server_args else ''}` — "
         f"`embedkit serve {args.index.name}` ({meta['documents']} documents; default: all-MiniLM-L6-v2, FAISS Flat, "
         "HotpotQA dev500's 4,858 paragraphs) "
         f"on 127.0.0.1, queries = HotpotQA dev500's 500 questions, {args.seconds:.0f} s per row, "
