@@ -63,3 +63,27 @@ def test_the_models_truncate_dim_applies(minilm_encoder):
         encoder.model.truncate_dim = before
     assert ours.shape == (len(QUERIES), 64)
     np.testing.assert_allclose(ours, reference, atol=2e-6)
+
+
+def test_query_batches_larger_than_batch_size_equal_sentence_transformers_encode(minilm_encoder):
+    from embedkit.encoding import Encoder, EncoderConfig
+
+    encoder = Encoder(EncoderConfig(model=minilm_encoder.config.model, batch_size=3), model=minilm_encoder.model)
+    texts = [f"{q} {i}" * (1 + i % 3) for i, q in enumerate(QUERIES * 3)]  # 12 texts of varied length: 4 batches
+    np.testing.assert_allclose(encoder.encode_queries(texts), _reference(encoder.model, texts, "", True), atol=2e-6)
+
+
+def test_encode_queries_is_safe_from_several_threads(minilm_encoder):
+    """A server's search streams call encode_queries at once: every result equals the one-thread result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embedkit.encoding import Encoder, EncoderConfig
+
+    encoder = Encoder(EncoderConfig(model=minilm_encoder.config.model, batch_size=4), model=minilm_encoder.model)
+    assert encoder.thread_safe
+    texts = [f"question {i}: {QUERIES[i % len(QUERIES)]}" for i in range(10)]
+    expected = encoder.encode_queries(texts)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: encoder.encode_queries(texts), range(16)))
+    for vectors in results:
+        np.testing.assert_allclose(vectors, expected, atol=2e-6)

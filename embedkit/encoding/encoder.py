@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 
@@ -46,6 +47,10 @@ class Encoder:
         dtype = pick_dtype(config.dtype, self.device)
         if dtype != next(self.model.parameters()).dtype:
             self.model.to(dtype)
+        # A Hugging Face fast tokenizer raises "Already borrowed" when one thread re-configures it (padding,
+        # truncation) while another uses it; forward passes only read the weights and may run side by side (a
+        # server encodes queries from several threads).
+        self._preprocess_lock = threading.Lock()
         self.query_prefix = self._prefix(config.query_prefix, config.query_instruction, "query")
         self.passage_prefix = self._prefix(config.passage_prefix, None, "document")
 
@@ -98,8 +103,13 @@ class Encoder:
             similarity=str(getattr(self.model, "similarity_fn_name", None) or "cosine"),
         )
 
+    @property
+    def thread_safe(self) -> bool:
+        """True when `encode_queries` may run on several threads at once (sentence-transformers >= 6)."""
+        return callable(getattr(self.model, "preprocess", None))
+
     def _encode(self, texts: Sequence[str], prefix: str) -> np.ndarray:
-        if 0 < len(texts) <= self.config.batch_size and callable(getattr(self.model, "preprocess", None)):
+        if 0 < len(texts) <= self.config.batch_size and self.thread_safe:
             return self._encode_one_batch(list(texts), prefix)
         vectors = self.model.encode(
             list(texts),
@@ -124,20 +134,30 @@ class Encoder:
         model = self.model
         if model.training:
             model.eval()
+        with self._preprocess_lock:
+            features = model.preprocess(texts, prompt=prefix or None)
         with torch.inference_mode():
-            features = batch_to_device(model.preprocess(texts, prompt=prefix or None), model.device)
-            embeddings = model(features)["sentence_embedding"]
+            embeddings = model(batch_to_device(features, model.device))["sentence_embedding"]
             embeddings = truncate_embeddings(embeddings, getattr(model, "truncate_dim", None))
             if self.config.normalize:
                 embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
             return np.ascontiguousarray(embeddings.float().cpu().numpy(), dtype=np.float32)
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
-        # Only a character cap here, no tokenizer call: the server encodes queries from several threads and
-        # serialises the model's own tokenize(); a second tokenizer user would race with it.
+        """Query vectors; safe to call from several threads at once when `thread_safe` (a server's streams do)."""
+        # Only a character cap here, no tokenizer call outside the lock.
         limit = getattr(self.model, "max_seq_length", None)
         cap = int(limit) * MAX_CHARS_PER_TOKEN if limit else None
-        return self._encode([query[:cap] for query in queries] if cap else list(queries), self.query_prefix)
+        texts = [query[:cap] for query in queries] if cap else list(queries)
+        if not self.thread_safe or len(texts) <= self.config.batch_size:
+            return self._encode(texts, self.query_prefix)
+        # Longest first, as sentence-transformers batches, so each batch pads to similar lengths.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self.config.batch_size):
+            rows = order[start:start + self.config.batch_size]
+            vectors[rows] = self._encode_one_batch([texts[i] for i in rows], self.query_prefix)
+        return vectors
 
     def encode_documents(self, documents: Sequence[Document]) -> np.ndarray:
         return self._encode(self.document_texts(documents), self.passage_prefix)
@@ -167,9 +187,10 @@ class Encoder:
         pending = [i for i, text in enumerate(texts) if 4 * len(text) + 1 > budget]
         while pending:
             windows = [texts[i][:window] for i in pending]
-            encoded = tokenizer(windows, add_special_tokens=False, return_attention_mask=False,
-                                return_token_type_ids=False, return_offsets_mapping=bool(tokenizer.is_fast),
-                                verbose=False)
+            with self._preprocess_lock:  # other settings than preprocess's: the tokenizer would be re-configured
+                encoded = tokenizer(windows, add_special_tokens=False, return_attention_mask=False,
+                                    return_token_type_ids=False, return_offsets_mapping=bool(tokenizer.is_fast),
+                                    verbose=False)
             offsets = encoded.get("offset_mapping")
             retry = []
             for slot, index in enumerate(pending):

@@ -8,8 +8,8 @@ collapse), while independent streams only slow down in proportion. A lone call, 
 so stream 0, which serves every call that runs alone, sets its OpenMP threads (torch's and FAISS's; both are
 per-thread settings) to CPUs / calls sharing them before each call (every stream counts while calls
 overlapped in the last 100 ms), and the other streams use CPUs / streams. The
-streams encode in parallel (tokenization, which Hugging Face fast tokenizers refuse to run on two threads at
-once, is serialized by a lock) and take turns for the FAISS search and the document lookup, which are fast.
+streams encode in parallel (`Encoder.encode_queries` is thread-safe: it tokenizes under the encoder's lock) and
+take turns for the FAISS search and the document lookup, which are fast.
 BM25 searches run on their own single thread (the JVM and bm25s are used from one thread).
 
 Reloading: a background task stats each served folder's `manifest.json` every `reload.poll_seconds`. When
@@ -28,7 +28,6 @@ import logging
 import os
 import sys
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -196,7 +195,7 @@ class RetrievalService:
                 positions.setdefault(text, len(positions))
             distinct = list(positions)
             encoder = getattr(index, "encoder", None) if self.streams > 1 else None
-            if encoder is not None and hasattr(index, "search_vectors") and _serialize_tokenizer(encoder):
+            if encoder is not None and hasattr(index, "search_vectors") and getattr(encoder, "thread_safe", False):
                 vectors = encoder.encode_queries(distinct)  # in parallel with the other streams
                 with lock:
                     found = index.search_vectors(vectors, k)
@@ -210,8 +209,6 @@ class RetrievalService:
         return search
 
     async def start(self) -> None:
-        global _RUNNING_SERVICES
-        _RUNNING_SERVICES += 1
         loop = asyncio.get_running_loop()
         if self.config.switch_interval_ms is not None:
             self._switch_interval = sys.getswitchinterval()
@@ -248,9 +245,6 @@ class RetrievalService:
         if self._main_torch_threads is not None:
             _set_stream_threads(self._main_torch_threads)
             self._main_torch_threads = None
-        global _RUNNING_SERVICES
-        _RUNNING_SERVICES -= 1
-        _restore_tokenizers()
 
     async def _watch(self) -> None:
         while True:
@@ -350,55 +344,6 @@ def _gpu_encoding(device: str) -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _serialize_tokenizer(encoder) -> bool:
-    """Put a lock around the model's tokenization so several threads can encode with one model.
-
-    Forward passes only read the weights and can run side by side; a Hugging Face fast tokenizer raises
-    "Already borrowed" when two threads use it at once. False when the model has no tokenization entry
-    point we know (then the caller encodes one batch at a time). `_restore_tokenizers` undoes it.
-    """
-    model = getattr(encoder, "model", None)
-    if model is None:
-        return False
-    if model in _LOCKED_MODELS:
-        return True
-    with _WRAP_LOCK:
-        if model in _LOCKED_MODELS:
-            return True
-        names = [name for name in ("preprocess", "tokenize") if callable(getattr(model, name, None))]
-        if not names:
-            return False
-        lock = threading.RLock()  # re-entrant: tokenize() calls preprocess() in sentence-transformers 6
-        for name in names:
-            original = getattr(model, name)
-
-            def locked(*args, _original=original, **kwargs):
-                with lock:
-                    return _original(*args, **kwargs)
-
-            setattr(model, name, locked)  # an instance attribute: shadows the method for this model only
-        _LOCKED_MODELS[model] = names
-        return True
-
-
-_WRAP_LOCK = threading.Lock()
-_LOCKED_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-_RUNNING_SERVICES = 0
-
-
-def _restore_tokenizers() -> None:
-    """Undo `_serialize_tokenizer` once no service in this process runs any more (tests run several)."""
-    with _WRAP_LOCK:
-        if _RUNNING_SERVICES > 0:
-            return
-        for model, names in list(_LOCKED_MODELS.items()):
-            for name in names:
-                vars(model).pop(name, None)
-        _LOCKED_MODELS.clear()
 
 
 def open_index(path: Path, config: ServerConfig, previous: Index | None) -> Index:
