@@ -121,6 +121,7 @@ def main() -> int:
                         help="run one part (parts can run as parallel processes; 'report' only writes the table)")
     parser.add_argument("--results-name", default=RESULTS_NAME, help="benchmarks/<name>.md and .json")
     parser.add_argument("--skip-a-only-eval", action="store_true", help="do not evaluate the intermediate A model")
+    parser.add_argument("--note", help="markdown file appended to the table (e.g. what changed since the last run)")
     args = parser.parse_args()
 
     import torch
@@ -209,6 +210,14 @@ def run_seed(args, data: Path, root: Path, seed: int) -> None:
     def evaluate(name: str, path: Path) -> None:
         if name in state["metrics"]:
             return
+        if name == "base":  # the untrained model on the shared evaluation sets: the same for every seed
+            for other in sorted(root.glob("seed-*")):
+                done = merged_state(other)["metrics"].get("base")
+                if done is not None:
+                    log(f"base: reusing the evaluation of {other.name}")
+                    state["metrics"]["base"] = done
+                    save_state()
+                    return
         log(f"evaluating {name}")
         started = time.perf_counter()
         result = evaluate_suite(str(path), [str(p) for p in suite.values()], max_length=args.eval_max_length,
@@ -309,7 +318,7 @@ def write_results(states: list[dict], args, root: Path) -> None:
         cells = []
         for column in columns:
             mean, se = mean_se(per_model[name][column])
-            cell = f"{mean:.4f} ± {se:.4f}"
+            cell = f"{mean:.4f} ± {se:.4f}" if len(per_model[name][column]) > 1 else f"{mean:.4f}"
             cells.append(f"**{cell}**" if column == "OOD mean" else cell)
         n = len(per_model[name]["scifact"])
         train_s = f"{sum(seconds[name]) / len(seconds[name]):.0f}" if name in seconds else "—"
@@ -348,13 +357,20 @@ def write_results(states: list[dict], args, root: Path) -> None:
         "encoded with the prompts saved in each model (none here: no task has an instruction).",
         "- Judged test queries used: " + ", ".join(f"{k} {v}" for k, v in queries.items())
         + ". Corpus sizes: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
-        + (f" — reduced: at most {args.eval_queries or 'all'} queries, corpus capped at {args.corpus_cap}."
+        + (f" — reduced: {f'at most {args.eval_queries} judged queries per dataset (seeded sample)' if args.eval_queries else 'the full test query sets'}"
+           + (f"; each corpus is every judged document of those queries plus random other documents up to {args.corpus_cap} "
+              "(no fill where the judged documents already exceed it), so absolute nDCG@10 is higher than on the full "
+              "corpora; all models are compared on identical sets." if args.corpus_cap else "; full corpora.")
            if args.corpus_cap or args.eval_queries else " (full test query sets and corpora)."),
+        "- The base model is not trained, so it is evaluated once and its row repeats that value for every seed "
+        "(standard error 0 by construction).",
         "- HotpotQA evaluation: queries drawn only from the last 250 questions of `hotpotqa_dev500` (never trained on), "
         "documents from its BEIR paragraph folder.",
         "- Update (iii) \"retrained on A+B from scratch\" has exactly the data, seed and settings of the batch-shuffling "
         "run; the same model is reported once.",
     ]
+    if args.note:
+        text += ["", Path(args.note).read_text(encoding="utf-8").rstrip()]
     results = REPO / "benchmarks" / args.results_name
     results.with_suffix(".md").write_text("\n".join(text) + "\n", encoding="utf-8")
     results.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "corpus_sizes": sizes, "queries": queries,
