@@ -9,15 +9,9 @@ from agents.search_agent import read_trajectories
 from embedkit.cli import main
 from embedkit.data import Document
 from embedkit.index import build_dense_index
-from tests.helpers import free_port, running_server
+from tests.helpers import MULTIHOP_DOCS, free_port, running_server
 
-DOCS = [
-    ("k1", "Kiss and Tell (1945 film)",
-     "Kiss and Tell is a 1945 comedy film starring Shirley Temple as the teenager Corliss Archer."),
-    ("s1", "Shirley Temple",
-     "Shirley Temple Black was an American actress. She held the government position of Chief of Protocol."),
-    ("b1", "Bread", "Bread is baked from flour, water, salt and yeast in an oven."),
-]
+DOCS = [doc for doc in MULTIHOP_DOCS if doc[0] in {"k1", "s1", "b1"}]  # the two hops and one distractor
 QUESTION = {"id": "q1", "question": "What government position was held by the actress who starred in Kiss and Tell?",
             "answers": ["Chief of Protocol"]}  # fmt: skip
 

@@ -185,3 +185,40 @@ def test_the_parts_of_a_split_request_are_sized_as_sharing_the_cores():
 
     run(scenario())
     assert sorted(seen) == [(0, 2), (1, 2)]
+
+
+def test_a_freed_stream_gathers_the_clients_it_just_answered():
+    """Closed-loop clients come back one after another; with gather_ms they share one call, without it they don't."""
+
+    async def scenario(gather_ms):
+        search = RecordingSearch()
+        search.release.set()
+        batcher = MicroBatcher(search, [ThreadPoolExecutor(1)], gather_ms=gather_ms)
+        await batcher.start()
+
+        async def client(i):
+            await batcher.submit([f"c{i}-first"], 1)  # all four arrive together: one call
+            await asyncio.sleep(0.02 * i)  # then they come back staggered, as clients do after their answers
+            await batcher.submit([f"c{i}-second"], 1)
+
+        await asyncio.gather(*(client(i) for i in range(4)))
+        await batcher.stop()
+        return [len(call) for call in search.calls]
+
+    assert run(scenario(gather_ms=5000)) == [4, 4]
+    assert run(scenario(gather_ms=0)) == [4, 1, 1, 1, 1]
+
+
+def test_a_lone_client_is_never_kept_waiting_for_company():
+    search = RecordingSearch()
+    search.release.set()
+
+    async def scenario():
+        batcher = MicroBatcher(search, [ThreadPoolExecutor(1)], gather_ms=60_000)
+        await batcher.start()
+        for i in range(3):  # one client, one request at a time: a minute's gather would time these out
+            await asyncio.wait_for(batcher.submit([f"q{i}"], 1), timeout=10)
+        await batcher.stop()
+
+    run(scenario())
+    assert [len(call) for call in search.calls] == [1, 1, 1]

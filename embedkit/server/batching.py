@@ -204,10 +204,11 @@ class MicroBatcher:
 
     def _dispatch(self, live: list[_Request]) -> int:
         """Count a call as running (before its task starts: the next batch may form first); return its sharing."""
+        queries = sum(len(item.queries) for item in live)
         self.stats.requests += len(live)
-        self.stats.queries += sum(len(item.queries) for item in live)
+        self.stats.queries += queries
         self.stats.calls += 1
-        self.stats.largest_call = max(self.stats.largest_call, sum(len(item.queries) for item in live))
+        self.stats.largest_call = max(self.stats.largest_call, queries)
         self._running += 1
         self._in_calls += len(live)
         now = asyncio.get_running_loop().time()

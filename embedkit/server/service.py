@@ -209,7 +209,6 @@ class RetrievalService:
         return search
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         if self.config.switch_interval_ms is not None:
             self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(self.config.switch_interval_ms / 1000)
