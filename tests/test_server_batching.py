@@ -222,3 +222,30 @@ def test_a_lone_client_is_never_kept_waiting_for_company():
 
     run(scenario())
     assert [len(call) for call in search.calls] == [1, 1, 1]
+
+
+def test_requests_waiting_for_two_idle_streams_are_split_between_them():
+    """Eight queued requests and two idle streams: two calls of four side by side, not one call of eight."""
+    started = threading.Barrier(2, timeout=10)
+    calls: list[tuple[str, list[str]]] = []
+
+    def search(texts, k):
+        calls.append((threading.current_thread().name, list(texts)))
+        if len(calls) <= 2:
+            started.wait()  # returns only if both calls run at once
+        return [[Hit(id=text, score=1.0, rank=1)] for text in texts]
+
+    async def scenario():
+        streams = [ThreadPoolExecutor(1, thread_name_prefix=f"stream{i}") for i in range(2)]
+        batcher = MicroBatcher(search, streams)
+        await batcher.start()
+        # Queued before the worker first looks: the batch forms with both streams idle.
+        answers = await asyncio.gather(*(batcher.submit([f"q{i}"], 1) for i in range(8)))
+        await batcher.stop()
+        return answers
+
+    answers = run(scenario())
+    assert [hits[0][0].id for hits in answers] == [f"q{i}" for i in range(8)]
+    assert sorted(len(texts) for _, texts in calls[:2]) == [4, 4]
+    assert {name.split("_")[0] for name, _ in calls[:2]} == {"stream0", "stream1"}
+    assert sorted(q for _, texts in calls for q in texts) == sorted(f"q{i}" for i in range(8))

@@ -1,10 +1,10 @@
 """Micro-batching: gather the queries of concurrent requests into one search call.
 
 Requests put their queries on an asyncio queue. One worker coroutine takes everything waiting (up to
-`max_batch_size` queries) and runs a single `search(texts, k)` on a search stream: one single-threaded executor
-per stream, so up to that many calls run at once (CPU serving runs several streams). A call goes to the idle
-stream with the lowest number, so a lone client is always served by stream 0 (which `before_call` may give
-every core) and the other streams only run under load.
+`max_batch_size` queries; with several streams idle, its share of it) and runs a single `search(texts, k)` on a
+search stream: one single-threaded executor per stream, so up to that many calls run at once (CPU serving runs
+several streams). A call goes to the idle stream with the lowest number, so a lone client is always served by
+stream 0 (which `before_call` may give every core) and the other streams only run under load.
 It never sleeps when it could be searching: while calls run, new requests pile up and form the next batch,
 so batches grow with the load by themselves (continuous batching); an optional `max_wait_ms` waits for
 company before a call.
@@ -138,7 +138,7 @@ class MicroBatcher:
         finally:
             self._pending -= 1
 
-    async def _next_batch(self) -> list[_Request]:
+    async def _next_batch(self, idle: int = 1) -> list[_Request]:
         assert self._queue is not None
         first = self._held if self._held is not None else await self._queue.get()
         self._held = None
@@ -153,8 +153,12 @@ class MicroBatcher:
         # way back. Waiting up to `gather_ms` for them turns a stream of one-query calls into one call per
         # group, which costs a CPU forward pass little more than one query. A lone client is never waited for.
         expected = self._peak - self._in_calls
+        # With several streams idle, this call takes only its share of the requests at hand, and the next idle
+        # stream the rest: two calls side by side keep both cores busy while each one's clients are answered,
+        # where one call of everything leaves the other stream idle and its clients all coming back at once.
+        share = -(-max(expected, self._queue.qsize() + 1) // idle)
         gather_until = start + self.gather_ms / 1000
-        while size < self.max_batch_size:
+        while size < self.max_batch_size and len(batch) < share:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -185,7 +189,7 @@ class MicroBatcher:
                 while not idle:
                     freed.clear()
                     await freed.wait()
-                batch = await self._next_batch()
+                batch = await self._next_batch(len(idle))
                 live = [item for item in batch if not item.future.done()]  # a client may have gone away
                 if not live:
                     continue
