@@ -1,4 +1,4 @@
-"""Where things live: the shared evaluation data and the default index folder."""
+"""Where things live: the shared evaluation data, the default index folder and the cache."""
 
 from __future__ import annotations
 
@@ -19,3 +19,11 @@ def shared_data_dir() -> Path | None:
 
 def default_index_dir() -> Path:
     return Path(os.environ.get("EMBEDKIT_INDEX_DIR", "indexes"))
+
+
+def cache_dir() -> Path:
+    """Where embedkit keeps files it can rebuild (exported ONNX graphs): $EMBEDKIT_CACHE, else the XDG cache."""
+    explicit = os.environ.get("EMBEDKIT_CACHE")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embedkit"

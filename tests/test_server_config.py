@@ -21,6 +21,9 @@ def test_defaults_bind_loopback_and_speak_search_r1():
     # Search-R1 posts train_batch_size x n_agent = 2,560 queries at once: the default must be far above that.
     assert config.limits.max_queries == 100_000 and config.batching.max_batch_size == 256
     assert (config.backend, config.mmap, config.reload.enabled) == ("faiss", False, True)
+    assert config.encoder_backend == "torch"
+    assert parse("x", "--encoder-backend", "onnx").encoder_backend == "onnx"
+    assert parse("x", "--set", "encoder_backend=onnx").encoder_backend == "onnx"
 
 
 def test_yaml_then_command_line_overrides(tmp_path, monkeypatch):

@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="dense search backend: faiss (default), faiss-gpu, or exact search on torch")
     dense.add_argument("--mmap", action="store_true",
                        help="memory-map the FAISS index instead of reading it into RAM")
+    dense.add_argument("--encoder-backend", choices=["torch", "onnx"],
+                       help="what runs the query encoder: torch (default), or onnx (ONNX Runtime on the CPU, "
+                            "exported once into the cache; same vectors)")
     add_encoder_runtime_arguments(parser, title="query encoder (settings come from the index manifest)")
     hybrid = parser.add_argument_group("hybrid search")
     hybrid.add_argument("--hybrid", nargs=2, metavar=("DENSE", "BM25"),
@@ -157,6 +160,8 @@ def _open_options(args: argparse.Namespace, *, dense: bool) -> dict:
             options["backend"] = args.backend
         if args.mmap:
             options["mmap"] = True
+        if args.encoder_backend:
+            options["encoder_backend"] = args.encoder_backend
     return options
 
 

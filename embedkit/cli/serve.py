@@ -71,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mmap", action="store_true", default=None,
                         help="memory-map index.faiss instead of reading it into RAM")
     parser.add_argument("--device", help="encoder device: auto, cpu, cuda, mps")
+    parser.add_argument("--encoder-backend", choices=["torch", "onnx"],
+                        help="what runs the query encoder: torch (default), or onnx: ONNX Runtime on the CPU, "
+                             "exported once into the cache (same vectors; ~2x faster one query at a time)")
     parser.add_argument("--search-streams", type=int,
                         help="dense searches running at once, one thread each (default: min(4, CPUs) on CPU, 1 on GPU)")
     parser.add_argument("--torch-threads", type=int,
@@ -88,6 +91,7 @@ def config_from_args(args: argparse.Namespace):
     for name, key in (("index", "index"), ("bm25", "bm25"), ("host", "host"), ("port", "port"),
                       ("api_key", "api_key"), ("retrieve_mode", "retrieve_mode"), ("default_topk", "default_topk"),
                       ("hybrid_depth", "hybrid_depth"), ("device", "device"), ("torch_threads", "torch_threads"),
+                      ("encoder_backend", "encoder_backend"),
                       ("search_streams", "search_streams"), ("backend", "backend"), ("mmap", "mmap"),
                       ("max_topk", "limits.max_topk"), ("max_queries", "limits.max_queries"),
                       ("max_query_length", "limits.max_query_chars"),

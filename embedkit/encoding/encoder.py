@@ -11,10 +11,10 @@ from tqdm.auto import tqdm
 
 from embedkit.data.corpus import Document
 from embedkit.defaults import DEFAULT_BATCH_SIZE
-from embedkit.encoding.config import EncoderConfig, EncoderSpec
+from embedkit.encoding.config import Backend, EncoderConfig, EncoderSpec
 from embedkit.encoding.device import pick_device, pick_dtype
 from embedkit.encoding.models import canonical_model_name, load_sentence_transformer, weights_fingerprint
-from embedkit.errors import ModelMismatchError
+from embedkit.errors import EmbedkitError, ModelMismatchError
 
 # Texts are cut before tokenisation so a huge document costs memory for what the model reads, not for its
 # whole length. The first look tokenises max_length x FIRST_WINDOW characters; a text with fewer tokens than
@@ -40,13 +40,23 @@ class Encoder:
         self.truncated_documents = 0
         self._budget: int | None | bool = False  # text tokens the model reads; computed on first use
         self._prompt_tokens: dict[str, int] = {}
-        self.device = pick_device(config.device)
+        # ONNX Runtime runs on the CPU here, so "auto" means the CPU for it.
+        self.device = pick_device("cpu" if config.backend == "onnx" and config.device == "auto" else config.device)
+        if config.backend == "onnx" and (self.device != "cpu" or config.dtype not in ("auto", "float32")):
+            raise EmbedkitError(f"the onnx backend runs float32 on the CPU (asked: device {config.device}, dtype "
+                              f"{config.dtype}); use the torch backend for other devices and precisions")
         self.model = model or load_sentence_transformer(config.model, device=self.device, max_length=config.max_length)
         # Fingerprint before any precision change so it identifies the weights, not the inference dtype.
         self.fingerprint = weights_fingerprint(self.model)
         dtype = pick_dtype(config.dtype, self.device)
         if dtype != next(self.model.parameters()).dtype:
             self.model.to(dtype)
+        self._onnx = None
+        if config.backend == "onnx":
+            from embedkit.encoding.onnx_backend import OnnxTransformer
+
+            self.model.eval()
+            self._onnx = OnnxTransformer(self.model, self.fingerprint, name=f"'{config.model}'")
         # A Hugging Face fast tokenizer raises "Already borrowed" when one thread re-configures it (padding,
         # truncation) while another uses it; forward passes only read the weights and may run side by side (a
         # server encodes queries from several threads).
@@ -56,9 +66,10 @@ class Encoder:
 
     @classmethod
     def from_spec(cls, spec: EncoderSpec, *, model_path: str | None = None, device: str = "auto",
-                  batch_size: int = DEFAULT_BATCH_SIZE) -> Encoder:
+                  batch_size: int = DEFAULT_BATCH_SIZE, backend: Backend = "torch") -> Encoder:
         """Rebuild the query encoder an index was built with; refuse weights that differ from the recorded ones."""
         config = EncoderConfig(
+            backend=backend,
             model=model_path or spec.model,
             query_prefix=spec.query_prefix,
             passage_prefix=spec.passage_prefix,
@@ -111,6 +122,8 @@ class Encoder:
     def _encode(self, texts: Sequence[str], prefix: str) -> np.ndarray:
         if 0 < len(texts) <= self.config.batch_size and self.thread_safe:
             return self._encode_one_batch(list(texts), prefix)
+        if self._onnx is not None:
+            return self._encode_batches(list(texts), prefix)
         vectors = self.model.encode(
             list(texts),
             prompt=prefix or None,
@@ -137,7 +150,13 @@ class Encoder:
         with self._preprocess_lock:
             features = model.preprocess(texts, prompt=prefix or None)
         with torch.inference_mode():
-            embeddings = model(batch_to_device(features, model.device))["sentence_embedding"]
+            if self._onnx is not None:  # the transformer in ONNX Runtime, the modules after it in torch
+                features = self._onnx.forward(features)
+                for module in list(model)[1:]:
+                    features = module(features)
+            else:
+                features = model(batch_to_device(features, model.device))
+            embeddings = features["sentence_embedding"]
             embeddings = truncate_embeddings(embeddings, getattr(model, "truncate_dim", None))
             if self.config.normalize:
                 embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
@@ -151,12 +170,16 @@ class Encoder:
         texts = [query[:cap] for query in queries] if cap else list(queries)
         if not self.thread_safe or len(texts) <= self.config.batch_size:
             return self._encode(texts, self.query_prefix)
-        # Longest first, as sentence-transformers batches, so each batch pads to similar lengths.
+        return self._encode_batches(texts, self.query_prefix)
+
+    def _encode_batches(self, texts: list[str], prefix: str) -> np.ndarray:
+        """Batches of `batch_size` through `_encode_one_batch`, longest texts first as sentence-transformers
+        batches them, so each batch pads to similar lengths."""
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         vectors = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(order), self.config.batch_size):
             rows = order[start:start + self.config.batch_size]
-            vectors[rows] = self._encode_one_batch([texts[i] for i in rows], self.query_prefix)
+            vectors[rows] = self._encode_one_batch([texts[i] for i in rows], prefix)
         return vectors
 
     def encode_documents(self, documents: Sequence[Document]) -> np.ndarray:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedkit.data.corpus import Document
 from embedkit.defaults import DEFAULT_BATCH_SIZE
-from embedkit.encoding.config import EncoderConfig, EncoderSpec
+from embedkit.encoding.config import Backend, EncoderConfig, EncoderSpec
 from embedkit.errors import EmbedkitError, IndexFormatError, ModelMismatchError
 from embedkit.index.base import Index, check_k
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
@@ -89,6 +89,7 @@ class DenseOpenOptions(BaseModel):
     backend: Literal["faiss", "faiss-gpu", "torch"] = "faiss"
     search_device: str = "auto"
     mmap: bool = False
+    encoder_backend: Backend = Field("torch", description="what runs the query encoder: torch or onnx")
 
 
 def build_dense_index(
@@ -310,7 +311,7 @@ class DenseIndex(Index):
     Options of `Index.load(path, ...)` (`DenseOpenOptions`): `backend` ("faiss"; "faiss-gpu" when faiss-gpu is
     installed; "torch": exact fp16/fp32 matrix products on `search_device`, see `embedkit.index.torch_search`),
     `mmap=True` to memory-map the FAISS file instead of reading it into RAM, and the query encoder's runtime
-    (`encoder`, `model`, `device`, `batch_size`).
+    (`encoder`, `model`, `device`, `batch_size`, `encoder_backend`: "torch" or "onnx").
     """
 
     kind = "dense"
@@ -319,7 +320,8 @@ class DenseIndex(Index):
 
     def __init__(self, path: Path, manifest: DenseManifest, *, encoder: Encoder | None = None,
                  model: str | None = None, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
-                 backend: str = "faiss", search_device: str = "auto", mmap: bool = False) -> None:
+                 backend: str = "faiss", search_device: str = "auto", mmap: bool = False,
+                 encoder_backend: Backend = "torch") -> None:
         super().__init__(path, manifest)
         if not isinstance(manifest, DenseManifest):
             raise IndexFormatError(f"{path} is a {manifest.kind} index, not a dense index")
@@ -329,6 +331,7 @@ class DenseIndex(Index):
         self._encoder = encoder
         self._model_override, self._device, self._batch_size = model, device, batch_size
         self.backend, self._search_device, self._mmap = backend, search_device, mmap
+        self._encoder_backend = encoder_backend
         if encoder is not None and encoder.fingerprint != self.spec.fingerprint:
             raise ModelMismatchError(
                 f"the given encoder's weights (fingerprint {encoder.fingerprint}) differ from the index's "
@@ -372,7 +375,7 @@ class DenseIndex(Index):
             from embedkit.encoding.registry import encoder_from_spec
 
             self._encoder = encoder_from_spec(self.spec, model_path=self._model_override, device=self._device,
-                                              batch_size=self._batch_size)
+                                              batch_size=self._batch_size, backend=self._encoder_backend)
         return self._encoder
 
     @cached_property

@@ -91,9 +91,12 @@ class MultimodalEmbedder:
 
     @classmethod
     def from_spec(cls, spec, *, model_path: str | None = None, device: str = "auto",
-                  batch_size: int = 8) -> MultimodalEmbedder:
+                  batch_size: int = 8, backend: str = "torch") -> MultimodalEmbedder:
         """Rebuild the query embedder an index was built with (see `embedkit.encoding.registry`)."""
-        from embedkit.errors import ModelMismatchError
+        from embedkit.errors import EmbedkitError, ModelMismatchError
+
+        if backend != "torch":
+            raise EmbedkitError(f"Qwen-VL embedders run on torch only (asked for the {backend} backend)")
 
         embedder = cls(MultimodalEmbedderConfig(
             model=model_path or spec.model, device=device, batch_size=batch_size, normalize=spec.normalize,

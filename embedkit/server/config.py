@@ -12,6 +12,7 @@ from pydantic import Field
 
 from embedkit.config import YamlConfig
 from embedkit.defaults import DEFAULT_BATCH_SIZE
+from embedkit.encoding.config import Backend as EncoderBackend
 from embedkit.hybrid.fusion import FusionConfig
 
 API_KEY_ENV = "EMBEDKIT_API_KEY"
@@ -72,6 +73,9 @@ class ServerConfig(YamlConfig):
                              "the visible GPUs), torch (exact, fp16 on GPU)")
     mmap: bool = Field(False, description="memory-map the FAISS file instead of reading it into RAM")
     device: str = "auto"
+    encoder_backend: EncoderBackend = Field("torch", description="what runs the query encoder: torch, or onnx "
+                                            "(ONNX Runtime on the CPU: exported once and cached, same vectors, "
+                                            "about 2x faster one query at a time, and no GIL while encoding)")
     encode_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
     search_streams: int | None = Field(None, ge=1, description="dense searches that run at once, each on its own "
                                        "thread (default: min(4, CPUs) when encoding on the CPU, else 1)")

@@ -6,8 +6,10 @@ load: torch's OpenMP threads synchronise at every operator, and when the event l
 from one of them, all of them wait (on a 2-core machine serving 64 clients that stall was the throughput
 collapse), while independent streams only slow down in proportion. A lone call, though, would leave cores idle:
 so stream 0, which serves every call that runs alone, sets its OpenMP threads (torch's and FAISS's; both are
-per-thread settings) to CPUs / calls sharing them before each call (every stream counts while calls
-overlapped in the last 100 ms), and the other streams use CPUs / streams. The
+per-thread settings; the onnx encoder backend runs as many ONNX Runtime threads as torch's setting says) to
+CPUs / calls sharing them before each call (every stream counts while calls overlapped in the last 100 ms),
+and the other streams use CPUs / streams. With `encoder_backend: onnx` the forward pass runs without the GIL,
+so the streams' encoders truly run side by side. The
 streams encode in parallel (`Encoder.encode_queries` is thread-safe: it tokenizes under the encoder's lock) and
 take turns for the FAISS search and the document lookup, which are fast.
 BM25 searches run on their own single thread (the JVM and bm25s are used from one thread).
@@ -319,6 +321,7 @@ class RetrievalService:
                          "stats": {kind: b.stats.as_dict() for kind, b in self.batchers.items()}},
             "reload": {**self.config.reload.model_dump(), "reloads": self.reloads, "errors": dict(self.reload_errors)},
             "backend": self.config.backend,
+            "encoder_backend": self.config.encoder_backend,
             "search_streams": self.streams,
             "torch_threads_per_stream": self.torch_threads or f"CPUs ({self.cpus}) / calls sharing them",
             "auth": self.config.resolved_api_key() is not None,
@@ -350,6 +353,7 @@ def open_index(path: Path, config: ServerConfig, previous: Index | None) -> Inde
     from embedkit.index.kinds import kind_of
 
     wanted: dict[str, Any] = {"device": config.device, "batch_size": config.encode_batch_size,
+                              "encoder_backend": config.encoder_backend,
                               "mmap": config.mmap, "backend": "faiss" if config.backend == "faiss-gpu" else config.backend}
     # Each kind takes the server options its typed open-options model declares (BM25 takes no backend/mmap).
     accepted = kind_of(path).open_options.model_fields
