@@ -179,5 +179,5 @@ def test_a_server_with_the_onnx_backend_answers_as_the_torch_one(minilm_encoder,
                             timeout=60).json()["result"]
     expected = Index.load(folder, encoder=minilm_encoder).search(queries, 3)
     assert [[hit["document"]["id"] for hit in hits] for hits in answer] == [[h.id for h in hits] for hits in expected]
-    for hits, reference in zip(answer, expected):
+    for hits, reference in zip(answer, expected, strict=True):
         assert np.allclose([hit["score"] for hit in hits], [h.score for h in reference], atol=1e-5)

@@ -1,7 +1,7 @@
 """Micro-batching: gather the queries of concurrent requests into one search call.
 
 Requests put their queries on an asyncio queue. One worker coroutine takes everything waiting (up to
-`max_batch_size` queries; with several streams idle, its share of it) and runs a single `search(texts, k)` on a
+`max_batch_size` queries, and at most its stream's share of the requests pending) and runs a single `search(texts, k)` on a
 search stream: one single-threaded executor per stream, so up to that many calls run at once (CPU serving runs
 several streams). A call goes to the idle stream with the lowest number, so a lone client is always served by
 stream 0 (which `before_call` may give every core) and the other streams only run under load.
@@ -138,7 +138,7 @@ class MicroBatcher:
         finally:
             self._pending -= 1
 
-    async def _next_batch(self, idle: int = 1) -> list[_Request]:
+    async def _next_batch(self) -> list[_Request]:
         assert self._queue is not None
         first = self._held if self._held is not None else await self._queue.get()
         self._held = None
@@ -153,10 +153,10 @@ class MicroBatcher:
         # way back. Waiting up to `gather_ms` for them turns a stream of one-query calls into one call per
         # group, which costs a CPU forward pass little more than one query. A lone client is never waited for.
         expected = self._peak - self._in_calls
-        # With several streams idle, this call takes only its share of the requests at hand, and the next idle
-        # stream the rest: two calls side by side keep both cores busy while each one's clients are answered,
-        # where one call of everything leaves the other stream idle and its clients all coming back at once.
-        share = -(-max(expected, self._queue.qsize() + 1) // idle)
+        # A call takes only its stream's share of the requests in play (pending now or lately): two calls side
+        # by side keep both cores busy while each one's clients are answered, where one call of everything
+        # leaves the other stream idle and then alternates big and small calls (uneven latency at 64 clients).
+        share = -(-max(self._pending, self._peak, self._queue.qsize() + 1) // self.concurrency)
         gather_until = start + self.gather_ms / 1000
         while size < self.max_batch_size and len(batch) < share:
             try:
@@ -189,7 +189,7 @@ class MicroBatcher:
                 while not idle:
                     freed.clear()
                     await freed.wait()
-                batch = await self._next_batch(len(idle))
+                batch = await self._next_batch()
                 live = [item for item in batch if not item.future.done()]  # a client may have gone away
                 if not live:
                     continue
