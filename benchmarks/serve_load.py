@@ -1,24 +1,26 @@
 """Load test of `embedkit serve` on loopback, with the encoder-only throughput measured in the same run.
 
 Setting (issue 12): MiniLM (all-MiniLM-L6-v2), the 4,858 HotpotQA dev500 paragraphs in a FAISS Flat index,
-the 500 HotpotQA questions as queries. Rows of the table:
+the 500 HotpotQA questions as queries. One section per encoder backend (`--encoder-backends`, default: onnx
+and torch), each with its own baseline:
 
-- encoder only: `Index.encoder.encode_queries` on 256-query batches in a fresh process (no HTTP, no search);
-  and in-process search (`Index.search`: encode + FAISS + document store) on the same batches;
+- encoder only: `Index.encoder.encode_queries` on 256-query batches in a fresh process (no HTTP, no search),
+  with that backend; and in-process search (`Index.search`: encode + FAISS + document store) on the same batches;
 - the server with N = 1, 8, 32, 64 concurrent clients, each sending Search-R1 `/retrieve` requests with ONE
   query (topk 3, return_scores) back to back over a keep-alive connection;
 - the server with one client sending 256-query requests back to back.
 
 Per row: queries/s, p50 and p99 request latency, errors (non-200 or a wrong number of hits), the share of
-the encoder-only throughput, and the server's mean queries per search call. Targets checked at the end:
-at >= 8 clients >= 80 % of encoder-only; no collapse at 64 clients (p99 <= 3 x p50); one client p50 <= 20 ms.
+the encoder-only throughput of the same backend, and the server's mean queries per search call. Targets, checked
+per backend: at >= 8 clients >= 80 % of encoder-only; no collapse at 64 clients (p99 <= 3 x p50); one client
+p50 <= 20 ms.
 
 The load generator is a minimal HTTP/1.1 client on asyncio streams (about 50 us of CPU per request), so on a
 2-core machine the client takes as little as possible from the server it measures. Run it on a quiet machine
 (`uptime` is recorded before and after; nothing else running):
 
-    .venv/bin/python benchmarks/serve_load.py                      # ~5 min (+ ~3 min to build the index once)
-    .venv/bin/python benchmarks/serve_load.py --seconds 5 --levels 1 8       # a quick look
+    .venv/bin/python benchmarks/serve_load.py                      # ~9 min (+ ~3 min to build the index once)
+    .venv/bin/python benchmarks/serve_load.py --seconds 5 --levels 1 8 --encoder-backends onnx   # a quick look
     .venv/bin/python benchmarks/serve_load.py --server-args --torch-threads 1   # any `embedkit serve` options
 
 Writes benchmarks/serve_load.md and benchmarks/serve_load.json.
@@ -82,14 +84,14 @@ def percentile(values: list[float], p: float) -> float:
 # --- encoder only (runs in its own process, like the server) -------------------------------------------
 
 
-def encoder_only(index_path: Path, queries: list[str], seconds: float, threads: int | None) -> dict:
+def encoder_only(index_path: Path, queries: list[str], seconds: float, threads: int | None, backend: str) -> dict:
     import torch
 
     from embedkit.index import Index
 
     if threads is not None:
         torch.set_num_threads(threads)
-    index = Index.load(index_path, device="cpu")
+    index = Index.load(index_path, device="cpu", encoder_backend=backend)
     batches = [queries[i:i + BATCH] for i in range(0, len(queries), BATCH)]
     batches = [b for b in batches if len(b) == BATCH] or batches
     index.search(batches[0][:8], 3)  # load and warm up
@@ -105,7 +107,8 @@ def encoder_only(index_path: Path, queries: list[str], seconds: float, threads: 
 
     encode = rate(index.encoder.encode_queries)
     search = rate(lambda batch: index.search(batch, 3))
-    return {"encode_qps": round(encode, 1), "search_qps": round(search, 1), "torch_threads": torch.get_num_threads()}
+    return {"encode_qps": round(encode, 1), "search_qps": round(search, 1), "torch_threads": torch.get_num_threads(),
+            "encoder_backend": index.encoder.config.backend}
 
 
 # --- the server and a lean load generator ----------------------------------------------------------------
@@ -254,9 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each row (default: 15)")
     parser.add_argument("--torch-threads", type=int, help="for the encoder-only rows (default: torch's, like the server)")
     parser.add_argument("--encoder-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--compare", default="--search-streams 1",
-                        help="`embedkit serve` options of a second server run for comparison (default: one search "
-                             "stream with torch's threads, the pre-streams design); '' to skip")
+    parser.add_argument("--encoder-backend", default="torch", help=argparse.SUPPRESS)
+    parser.add_argument("--encoder-backends", nargs="+", choices=["onnx", "torch"], default=["onnx", "torch"],
+                        help="one section per backend: encoder-only baseline and server rows (default: onnx torch)")
+    parser.add_argument("--compare", default="",
+                        help="`embedkit serve` options of another server run of the first backend, for comparison "
+                             "(e.g. '--search-streams 1'); default: none")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="extra `embedkit serve` options")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serve_load")
     return parser
@@ -266,46 +272,63 @@ def _main(args: argparse.Namespace) -> None:
     queries_path = args.queries or shared_data() / "hotpotqa_dev500" / "beir" / "queries.jsonl"
     queries = load_queries(queries_path)
     if args.encoder_only:
-        print(json.dumps(encoder_only(args.index, queries, args.seconds, args.torch_threads)))
+        print(json.dumps(encoder_only(args.index, queries, args.seconds, args.torch_threads, args.encoder_backend)))
         return
 
     ensure_index(args.index)
     load_before = uptime()
     print(f"before: {load_before}", flush=True)
-    command = [sys.executable, __file__, "--encoder-only", "--index", str(args.index), "--queries", str(queries_path),
-               "--seconds", str(args.seconds)] + (["--torch-threads", str(args.torch_threads)] if args.torch_threads else [])
-    encoder = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT,
-                                        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}).stdout.splitlines()[-1])
-    print(f"encoder only: {encoder}", flush=True)
-    rows, info = run_server_rows(args.index, queries, args.server_args, args)
-    compare_rows = []
+    sections = []
+    for backend in args.encoder_backends:
+        command = [sys.executable, __file__, "--encoder-only", "--index", str(args.index), "--queries",
+                   str(queries_path), "--seconds", str(args.seconds), "--encoder-backend", backend]
+        command += ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
+        output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT,
+                                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}).stdout
+        encoder = json.loads(output.splitlines()[-1])
+        print(f"encoder only ({backend}): {encoder}", flush=True)
+        server_args = [*args.server_args, "--encoder-backend", backend]
+        rows, info = run_server_rows(args.index, queries, server_args, args)
+        if encoder["encoder_backend"] != backend or info.get("encoder_backend") != backend:
+            raise RuntimeError(f"asked for the {backend} backend, got {encoder['encoder_backend']} (encoder only) and "
+                               f"{info.get('encoder_backend')} (server)")
+        sections.append({"backend": backend, "encoder_only": encoder, "server": rows, "info": info,
+                         "server_args": server_args})
     if args.compare.strip():
-        compare_args = [*args.server_args, *args.compare.split()]
-        compare_rows, _ = run_server_rows(args.index, queries, compare_args, args)
-        for row in compare_rows:
-            row["server_args"] = " ".join(compare_args)
+        first = sections[0]
+        compare_args = [*first["server_args"], *args.compare.split()]
+        rows, info = run_server_rows(args.index, queries, compare_args, args)
+        sections.append({**first, "server": rows, "info": info, "server_args": compare_args,
+                         "compare": args.compare.strip()})
     load_after = uptime()
     print(f"after: {load_after}", flush=True)
-    write(args, queries_path, encoder, rows, compare_rows, info, load_before, load_after)
+    write(args, queries_path, sections, load_before, load_after)
 
 
-def write(args, queries_path: Path, encoder: dict, rows: list[dict], compare_rows: list[dict], info: dict,
-          before: str, after: str) -> None:
-    base = encoder["encode_qps"]
-    for row in rows + compare_rows:
-        row["share_of_encoder"] = round(row["qps"] / base, 3) if base else None
-        row["p99_over_p50"] = round(row["p99_ms"] / row["p50_ms"], 2) if row["p50_ms"] else None
+def checks_of(rows: list[dict]) -> dict[str, bool | None]:
+    """The issue's targets on one section's server rows; None where a level was not measured."""
     single = [r for r in rows if r["queries_per_request"] == 1]
-    def check(selected: list[dict], ok) -> bool | None:
-        return all(ok(r) for r in selected) if selected else None  # None: that level was not measured
 
-    checks = {
+    def check(selected: list[dict], ok) -> bool | None:
+        return all(ok(r) for r in selected) if selected else None
+
+    return {
         ">= 8 clients: >= 80% of encoder-only": check([r for r in single if r["clients"] >= 8],
                                                       lambda r: r["share_of_encoder"] >= 0.8),
         "64 clients: p99 <= 3 x p50": check([r for r in single if r["clients"] == 64], lambda r: r["p99_over_p50"] <= 3),
         "1 client: p50 <= 20 ms": check([r for r in single if r["clients"] == 1], lambda r: r["p50_ms"] <= 20),
         "no errors": check(rows, lambda r: r["errors"] == 0),
     }
+
+
+def write(args, queries_path: Path, sections: list[dict], before: str, after: str) -> None:
+    for section in sections:
+        base = section["encoder_only"]["encode_qps"]
+        for row in section["server"]:
+            row["share_of_encoder"] = round(row["qps"] / base, 3) if base else None
+            row["p99_over_p50"] = round(row["p99_ms"] / row["p50_ms"], 2) if row["p50_ms"] else None
+        section["checks"] = checks_of(section["server"])
+    info = sections[0]["info"]
     meta = {"index": str(args.index), "queries": str(queries_path), "server_args": args.server_args,
             "seconds_per_row": args.seconds, "cpus": os.cpu_count(), "python": platform.python_version(),
             "machine": platform.machine(), "uptime_before": before, "uptime_after": after,
@@ -313,42 +336,53 @@ def write(args, queries_path: Path, encoder: dict, rows: list[dict], compare_row
             "server_backend": info.get("backend"), "search_streams": info.get("search_streams"),
             "torch_threads_per_stream": info.get("torch_threads_per_stream"),
             "documents": info.get("indexes", {}).get("dense", {}).get("documents")}
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "encoder_only": encoder, "server": rows,
-                                                         "compare": compare_rows, "checks": checks}, indent=2) + "\n")
-    server_args = " ".join(args.server_args)
-    default_compare = parser_defaults()["compare"]
-    compare_flag = "" if args.compare == default_compare else f" --compare '{args.compare}'"
+    stored = [{k: v for k, v in section.items() if k != "info"} for section in sections]
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "sections": stored}, indent=2) + "\n")
+    flags = "".join(f" {flag}" for flag in (
+        "" if args.encoder_backends == parser_defaults()["encoder_backends"]
+        else "--encoder-backends " + " ".join(args.encoder_backends),
+        f"--compare '{args.compare}'" if args.compare.strip() else "",
+        "--server-args " + " ".join(args.server_args) if args.server_args else "") if flag)
     lines = [
         "# Retrieval server under load (loopback)", "",
-        f"`python benchmarks/serve_load.py{compare_flag}{' --server-args ' + server_args if server_args else ''}` — "
+        f"`python benchmarks/serve_load.py{flags}` — "
         f"`embedkit serve {args.index.name}` ({meta['documents']} documents; default: all-MiniLM-L6-v2, FAISS Flat, "
         "HotpotQA dev500's 4,858 paragraphs) "
         f"on 127.0.0.1, queries = HotpotQA dev500's 500 questions, {args.seconds:.0f} s per row, "
         f"{os.cpu_count()} CPUs. Clients send Search-R1 `/retrieve` requests (topk 3, return_scores) back to "
-        "back over keep-alive connections from a lean asyncio client in another process.", "",
+        "back over keep-alive connections from a lean asyncio client in another process. Each encoder backend "
+        "has its own encoder-only baseline, measured just before its server rows.", "",
         f"Load before: `{before}`  ", f"Load after: `{after}`", "",
-        "| row | clients | queries/request | queries/s | % of encoder-only | p50 ms | p99 ms | p99/p50 | errors "
-        "| queries per search call |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| encoder only (encode_queries, {BATCH}-query batches) | – | {BATCH} | {encoder['encode_qps']} | 100% "
-        "| – | – | – | – | – |",
-        f"| in-process search (encode + FAISS + docstore) | – | {BATCH} | {encoder['search_qps']} | "
-        f"{encoder['search_qps'] / base:.0%} | – | – | – | – | – |",
+        "| backend | row | clients | queries/request | queries/s | % of encoder-only | p50 ms | p99 ms | p99/p50 "
+        "| errors | queries per search call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, group in (("server", rows), (f"server {args.compare.strip()}", compare_rows)):
-        for row in group:
-            lines.append(f"| {label} | {row['clients']} | {row['queries_per_request']} | {row['qps']} | "
+    for section in sections:
+        backend, encoder = section["backend"], section["encoder_only"]
+        base = encoder["encode_qps"]
+        if "compare" not in section:
+            lines += [
+                f"| {backend} | encoder only (encode_queries, {BATCH}-query batches) | – | {BATCH} | "
+                f"{encoder['encode_qps']} | 100% | – | – | – | – | – |",
+                f"| {backend} | in-process search (encode + FAISS + docstore) | – | {BATCH} | {encoder['search_qps']} | "
+                f"{encoder['search_qps'] / base:.0%} | – | – | – | – | – |",
+            ]
+        label = f"server {section['compare']}" if "compare" in section else "server"
+        for row in section["server"]:
+            lines.append(f"| {backend} | {label} | {row['clients']} | {row['queries_per_request']} | {row['qps']} | "
                          f"{row['share_of_encoder']:.0%} | {row['p50_ms']} | {row['p99_ms']} | "
                          f"{row['p99_over_p50']} | {row['errors']} | {row['queries_per_call']} |")
-    lines += ["", f"Encoder-only rows ran in their own process with {encoder['torch_threads']} torch threads "
-                  "(torch's default unless --torch-threads), before the server started. The server ran "
-                  f"{meta['search_streams']} search stream(s); torch and FAISS threads per call: "
-                  f"{meta['torch_threads_per_stream']} (stream 0 serves every call that runs alone).", "",
-              "Targets:", ""]
-    lines += [f"- {name}: {'not measured' if ok is None else 'met' if ok else 'NOT met'}" for name, ok in checks.items()]
-    if compare_rows:
-        lines += ["", f"Targets are checked on the default server rows; the `{args.compare.strip()}` rows are the "
-                      "same server with that option, for comparison."]
+    threads = sections[0]["encoder_only"]["torch_threads"]
+    lines += ["", f"Encoder-only rows ran in their own process with {threads} torch threads (torch's default "
+                  "unless --torch-threads; the onnx backend uses as many ONNX Runtime threads), before each "
+                  f"backend's server started. The server ran {meta['search_streams']} search stream(s); torch, "
+                  f"ONNX Runtime and FAISS threads per call: {meta['torch_threads_per_stream']} (stream 0 serves "
+                  "every call that runs alone).", "", "Targets (server rows against the same backend's encoder-only "
+                  "row):", ""]
+    for section in sections:
+        name = section["backend"] + (f" {section['compare']}" if "compare" in section else "")
+        lines += [f"- {name}: " + "; ".join(f"{check} {'not measured' if ok is None else 'met' if ok else 'NOT met'}"
+                                            for check, ok in section["checks"].items())]
     lines.append("")
     args.out.with_suffix(".md").write_text("\n".join(lines))
     print(f"wrote {args.out.with_suffix('.md')}")
