@@ -68,7 +68,8 @@ def test_agent_over_openai_compatible_endpoint(llm_server, retriever):
     assert good.turns[0].query == "bread ingredients" and good.turns[0].passages[0].id == "b1"
     assert good.prediction == "Bread" and good.em == 1.0
     # the second request carried the conversation: instruction, the model's turn, the information block
-    second = next(p for p in seen if len(p["messages"]) == 3)
+    # (the requests of both questions are in flight at once, so pick q1's by its question)
+    second = next(p for p in seen if len(p["messages"]) == 3 and "bread" in p["messages"][0]["content"])
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
     assert second["messages"][2]["content"].startswith("<information>Doc 1(Title: Bread)")
     assert second["stop"] == ["</search>", "</answer>"] and second["max_tokens"] == 64
