@@ -478,3 +478,21 @@ def test_search_threads_give_a_lone_call_every_core(indexes, minilm_encoder):
                              {"dense": Index.load(indexes[0], encoder=minilm_encoder)})
     with ThreadPoolExecutor(1) as thread:
         assert thread.submit(lambda: (fixed._size_threads(0, 1), torch.get_num_threads())[1]).result() == 1
+
+
+def test_the_onnx_encoder_backend_is_served_as_cpu_encoding(indexes, minilm_encoder):
+    """A GPU device means one large-batch stream, unless the onnx backend encodes on the CPU anyway."""
+    import os
+
+    from embedkit.index import Index
+    from embedkit.server.config import ServerConfig
+    from embedkit.server.service import RetrievalService
+
+    def service(**settings):
+        return RetrievalService(ServerConfig(device="cuda", **settings),
+                                {"dense": Index.load(indexes[0], encoder=minilm_encoder)})
+
+    assert service().streams == 1 and service().batchers["dense"].before_call is None
+    onnx = service(encoder_backend="onnx")
+    assert onnx.streams == max(1, min(4, os.cpu_count() or 1))
+    assert onnx.batchers["dense"].before_call == onnx._size_threads

@@ -157,7 +157,9 @@ class RetrievalService:
             self._stream_threads.n = threads
 
     def _gpu(self) -> bool:
-        return self.config.backend == "faiss-gpu" or _gpu_encoding(self.config.device)
+        # The onnx encoder backend encodes on the CPU whatever `device` says ("auto" means the CPU for it).
+        encodes_on_gpu = self.config.encoder_backend == "torch" and _gpu_encoding(self.config.device)
+        return self.config.backend == "faiss-gpu" or encodes_on_gpu
 
     def _dense_streams(self) -> int:
         if self.config.search_streams is not None:
