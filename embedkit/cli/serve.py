@@ -13,6 +13,7 @@ EXAMPLES = """\
   embedkit serve --config configs/serve.yaml --set limits.max_topk=50 --set batching.max_batch_size=512
   embedkit serve indexes/wiki-e5-flat --backend faiss-gpu          # float16, sharded over the visible GPUs
   embedkit serve indexes/wiki-e5-flat --mmap                        # memory-map index.faiss instead of reading it
+  embedkit serve indexes/wiki --encoder-backend onnx               # CPU: queries encoded by ONNX Runtime (~2x)
   curl -s localhost:8000/retrieve -H 'content-type: application/json' \\
        -d '{"queries": ["who wrote Hamlet?"], "topk": 3, "return_scores": true}'
 """
