@@ -334,7 +334,7 @@ def write(args, queries_path: Path, sections: list[dict], before: str, after: st
             "machine": platform.machine(), "uptime_before": before, "uptime_after": after,
             "server_batching": {k: v for k, v in info.get("batching", {}).items() if k != "stats"},
             "server_backend": info.get("backend"), "search_streams": info.get("search_streams"),
-            "torch_threads_per_stream": info.get("torch_threads_per_stream"),
+            "threads_per_call": info.get("threads_per_call"),
             "documents": info.get("indexes", {}).get("dense", {}).get("documents")}
     stored = [{k: v for k, v in section.items() if k != "info"} for section in sections]
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "sections": stored}, indent=2) + "\n")
@@ -376,7 +376,7 @@ def write(args, queries_path: Path, sections: list[dict], before: str, after: st
     lines += ["", f"Encoder-only rows ran in their own process with {threads} torch threads (torch's default "
                   "unless --torch-threads; the onnx backend uses as many ONNX Runtime threads), before each "
                   f"backend's server started. The server ran {meta['search_streams']} search stream(s); torch, "
-                  f"ONNX Runtime and FAISS threads per call: {meta['torch_threads_per_stream']} (stream 0 serves "
+                  f"ONNX Runtime and FAISS threads per call: {meta['threads_per_call']} (stream 0 serves "
                   "every call that runs alone).", "", "Targets (server rows against the same backend's encoder-only "
                   "row):", ""]
     for section in sections:

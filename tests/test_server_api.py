@@ -180,6 +180,8 @@ def test_info_and_health(server):
     assert info["indexes"]["dense"]["manifest"]["kind"] == "dense"
     assert info["indexes"]["bm25"]["manifest"]["kind"] == "bm25"
     assert info["limits"]["max_topk"] == 5 and info["auth"] is True
+    assert (info["encoder_backend"], info["torch_threads"]) == ("torch", None)  # each field has one type
+    assert info["threads_per_call"].endswith("/ calls sharing them")
     health = httpx.get(server + "/health", timeout=30).json()
     assert (health["status"], health["modes"]) == ("ok", ["dense", "bm25", "hybrid"])
     assert health["documents"] == {"dense": 8, "bm25": 8}

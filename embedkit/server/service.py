@@ -325,7 +325,9 @@ class RetrievalService:
             "backend": self.config.backend,
             "encoder_backend": self.config.encoder_backend,
             "search_streams": self.streams,
-            "torch_threads_per_stream": self.torch_threads or f"CPUs ({self.cpus}) / calls sharing them",
+            "torch_threads": self.torch_threads,  # the setting: a number, or null for the rule below
+            "threads_per_call": f"{self.torch_threads} (torch_threads)" if self.torch_threads is not None
+            else f"CPUs ({self.cpus}) / calls sharing them",
             "auth": self.config.resolved_api_key() is not None,
         }
 
