@@ -44,7 +44,7 @@ class Encoder:
         self.device = pick_device("cpu" if config.backend == "onnx" and config.device == "auto" else config.device)
         if config.backend == "onnx" and (self.device != "cpu" or config.dtype not in ("auto", "float32")):
             raise EmbedkitError(f"the onnx backend runs float32 on the CPU (asked: device {config.device}, dtype "
-                              f"{config.dtype}); use the torch backend for other devices and precisions")
+                                f"{config.dtype}); use the torch backend for other devices and precisions")
         self.model = model or load_sentence_transformer(config.model, device=self.device, max_length=config.max_length)
         # Fingerprint before any precision change so it identifies the weights, not the inference dtype.
         self.fingerprint = weights_fingerprint(self.model)

@@ -56,6 +56,8 @@ class OnnxTransformer:
         from embedkit.paths import cache_dir
 
         _require("onnxruntime")
+        if not callable(getattr(model, "preprocess", None)):  # and the modules' modality_config
+            raise EmbedkitError("the onnx encoder backend needs sentence-transformers >= 6")
         self.model, self.name = model, name
         self.transformer = _text_transformer(model)
         self.output_name = getattr(self.transformer, "module_output_name", "token_embeddings")
