@@ -338,14 +338,16 @@ def write(args, queries_path: Path, sections: list[dict], before: str, after: st
             "documents": info.get("indexes", {}).get("dense", {}).get("documents")}
     stored = [{k: v for k, v in section.items() if k != "info"} for section in sections]
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "sections": stored}, indent=2) + "\n")
-    flags = "".join(f" {flag}" for flag in (
-        "" if args.encoder_backends == parser_defaults()["encoder_backends"]
-        else "--encoder-backends " + " ".join(args.encoder_backends),
-        f"--compare '{args.compare}'" if args.compare.strip() else "",
-        "--server-args " + " ".join(args.server_args) if args.server_args else "") if flag)
+    command = ["python benchmarks/serve_load.py"]
+    if args.encoder_backends != parser_defaults()["encoder_backends"]:
+        command.append("--encoder-backends " + " ".join(args.encoder_backends))
+    if args.compare.strip():
+        command.append(f"--compare '{args.compare}'")
+    if args.server_args:
+        command.append("--server-args " + " ".join(args.server_args))
     lines = [
         "# Retrieval server under load (loopback)", "",
-        f"`python benchmarks/serve_load.py{flags}` — "
+        f"`{' '.join(command)}` — "
         f"`embedkit serve {args.index.name}` ({meta['documents']} documents; default: all-MiniLM-L6-v2, FAISS Flat, "
         "HotpotQA dev500's 4,858 paragraphs) "
         f"on 127.0.0.1, queries = HotpotQA dev500's 500 questions, {args.seconds:.0f} s per row, "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -81,6 +80,7 @@ def test_the_export_is_cached_and_reused(minilm_onnx_encoder, onnx_cache):
 
 def test_a_damaged_cache_is_exported_again_and_abandoned_exports_are_removed(minilm_onnx_encoder, onnx_cache,
                                                                              tmp_path, monkeypatch):
+    """The cache is written like an index folder (`atomic_directory`): a killed export's work folder is swept."""
     from embedkit.encoding import Encoder, EncoderConfig
 
     fingerprint = minilm_onnx_encoder.fingerprint
@@ -88,10 +88,9 @@ def test_a_damaged_cache_is_exported_again_and_abandoned_exports_are_removed(min
     shutil.copytree(onnx_cache / "onnx" / fingerprint, cache / "onnx" / fingerprint)
     graph = cache / "onnx" / fingerprint / "model.onnx"
     graph.write_bytes(graph.read_bytes()[:1000])  # a half-written file from some other tool
-    dead = cache / "onnx" / f".{fingerprint}.tmp-{_dead_pid()}-0000"  # an export killed midway
-    live = cache / "onnx" / f".{fingerprint}.tmp-{os.getpid()}-0000"  # an export still running
-    dead.mkdir()
-    live.mkdir()
+    killed = cache / "onnx" / f"{fingerprint}.tmp-4000000-0badf00d"  # an export killed midway
+    killed.mkdir()
+    (killed / "model.onnx").write_bytes(b"half")
     unrelated = cache / "onnx" / "notes.txt"
     unrelated.write_text("not ours to delete")
     monkeypatch.setenv("EMBEDKIT_CACHE", str(cache))
@@ -99,15 +98,9 @@ def test_a_damaged_cache_is_exported_again_and_abandoned_exports_are_removed(min
     encoder = Encoder(EncoderConfig(model=MINILM, backend="onnx"))
     assert graph.stat().st_size > 1000
     assert _vectors_close(encoder.encode_queries(QUERIES), minilm_onnx_encoder.encode_queries(QUERIES)) < 1e-5
-    assert not dead.exists() and live.exists() and unrelated.exists()
-    assert sorted(path.name for path in (cache / "onnx").iterdir()) == sorted([fingerprint, live.name, "notes.txt"])
-
-
-def _dead_pid() -> int:
-    pid = 4_000_000
-    while Path(f"/proc/{pid}").exists():
-        pid += 1
-    return pid
+    assert not killed.exists() and unrelated.exists()
+    names = {path.name for path in (cache / "onnx").iterdir()}
+    assert names - {f".{fingerprint}.lock"} == {fingerprint, "notes.txt"}
 
 
 @pytest.mark.parametrize("setting", [{"device": "cuda"}, {"dtype": "float16"}])

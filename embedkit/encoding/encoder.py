@@ -120,9 +120,8 @@ class Encoder:
         return callable(getattr(self.model, "preprocess", None))
 
     def _encode(self, texts: Sequence[str], prefix: str) -> np.ndarray:
-        if 0 < len(texts) <= self.config.batch_size and self.thread_safe:
-            return self._encode_one_batch(list(texts), prefix)
-        if self._onnx is not None:
+        # One batch, or the onnx backend: our own batches. Many torch batches: sentence-transformers' encode.
+        if self.thread_safe and (self._onnx is not None or 0 < len(texts) <= self.config.batch_size):
             return self._encode_batches(list(texts), prefix)
         vectors = self.model.encode(
             list(texts),
@@ -168,9 +167,9 @@ class Encoder:
         limit = getattr(self.model, "max_seq_length", None)
         cap = int(limit) * MAX_CHARS_PER_TOKEN if limit else None
         texts = [query[:cap] for query in queries] if cap else list(queries)
-        if not self.thread_safe or len(texts) <= self.config.batch_size:
-            return self._encode(texts, self.query_prefix)
-        return self._encode_batches(texts, self.query_prefix)
+        if self.thread_safe:
+            return self._encode_batches(texts, self.query_prefix)
+        return self._encode(texts, self.query_prefix)
 
     def _encode_batches(self, texts: list[str], prefix: str) -> np.ndarray:
         """Batches of `batch_size` through `_encode_one_batch`, longest texts first as sentence-transformers

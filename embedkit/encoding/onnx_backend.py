@@ -7,7 +7,8 @@ are about as fast, so this backend pays off where queries come one or a few at a
 
 How: the model's first module (the Hugging Face transformer) is exported once with `torch.onnx.export`
 (dynamic batch and sequence axes) into the cache folder (`embedkit.paths.cache_dir()`, one folder per weights
-fingerprint). Everything after it (pooling, dense layers, normalization) still runs in torch, so each
+fingerprint; written with `embedkit.io.atomic_directory`, so a killed export leaves nothing half-written and
+concurrent servers export once). Everything after it (pooling, dense layers, normalization) still runs in torch, so each
 sentence-transformers pipeline keeps its own semantics. Every load compares the graph with the torch model on
 probe texts and refuses a graph that disagrees, so a stale or damaged cache can never change results.
 
@@ -26,10 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
-import shutil
 import threading
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,17 +66,24 @@ class OnnxTransformer:
         self._load()
 
     def _load(self) -> None:
-        """Use the cached graph when it matches the torch model; otherwise (re-)export it once."""
-        if (self.folder / GRAPH_NAME).is_file():
-            try:
-                self._check()
-                return
-            except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types; damaged or stale, ours
-                log.warning("re-exporting %s: the cached ONNX graph is unusable (%s)", self.folder, error)
-                self._sessions.clear()
-                shutil.rmtree(self.folder, ignore_errors=True)
-        _export(self.model, self.transformer, self.input_names, self.folder)
-        self._check()
+        """Use the cached graph when it matches the torch model; otherwise (re-)export it once.
+
+        Under the folder's lock: a second process starting at the same time waits, then finds the graph.
+        """
+        from embedkit.io import folder_lock, recover_folder
+
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.folder):
+            recover_folder(self.folder)  # finish or sweep an export killed midway
+            if (self.folder / GRAPH_NAME).is_file():
+                try:
+                    self._check()
+                    return
+                except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types; damaged or stale
+                    log.warning("re-exporting %s: the cached ONNX graph is unusable (%s)", self.folder, error)
+                    self._sessions.clear()
+            _export(self.model, self.transformer, self.input_names, self.folder)
+            self._check()
 
     def _check(self) -> None:
         import torch
@@ -147,45 +152,37 @@ def _input_names(transformer: Any) -> list[str]:
 
 
 def _export(model: Any, transformer: Any, input_names: list[str], folder: Path) -> None:
-    """Export `transformer.auto_model` to `folder/model.onnx`, atomically (a killed export leaves no folder)."""
+    """Export `transformer.auto_model` to `folder/model.onnx`, replacing `folder` only once the export is done."""
     import torch
+
+    from embedkit.io import atomic_directory
 
     _require("onnx")
     _require("onnxscript")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_exports(folder)
-    work = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    work.mkdir()
-    log.warning("exporting %s to ONNX once (cached in %s)", type(transformer.auto_model).__name__, folder)
+    name = type(transformer.auto_model).__name__
+    log.warning("exporting %s to ONNX once (cached in %s)", name, folder)
+    features = model.preprocess(list(PROBE_TEXTS))
+    example = {key: features[key] for key in input_names}
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     try:
-        features = model.preprocess(list(PROBE_TEXTS))
-        example = {name: features[name] for name in input_names}
-        batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-        module = _last_hidden_state(transformer.auto_model).eval()
-        # The exporter reports each stage on stdout and warns about what it skips (torchvision's operators,
-        # axis renames); a server's or CLI's output is not the place for it.
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), \
-                _quiet("torch.onnx", "onnx_ir", "onnxscript"):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module, (), str(work / GRAPH_NAME), kwargs=example, input_names=input_names,
-                output_names=["last_hidden_state"], dynamic_shapes={name: {0: batch, 1: sequence} for name in example},
-                dynamo=True, external_data=True, verbose=False,
-            )
-        try:
-            work.rename(folder)
-        except OSError:  # another process finished the same export first: theirs is as good
-            if not (folder / GRAPH_NAME).is_file():
-                raise
-    except ModelUnavailableError:
+        with atomic_directory(folder, overwrite=True, marker=GRAPH_NAME, what="ONNX export") as work:
+            # The exporter reports each stage on stdout and warns about what it skips (torchvision's operators,
+            # axis renames); a server's or CLI's output is not the place for it.
+            with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), \
+                    _quiet("torch.onnx", "onnx_ir", "onnxscript"):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    _last_hidden_state(transformer.auto_model).eval(), (), str(work / GRAPH_NAME), kwargs=example,
+                    input_names=input_names, output_names=["last_hidden_state"], dynamo=True, external_data=True,
+                    dynamic_shapes={key: {0: batch, 1: sequence} for key in example}, verbose=False,
+                )
+    except EmbedkitError:  # disk full, a folder that is not an export: already clear
         raise
     except Exception as error:  # the exporter fails in many ways on architectures it cannot trace
         raise ModelUnavailableError(
-            f"cannot export {type(transformer.auto_model).__name__} to ONNX: {type(error).__name__}: "
+            f"cannot export {name} to ONNX: {type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}; use the torch backend"
         ) from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -198,24 +195,6 @@ def _quiet(*loggers: str) -> Iterator[None]:
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
-
-
-def _remove_abandoned_exports(folder: Path) -> None:
-    """Delete work folders of exports whose process is gone (killed mid-export); they are ours by name."""
-    for work in folder.parent.glob(f".{folder.name}.tmp-*"):
-        pid = work.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _open_session(path: Path, threads: int) -> Any:

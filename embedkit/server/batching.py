@@ -1,7 +1,7 @@
 """Micro-batching: gather the queries of concurrent requests into one search call.
 
-Requests put their queries on an asyncio queue. One worker coroutine takes everything waiting (up to
-`max_batch_size` queries, and at most its stream's share of the requests pending) and runs a single `search(texts, k)` on a
+Requests put their queries on an asyncio queue. One worker coroutine takes what waits (up to `max_batch_size`
+queries, and at most its stream's share of the requests in play) and runs a single `search(texts, k)` on a
 search stream: one single-threaded executor per stream, so up to that many calls run at once (CPU serving runs
 several streams). A call goes to the idle stream with the lowest number, so a lone client is always served by
 stream 0 (which `before_call` may give every core) and the other streams only run under load.
@@ -156,7 +156,7 @@ class MicroBatcher:
         # A call takes only its stream's share of the requests in play (pending now or lately): two calls side
         # by side keep both cores busy while each one's clients are answered, where one call of everything
         # leaves the other stream idle and then alternates big and small calls (uneven latency at 64 clients).
-        share = -(-max(self._pending, self._peak, self._queue.qsize() + 1) // self.concurrency)
+        share = -(-max(self._peak, self._queue.qsize() + 1) // self.concurrency)  # the peak includes all pending
         gather_until = start + self.gather_ms / 1000
         while size < self.max_batch_size and len(batch) < share:
             try:

@@ -8,10 +8,9 @@ collapse), while independent streams only slow down in proportion. A lone call, 
 so stream 0, which serves every call that runs alone, sets its OpenMP threads (torch's and FAISS's; both are
 per-thread settings; the onnx encoder backend runs as many ONNX Runtime threads as torch's setting says) to
 CPUs / calls sharing them before each call (every stream counts while calls overlapped in the last 100 ms),
-and the other streams use CPUs / streams. With `encoder_backend: onnx` the forward pass runs without the GIL,
-so the streams' encoders truly run side by side. The
-streams encode in parallel (`Encoder.encode_queries` is thread-safe: it tokenizes under the encoder's lock) and
-take turns for the FAISS search and the document lookup, which are fast.
+and the other streams use CPUs / streams. The streams encode in parallel (`Encoder.encode_queries` is
+thread-safe: it tokenizes under the encoder's lock; with `encoder_backend: onnx` the forward pass also runs
+without the GIL) and take turns for the FAISS search and the document lookup, which are fast.
 BM25 searches run on their own single thread (the JVM and bm25s are used from one thread).
 
 Reloading: a background task stats each served folder's `manifest.json` every `reload.poll_seconds`. When
