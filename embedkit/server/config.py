@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -18,6 +18,11 @@ from embedkit.hybrid.fusion import FusionConfig
 API_KEY_ENV = "EMBEDKIT_API_KEY"
 Mode = Literal["dense", "bm25", "hybrid"]
 Backend = Literal["faiss", "faiss-gpu", "torch"]
+Slot = Literal["dense", "bm25"]
+
+#: Settings that only a dense index honours. They are given to the dense index alone; on a server without one
+#: a setting the user chose would do nothing, so it is refused (`ServerConfig.check_dense_settings`).
+DENSE_SETTINGS = ("backend", "mmap", "encoder_backend")
 
 #: Queries per request. Far above what RL loops send (Search-R1: train_batch_size 512 x n_agent 5 = 2,560
 #: queries in one POST); large requests are split into encoder batches inside the server.
@@ -87,3 +92,37 @@ class ServerConfig(YamlConfig):
 
     def resolved_api_key(self) -> str | None:
         return self.api_key or os.environ.get(API_KEY_ENV) or None
+
+    def open_options(self, slot: Slot) -> dict[str, Any]:
+        """What `Index.load` gets for the index served in `slot`.
+
+        Both slots get the encoder runtime (device, batch size), which a BM25 index accepts and ignores; only the
+        dense slot gets the search settings, because a BM25 index refuses them (it has no FAISS file or backend).
+        """
+        options: dict[str, Any] = {"device": self.device, "batch_size": self.encode_batch_size}
+        if slot == "dense":
+            # faiss-gpu opens the FAISS file on the CPU; the server then clones it onto the GPUs.
+            options.update(backend="faiss" if self.backend == "faiss-gpu" else self.backend, mmap=self.mmap,
+                           encoder_backend=self.encoder_backend)
+        return options
+
+    def check_dense_settings(self, slots: dict[str, str]) -> None:
+        """Refuse dense-only settings the user chose (set in the YAML, by --set or a flag; mmap when on) when
+        `slots` (slot -> folder) has no dense index: served as given they would silently do nothing."""
+        if "dense" in slots:
+            return
+        chosen = [name for name in DENSE_SETTINGS
+                  if name in self.model_fields_set and (name != "mmap" or self.mmap)]
+        if chosen:
+            from embedkit.errors import EmbedkitError
+
+            given = ", ".join(f"{name}={getattr(self, name)}" for name in chosen)
+            raise EmbedkitError(f"{given}: only a dense index takes {'this setting' if len(chosen) == 1 else 'these'}"
+                                f", and this server has none ({slots.get('bm25')} is a BM25 index); drop "
+                                f"{' '.join('--' + name.replace('_', '-') for name in chosen)} (or the key in "
+                                "the config), or serve a dense index too")
+
+
+def index_slot(kind: str) -> Slot:
+    """The server serves one lexical and one vector index: BM25 is "bm25", every other kind answers as "dense"."""
+    return "bm25" if kind == "bm25" else "dense"

@@ -41,7 +41,7 @@ from embedkit.hybrid.fusion import FusionConfig, fuse_hits
 from embedkit.index.base import Index
 from embedkit.passage import Passage
 from embedkit.server.batching import MicroBatcher
-from embedkit.server.config import Mode, ServerConfig
+from embedkit.server.config import Mode, ServerConfig, index_slot
 
 log = logging.getLogger(__name__)
 
@@ -169,17 +169,19 @@ class RetrievalService:
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> RetrievalService:
-        indexes: dict[str, Index] = {}
+        from embedkit.index.kinds import kind_of
+
+        # Each folder's slot comes from its manifest, so the options can be checked before anything is loaded.
+        folders: dict[str, Path] = {}
         for path in (config.index, config.bm25):
             if path is None:
                 continue
-            index = open_index(Path(path), config, None)
-            # The server serves one lexical and one vector index; every non-BM25 kind answers as "dense".
-            slot = "bm25" if index.kind == "bm25" else "dense"
-            if slot in indexes:
-                raise EmbedkitError(f"two {slot} indexes given ({indexes[slot].path} and {path}); give one of each")
-            indexes[slot] = index
-        return cls(config, indexes)
+            slot = index_slot(kind_of(path).name)
+            if slot in folders:
+                raise EmbedkitError(f"two {slot} indexes given ({folders[slot]} and {path}); give one of each")
+            folders[slot] = Path(path)
+        config.check_dense_settings({slot: str(path) for slot, path in folders.items()})
+        return cls(config, {slot: open_index(path, config, None) for slot, path in folders.items()})
 
     @property
     def indexes(self) -> dict[str, Index]:
@@ -355,12 +357,7 @@ def open_index(path: Path, config: ServerConfig, previous: Index | None) -> Inde
     """Open a folder with the server's options; a dense reopen reuses `previous`'s encoder if the weights match."""
     from embedkit.index.kinds import kind_of
 
-    wanted: dict[str, Any] = {"device": config.device, "batch_size": config.encode_batch_size,
-                              "encoder_backend": config.encoder_backend,
-                              "mmap": config.mmap, "backend": "faiss" if config.backend == "faiss-gpu" else config.backend}
-    # Each kind takes the server options its typed open-options model declares (BM25 takes no backend/mmap).
-    accepted = kind_of(path).open_options.model_fields
-    options = {name: value for name, value in wanted.items() if name in accepted}
+    options = config.open_options(index_slot(kind_of(path).name))
     encoder = getattr(previous, "encoder", None) if previous is not None else None
     if encoder is not None:
         from embedkit.errors import ModelMismatchError
