@@ -9,6 +9,7 @@ from embedkit.cli._common import add_command
 EXAMPLES = """\
   embedkit serve indexes/wiki                                  # http://127.0.0.1:8000/retrieve, docs at /docs
   embedkit serve indexes/wiki --bm25 indexes/wiki-bm25 --retrieve-mode hybrid --port 8001
+  embedkit serve indexes/wiki-bm25                             # a BM25 index alone (no model loaded)
   EMBEDKIT_API_KEY=secret embedkit serve indexes/wiki --host 0.0.0.0
   embedkit serve --config configs/serve.yaml --set limits.max_topk=50 --set batching.max_batch_size=512
   embedkit serve indexes/wiki-e5-flat --backend faiss-gpu          # float16, sharded over the visible GPUs
@@ -37,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         examples=EXAMPLES,
     )
     parser.add_argument("index", nargs="?", help="main index folder (dense or bm25)")
+    # The config key is `index` and the second folder is `--bm25`, so `--index FOLDER` is what users type too.
+    parser.add_argument("--index", dest="index_option", metavar="INDEX", help="the main index folder, as an option")
     parser.add_argument("--bm25", help="BM25 index folder for bm25 and hybrid modes")
     parser.add_argument("--config", help="YAML file with ServerConfig settings (command-line options win)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
@@ -88,6 +91,11 @@ def config_from_args(args: argparse.Namespace):
     from embedkit.errors import EmbedkitError
     from embedkit.server.config import ServerConfig
 
+    if args.index_option is not None:
+        if args.index is not None and args.index != args.index_option:
+            raise EmbedkitError(f"two main indexes given ({args.index} and --index {args.index_option}); give one "
+                                "(a BM25 index to serve beside a dense one goes to --bm25)")
+        args.index = args.index_option
     flags: dict = {}
     for name, key in (("index", "index"), ("bm25", "bm25"), ("host", "host"), ("port", "port"),
                       ("api_key", "api_key"), ("retrieve_mode", "retrieve_mode"), ("default_topk", "default_topk"),
