@@ -44,8 +44,9 @@ def test_minmax_interpolation_with_alpha():
 def test_zscore_interpolation_gives_missing_documents_the_floor():
     fused = fuse_scores([{"a": 3.0, "b": 1.0}, {"b": 5.0, "c": 5.0}],
                         FusionConfig(method="interpolate", normalization="zscore"))
-    # first system: a=+1, b=-1; second: constant → 0 for both, floor 0; c missing in the first → floor -1
-    assert fused == pytest.approx({"a": 0.5 * 1 + 0.5 * 0, "b": 0.5 * -1 + 0.5 * 0, "c": 0.5 * -1 + 0.5 * 0})
+    # first system: a=+1, b=-1; second: constant → 0 for both, so a (missing there) gets one unit below, -1;
+    # c missing in the first → its floor -1
+    assert fused == pytest.approx({"a": 0.5 * 1 + 0.5 * -1, "b": 0.5 * -1 + 0.5 * 0, "c": 0.5 * -1 + 0.5 * 0})
     assert all(math.isfinite(v) for v in fused.values())
 
 

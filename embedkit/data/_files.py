@@ -1,7 +1,8 @@
 """Low-level reading shared by every input reader: numbered UTF-8 lines, JSON lines and tab/comma rows.
 
 Every problem becomes a `DataFormatError` naming the file and the line: bytes that are not UTF-8, a lone
-surrogate escape in JSON, JSON nested too deeply, an unclosed quoted field, a damaged gzip stream.
+surrogate escape in JSON, JSON nested too deeply, a key repeated in one JSON object, a NaN/Infinity literal or a
+number too large for a float, an unclosed quoted field, a damaged gzip stream, an id holding a control character.
 A UTF-8 byte order mark at the start of a file is dropped (Excel and Notepad write one).
 Lines end at "\\n" (a "\\r" before it is dropped too), so "\\r", U+2028 or U+0085 inside a line stay part of it.
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import re
 import sys
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,23 +92,26 @@ def iter_lines(path: str | Path, *, keep_ends: bool = False) -> Iterator[tuple[i
         raise DataFormatError("is a folder, not a file", path=path) from None
 
 
-def find_surrogate(value: Any) -> tuple[str, str] | None:
-    """(field path, text) of the first string (key or value) holding a lone surrogate, or None."""
+def _walk(value: Any) -> Iterator[tuple[str, Any]]:
+    """(field path, item) for every value and key inside a parsed JSON value, in document order."""
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
         where, item = stack.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item):
-                return where or "(value)", item
-        elif isinstance(item, dict):
-            for key, inner in item.items():
+        yield where or "(value)", item
+        if isinstance(item, dict):
+            inner = []
+            for key, child in item.items():
                 name = f"{where}.{key}" if where else str(key)
-                if _SURROGATE.search(key):
-                    return name, key
-                stack.append((name, inner))
+                inner += [(name, key), (name, child)]
+            stack.extend(reversed(inner))
         elif isinstance(item, list):
-            stack.extend((f"{where}[{index}]", inner) for index, inner in enumerate(item))
-    return None
+            stack.extend(reversed([(f"{where}[{index}]", child) for index, child in enumerate(item)]))
+
+
+def find_surrogate(value: Any) -> tuple[str, str] | None:
+    """(field path, text) of the first string (key or value) holding a lone surrogate, or None."""
+    return next(((where, item) for where, item in _walk(value)
+                 if isinstance(item, str) and _SURROGATE.search(item)), None)
 
 
 def surrogate_message(text: str) -> str:
@@ -115,20 +121,130 @@ def surrogate_message(text: str) -> str:
             "(half of a UTF-16 pair; it cannot be stored or written as UTF-8)")
 
 
+# --- strict JSON: no repeated keys, no NaN/Infinity, no number that overflows a float ----------------------
+
+
+class _Refused(Exception):
+    """Raised by the strict JSON hooks; `parse_json_line` finds the field and reports it."""
+
+
+class _RepeatedKey(dict):
+    """An object that named a key twice (the locating pass returns it in place of the plain dict)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class _NotFinite:
+    """A NaN/Infinity literal or an overflowing number (the locating pass returns it in place of the float)."""
+
+    text: str
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        raise _Refused
+    return record
+
+
+def _strict_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _Refused
+    return value
+
+
+def _refuse_constant(text: str) -> Any:
+    raise _Refused
+
+
+def _locating_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) == len(pairs):
+        return record
+    flagged = _RepeatedKey(record)
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            flagged.key = key
+            break
+        seen.add(key)
+    return flagged
+
+
+def _locating_float(text: str) -> float | _NotFinite:
+    value = float(text)
+    return _NotFinite(text) if math.isinf(value) else value
+
+
+def _strictness_message(text: str, *, path: Path | str, line: int) -> DataFormatError:
+    """Re-parse a line the strict hooks refused, to name the field and say what is wrong with it."""
+    value = json.loads(text, object_pairs_hook=_locating_object, parse_float=_locating_float, parse_constant=_NotFinite)
+    for where, item in _walk(value):
+        if isinstance(item, _RepeatedKey):
+            name = f"{where}.{item.key}" if where != "(value)" else item.key
+            return DataFormatError(
+                f"key '{item.key}' appears twice in one JSON object; which value counts depends on the reader, "
+                "so the record is refused (keep one of them)", path=path, line=line, field=name)
+        if isinstance(item, _NotFinite):
+            shown = item.text if len(item.text) <= 24 else item.text[:21] + "..."
+            problem = ("JSON has no NaN or Infinity" if item.text in ("NaN", "Infinity", "-Infinity")
+                       else "it is too large for a 64-bit float")
+            return DataFormatError(f"{shown} is not a usable number ({problem}); write a finite number",
+                                   path=path, line=line, field=where)
+    raise AssertionError("the strict JSON hooks refused a line the locating pass accepts")  # pragma: no cover
+
+
 def parse_json_line(text: str, *, path: Path | str, line: int) -> Any:
-    """One JSON value; malformed, too deeply nested or surrogate-holding input is a `DataFormatError`."""
+    """One JSON value; malformed, too deeply nested or surrogate-holding input is a `DataFormatError`.
+
+    Stricter than `json.loads`: a key repeated in one object (json.loads keeps the last value silently), a
+    NaN/Infinity literal (not JSON) and a number that overflows a float (read as inf) are refused, naming the field.
+    """
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_strict_object, parse_float=_strict_float,
+                           parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
         raise DataFormatError(f"malformed JSON ({error.msg} at column {error.colno})", path=path, line=line) from None
     except RecursionError:
         raise DataFormatError("JSON nested too deeply", path=path, line=line) from None
+    except _Refused:
+        raise _strictness_message(text, path=path, line=line) from None
     except ValueError as error:  # e.g. an integer of more than 4300 digits
         raise DataFormatError(f"unreadable JSON ({error})", path=path, line=line) from None
     if _SURROGATE_ESCAPE.search(text):
         found = find_surrogate(value)
         if found is not None:
             raise DataFormatError(surrogate_message(found[1]), path=path, line=line, field=found[0])
+    return value
+
+
+# --- ids -------------------------------------------------------------------------------------------------
+
+#: C0 and C1 control characters (NUL, tab, LF, CR, ...): they end a field or a line in TREC runs, qrels and TSV
+#: files, and C tools stop reading at NUL, so an id holding one cannot be written back faithfully.
+CONTROL_CHARACTERS = "\x00-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
+_CONTROL_NAMES = {0: "NUL", 9: "tab", 10: "line feed", 13: "carriage return"}
+
+
+def control_character_problem(value: str) -> str | None:
+    """"holds a control character (U+0000 NUL at character 3)" when `value` has one, else None."""
+    found = _CONTROL.search(value)
+    if found is None:
+        return None
+    code = ord(found.group())
+    name = _CONTROL_NAMES.get(code, "control character")
+    return f"holds a control character (U+{code:04X} {name} at character {found.start()})"
+
+
+def check_id(value: str, *, what: str, path: Path | str, line: int | None, field: str | None = None) -> str:
+    """Return `value`, or raise `DataFormatError` (file, line, field) when the id holds a control character."""
+    problem = control_character_problem(value)
+    if problem is not None:
+        raise DataFormatError(f"{what} {value!r} {problem}; ids with control characters break TREC runs and "
+                              "tab-separated files (remove it from the id)", path=path, line=line, field=field)
     return value
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embedkit.data._files import base_suffix, iter_csv_rows, iter_json_lines, iter_tsv_rows, open_binary
+from embedkit.data._files import base_suffix, check_id, iter_csv_rows, iter_json_lines, iter_tsv_rows, open_binary
 from embedkit.errors import DataFormatError
 
 ID_FIELDS = ("_id", "id", "docid", "doc_id", "pid")
@@ -75,8 +75,8 @@ class FieldMap:
     def document(self, record: dict[str, Any], *, path: Path | str, line: int | None, columnar: bool = False) -> Document:
         """The record as a `Document`; ids and texts of the wrong JSON type are refused, never converted.
 
-        Ids must be strings (integers too when they come from a typed column: Parquet, saved datasets);
-        text and title must be strings or null.
+        Ids must be strings (integers too when they come from a typed column: Parquet, saved datasets) without
+        control characters; text and title must be strings or null.
         """
         assert self.id_field and self.text_field
         try:
@@ -104,7 +104,7 @@ def _id_value(value: Any, *, path: Path | str, line: int | None, field: str, col
     if isinstance(value, str):
         if value == "":
             raise DataFormatError("empty document id", path=path, line=line, field=field)
-        return value
+        return check_id(value, what="document id", path=path, line=line, field=field)
     if columnar and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if value is None:
@@ -242,7 +242,7 @@ def iter_documents(
     """Stream documents from `source`; raises `DataFormatError` naming file, line and field on bad input."""
     fields = fields or FieldMap()
     resolved: FieldMap | None = None
-    seen: dict[str, int | None] = {}
+    seen: dict[str, tuple[str, int | None]] = {}  # id -> (file, line) of its first record
     count = 0
     where = str(source)
     for where, line, record, columnar in _records(source):
@@ -253,11 +253,11 @@ def iter_documents(
         document = resolved.document(record, path=where, line=line, columnar=columnar)
         if check_duplicates:
             if document.id in seen:
-                first = seen[document.id]
-                raise DataFormatError(
-                    f"duplicate document id '{document.id}' (first seen on line {first})", path=where, line=line
-                )
-            seen[document.id] = line
+                first_where, first_line = seen[document.id]
+                first = f"line {first_line}" if first_where == where else f"{first_where}, line {first_line}"
+                raise DataFormatError(f"duplicate document id '{document.id}' (first seen on {first})", path=where,
+                                      line=line)
+            seen[document.id] = (where, line)
         count += 1
         yield document
     if count == 0:

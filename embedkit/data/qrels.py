@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from embedkit.data._files import iter_lines, iter_tsv_rows, require_file
+from embedkit.data._files import check_id, iter_lines, iter_tsv_rows, require_file
 from embedkit.errors import DataFormatError
 
 Qrels = dict[str, dict[str, int]]
 HEADER_WORDS = {"query-id", "corpus-id", "score", "qid", "docid", "query_id", "doc_id", "corpus_id", "relevance"}
+# ASCII digits only: int() also reads "1_0" as 10 and "١" as 1, which trec_eval would not.
+_GRADE = re.compile(r"[+-]?[0-9]+")
+MAX_GRADE = 2**31 - 1  # trec_eval (and pytrec_eval, which fails with a SystemError beyond a C long) keeps grades in a long
 
 
 def load_qrels(path: str | Path) -> Qrels:
@@ -17,6 +21,8 @@ def load_qrels(path: str | Path) -> Qrels:
 
     A file whose first line holds a tab is read as tab-separated (BEIR; ids may contain spaces, quoted
     fields as in our TSV reader); otherwise columns are separated by runs of whitespace (TREC).
+    Grades are integers (negative ones too: trec_eval counts them as not relevant). Ids holding a control
+    character and a document judged twice with different grades for one query are refused.
 
     With BEIR SciFact unpacked in ``scifact/`` (needs data files, so not run here):
 
@@ -25,6 +31,7 @@ def load_qrels(path: str | Path) -> Qrels:
     """
     path = require_file(path, "qrels file")
     qrels: Qrels = {}
+    first_line: dict[tuple[str, str], int] = {}
     layout: int | None = None
     first = True
     for line, columns in _rows(path):
@@ -45,11 +52,21 @@ def load_qrels(path: str | Path) -> Qrels:
         query_id, doc_id, relevance = (columns[0], columns[1], columns[2]) if layout == 3 else (columns[0], columns[2], columns[3])
         if not query_id or not doc_id:
             raise DataFormatError(f"empty {'query' if not query_id else 'document'} id", path=path, line=line)
-        try:
-            grade = int(relevance)
-        except ValueError:
-            raise DataFormatError(f"relevance '{relevance}' is not an integer", path=path, line=line) from None
-        qrels.setdefault(query_id, {})[doc_id] = grade
+        check_id(query_id, what="query id", path=path, line=line)
+        check_id(doc_id, what="document id", path=path, line=line)
+        if not _GRADE.fullmatch(relevance.strip()):
+            raise DataFormatError(f"relevance '{relevance}' is not an integer", path=path, line=line)
+        grade = int(relevance)
+        if abs(grade) > MAX_GRADE:
+            raise DataFormatError(f"relevance {relevance.strip()} is out of range (grades are small integers, at "
+                                  f"most {MAX_GRADE} in magnitude)", path=path, line=line)
+        judged = qrels.setdefault(query_id, {})
+        if doc_id in judged and judged[doc_id] != grade:
+            raise DataFormatError(
+                f"document '{doc_id}' is judged {judged[doc_id]} on line {first_line[query_id, doc_id]} and {grade} "
+                f"here for query '{query_id}'; keep one judgement", path=path, line=line)
+        judged[doc_id] = grade
+        first_line.setdefault((query_id, doc_id), line)
     if not qrels:
         raise DataFormatError("no judgements in qrels file", path=path)
     return qrels

@@ -36,13 +36,15 @@ class FusionConfig(BaseModel):
 
     - `rrf`: score = Σ wᵢ / (rrf_k + rankᵢ) (Cormack et al. 2009; rrf_k=60 as in their paper and pyserini).
     - `interpolate`: score = Σ wᵢ · norm(scoreᵢ), each system's scores normalized per query (min-max or
-      z-score); a document a system did not return gets that system's lowest normalized score.
+      z-score); a document a system did not return gets that system's lowest normalized score (one unit below
+      its scores when they are all equal, e.g. a single hit).
 
     Weights: `weights` (one per system), else `alpha` for the first system and 1 − alpha for the second
     (interpolation of two systems), else equal weights.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN or infinite settings (`--weights nan 1`, `--rrf-k inf`) would make every fused score NaN or 0.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     method: str = "rrf"
     rrf_k: float = Field(60.0, ge=0)
@@ -79,10 +81,19 @@ def reciprocal_rank_fusion(systems: Sequence[Scores], config: FusionConfig) -> d
 
 
 def normalize(scores: Scores, how: str) -> dict[str, float]:
-    """Per-query score normalization; constant scores map to 1.0 (min-max) or 0.0 (z-score)."""
+    """Per-query score normalization; constant scores map to 1.0 (min-max) or 0.0 (z-score).
+
+    Scores must be finite. Both normalizations ignore the scale, so the scores are first divided by the
+    largest magnitude: differences and squares of scores near 1e308 cannot overflow into inf or NaN, and those
+    of tiny scores cannot vanish into a false "all equal".
+    """
     if not scores:
         return {}
-    values = list(scores.values())
+    if not all(math.isfinite(score) for score in scores.values()):
+        raise EmbedkitError("cannot normalize NaN or infinite scores")
+    scale = max(abs(score) for score in scores.values()) or 1.0
+    values = [score / scale for score in scores.values()]
+    scores = dict(zip(scores, values, strict=True))
     if how == "minmax":
         low, high = min(values), max(values)
         if high == low:
@@ -100,13 +111,22 @@ def normalize(scores: Scores, how: str) -> dict[str, float]:
 @register_fusion("interpolate")
 def score_interpolation(systems: Sequence[Scores], config: FusionConfig) -> dict[str, float]:
     normalized = [normalize(dict(ranked(scores)[: config.depth]), config.normalization) for scores in systems]
-    floors = [min(norm.values()) if norm else 0.0 for norm in normalized]
+    floors = [_missing_score(norm) for norm in normalized]
     docs = {doc for norm in normalized for doc in norm}
     weights = config.weights_for(len(systems))
     return {
         doc: sum(w * norm.get(doc, floor) for w, norm, floor in zip(weights, normalized, floors, strict=True))
         for doc in docs
     }
+
+
+def _missing_score(normalized: Mapping[str, float]) -> float:
+    """What a system gives a document it did not return: its lowest normalized score, or one unit below its
+    scores when they are all equal (e.g. a single hit), which must not lift every unreturned document to its level."""
+    if not normalized:
+        return 0.0
+    low, high = min(normalized.values()), max(normalized.values())
+    return low if high > low else low - 1.0
 
 
 def fuse_scores(systems: Sequence[Scores], config: FusionConfig | None = None) -> dict[str, float]:
