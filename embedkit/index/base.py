@@ -56,6 +56,13 @@ class Index(ABC):
     def docstore(self) -> DocStore:
         return DocStore(self.path / DOCSTORE_NAME)
 
+    def open_files(self) -> None:
+        """Open now every file a search reads (`Index.load` does, so they all come from one folder state).
+
+        Kinds that read more than the document store extend this.
+        """
+        _ = self.docstore
+
     def __len__(self) -> int:
         return self.manifest.num_docs
 

@@ -363,6 +363,13 @@ class DenseIndex(Index):
             index = faiss.index_cpu_to_all_gpus(index)
         return index
 
+    def open_files(self) -> None:
+        """The document store, the FAISS index and its deleted rows (and, for the torch backend, the vectors)."""
+        super().open_files()
+        _ = self.faiss_index  # reads deleted_rows too (its row count is checked against them)
+        if self.backend == "torch":
+            _ = self.torch_searcher
+
     @cached_property
     def deleted_rows(self) -> np.ndarray:
         """Rows still inside the FAISS index but deleted (kinds that cannot remove, e.g. HNSW); masked in search."""

@@ -147,13 +147,25 @@ def kind_of(path: str | Path) -> IndexKind:
 
 
 def open_index(path: str | Path, **options: Any) -> Index:
-    """Open any kind of index folder: manifest → registered kind → typed options → cheap checks → open."""
+    """Open any kind of index folder: manifest → registered kind → typed options → cheap checks → open.
+
+    Every file a search reads is opened here, all from one state of the folder even while an update swaps it
+    (`embedkit.index.consistent`), so the index never mixes two states.
+    """
+    from embedkit.index.consistent import read_consistent
+
     path = Path(path)
-    manifest = IndexManifest.load(path)
-    kind = INDEX_KINDS.get(manifest.kind)
-    parsed = parse_options(kind.open_options, options, f"options for a {kind.name} index ({path})")
-    kind.check(path, manifest)
-    return kind.open(path, manifest, parsed)
+
+    def read() -> Index:
+        manifest = IndexManifest.load(path)
+        kind = INDEX_KINDS.get(manifest.kind)
+        parsed = parse_options(kind.open_options, options, f"options for a {kind.name} index ({path})")
+        kind.check(path, manifest)
+        index = kind.open(path, manifest, parsed)
+        index.open_files()
+        return index
+
+    return read_consistent(path, read)
 
 
 def build_index(kind: str, documents: Iterable[Document], out: str | Path, options: Mapping[str, Any] | BaseModel,

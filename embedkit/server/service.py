@@ -16,7 +16,9 @@ BM25 searches run on their own single thread (the JVM and bm25s are used from on
 Reloading: a background task stats each served folder's `manifest.json` every `reload.poll_seconds`. When
 `embedkit index add/remove/compact` swaps in a new folder, the manifest changes (new inode, size or mtime);
 the new index is opened and warmed up on the worker thread while the old one keeps answering, then the
-service switches to it in one assignment on the event loop. A search call that already started finishes on
+service switches to it in one assignment on the event loop. Every file of the new index is opened from one
+state of the folder (`embedkit.index.consistent`): an update that lands while it opens makes it start over on
+the newer state, never mix the two or call the folder damaged. A search call that already started finishes on
 the index it started with; every later call sees the new one. A folder that cannot be opened (mid-update,
 damaged) keeps the old index serving and the error is logged and shown in `/health` and `/info`.
 """
@@ -24,12 +26,13 @@ damaged) keeps the old index serving and the error is logged and shown in `/heal
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,6 +42,7 @@ from typing import Any
 from embedkit.errors import EmbedkitError
 from embedkit.hybrid.fusion import FusionConfig, fuse_hits
 from embedkit.index.base import Index
+from embedkit.index.consistent import FolderChangingError, read_consistent
 from embedkit.passage import Passage
 from embedkit.server.batching import MicroBatcher
 from embedkit.server.config import Mode, ServerConfig, index_slot
@@ -95,15 +99,18 @@ class RetrievalService:
     reusing the previous index's encoder when the weights are unchanged.
     """
 
-    def __init__(self, config: ServerConfig, indexes: dict[str, Index],
+    def __init__(self, config: ServerConfig, indexes: Mapping[str, Index | Served],
                  opener: Callable[[Path, Index | None], Index] | None = None) -> None:
         if not indexes:
             raise EmbedkitError("the server needs at least one index")
         self.config = config
         self.served: dict[str, Served] = {}
-        for kind, index in indexes.items():
-            path = Path(index.path)
-            self.served[kind] = Served(index, ManifestStamp.of(path), manifest_version(path))
+        for kind, given in indexes.items():
+            if isinstance(given, Served):  # opened with the stamp of the very state it holds (`open_served`)
+                self.served[kind] = given
+            else:
+                path = Path(given.path)
+                self.served[kind] = Served(given, ManifestStamp.of(path), manifest_version(path))
         self.modes: list[Mode] = [m for m in ("dense", "bm25") if m in indexes]
         if "dense" in indexes and "bm25" in indexes:
             self.modes.append("hybrid")
@@ -181,7 +188,8 @@ class RetrievalService:
                 raise EmbedkitError(f"two {slot} indexes given ({folders[slot]} and {path}); give one of each")
             folders[slot] = Path(path)
         config.check_dense_settings({slot: str(path) for slot, path in folders.items()})
-        return cls(config, {slot: open_index(path, config, None) for slot, path in folders.items()})
+        return cls(config, {slot: open_served(path, functools.partial(open_index, path, config, None))
+                            for slot, path in folders.items()})
 
     @property
     def indexes(self) -> dict[str, Index]:
@@ -258,6 +266,8 @@ class RetrievalService:
                     await self.reload_if_changed(kind)
                 except asyncio.CancelledError:
                     raise
+                except FolderChangingError as error:  # not a failure: the next poll tries again
+                    log.info("the %s index is being updated continuously; will reload it later: %s", kind, error)
                 except Exception as error:  # keep serving the old index; say why in /health
                     message = f"{type(error).__name__}: {error}"
                     if self.reload_errors.get(kind) != message:
@@ -271,21 +281,23 @@ class RetrievalService:
         stamp = ManifestStamp.of(path)
         if stamp is None or stamp == current.stamp:
             return False
-        version = manifest_version(path)
         loop = asyncio.get_running_loop()
         # Opening and warming up run on stream 0's thread, between its search calls.
-        index = await loop.run_in_executor(self.executors[kind][0], self._open_warm, path, current.index)
-        # The stamp read before opening: if the folder changed again meanwhile, the next poll reloads again.
-        self.served[kind] = Served(index, stamp, version)
+        served = await loop.run_in_executor(self.executors[kind][0], self._open_warm, path, current.index)
+        self.served[kind] = served  # one assignment: the next call searches the new state
         self.reload_errors.pop(kind, None)
         self.reloads += 1
-        log.info("serving the updated %s index %s: %d documents (manifest %s)", kind, path, len(index), version)
+        log.info("serving the updated %s index %s: %d documents (manifest %s)", kind, path, len(served.index),
+                 served.version)
         return True
 
-    def _open_warm(self, path: Path, previous: Index) -> Index:
-        index = self.opener(path, previous)
-        index.search(["warm up"], 1)
-        return index
+    def _open_warm(self, path: Path, previous: Index) -> Served:
+        def open_and_warm() -> Index:
+            index = self.opener(path, previous)
+            index.search(["warm up"], 1)  # also opens what a kind reads lazily (e.g. a BM25 searcher)
+            return index
+
+        return open_served(path, open_and_warm)
 
     async def search(self, queries: Sequence[str], k: int, mode: Mode | None = None,
                      fusion: FusionConfig | None = None) -> list[list[Passage]]:
@@ -351,6 +363,19 @@ def _gpu_encoding(device: str) -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def open_served(path: Path, open_fn: Callable[[], Index]) -> Served:
+    """`open_fn()`'s index with the manifest stamp and version of the very folder state it opened.
+
+    A stamp read before or after opening could belong to another state if an update landed in between: the
+    watcher would then skip a state it never served, or `/health` name a version it does not serve.
+    """
+    def read() -> Served:
+        stamp, version = ManifestStamp.of(path), manifest_version(path)
+        return Served(open_fn(), stamp, version)
+
+    return read_consistent(path, read)
 
 
 def open_index(path: Path, config: ServerConfig, previous: Index | None) -> Index:
