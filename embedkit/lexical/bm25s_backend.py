@@ -1,10 +1,13 @@
 """BM25 with bm25s: pure Python/NumPy, no JVM. Lucene's BM25 variant, Snowball English stemming.
 
 bm25s keeps the tokenized corpus in memory while it builds; searching memory-maps the saved matrices.
+As with pyserini, a corpus without a single indexable term (only stopwords, empty or one-letter texts) builds
+an index on which every search finds nothing, and a query without an indexed term gets no hits.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,9 +19,16 @@ from embedkit.lexical.settings import BM25Settings
 STOPWORDS = {"english": "en"}
 
 
-def _tokenize(texts: list[str], settings: BM25Settings, *, return_ids: bool):
+def _bm25s():
+    """The bm25s module, its logger following ours (bm25s sets it to DEBUG, printing build steps on every run)."""
     import bm25s
 
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    return bm25s
+
+
+def _tokenize(texts: list[str], settings: BM25Settings, *, return_ids: bool):
+    bm25s = _bm25s()
     return bm25s.tokenize(texts, stopwords=STOPWORDS[settings.language], stemmer=_stemmer(settings.language),
                           return_ids=return_ids, show_progress=False)
 
@@ -46,10 +56,17 @@ class Bm25sBuilder(LexicalBuilder):
         self.tokens.extend(_tokenize([doc.joined() for doc in documents], self.settings, return_ids=False))
 
     def finish(self) -> dict:
-        import bm25s
+        import numpy as np
 
+        bm25s = _bm25s()
         retriever = bm25s.BM25(k1=self.settings.k1, b=self.settings.b, method="lucene")
-        retriever.index(self.tokens, show_progress=False)
+        if any(self.tokens):
+            retriever.index(self.tokens, show_progress=False)
+        else:
+            # No document has a term: bm25s cannot infer a vocabulary from tokens (max() of nothing), so give it
+            # one that holds only its empty token. The average length is 0, hence the 0/0 it computes is masked.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                retriever.index(([[] for _ in self.tokens], {"": 0}), show_progress=False)
         self.folder.mkdir(parents=True, exist_ok=True)
         retriever.save(str(self.folder), show_progress=False)
         from importlib.metadata import version
@@ -61,8 +78,7 @@ class Bm25sBuilder(LexicalBuilder):
 
 class Bm25sSearcher(LexicalSearcher):
     def __init__(self, folder: Path, settings: BM25Settings, ids: list[str]) -> None:
-        import bm25s
-
+        bm25s = _bm25s()
         self.settings = settings
         self.retriever = bm25s.BM25.load(str(folder), mmap=True, show_progress=False)
         self.ids = ids
