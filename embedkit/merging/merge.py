@@ -3,6 +3,8 @@
 mergekit merges the transformer weights; embedkit refuses inputs whose pooling, normalization, prompts
 or other modules differ (a merge that silently changes pooling loses accuracy), copies those settings to
 the output, writes the mergekit YAML beside the model, and checks that `SentenceTransformer(out)` loads.
+mergekit runs through its Python API, or through its own `mergekit-yaml` command line
+(`python -m embedkit.merging.mergekit_yaml`, which reruns a written `mergekit_config.yml`).
 
 The examples need trained models on disk, so they are not run here:
 
@@ -33,6 +35,16 @@ from embedkit.merging.st_layout import STLayout, diff_settings, is_weight_file, 
 LOG = logging.getLogger(__name__)
 
 MERGEKIT_YAML = "mergekit_config.yml"
+# The one command that reruns a written recipe; plain `mergekit-yaml` writes the transformer alone (no pooling,
+# normalization or prompts) and, for mergekit <= 0.1.5, fails on BERT-family models (see compat.py).
+RECIPE_COMMAND = "python -m embedkit.merging.mergekit_yaml"
+RECIPE_HEADER = f"""\
+# The mergekit recipe of this merge; its models are sentence-transformers folders. Rerun it with
+#   {RECIPE_COMMAND} {MERGEKIT_YAML} OUT [mergekit-yaml options]
+# which runs mergekit's own mergekit-yaml with embedkit's version-guarded mergekit fixes and makes OUT a
+# complete sentence-transformers model (plain mergekit-yaml writes the transformer without its pooling and
+# normalization modules, so SentenceTransformer(OUT) would be a different model).
+"""
 MERGE_RECORD = "embedkit_merge.json"
 MODEL_RECORDS = ("README.md", MERGE_RECORD, "embedkit_training.json", "embedkit_lineage.json", MERGEKIT_YAML)
 
@@ -72,16 +84,23 @@ def merge_models(
 
 
 def merge_from_yaml(
-    yaml_path: str | Path, out: str | Path, *, overwrite: bool = False, seed: int | None = 0, verify: bool = True
+    yaml_path: str | Path, out: str | Path, *, overwrite: bool = False, seed: int | None = 0, verify: bool = True,
+    mergekit_yaml_options: Sequence[str] | None = None,
 ) -> MergeResult:
-    """Run a mergekit YAML whose models are sentence-transformers folders."""
-    return merge_with_config(load_yaml_mapping(yaml_path), out, overwrite=overwrite, seed=seed, verify=verify)
+    """Run a mergekit YAML whose models are sentence-transformers folders (see `merge_with_config`)."""
+    return merge_with_config(load_yaml_mapping(yaml_path), out, overwrite=overwrite, seed=seed, verify=verify,
+                             mergekit_yaml_options=mergekit_yaml_options)
 
 
 def merge_with_config(
-    config: dict[str, Any], out: str | Path, *, overwrite: bool = False, seed: int | None = 0, verify: bool = True
+    config: dict[str, Any], out: str | Path, *, overwrite: bool = False, seed: int | None = 0, verify: bool = True,
+    mergekit_yaml_options: Sequence[str] | None = None,
 ) -> MergeResult:
-    """Run one mergekit configuration (as a dict) over sentence-transformers models."""
+    """Run one mergekit configuration (as a dict) over sentence-transformers models.
+
+    mergekit runs through its Python API, or, when `mergekit_yaml_options` is given (a list, maybe empty),
+    through its own `mergekit-yaml` entry point with those command-line options (`--cuda`, `--out-shard-size`…).
+    """
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
@@ -108,25 +127,51 @@ def merge_with_config(
     with atomic_directory(out, overwrite=overwrite, marker="modules.json", what="model") as tmp, \
             tempfile.TemporaryDirectory(dir=tmp.parent) as work:
         merged = Path(work) / "transformer"
-        options = MergeOptions(copy_tokenizer=True, quiet=True, lazy_unpickle=True, random_seed=seed, write_model_card=False)
         try:
-            run_merge(merge_config, str(merged), options=options)
+            if mergekit_yaml_options is None:
+                options = MergeOptions(copy_tokenizer=True, quiet=True, lazy_unpickle=True, random_seed=seed,
+                                       write_model_card=False)
+                run_merge(merge_config, str(merged), options=options)
+            else:
+                _run_mergekit_yaml(mergekit_dict, merged, mergekit_yaml_options, seed)
         except (RuntimeError, ValueError, TypeError, KeyError) as error:
             raise EmbedkitError(f"mergekit failed: {type(error).__name__}: {error}") from error
         _assemble(reference, merged, tmp)
         with atomic_write(tmp / MERGEKIT_YAML) as handle:
+            handle.write(RECIPE_HEADER)
             yaml.safe_dump(config, handle, sort_keys=False)
         record = {
             "mergekit_config": config,
             "inputs": [str(x.root) for x in layouts],
             "pooling": reference.pooling_mode(),
             "mergekit_workarounds": workarounds,
+            "mergekit_runner": "python-api" if mergekit_yaml_options is None
+            else " ".join(["mergekit-yaml", *mergekit_yaml_options]),
         }
         with atomic_write(tmp / MERGE_RECORD) as handle:
             json.dump(record, handle, indent=2)
         if verify:
             _verify_loads(tmp, reference)
     return MergeResult(path=out, mergekit_config=config, workarounds=workarounds)
+
+
+def _run_mergekit_yaml(config: dict[str, Any], out: Path, options: Sequence[str], seed: int | None) -> None:
+    """`mergekit-yaml CONFIG OUT [options]` through mergekit's own click entry point, in this process so that
+    the work-arounds apply; `seed` is mergekit's --random-seed unless the options set one."""
+    import click
+    from mergekit.scripts.run_yaml import main as mergekit_yaml
+
+    recipe = out.parent / "mergekit-input.yml"
+    recipe.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    args = [str(recipe), str(out), *options]
+    if seed is not None and not any(o.split("=")[0] == "--random-seed" for o in options):
+        args += ["--random-seed", str(seed)]
+    try:
+        mergekit_yaml.main(args=args, prog_name="mergekit-yaml", standalone_mode=False)
+    except click.ClickException as error:
+        raise EmbedkitError(f"mergekit-yaml: {error.format_message()}") from None
+    if not out.is_dir():  # e.g. --help among the options: mergekit-yaml printed and merged nothing
+        raise EmbedkitError(f"mergekit-yaml {' '.join(options)} wrote no model")
 
 
 def _local_model(model: str | Path) -> Path:
