@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -54,6 +55,9 @@ def main() -> None:
     print(f"model: models/tiny-qwen2vl, data: {data}")
     if args.data_only:
         return
+    # A CPU run: qwen-vl-utils needs torchvision, so images are read with PIL and the same resize rule unless
+    # the environment says otherwise (embedkit/multimodal/images.py).
+    os.environ.setdefault("EMBEDKIT_IMAGE_READER", "pil")
     embedkit = [sys.executable, "-m", "embedkit"]
     steps = [
         ["cocoa", "pretrain", "--config", "configs/cocoa_tiny.yaml"],

@@ -12,6 +12,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# No torchvision on CPU test machines, so qwen-vl-utils cannot read images: tests choose the PIL reader (the same
+# resize rule) explicitly; tests of the refusal unset it.
+os.environ.setdefault("EMBEDKIT_IMAGE_READER", "pil")
 
 from tests.helpers import MINILM, write_jsonl
 

@@ -146,21 +146,24 @@ def encode_batch(
 
     from embedkit.multimodal.images import load_image
 
-    images = []
     instructions: list[list[int]] = []
     for item in items:
         if item.text is None and item.image is None:
             raise EmbedkitError("an input needs text, an image, or both")
-        if item.image is not None:
-            images.append(load_image(item.image, base_dir=image_base_dir))
         instructions.append(tokenizer(item.instruction, add_special_tokens=False)["input_ids"]
                             if item.instruction else [])
     pixel_values = grid = None
     tokens_per_image: list[int] = []
-    if images:
+    if any(item.image is not None for item in items):
         size = image_size_limits(image_processor, max_length=max_length,
                                  instruction_tokens=max(len(i) for i in instructions),
                                  min_pixels=min_pixels, max_pixels=max_pixels, text_reserve=text_reserve)
+        # The reader resizes to the bounds (qwen-vl-utils' fetch_image, or PIL with the same rule), so the
+        # processor's own resize finds the target size already.
+        images = [load_image(item.image, base_dir=image_base_dir, min_pixels=size["shortest_edge"],
+                             max_pixels=size["longest_edge"], patch_size=int(image_processor.patch_size),
+                             merge_size=int(image_processor.merge_size))
+                  for item in items if item.image is not None]  # fmt: skip
         processed = image_processor(images=images, return_tensors="pt", size=size)
         pixel_values, grid = processed["pixel_values"], processed["image_grid_thw"]
         merge = image_processor.merge_size
