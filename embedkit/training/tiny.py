@@ -53,7 +53,11 @@ def build_tiny_bert(
     out = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         vocab = write_vocab(Path(tmp) / "vocab.txt")
-        tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+        # transformers 5 takes the vocabulary as `vocab=` and silently drops `vocab_file=` (leaving the five
+        # special tokens, so every text became [UNK]s and all texts of one length got the same vector).
+        tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+        if len(tokenizer) < len(_WORDS):
+            raise RuntimeError(f"the tiny tokenizer holds {len(tokenizer)} tokens, not its vocabulary")
         config = BertConfig(
             vocab_size=len(tokenizer),
             hidden_size=hidden_size,
