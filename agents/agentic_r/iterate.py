@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 def iterate(config: IterateConfig, *, policy: Policy | None = None, judge: Any = None, echo=print) -> list[dict]:
     """Run (or resume) `config.rounds` rounds; returns one summary dict per round."""
     out = Path(config.output_dir)
+    # A missing or invalid RL config is found now, not after the first round's hours of work.
+    agent_update_rl_config(config, out / "policy_run")
     out.mkdir(parents=True, exist_ok=True)
     questions = load_questions(config.questions, start=config.question_start, limit=config.question_limit)
     policy = policy or build_policy(config.policy, model=config.policy_model, chat=config.policy_chat)
@@ -133,22 +135,30 @@ def _round(config: IterateConfig, folder: Path, index_path: Path, agent_config, 
             "retriever": str(model_dir), "index": str(new_index), "policy": policy_dir}  # fmt: skip
 
 
-def _update_agent(config: IterateConfig, folder: Path, index_path: Path) -> str | None:
-    """`none`: the policy stays as it is. `ppo` / `grpo`: RL with `agents.rl` on the training questions,
-    searching the new index through `SearchTool` with the retriever input the agent is evaluated with next
-    round (`label.query_template`), exact-match reward; returns the saved policy folder."""
+def agent_update_rl_config(config: IterateConfig, output_dir: Path) -> Any:
+    """The `agents.rl` config of the agent update (its `rl_config` file with `agent_update`'s settings on top),
+    or None for `agent_update.name: none`."""
     update = config.agent_update
     if update.name == "none":
         return None
     if not update.rl_config:
         raise EmbedkitError(f"agent_update {update.name} needs rl_config (an agents.rl YAML with the policy)")
     from agents.rl.config import RLConfig
+
+    return RLConfig.from_yaml(update.rl_config, {**update.rl_overrides(), "trainer.output_dir": str(output_dir)})
+
+
+def _update_agent(config: IterateConfig, folder: Path, index_path: Path) -> str | None:
+    """`none`: the policy stays as it is. `ppo` / `grpo`: RL with `agents.rl` on the training questions,
+    searching the new index through `SearchTool` with the retriever input the agent is evaluated with next
+    round (`label.query_template`), exact-match reward; returns the saved policy folder."""
+    rl_config = agent_update_rl_config(config, folder / "policy_run")
+    if rl_config is None:
+        return None
     from agents.rl.tasks import Example, Task
     from agents.rl.trainer import RLTrainer
     from agents.search_agent.tool import SearchTool
 
-    overrides = {**update.rl_overrides(), "trainer.output_dir": str(folder / "policy_run")}
-    rl_config = RLConfig.from_yaml(update.rl_config, overrides)
     questions = load_questions(config.questions, start=config.question_start, limit=config.question_limit)
     prompts = {config.agent.prompt_template.format(question=q.question): q for q in questions if q.answers}
     examples = [Example(prompt, q.answers) for prompt, q in prompts.items()]
@@ -165,15 +175,17 @@ def _update_agent(config: IterateConfig, folder: Path, index_path: Path) -> str 
 
 
 def question_bound_engine(engine: Any, tool: Any, questions: dict[str, str]) -> Any:
-    """A copy of an `agents.rl` rollout engine that generates each prompt's responses with `tool` bound to
-    that prompt's question (`SearchTool.bind`), so the retriever gets "{question} [SEP] {query}" during RL as
-    in evaluation. The engine's tool sees only the query, hence one generation call per prompt."""
-    from agents.rl.rollout import RolloutEngine
+    """`engine` (any `agents.rl` rollout engine: HF or an OpenAI-compatible server) generating each prompt's
+    responses with `tool` bound to that prompt's question (`SearchTool.bind`), so the retriever gets
+    "{question} [SEP] {query}" during RL as in evaluation. The engine's tool sees only the query, hence one
+    generation call per prompt.
 
-    class QuestionBoundEngine(RolloutEngine):
-        def __init__(self) -> None:  # noqa: D107 — shares the wrapped engine's state (model, rng, settings)
-            self.__dict__.update(engine.__dict__)
+    The result is an instance of a subclass of the engine's own class that shares the engine's state: its
+    generation (`_generate`: HF `generate` or the server's completions) and `sync_weights` stay the engine's.
+    """
+    base = type(engine)
 
+    class QuestionBoundEngine(base):  # type: ignore[valid-type, misc]  # a subclass of the engine's own class
         def continue_(self, states: list) -> None:
             groups: dict[str, list] = {}
             for state in states:
@@ -187,7 +199,11 @@ def question_bound_engine(engine: Any, tool: Any, questions: dict[str, str]) -> 
             finally:
                 self.tool = tool
 
-    return QuestionBoundEngine()
+    QuestionBoundEngine.__name__ = QuestionBoundEngine.__qualname__ = f"QuestionBound{base.__name__}"
+    bound = object.__new__(QuestionBoundEngine)
+    # One state, not a copy: what the engine counts or holds (weight syncs, rng, HTTP client) stays one thing.
+    bound.__dict__ = engine.__dict__
+    return bound
 
 
 def _base_index(config: IterateConfig, out: Path) -> Path:
