@@ -8,6 +8,15 @@ Prompts go as token ids to `/v1/completions`; the completion text is tokenised b
 tokenizer (the trainer recomputes every log-prob itself, so the update stays exact for the tokens it
 trains on). Stop strings are kept in the output (vLLM's `include_stop_str_in_output`, SGLang's
 `no_stop_trim`, else vLLM's `stop_reason`), so a closed `</search>` reaches the tool.
+
+Weight sync (`server.weight_sync: save_reload`): the policy is saved to `sync_dir` and
+`POST <root>/update_weights_from_disk {"model_path": sync_dir}` (`server.reload_path`) asks the server to load
+it. SGLang has that endpoint (`python -m sglang.launch_server --model-path <sync_dir>`). vLLM's server has no
+load-from-disk endpoint: its RL weight transfer (`VLLM_SERVER_DEV_MODE=1`, `--weight-transfer-config`,
+`POST /init_weight_transfer_engine`, `/update_weights`) sends tensors over NCCL or CUDA IPC, which this engine
+does not speak; with vLLM put a reload endpoint in front (`reload_path`) or use `weight_sync: none` for a frozen
+policy. `tests/test_agentic_r_openai_rollout.py` runs Agentic-R's agent update against a real server process
+with SGLang's endpoint.
 """
 
 from __future__ import annotations
