@@ -32,8 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="encode a corpus into checkpointed embedding shards",
         description=(
             "Encode a corpus into parts of --part-size documents, each written atomically and recorded in a\n"
-            "checkpoint. A killed job restarted with the same arguments resumes where it stopped and produces\n"
-            "the same vectors. --shard-id/--num-shards split the parts across processes or machines; --ray\n"
+            "checkpoint with the size and SHA-256 of its files. A killed job restarted with the same arguments\n"
+            "resumes where it stopped and produces the same vectors; it re-encodes any part whose files changed\n"
+            "since, and `embedkit index merge` refuses such a part, naming the file.\n"
+            "--shard-id/--num-shards split the parts across processes or machines; --ray\n"
             "runs the shards as a Ray Data pipeline (one model replica per worker). `embedkit index merge`\n"
             "(or --index here) builds the index from the shards."
         ),
