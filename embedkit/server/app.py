@@ -2,10 +2,16 @@
 
 Status codes: 401 missing/wrong token (checked before the body is read); 413 a body larger than
 `limits.max_body_bytes` (counted while it arrives, chunked bodies included, so an oversized body is never
-held in memory), more queries than `limits.max_queries` (default 100,000), or a query too long; 422
+held in memory), more queries than `limits.max_queries` (default 100,000), a query too long, or an answer
+that would exceed `limits.max_response_bytes` (queries x hits x the index's mean document size, estimated
+before searching); 422
 malformed JSON (including invalid UTF-8 and nesting too deep to parse), wrong types (strict: `"3"`, `3.0`
 and `true` are not integers) or an out-of-range value (topk, k); 400 a request the indexes cannot serve
 (e.g. hybrid mode without a BM25 index). A bug would be a 500; the fuzz test checks there are none.
+
+Answers of more than one slice (`batching.max_batch_size` queries) are streamed: each slice's hits are
+written out as JSON once searched and then dropped, so the server never holds a big answer whole, and the
+heap pages it used are handed back afterwards (`embedkit.server.memory`).
 """
 
 import contextlib
@@ -13,16 +19,19 @@ import json
 import logging
 import math
 import secrets
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from embedkit.errors import EmbedkitError
 from embedkit.hybrid.fusion import FusionConfig
 from embedkit.passage import Passage
-from embedkit.server.config import ServerConfig
+from embedkit.server.config import Mode, ServerConfig
+from embedkit.server.memory import release_memory
 from embedkit.server.schemas import (
     ErrorResponse,
     HealthResponse,
@@ -38,7 +47,8 @@ log = logging.getLogger(__name__)
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "the request cannot be served by this server's indexes"},
     401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
-    413: {"model": ErrorResponse, "description": "too many queries, a query too long, or a body too large"},
+    413: {"model": ErrorResponse, "description": "too many queries, a query too long, a body too large, or an "
+                                                 "answer that would be too large"},
     422: {"model": ErrorResponse, "description": "malformed JSON, wrong types, or a value out of range"},
 }
 
@@ -107,6 +117,14 @@ def create_app(config: ServerConfig, service: RetrievalService | None = None) ->
         if not 1 <= value <= limits.max_topk:
             raise HTTPException(422, f"{name} must be between 1 and {limits.max_topk} (this server's limit), got {value}")
 
+    def check_answer_size(queries: int, name: str, k: int, mode: Mode | None = None) -> None:
+        estimate = service.response_bytes(queries, k, mode)
+        if estimate > limits.max_response_bytes:
+            raise HTTPException(413, f"the answer to {queries} queries x {name} {k} would be about "
+                                     f"{_megabytes(estimate)} MB; this server's limit is {limits.max_response_bytes} "
+                                     f"bytes (limits.max_response_bytes): split the request, ask for fewer hits, or "
+                                     "raise limits.max_response_bytes")
+
     @app.post("/retrieve", response_model=None, responses={200: {"model": RetrieveResponse}, **ERRORS},
               openapi_extra=secured, summary="Search-R1-compatible retrieval")
     async def retrieve(body: RetrieveRequest) -> Response:
@@ -115,18 +133,21 @@ def create_app(config: ServerConfig, service: RetrievalService | None = None) ->
         topk = body.topk or config.default_topk
         check_k("topk", topk)
         check_queries(body.queries)
-        results = await service.search(body.queries, topk)
-        out: dict[str, Any]
+        check_answer_size(len(body.queries), "topk", topk)
+        render: Callable[[list[Passage]], list[dict[str, Any]]]
         if body.return_scores:
-            out = {"result": [[{"document": _document(hit), "score": _finite(hit.score)} for hit in hits]
-                              for hits in results]}
+            def render(hits: list[Passage]) -> list[dict[str, Any]]:
+                return [{"document": _document(hit), "score": _finite(hit.score)} for hit in hits]
         else:
-            out = {"result": [[_document(hit) for hit in hits] for hits in results]}
-        return _json(out)
+            def render(hits: list[Passage]) -> list[dict[str, Any]]:
+                return [_document(hit) for hit in hits]
+        return await _answer_in_slices(b'{"result":[', service.search_slices(body.queries, topk), render, b"]}")
 
     async def search(body) -> Response:
         check_k("k", body.k)
         check_queries(body.queries)
+        mode = service.mode(body.mode)
+        check_answer_size(len(body.queries), "k", body.k, mode)
         include = set(body.include_ids) if body.include_ids is not None else None
         exclude = set(body.exclude_ids or ())
         if len(include or ()) + len(exclude) > limits.max_filter_ids:
@@ -139,13 +160,14 @@ def create_app(config: ServerConfig, service: RetrievalService | None = None) ->
         if body.fusion is not None:
             fusion = FusionConfig(method=body.fusion.method, rrf_k=body.fusion.rrf_k, alpha=body.fusion.alpha,
                                   normalization=body.fusion.normalization, depth=max(depth, config.hybrid_depth))
-        results = await service.search(body.queries, depth, body.mode, fusion)
-        hits_out = []
-        for hits in results:
+
+        def render(hits: list[Passage]) -> list[dict[str, Any]]:
             kept = [h for h in hits if h.id not in exclude and (include is None or h.id in include)][: body.k]
-            hits_out.append([{"id": h.id, "title": h.title, "text": h.text, "score": _finite(h.score), "rank": rank}
-                             for rank, h in enumerate(kept, start=1)])
-        return _json({"mode": body.mode or service.default_mode, "k": body.k, "results": hits_out})
+            return [{"id": h.id, "title": h.title, "text": h.text, "score": _finite(h.score), "rank": rank}
+                    for rank, h in enumerate(kept, start=1)]
+
+        head = _json_bytes({"mode": mode, "k": body.k})[:-1] + b',"results":['
+        return await _answer_in_slices(head, service.search_slices(body.queries, depth, mode, fusion), render, b"]}")
 
     # The body model is built from the fusion registry at app creation, so the annotation is set here.
     search.__annotations__ = {"body": SearchRequest, "return": Response}
@@ -279,15 +301,47 @@ async def _answer(send, status: int, detail: Any, headers: dict[str, str] | None
     await send({"type": "http.response.body", "body": body})
 
 
-def _json(content: Any) -> Response:
+async def _answer_in_slices(head: bytes, slices: AsyncGenerator[list[list[Passage]], None],
+                            render: Callable[[list[Passage]], Any], tail: bytes) -> Response:
+    """`head` + one JSON item per query (`render(hits)`, comma-separated) + `tail`, from the service's slices.
+
+    One slice is answered as a plain response. More are streamed: the first two are awaited here, so a request
+    the server cannot serve still gets its 4xx, then each slice is written out and dropped as it comes.
+    """
+    def items(part: list[list[Passage]]) -> bytes:
+        return _json_bytes([render(hits) for hits in part])[1:-1]  # without the list's brackets
+
+    first = await anext(slices, None)
+    if first is None:
+        return Response(head + tail, media_type="application/json")
+    second = await anext(slices, None)
+    if second is None:
+        return Response(head + items(first) + tail, media_type="application/json")
+    opening = head + items(first)
+
+    async def body() -> AsyncIterator[bytes]:
+        async with contextlib.aclosing(slices):
+            yield opening
+            yield b"," + items(second)
+            async for part in slices:
+                yield b"," + items(part)
+            yield tail
+
+    return StreamingResponse(body(), media_type="application/json", background=BackgroundTask(release_memory))
+
+
+def _json_bytes(content: Any) -> bytes:
     # One C-accelerated dumps instead of FastAPI's recursive jsonable_encoder: for Search-R1's 2,560 x 3
     # results this is the difference between milliseconds and a noticeable share of the request.
     text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
     try:
-        data = text.encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate in a stored document: escape instead of failing
-        data = json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
-    return Response(data, media_type="application/json")
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f}" if size < 10e6 else f"{size / 1e6:,.0f}"
 
 
 def _document(hit: Passage) -> dict[str, str]:

@@ -8,9 +8,14 @@ stream 0 (which `before_call` may give every core) and the other streams only ru
 It never sleeps when it could be searching: while calls run, new requests pile up and form the next batch,
 so batches grow with the load by themselves (continuous batching); an optional `max_wait_ms` waits for
 company before a call.
-A request larger than `max_batch_size` is split into several calls (Search-R1 sends 2,560 queries at once), so
-no single call holds more than `max_batch_size` queries' vectors and hits.
-With batching disabled each request gets its own call, the baseline `benchmarks/serve_load.py` can compare.
+A request larger than `max_batch_size` is cut into slices of `max_batch_size` queries (Search-R1 sends 2,560
+queries at once; a careless client 100,000), so no single call holds more than that many queries' vectors and
+hits. A request keeps at most `WINDOW` slices queued or running and queues its next slice only when its oldest
+one is answered, behind whatever arrived meanwhile: big requests take turns with small ones (a one-query
+request waits for at most a few slices of each big request, not for all of them), and `stream` hands the
+slices out in order as they are done, so a big answer never has to be held whole.
+With batching disabled each request (or slice) gets its own call, the baseline `benchmarks/serve_load.py` can
+compare.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -37,6 +43,9 @@ GATHER_POLL_S = 0.0002
 # what one over 256 does (MiniLM, 2 cores: 13-15 ms each alone on a core vs 20-27 ms for one query alone), and
 # under heavy load the queue fills calls without help.
 GATHER_QUERIES = 8
+#: Slices of one request queued or running at once: two keep every stream busy on a lone big request (the next
+#: slice waits while the current one runs) and let a request that arrives meanwhile in after at most two.
+WINDOW = 2
 
 
 @dataclass
@@ -111,32 +120,62 @@ class MicroBatcher:
             self._worker = None
 
     async def submit(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        """Hits per query, all at once (see `stream` for a big request's answer slice by slice)."""
+        async with contextlib.aclosing(self.stream(queries, k)) as parts:
+            return [hits async for part in parts for hits in part]
+
+    async def stream(self, queries: Sequence[str], k: int, *,
+                     size: int | None = None) -> AsyncGenerator[list[list[Passage]], None]:
+        """Hits per query, in slices of `size` queries (default `max_batch_size`), in order, each once it is done.
+
+        At most `WINDOW` slices of this request wait or run at once (see the module docstring). Closing the
+        iterator early (the client went away) drops the slices not yet searched.
+        """
         if not queries:
-            return []
+            return
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called")
-        loop = asyncio.get_running_loop()
         queries = list(queries)
-        step = self.max_batch_size if self.enabled else len(queries)
-        if self.enabled and self.concurrency > 1:
-            # Spread a large request over the streams (256 queries on 2 streams: two calls of 128 at once).
-            step = min(step, max(MIN_SPLIT, -(-len(queries) // self.concurrency)))
-        futures = []
-        for start in range(0, len(queries), step):
-            future = loop.create_future()
-            self._queue.put_nowait(_Request(queries[start:start + step], k, future, part=step < len(queries)))
-            futures.append(future)
+        size = size or self.max_batch_size
+        slices = iter([queries[start:start + size] for start in range(0, len(queries), size)])
+        window: deque[list[asyncio.Future]] = deque()
+
+        def fill() -> None:
+            while len(window) < WINDOW and (part := next(slices, None)) is not None:
+                window.append(self._enqueue(part, k))
+
+        loop = asyncio.get_running_loop()
         self._pending += 1
         now = loop.time()
         if self._pending >= self._peak or now - self._peak_at > LOAD_MEMORY_S:
             self._peak, self._peak_at = self._pending, now
         try:
-            if len(futures) == 1:
-                return await futures[0]
-            parts = await asyncio.gather(*futures)
-            return [hits for part in parts for hits in part]
+            fill()
+            while window:
+                futures = window[0]
+                done = await futures[0] if len(futures) == 1 else await asyncio.gather(*futures)
+                window.popleft()
+                fill()  # the next slice queues now, behind the requests that arrived while this one ran
+                yield done if len(futures) == 1 else [hits for part in done for hits in part]
         finally:
             self._pending -= 1
+            for futures in window:
+                for future in futures:
+                    future.cancel()  # the worker skips cancelled requests
+
+    def _enqueue(self, queries: list[str], k: int) -> list[asyncio.Future]:
+        """Queue one slice as one request, or as parts spread over the streams (256 queries on 2: two of 128)."""
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        step = len(queries)
+        if self.enabled and self.concurrency > 1:
+            step = max(MIN_SPLIT, -(-len(queries) // self.concurrency))
+        futures = []
+        for start in range(0, len(queries), step):
+            future = loop.create_future()
+            self._queue.put_nowait(_Request(queries[start:start + step], k, future, part=step < len(queries)))
+            futures.append(future)
+        return futures
 
     async def _next_batch(self) -> list[_Request]:
         assert self._queue is not None

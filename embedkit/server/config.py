@@ -39,6 +39,10 @@ class Limits(YamlConfig):
     max_filter_ids: int = Field(10_000, ge=0, description="ids in include_ids/exclude_ids of /search")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024,
                                 description="request body size, counted while it is read (chunked bodies too)")
+    max_response_bytes: int = Field(256 * 1024 * 1024, ge=1024,
+                                    description="answer size, estimated before searching (queries x hits x the "
+                                    "index's mean document size); larger requests get 413. Answers are streamed "
+                                    "slice by slice, so this bounds what one request asks for, not server memory")
 
 
 class BatchingConfig(YamlConfig):

@@ -26,18 +26,22 @@ damaged) keeps the old index serving and the error is logged and shown in `/heal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from embedkit.errors import EmbedkitError
 from embedkit.hybrid.fusion import FusionConfig, fuse_hits
@@ -50,6 +54,9 @@ from embedkit.server.config import Mode, ServerConfig, index_slot
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+DOCUMENT_SAMPLE = 512
+#: JSON around one hit besides its document's id, title and text (keys, quotes, score, rank), rounded up.
+HIT_OVERHEAD_BYTES = 96
 
 
 @dataclass(frozen=True)
@@ -77,11 +84,30 @@ class Served:
     stamp: ManifestStamp | None
     version: str
     loaded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    #: Mean size of one document in an answer (id, title, text; UTF-8), to size an answer before searching.
+    document_bytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.document_bytes = mean_document_bytes(self.index)
 
     def describe(self) -> dict[str, Any]:
         history = getattr(self.index.manifest, "history", None) or []
         return {"path": str(self.index.path), "documents": len(self.index), "version": self.version,
                 "updated_at": getattr(history[-1], "at", None) if history else None, "loaded_at": self.loaded_at}
+
+
+def mean_document_bytes(index: Index, sample: int = DOCUMENT_SAMPLE) -> int:
+    """The mean UTF-8 size of id + title + text over up to `sample` documents spread over the index's rows."""
+    rows = getattr(index.manifest, "next_row", None) or len(index)
+    picked = np.unique(np.random.default_rng(0).integers(0, max(rows, 1), size=min(sample, max(rows, 1))))
+    documents = list(index.docstore.by_rows(picked.tolist()).values())
+    if not documents:  # rows mostly removed: the first ones will do
+        documents = [doc for _, doc in itertools.islice(index.docstore.iter_documents(), sample)]
+    if not documents:
+        return 0
+    total = sum(len(doc.id.encode("utf-8", "replace")) + len(doc.title.encode("utf-8", "replace"))
+                + len(doc.text.encode("utf-8", "replace")) for doc in documents)
+    return -(-total // len(documents))
 
 
 def manifest_version(folder: Path) -> str:
@@ -299,18 +325,52 @@ class RetrievalService:
 
         return open_served(path, open_and_warm)
 
-    async def search(self, queries: Sequence[str], k: int, mode: Mode | None = None,
-                     fusion: FusionConfig | None = None) -> list[list[Passage]]:
+    def mode(self, mode: Mode | None) -> Mode:
+        """`mode`, or the server's default; refused if this server lacks the index it needs."""
         mode = mode or self.default_mode
         if mode not in self.modes:
             raise EmbedkitError(f"mode '{mode}' is not available on this server (available: {', '.join(self.modes)})")
+        return mode
+
+    def response_bytes(self, queries: int, k: int, mode: Mode | None = None) -> int:
+        """About how many bytes the answer to `queries` queries of `k` hits takes (mean document size), unsearched."""
+        kinds = ("dense", "bm25") if self.mode(mode) == "hybrid" else (self.mode(mode),)
+        hits = min(k, max(len(self.served[kind].index) for kind in kinds))
+        document = max(self.served[kind].document_bytes for kind in kinds)
+        return queries * hits * (document + HIT_OVERHEAD_BYTES)
+
+    async def search(self, queries: Sequence[str], k: int, mode: Mode | None = None,
+                     fusion: FusionConfig | None = None) -> list[list[Passage]]:
+        """Hits per query, all at once."""
+        async with contextlib.aclosing(self.search_slices(queries, k, mode, fusion)) as slices:
+            return [hits async for part in slices for hits in part]
+
+    async def search_slices(self, queries: Sequence[str], k: int, mode: Mode | None = None,
+                            fusion: FusionConfig | None = None) -> AsyncGenerator[list[list[Passage]], None]:
+        """Hits per query in slices of up to `batching.max_batch_size` queries, in order, each once it is done.
+
+        A big request's slices take turns with other requests (`MicroBatcher.stream`), and the caller can send
+        each slice on and drop it, so the answer is never held whole.
+        """
+        mode = self.mode(mode)
+        size = self.config.batching.max_batch_size
         if mode != "hybrid":
-            return await self.batchers[mode].submit(queries, k)
+            async with contextlib.aclosing(self.batchers[mode].stream(queries, k, size=size)) as slices:
+                async for part in slices:
+                    yield part
+            return
         depth = max(k, self.config.hybrid_depth)
-        dense, bm25 = await asyncio.gather(self.batchers["dense"].submit(queries, depth),
-                                           self.batchers["bm25"].submit(queries, depth))
         config = fusion or self.config.fusion
-        return [fuse_hits([d, b], config, k) for d, b in zip(dense, bm25, strict=True)]
+        async with contextlib.aclosing(self.batchers["dense"].stream(queries, depth, size=size)) as dense, \
+                contextlib.aclosing(self.batchers["bm25"].stream(queries, depth, size=size)) as bm25:
+            while True:
+                # Both indexes search each slice at once; the same slicing gives them the same queries.
+                dense_part, bm25_part = await asyncio.gather(anext(dense, None), anext(bm25, None))
+                if dense_part is None or bm25_part is None:
+                    if dense_part is not bm25_part:
+                        raise RuntimeError("the dense and BM25 searches returned different numbers of slices")
+                    return
+                yield [fuse_hits([d, b], config, k) for d, b in zip(dense_part, bm25_part, strict=True)]
 
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": "ok", "modes": self.modes,
