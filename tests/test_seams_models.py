@@ -41,11 +41,12 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def run_python(*args: str | Path, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_python(*args: str | Path, timeout: int = 600, env: dict[str, str] | None = None,
+               cwd: Path = ROOT) -> subprocess.CompletedProcess:  # fmt: skip
     """A command line as a user runs it (`python -m …`, a console script), in a fresh process; `env` replaces
     the environment (PYTHONPATH and TQDM_DISABLE are added)."""
     env = {**(os.environ if env is None else env), "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +148,19 @@ def test_the_written_recipe_reruns_with_the_documented_command(written, tmp_path
     assert_user_error(run_python(sys.executable, "-m", "embedkit.merging.mergekit_yaml", recipe, out), "exists")
     assert_user_error(run_python(sys.executable, "-m", "embedkit.merging.mergekit_yaml", recipe, tmp_path / "x",
                                  "--no-such-mergekit-option"), "mergekit-yaml", "no-such-mergekit-option")
+
+
+def test_a_recipe_with_relative_paths_runs_where_they_point(written, tmp_path):
+    """Relative model paths are read from the working directory, as mergekit-yaml reads them; an "org/name"-
+    shaped one (bags/bag-0) is a folder here, not a hub id (mergekit's model card would ask the hub)."""
+    boom = written["boom merge"].parent
+    recipe = tmp_path / "relative.yml"
+    recipe.write_text(yaml.safe_dump({"merge_method": "linear", "dtype": "float32", "models": [
+        {"model": "bags/bag-0", "parameters": {"weight": 0.5}}, {"model": "bags/bag-1", "parameters": {"weight": 0.5}}]}))
+    result = run_python(sys.executable, "-m", "embedkit.merging.mergekit_yaml", recipe, tmp_path / "out", cwd=boom)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _modules(tmp_path / "out") == _modules(boom / "bags" / "bag-0")
+    assert "bags/bag-0" in (tmp_path / "out" / "mergekit_config.yml").read_text()  # the recipe as written
 
 
 def test_plain_mergekit_yaml_still_needs_the_command(written, tmp_path):

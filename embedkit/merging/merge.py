@@ -113,8 +113,9 @@ def merge_with_config(
     reference = layouts[0]
     _check_same_embedding_settings(layouts)
 
-    # mergekit sees the transformer folders; the YAML written beside the model keeps the user's paths.
-    mergekit_dict = _point_at_transformers(config, {str(x.root): str(x.transformer_dir) for x in layouts})
+    # mergekit sees the transformer folders; the YAML written beside the model keeps the user's paths. Absolute,
+    # because mergekit takes a relative "org/name"-shaped path for a hub id (its model card asks the hub).
+    mergekit_dict = _point_at_transformers(config, {str(x.root): str(x.transformer_dir.resolve()) for x in layouts})
     try:
         merge_config = MergeConfiguration.model_validate(mergekit_dict)
     except ValidationError as error:
