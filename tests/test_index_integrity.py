@@ -210,7 +210,7 @@ def test_every_run_file_written_is_valid_trec(index, tmp_path):
     lines = run.read_text().splitlines()
     assert len(lines) == 5 and all(len(line.split()) == 6 for line in lines)
     qrels = tmp_path / "qrels.tsv"
-    qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    qrels.write_text(f"query-id\tcorpus-id\tscore\nq1\t{lines[0].split()[2]}\t1\n")  # judges a retrieved document
     assert embedkit("eval", "--run", run, "--qrels", qrels).returncode == 0
 
 
