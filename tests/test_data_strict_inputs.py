@@ -189,3 +189,34 @@ def test_queries_tsv_header_spellings_are_not_read_as_a_query(tmp_path, bm25_ind
     assert result.returncode == 0, result.stderr
     assert "1 queries" in result.stdout
     assert set(read_run(tmp_path / "run.trec")) == {"q1"}
+
+
+def test_fused_run_keeps_scores_that_differ_only_past_six_decimals_apart(tmp_path) -> None:
+    # RRF scores of deep ranks differ in the 7th decimal; written with 6 they tied, and trec_eval (and `eval`)
+    # re-sort ties by document id, so the fused ranking that was evaluated was not the one computed.
+    import random
+
+    from embedkit.hybrid.fusion import fuse_runs
+
+    rng = random.Random(0)
+    pool = [f"d{i}" for i in range(2000)]
+    runs = [{"q1": {doc: float(1000 - rank) for rank, doc in enumerate(rng.sample(pool, 1000))}} for _ in range(2)]
+    paths = []
+    for number, run in enumerate(runs):
+        paths.append(write(tmp_path / f"run{number}.trec", "".join(
+            f"q1 Q0 {doc} {rank} {score} r{number}\n" for rank, (doc, score) in enumerate(run["q1"].items(), 1))))
+    result = embedkit("fuse", *paths, "-o", tmp_path / "fused.trec")
+    assert result.returncode == 0, result.stderr
+    computed = fuse_runs(runs, k=1000)["q1"]
+    written = read_run(tmp_path / "fused.trec")["q1"]
+    assert list(written) == list(computed)  # same documents in the same (rank) order
+    assert len(set(written.values())) == len(set(computed.values()))  # no new ties
+    top_score = (tmp_path / "fused.trec").read_text().splitlines()[0].split()[4]
+    assert len(top_score.split(".")[1]) > 6  # as many decimals as the ranking needs, for every line of the query
+
+
+def test_a_jsonl_file_with_carriage_return_line_endings_says_so(tmp_path) -> None:
+    corpus = write(tmp_path / "corpus.jsonl", '{"_id": "d1", "text": "x"}\r{"_id": "d2", "text": "y"}\r')
+    result = embedkit("index", "build", "--kind", "bm25", "--backend", "bm25s", "--corpus", corpus,
+                      "--out", tmp_path / "idx")
+    assert_user_error(result, "corpus.jsonl, line 1", "lone carriage return")

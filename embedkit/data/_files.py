@@ -206,7 +206,11 @@ def parse_json_line(text: str, *, path: Path | str, line: int) -> Any:
         value = json.loads(text, object_pairs_hook=_strict_object, parse_float=_strict_float,
                            parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
-        raise DataFormatError(f"malformed JSON ({error.msg} at column {error.colno})", path=path, line=line) from None
+        hint = ""
+        if error.msg == "Extra data" and "\r" in text:  # lines end at "\n": a CR-only file is one long line
+            hint = "; the lines seem to end with a lone carriage return (old Mac style): save the file with \\n endings"
+        raise DataFormatError(f"malformed JSON ({error.msg} at column {error.colno}){hint}", path=path,
+                              line=line) from None
     except RecursionError:
         raise DataFormatError("JSON nested too deeply", path=path, line=line) from None
     except _Refused:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from embedkit.data._files import (
@@ -84,8 +84,21 @@ def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | Path, *, 
                                       "number; a TREC run needs real scores")
     with atomic_write(path) as handle:
         for query_id, scores in run.items():
-            for rank, (doc_id, score) in enumerate(ranked(scores), start=1):
-                handle.write(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+            hits = ranked(scores)
+            texts = score_texts([score for _, score in hits])
+            for rank, ((doc_id, _), text) in enumerate(zip(hits, texts, strict=True), start=1):
+                handle.write(f"{query_id} Q0 {doc_id} {rank} {text} {tag}\n")
+
+
+def score_texts(scores: Sequence[float]) -> list[str]:
+    """One query's scores (best first) as written to a TREC run: 6 decimals, or as many more as it takes to keep
+    different scores different, since trec_eval re-sorts equal scores by document id (RRF scores of deep ranks
+    differ in the 7th decimal)."""
+    for places in range(6, 18):
+        texts = [f"{score:.{places}f}" for score in scores]
+        if all(texts[i] != texts[i + 1] or scores[i] == scores[i + 1] for i in range(len(texts) - 1)):
+            return texts
+    return [repr(float(score)) for score in scores]  # shortest text that reads back as the same float
 
 
 def write_jsonl_run(results: Mapping[str, dict], path: str | Path) -> None:
