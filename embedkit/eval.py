@@ -14,6 +14,7 @@ from embedkit.data.runs import Run, ranked
 from embedkit.errors import EmbedkitError
 
 DEFAULT_K = (1, 3, 5, 10, 100, 1000)
+MAX_K = 2**31 - 1  # trec_eval's cut-offs are C longs; pytrec_eval drops larger ones (a KeyError here)
 
 
 def check_overlap(run: Run, qrels: Qrels) -> None:
@@ -64,6 +65,8 @@ def evaluate(
     plain: Run = {query: dict(scores) for query, scores in run.items()}
     check_overlap(plain, qrels)
     k_values = sorted(set(k_values))
+    if not k_values or not all(isinstance(k, int) and 1 <= k <= MAX_K for k in k_values):
+        raise EmbedkitError(f"cut-offs k must be whole numbers from 1 to {MAX_K}, got {list(k_values)}")
     measures = {"map", f"ndcg_cut.{','.join(map(str, k_values))}", f"recall.{','.join(map(str, k_values))}",
                 f"P.{','.join(map(str, k_values))}"}
     scores = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(plain)
@@ -91,6 +94,7 @@ def evaluate(
 def format_metrics(metrics: Mapping[str, float], k_values: Sequence[int] = (10, 100)) -> str:
     """A compact two-column table of the usual headline metrics."""
     lines = []
+    k_values = list(dict.fromkeys(k_values))  # `--k 10 10` shows each metric once
     for name in [f"nDCG@{k}" for k in k_values] + [f"Recall@{k}" for k in k_values] + [f"MRR@{k}" for k in k_values] + ["MAP"]:
         if name in metrics:
             lines.append(f"{name:<12} {metrics[name]:.4f}")

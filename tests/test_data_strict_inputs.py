@@ -220,3 +220,22 @@ def test_a_jsonl_file_with_carriage_return_line_endings_says_so(tmp_path) -> Non
     result = embedkit("index", "build", "--kind", "bm25", "--backend", "bm25s", "--corpus", corpus,
                       "--out", tmp_path / "idx")
     assert_user_error(result, "corpus.jsonl, line 1", "lone carriage return")
+
+
+@pytest.mark.parametrize("name, header", [("corpus.tsv", "ID\tText"), ("corpus.csv", "doc_id,Title,Text")])
+def test_corpus_header_in_capitals_is_a_header_not_a_document(tmp_path, name, header) -> None:
+    separator = "\t" if name.endswith(".tsv") else ","
+    row = separator.join(["d1", "T", "cats purr"] if header.count(separator) == 2 else ["d1", "cats purr"])
+    corpus = write(tmp_path / name, f"{header}\n{row}\n")
+    result = embedkit("index", "build", "--kind", "bm25", "--backend", "bm25s", "--corpus", corpus,
+                      "--out", tmp_path / "idx")
+    assert result.returncode == 0, result.stderr
+    assert "1 documents" in result.stdout  # the header row used to be indexed as a document
+
+
+def test_eval_refuses_a_cut_off_beyond_trec_eval_range(tmp_path) -> None:
+    run, qrels = write(tmp_path / "run.trec", RUN), write(tmp_path / "qrels.tsv", QRELS)
+    assert_user_error(embedkit("eval", "--run", run, "--qrels", qrels, "--k", "9223372036854775808"),
+                      "cut-offs k must be whole numbers")  # was a KeyError traceback from pytrec_eval's results
+    result = embedkit("eval", "--run", run, "--qrels", qrels, "--k", "10", "10")
+    assert result.returncode == 0 and result.stdout.count("nDCG@10") == 1, result.stdout

@@ -40,7 +40,8 @@ class Document:
 
 @dataclass(frozen=True, slots=True)
 class FieldMap:
-    """Which record fields hold id, text and title. Unset fields are detected from common names."""
+    """Which record fields hold id, text and title. Unset fields are detected from common names (exact
+    spelling first, then in any case: "ID", "Text")."""
 
     id_field: str | None = None
     text_field: str | None = None
@@ -57,6 +58,10 @@ class FieldMap:
             for name in candidates:
                 if name in record:
                     return name
+            by_lower = {str(key).lower(): key for key in record}
+            for name in candidates:  # "ID", "Text" (spreadsheet headers): the exact spelling wins when both exist
+                if name in by_lower:
+                    return by_lower[name]
             if required:
                 raise DataFormatError(
                     f"no document {what} field (looked for {', '.join(candidates)}; set --{what}-field)",
@@ -178,9 +183,9 @@ def _parquet_records(path: Path) -> Iterator[Row]:
 def _delimited_records(path: Path, suffix: str) -> Iterator[Row]:
     """Rows of a .tsv/.txt (tab) or .csv file as records.
 
-    The first row is a header when it names at least two known columns (id, text, title, ...); otherwise
-    the columns are id, text[, title]. Every row must have as many columns as the header (or the first row):
-    a row with a stray tab or comma is refused, never cut.
+    The first row is a header when it names at least two known columns (id, text, title, ..., in any case:
+    "ID", "Text"); otherwise the columns are id, text[, title]. Every row must have as many columns as the
+    header (or the first row): a row with a stray tab or comma is refused, never cut.
     """
     known = set(ID_FIELDS) | set(TEXT_FIELDS) | set(TITLE_FIELDS)
     rows = iter_csv_rows(path) if suffix == ".csv" else iter_tsv_rows(path)
@@ -189,7 +194,7 @@ def _delimited_records(path: Path, suffix: str) -> Iterator[Row]:
     described = ""
     for line, columns in rows:
         if names is None:
-            if len(set(columns) & known) >= 2:
+            if len({column.strip().lower() for column in columns} & known) >= 2:
                 duplicated = sorted({name for name in columns if columns.count(name) > 1})
                 if duplicated:
                     raise DataFormatError(f"header names column '{duplicated[0]}' twice", path=path, line=line)
