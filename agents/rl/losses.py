@@ -7,10 +7,12 @@ the log-ratio is clamped to ±20 before `exp`, negative-advantage tokens get the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from embedkit.errors import EmbedkitError
 
@@ -24,32 +26,68 @@ def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, temperature: flo
     return torch.gather(F.log_softmax(scaled, dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def full_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Shannon entropy of softmax(logits / T) at each position: [B, T, V] → [B, T]."""
-    scaled = logits.float() / temperature if temperature != 1.0 else logits.float()
-    logp = F.log_softmax(scaled, dim=-1)
+def map_positions(fn: Callable[..., torch.Tensor], logits: torch.Tensor, *aligned: torch.Tensor,
+                  temperature: float = 1.0, chunk: int = 1024) -> torch.Tensor:  # fmt: skip
+    """`fn(z, *aligned_slices)` over slices of `chunk` positions of `logits` [..., V], with z the slice in fp32
+    divided by `temperature`; `aligned` tensors have the logits' leading shape and are sliced alongside.
+    Returns the slices' results concatenated, with the logits' leading shape in front.
+
+    Only one slice is ever upcast, and under autograd each slice is recomputed in the backward pass
+    (activation checkpointing), so neither the forward nor the tensors saved for backward hold an fp32 copy
+    of the whole [..., V] tensor: the logits may stay bf16."""
+    lead = logits.shape[:-1]
+    flat = logits.reshape(-1, logits.shape[-1])
+    flat_aligned = [a.reshape(-1, *a.shape[len(lead) :]) for a in aligned]
+
+    def on_slice(piece: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        z = piece.float()
+        return fn(z / temperature if temperature != 1.0 else z, *extra)
+
+    outs = []
+    for start in range(0, flat.shape[0], max(1, chunk)):
+        piece = flat[start : start + chunk]
+        extra = [a[start : start + chunk] for a in flat_aligned]
+        if torch.is_grad_enabled() and piece.requires_grad:
+            outs.append(checkpoint(on_slice, piece, *extra, use_reentrant=False))
+        else:
+            outs.append(on_slice(piece, *extra))
+    if not outs:  # no positions: fn's output shape per position is unknown, a scalar per position is the rule
+        return flat.new_zeros(lead, dtype=torch.float32)
+    out = torch.cat(outs)
+    return out.reshape((*lead, *out.shape[1:]))
+
+
+def shannon_entropy(z: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(z) along the last dimension."""
+    logp = F.log_softmax(z, dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def full_entropy(logits: torch.Tensor, temperature: float = 1.0, *, chunk: int = 1024) -> torch.Tensor:
+    """Shannon entropy of softmax(logits / T) at each position: [..., V] → [...] (in slices, see `map_positions`)."""
+    return map_positions(shannon_entropy, logits, temperature=temperature, chunk=chunk)
 
 
 def chunked_log_probs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: float = 1.0,
                       chunk: int = 1024, with_entropy: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
-    """Log-probs (and entropy) of `tokens` from `logits` [N, T, V] in slices of `chunk` positions, so no fp32
-    copy of the whole [N, T, V] tensor is ever made (logits may stay bf16). Differentiable."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    ids = tokens.reshape(-1)
-    logps, ents = [], []
-    for start in range(0, flat.shape[0], chunk):
-        piece = flat[start : start + chunk].float()
-        if temperature != 1.0:
-            piece = piece / temperature
-        logp = F.log_softmax(piece, dim=-1)
-        logps.append(torch.gather(logp, -1, ids[start : start + chunk].unsqueeze(-1)).squeeze(-1))
-        if with_entropy:
-            ents.append(-(logp.exp() * logp).sum(-1))
-    out = torch.cat(logps).view(tokens.shape) if logps else flat.new_zeros(tokens.shape, dtype=torch.float32)
-    ent = (torch.cat(ents).view(tokens.shape) if ents else None) if with_entropy else None
-    return out, ent
+    """Log-probs (and entropy) of `tokens` from `logits` [N, T, V] under softmax(logits / T), in slices of
+    `chunk` positions (`map_positions`: no fp32 copy of the whole [N, T, V] tensor). Differentiable."""
+
+    def on_slice(z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(z, dim=-1)
+        picked = torch.gather(logp, -1, ids.unsqueeze(-1)).squeeze(-1)
+        if not with_entropy:
+            return picked
+        return torch.stack([picked, -(logp.exp() * logp).sum(-1)], -1)
+
+    if tokens.numel() == 0:
+        empty = logits.new_zeros(tokens.shape, dtype=torch.float32)
+        return empty, (empty.clone() if with_entropy else None)
+    out = map_positions(on_slice, logits, tokens, temperature=temperature, chunk=chunk)
+    if not with_entropy:
+        return out, None
+    return out[..., 0], out[..., 1]
 
 
 @dataclass

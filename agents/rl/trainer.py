@@ -572,16 +572,23 @@ class RLTrainer:
         stats: dict[str, float] = {}
         loss = logp.new_zeros(())
         share = float(m.sum()) / totals["tokens"]  # this micro-batch's share of the mini-batch's tokens
+        agg = alg.aggregation()
         if need_logits:
-            term_out = self.term(logits, m, **cfg.term.params)
+            # the term's entropy is that of the sampling distribution (temperature), aggregated like the policy
+            # loss over the mini-batch's denominators, so micro-batch terms add up (verl's entropy bonus)
+            def reduce(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                return aggregate(values, mask, agg, norm_length=totals["norm_length"], total_tokens=totals["tokens"],
+                                 total_seqs=totals["seqs"])  # fmt: skip
+
+            term_out = self.term(logits, m, **cfg.term.params, temperature=self.temperature,
+                                 chunk=cfg.trainer.logprob_chunk, reduce=reduce)  # fmt: skip
             if term_out.pg_mask is not None:
                 pg_mask = term_out.pg_mask
-            loss = loss + term_out.loss * share
-            stats.update({k: v * share for k, v in term_out.metrics.items()})
+            loss = loss + term_out.loss
+            stats.update(term_out.metrics)
         override = totals.get("pg_mask")
         if override is not None:  # the forking mask chosen over the whole mini-batch
             pg_mask = override[dev_rows, :t]
-        agg = alg.aggregation()
         loss = loss + aggregate(clip.loss, pg_mask, agg, norm_length=totals["norm_length"],
                                 total_tokens=totals["pg_tokens"], total_seqs=totals["pg_seqs"])  # fmt: skip
         if prep.ref_logp is not None:
@@ -608,7 +615,8 @@ class RLTrainer:
         norm_length = self.config.algorithm.norm_length or self.config.rollout.settings.max_new_tokens
         tokens = float(m.sum().clamp_min(1))
         seqs = float((m.sum(-1) > 0).sum().clamp_min(1))
-        return {"tokens": tokens, "pg_tokens": tokens, "pg_seqs": seqs, "norm_length": float(norm_length)}
+        return {"tokens": tokens, "seqs": seqs, "pg_tokens": tokens, "pg_seqs": seqs,
+                "norm_length": float(norm_length)}  # fmt: skip
 
     def _accumulate(self, prep: Prepared, rows: torch.Tensor, totals: dict[str, Any]) -> tuple[float, dict]:
         loss_total, stats = 0.0, {}  # type: float, dict[str, float]
