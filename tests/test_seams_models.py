@@ -243,3 +243,29 @@ def test_pil_reader_images_reach_the_processor_at_their_target_size(tmp_path, mo
                              VisionTokens.from_tokenizer(tokenizer), min_pixels=low, max_pixels=high, max_length=512)
         t, h, w = batch.image_grid_thw[0].tolist()
         assert low <= h * 4 * w * 4 <= high
+
+
+def test_the_vl_extra_brings_torchvision_and_nothing_here_installs_it():
+    """qwen-vl-utils imports torchvision, so `embedkit[vl]` declares it; the CPU installs (`dev`, `demo`, the
+    Makefile's) must never pull it."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def closure(name: str) -> set[str]:
+        names: set[str] = set()
+        for requirement in extras[name]:
+            nested = re.fullmatch(r"embedkit\[([\w,-]+)\]", requirement.replace(" ", ""))
+            if nested:
+                names |= {n for sub in nested.group(1).split(",") for n in closure(sub)}
+            else:
+                names.add(re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower())
+        return names
+
+    assert {"qwen-vl-utils", "torchvision"} <= closure("vl")
+    installed = set(re.findall(r"\.\[([\w,-]+)\]", (ROOT / "Makefile").read_text()))
+    assert installed and {"dev", "demo"} <= {n for group in installed for n in group.split(",")}
+    for group in installed:
+        for name in group.split(","):
+            assert "torchvision" not in closure(name), name
