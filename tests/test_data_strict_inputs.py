@@ -239,3 +239,25 @@ def test_eval_refuses_a_cut_off_beyond_trec_eval_range(tmp_path) -> None:
                       "cut-offs k must be whole numbers")  # was a KeyError traceback from pytrec_eval's results
     result = embedkit("eval", "--run", run, "--qrels", qrels, "--k", "10", "10")
     assert result.returncode == 0 and result.stdout.count("nDCG@10") == 1, result.stdout
+
+
+@pytest.mark.parametrize("text", ['[\n  {"_id": "d1", "text": "x"},\n  {"_id": "d2", "text": "y"}\n]\n',
+                                  '[{"_id": "d1", "text": "x"}, {"_id": "d2", "text": "y"}]\n'])
+def test_a_json_array_file_is_told_apart_from_json_lines(tmp_path, text) -> None:
+    corpus = write(tmp_path / "corpus.json", text)
+    result = embedkit("index", "build", "--kind", "bm25", "--backend", "bm25s", "--corpus", corpus,
+                      "--out", tmp_path / "idx")
+    assert_user_error(result, "corpus.json, line 1", "JSON array, not JSON Lines", "corpus-lines.jsonl")
+
+
+def test_a_parquet_corpus_with_a_repeated_column_is_refused(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_arrays([pa.array(["d1"]), pa.array(["first text"]), pa.array(["second text"])],
+                                 names=["id", "text", "text"])
+    pq.write_table(table, tmp_path / "corpus.parquet")
+    result = embedkit("index", "build", "--kind", "bm25", "--backend", "bm25s", "--corpus", tmp_path / "corpus.parquet",
+                      "--out", tmp_path / "idx")
+    assert_user_error(result, "corpus.parquet", "column 'text' appears twice")  # one of them was dropped silently
+    assert not (tmp_path / "idx").exists()

@@ -262,13 +262,29 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     [(1, {'query': 'a'}), (3, {'query': 'b'})]
     """
     path = require_file(path, "file")
+    first = True
     for line_number, line in iter_lines(path):
         if not line.strip():
             continue
+        if first and line.lstrip().startswith("["):
+            _refuse_json_array(line, path=path, line=line_number)
+        first = False
         record = parse_json_line(line, path=path, line=line_number)
         if not isinstance(record, dict):
             raise DataFormatError(f"expected a JSON object, got {_json_type(record)}", path=path, line=line_number)
         yield line_number, record
+
+
+def _refuse_json_array(text: str, *, path: Path, line: int) -> None:
+    """A file that starts a JSON array (a .json export) instead of one object per line: say what to do."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = []  # an array spread over several lines
+    if isinstance(value, list):
+        raise DataFormatError("this is a JSON array, not JSON Lines (one object per line); convert it, e.g. "
+                              f"jq -c '.[]' {path} > {Path(path).with_name(Path(path).stem + '-lines.jsonl')}", path=path,
+                              line=line)
 
 
 def _json_type(value: Any) -> str:

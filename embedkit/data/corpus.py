@@ -170,7 +170,12 @@ def _parquet_records(path: Path) -> Iterator[Row]:
 
     row = 0
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+        handle = pq.ParquetFile(path)
+        names = handle.schema_arrow.names
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:  # a row as a dict keeps only the last of them, silently
+            raise DataFormatError(f"column '{repeated[0]}' appears twice; keep one of them", path=path)
+        batches = handle.iter_batches(batch_size=4096)
         for batch in batches:
             for record in batch.to_pylist():
                 row += 1
