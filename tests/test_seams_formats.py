@@ -21,6 +21,7 @@ Everything is written by the real CLI (run in this process: `embedkit.cli.main`)
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -164,8 +165,11 @@ def needs_java():
 
 
 @pytest.mark.parametrize("fields", [None, "contents=1.0 title=1.0"])
-def test_pyserini_bm25_opens_with_lucene_searcher_and_ranks_alike(fields, tmp_path):
+def test_pyserini_bm25_opens_with_lucene_searcher_and_ranks_alike(fields, tmp_path, monkeypatch):
     needs_java()
+    # pyserini.search.lucene imports pyserini.encode, which builds an OpenAI client at import time and fails
+    # without a key (upstream; BM25 never calls OpenAI): a plain pyserini user sets a placeholder, as we do.
+    monkeypatch.setenv("OPENAI_API_KEY", os.environ.get("OPENAI_API_KEY") or "unused")
     records = filler_docs(30) + [{"_id": i, "title": t, "text": x} for i, t, x in MULTIHOP_DOCS]
     corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
     folder = tmp_path / "bm25"
