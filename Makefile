@@ -15,12 +15,13 @@ $(VENV)/.demo-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	touch $@
 
 # verl (RL adapter tests): same range as the `verl` extra, without its GPU-side pins; `verl-cpu` in `dev`
-# brings what its loss/advantage modules import.
+# brings what its loss/advantage modules and its v1 trainer package (TransferQueue, also --no-deps) import.
 VERL_SPEC := verl>=0.9.1,<0.10
+TQ_SPEC := TransferQueue>=0.1.10,<0.2
 
 $(VENV)/.dev-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) -e '.[dev]'
-	$(PIP) --no-deps '$(VERL_SPEC)'
+	$(PIP) --no-deps '$(VERL_SPEC)' '$(TQ_SPEC)'
 	touch $@
 
 install: $(VENV)/.dev-installed
