@@ -144,10 +144,21 @@ def test_the_written_recipe_reruns_with_the_documented_command(written, tmp_path
     for encode in ("encode_query", "encode_document"):
         np.testing.assert_allclose(getattr(again, encode)(QUERIES), getattr(original, encode)(QUERIES), atol=1e-6)
 
-    # An existing output is refused (one line, exit 2) unless --overwrite; mergekit-yaml's own errors are too.
-    assert_user_error(run_python(sys.executable, "-m", "embedkit.merging.mergekit_yaml", recipe, out), "exists")
-    assert_user_error(run_python(sys.executable, "-m", "embedkit.merging.mergekit_yaml", recipe, tmp_path / "x",
-                                 "--no-such-mergekit-option"), "mergekit-yaml", "no-such-mergekit-option")
+
+def test_the_recipe_command_reports_user_errors_in_one_line(written, tmp_path, capsys):
+    """An existing output is refused unless --overwrite, and mergekit-yaml's own usage errors are reported the
+    same way: exit 2, one `embedkit: error:` line (the command's main, in this process)."""
+    from embedkit.merging import mergekit_yaml
+
+    recipe = written["boom merge"] / "mergekit_config.yml"
+    (tmp_path / "taken").mkdir()
+    for argv, needles in [([recipe, tmp_path / "taken"], ["exists"]),
+                          ([recipe, tmp_path / "x", "--no-such-mergekit-option"], ["mergekit-yaml", "no-such-mergekit-option"]),
+                          ([tmp_path / "missing.yml", tmp_path / "y"], ["missing.yml"])]:  # fmt: skip
+        assert mergekit_yaml.main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("embedkit: error: ") and err.count("\n") == 1 and all(n in err for n in needles), err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_a_recipe_with_relative_paths_runs_where_they_point(written, tmp_path):
@@ -201,8 +212,13 @@ def test_image_path_refuses_when_qwen_vl_utils_cannot_import(tmp_path):
         assert_user_error(result, "qwen-vl-utils", "torchvision", "embedkit[vl]", "EMBEDKIT_IMAGE_READER=pil")
     else:  # a machine with embedkit[vl]: Qwen's reader runs
         assert result.returncode == 0, result.stderr[-2000:]
-    assert_user_error(run_python(*command, env={**env, "EMBEDKIT_IMAGE_READER": "torchvision"}),
-                      "EMBEDKIT_IMAGE_READER='torchvision'", "qwen-vl-utils, pil")
+
+
+def test_an_unknown_image_reader_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EMBEDKIT_IMAGE_READER", "torchvision")
+    assert main(["cocoa", "show-mask", "--stage", "1", "--image", str(_picture(tmp_path / "pic.png")),
+                 "--text", "a red box"]) == 2  # fmt: skip
+    assert "EMBEDKIT_IMAGE_READER='torchvision': choose one of qwen-vl-utils, pil" in capsys.readouterr().err
 
 
 def test_pil_reader_resizes_to_the_pixel_bounds_as_qwen_does(tmp_path, monkeypatch):
