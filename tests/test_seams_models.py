@@ -175,9 +175,9 @@ def test_a_recipe_with_relative_paths_runs_where_they_point(written, tmp_path):
 
 
 def test_plain_mergekit_yaml_still_needs_the_command(written, tmp_path):
-    """mergekit's own CLI on the recipe: fails on BERT with mergekit <= 0.1.5's list + tuple bug. When this test
-    fails, upstream fixed the bug: delete the `plan_alias_tuple` patch in embedkit/merging/compat.py (and raise
-    LAST_AFFECTED's meaning accordingly); plain mergekit-yaml would still write no pooling/normalization modules."""
+    """mergekit's own CLI on the recipe. Up to compat.LAST_AFFECTED (0.1.5) it crashes on BERT with the list +
+    tuple bug that embedkit/merging/compat.py patches; a newer mergekit must merge (if it still crashes, raise
+    LAST_AFFECTED), yet writes no pooling/normalization modules, so the documented command stays the way."""
     from embedkit.merging import compat
 
     mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
