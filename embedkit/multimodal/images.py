@@ -92,9 +92,8 @@ def _read_with_qwen(ref: Any, min_pixels: int | None, max_pixels: int | None, pa
 
 
 def _read_with_pil(ref: str, timeout: float):
-    from PIL import Image
-
     import httpx
+    from PIL import Image
 
     try:
         if ref.startswith(("http://", "https://")):
