@@ -1,6 +1,6 @@
 """Crash-safe writes of files and folders: build under a temporary name beside the target, then swap it in.
 
-Files: `atomic_write(path)`. Folders (index folders, model folders): `atomic_directory(path)`::
+Files: `atomic_write(path)`. Folders (index folders, model folders): `atomic_directory(path, marker=...)`::
 
     from embedkit.io import atomic_directory
 
@@ -11,10 +11,15 @@ Files: `atomic_write(path)`. Folders (index folders, model folders): `atomic_dir
 
 `atomic_directory` owns everything about replacing a folder:
 
-- **Overwrite checks.** An existing folder is replaced only with `overwrite=True`, and (when `marker` is given)
-  only when it holds that file, so `--overwrite` cannot delete a corpus folder or a plain file by mistake.
+- **Overwrite checks.** An existing folder is replaced only with `overwrite=True`, and only when it holds the
+  `marker` file (a file every output of that writer has: `manifest.json`, `config.json`, `trainer_state.pt`),
+  so `--overwrite` cannot delete a user's folder or a plain file by mistake. `marker` is required (keyword-only,
+  no default): a writer cannot forget to say what proves a folder is its own.
 - **Locking** by the *real* path (symlinks resolved): a second writer of the same folder, through any path or
-  symlink, waits (`folder_lock`). Updates that read the old folder take the lock first (it is re-entrant).
+  symlink, waits (`folder_lock`), and after `LOCK_NOTICE_S` says on stderr who holds the lock (pid, command
+  line, since when; the holder records itself in the lock file). Updates that read the old folder take the
+  lock first (it is re-entrant). A folder that cannot be written (read-only file system, no permission) is an
+  `EmbedkitError` naming it (`FolderNotWritableError`), not an `OSError` traceback.
 - **The swap**, beside the real folder (a symlink stays a symlink pointing at the new contents)::
 
       NAME.tmp-PID-X  (being filled)  --fsync, rename-->  NAME.new-PID-X  (complete)
@@ -22,11 +27,13 @@ Files: `atomic_write(path)`. Folders (index folders, model folders): `atomic_dir
 
 - **Durability.** Every file and folder of the new tree is fsynced before the `.new` rename and the parent
   folder after each rename, so a completed write survives a power cut.
-- **Recovery and sweeping** (`recover_folder`, run by every writer before it starts and by readers that find
-  leftovers). The rule: if `NAME` is missing and a complete `NAME.new-*` exists, it is renamed to `NAME` (roll
-  forward: the write had finished); else if `NAME` is missing and a `NAME.old-*` exists, it is renamed back
-  (roll back). Then every remaining `NAME.tmp-*`, `NAME.new-*` and `NAME.old-*` is removed: a `.tmp` was never
-  finished, a `.new` beside an existing `NAME` never replaced it, an `.old` is the state already replaced.
+- **Recovery and sweeping** (`recover_folder`, run by every writer before it starts; `recover_if_interrupted`,
+  `recover_path` and `recover_children` for readers of index, model and checkpoint folders). The rule: if
+  `NAME` is missing and a complete `NAME.new-*` exists, it is renamed to `NAME` (roll forward: the write had
+  finished); else if `NAME` is missing and a `NAME.old-*` exists, it is renamed back (roll back). Then every
+  remaining `NAME.tmp-*`, `NAME.new-*` and `NAME.old-*` is removed: a `.tmp` was never finished, a `.new`
+  beside an existing `NAME` never replaced it, an `.old` is the state already replaced. A reader that cannot write (read-only file system) leaves leftovers beside an existing `NAME` and reads on;
+  a missing `NAME` it cannot restore is an `EmbedkitError` that says which leftover to rename.
 - **Disk full** while filling (ENOSPC, EDQUOT, EFBIG, SQLite's "disk is full") becomes an `EmbedkitError`
   naming the folder; the old folder is untouched.
 
@@ -41,13 +48,20 @@ import errno
 import os
 import re
 import shutil
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from embedkit.errors import EmbedkitError
+from embedkit.locks import (
+    NOT_WRITABLE_ERRNOS,
+    FolderNotWritableError,
+    folder_lock,
+    held_by_this_thread,
+    not_writable,
+    real_folder,
+)
 
 TMP_MARK = ".tmp-"
 CRASH_ENV = "EMBEDKIT_CRASH_AT"
@@ -95,69 +109,6 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
             tmp.unlink()
 
 
-def real_folder(path: str | Path) -> Path:
-    """The folder a path really names: symlinks (of the folder or its parents) resolved, even when missing."""
-    return Path(os.path.realpath(Path(path).expanduser()))
-
-
-# --- locking ----------------------------------------------------------------------------------------------
-
-_held_lock = threading.Lock()
-_held: dict[Path, tuple[int, int, int]] = {}  # real path -> (owning thread id, fd, depth)
-
-
-def lock_path(path: str | Path) -> Path:
-    real = real_folder(path)
-    return real.with_name(f".{real.name}.lock")
-
-
-@contextlib.contextmanager
-def folder_lock(path: str | Path, *, blocking: bool = True) -> Iterator[bool]:
-    """Hold the exclusive lock of the folder `path` really names (re-entrant in one thread).
-
-    Yields True when the lock is held; with `blocking=False` yields False instead of waiting when another
-    process (or thread) holds it.
-    """
-    import fcntl
-
-    real = real_folder(path)
-    me = threading.get_ident()
-    with _held_lock:
-        current = _held.get(real)
-        if current is not None and current[0] == me:
-            _held[real] = (me, current[1], current[2] + 1)
-            reentered = True
-        else:
-            reentered = False
-    if reentered:
-        try:
-            yield True
-        finally:
-            with _held_lock:
-                owner, fd, depth = _held[real]
-                _held[real] = (owner, fd, depth - 1)
-        return
-    target = lock_path(real)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        with _held_lock:
-            _held[real] = (me, fd, 1)
-        try:
-            yield True
-        finally:
-            with _held_lock:
-                _held.pop(real, None)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
 # --- recovery ---------------------------------------------------------------------------------------------
 
 
@@ -167,7 +118,7 @@ def leftovers(path: str | Path) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {"tmp": [], "new": [], "old": []}
     try:
         entries = list(os.scandir(real.parent))
-    except FileNotFoundError:
+    except OSError:  # a missing or unreadable parent holds no leftovers we could act on
         return found
     for entry in entries:
         match = _LEFTOVER.match(entry.name)
@@ -199,13 +150,15 @@ def _recover_locked(real: Path) -> str | None:
     found = leftovers(real)
     outcome = None
     if not real.exists() and not real.is_symlink():
-        if found["new"]:
-            os.replace(found["new"].pop(0), real)
-            outcome = "rolled forward"
-        elif found["old"]:
-            os.replace(found["old"].pop(0), real)
-            outcome = "rolled back"
-        if outcome:
+        source, outcome = ((found["new"].pop(0), "rolled forward") if found["new"] else
+                           (found["old"].pop(0), "rolled back") if found["old"] else (None, None))
+        if source is not None:
+            try:
+                os.replace(source, real)
+            except OSError as error:
+                if error.errno in NOT_WRITABLE_ERRNOS:
+                    raise not_writable(error, real) from None
+                raise
             fsync_folder(real.parent)
     for paths in found.values():
         for leftover in paths:
@@ -216,37 +169,78 @@ def _recover_locked(real: Path) -> str | None:
 def recover_if_interrupted(path: str | Path) -> None:
     """For readers: repair a folder left mid-swap by a killed writer; never waits for a running writer.
 
-    When `path` exists, leftovers are swept only if no writer holds the lock. When it is missing but an
-    interrupted swap left `.new`/`.old` siblings, waits for the lock (a live swap takes milliseconds) and recovers.
+    When `path` exists, leftovers are swept only if no writer holds the lock, and not at all when the folder
+    cannot be written (a read-only file system: the reader reads on, leftovers stay for a later writer). When
+    it is missing but an interrupted swap left `.new`/`.old` siblings, waits for the lock (a live swap takes
+    milliseconds) and recovers; if that is impossible (read-only), raises an `EmbedkitError` that says what to
+    rename.
     """
     real = real_folder(path)
     found = leftovers(real)
-    if not any(found.values()):
+    if not any(found.values()) or held_by_this_thread(real):  # our own leftovers may be live work
         return
-    if real.exists():
-        with folder_lock(real, blocking=False) as held:
-            if held:
-                _recover_locked(real)
-    elif found["new"] or found["old"]:
-        recover_folder(real)
+    try:
+        if real.exists():
+            with folder_lock(real, blocking=False) as held:
+                if held:
+                    _recover_locked(real)
+        elif found["new"] or found["old"]:
+            recover_folder(real)
+    except FolderNotWritableError as error:
+        candidates = found["new"] or found["old"]
+        if real.exists() or not candidates:
+            return
+        source = candidates[0]
+        state = "the finished new version" if found["new"] else "the version before the write"
+        raise FolderNotWritableError(
+            f"{path} is missing: a write of it was interrupted, and {source.name} beside it (holding {state}) "
+            f"cannot be renamed to {real.name} ({error.reason}). "
+            f"Run any embedkit command on it where it is writable, or rename {source} to {real}",
+            reason=error.reason,
+        ) from None
+
+
+def recover_path(path: str | Path) -> None:
+    """For readers of a model or checkpoint path: `recover_if_interrupted` on it and every folder above it.
+
+    A path that readers are given may lie inside the folder that was written as one (`retriever/model` of an
+    Agentic-R output, `step-N/policy` of an RL checkpoint), so the folders above it are checked too, outermost
+    first (one directory listing each; nothing is touched where no leftovers are found). A hub id is checked
+    as a relative path and finds nothing.
+    """
+    real = real_folder(path)
+    for folder in [*reversed(real.parents[:-1]), real]:  # parents[-1] is the root, which has no siblings
+        recover_if_interrupted(folder)
+
+
+def recover_children(folder: str | Path) -> None:
+    """For readers that list a folder of outputs (RL `checkpoints/step-N`, CoCoA `checkpoint-*`): recover every
+    child an interrupted write left mid-swap, so a missing one is restored before the listing."""
+    try:
+        names = {match["name"] for entry in os.scandir(folder) if (match := _LEFTOVER.match(entry.name))}
+    except OSError:
+        return
+    for name in sorted(names):
+        recover_if_interrupted(Path(folder) / name)
 
 
 def _remove(path: Path) -> None:
+    # Sweeping is housekeeping: what cannot be removed now is removed by a later writer.
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 # --- the folder writer ------------------------------------------------------------------------------------
 
 
-def check_replaceable(path: str | Path, *, overwrite: bool, marker: str | None = None,
-                      what: str = "folder") -> None:
+def check_replaceable(path: str | Path, *, overwrite: bool, marker: str, what: str = "folder") -> None:
     """Refuse to write `path` when that would destroy something that is not ours to replace.
 
-    A missing path or an empty folder is fine; an existing `what` needs `overwrite`; with `marker`, only a
-    folder holding that file counts as a `what` (anything else is refused whatever `overwrite` says).
+    A missing path or an empty folder is fine; an existing `what` needs `overwrite`, and only a folder holding
+    the `marker` file counts as a `what` (anything else is refused whatever `overwrite` says).
     """
     path = Path(path)
     real = real_folder(path)
@@ -257,7 +251,7 @@ def check_replaceable(path: str | Path, *, overwrite: bool, marker: str | None =
         raise EmbedkitError(f"{shown} is a file, not {_a(what)}; refusing to replace it (choose another path)")
     if not any(real.iterdir()):
         return
-    if marker is not None and not (real / marker).is_file():
+    if not (real / marker).is_file():
         raise EmbedkitError(
             f"{shown} exists and is not {_a(what)} (it has no {marker}); refusing to replace it even with "
             "--overwrite, which only replaces a previous output. Choose another path or remove the folder yourself"
@@ -310,25 +304,36 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path, *, overwrite: bool = False, marker: str | None = None,
+def atomic_directory(path: str | Path, *, marker: str, overwrite: bool = False,
                      what: str = "folder") -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; on success it replaces `path`, on error it is removed.
 
-    `overwrite` allows replacing an existing folder; `marker` (e.g. "manifest.json", "config.json") restricts
-    that to folders holding the file, i.e. earlier outputs of the same kind (`what` names them in errors).
-    The folder's lock is held for the whole block. See the module docstring for the swap, recovery rule and
-    durability guarantees.
+    `marker` is required: a file every output of this writer holds (e.g. "manifest.json", "config.json",
+    "trainer_state.pt"), the proof that an existing folder is an earlier output of the same kind (`what` names
+    them in errors). `overwrite` allows replacing such a folder; a non-empty folder without the marker is never
+    replaced. The folder's lock is held for the whole block. See the module docstring for the swap, recovery
+    rule and durability guarantees.
     """
     path = Path(path)
     real = real_folder(path)
-    real.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if error.errno in NOT_WRITABLE_ERRNOS:
+            raise not_writable(error, real) from None
+        raise
     with folder_lock(real):
         _recover_locked(real)
         check_replaceable(path, overwrite=overwrite, marker=marker, what=what)
         token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp = real.with_name(f"{real.name}.tmp-{token}")
         new = real.with_name(f"{real.name}.new-{token}")
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except OSError as error:
+            if error.errno in NOT_WRITABLE_ERRNOS:  # the lock file may exist and be ours while the folder is not
+                raise not_writable(error, real) from None
+            raise
         try:
             try:
                 yield tmp

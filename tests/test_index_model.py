@@ -151,11 +151,11 @@ def test_atomic_directory_overwrite_rules(tmp_path):
 
 def test_symlink_stays_a_symlink_and_the_real_folder_is_replaced(tmp_path):
     real = tmp_path / "real"
-    with atomic_directory(real) as tmp:
+    with atomic_directory(real, marker="v") as tmp:
         (tmp / "v").write_text("1")
     link = tmp_path / "link"
     link.symlink_to(real, target_is_directory=True)
-    with atomic_directory(link, overwrite=True) as tmp:
+    with atomic_directory(link, overwrite=True, marker="v") as tmp:
         assert tmp.parent == real.parent and tmp.name.startswith("real.tmp-")
         (tmp / "v").write_text("2")
     assert link.is_symlink() and (link / "v").read_text() == "2" and (real / "v").read_text() == "2"

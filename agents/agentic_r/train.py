@@ -19,9 +19,11 @@ from pathlib import Path
 from agents.agentic_r.config import RetrieverTrainConfig
 from agents.agentic_r.pairs import TrainingPair
 from embedkit.errors import EmbedkitError
-from embedkit.io import atomic_directory
+from embedkit.io import atomic_directory, check_replaceable
 
 log = logging.getLogger(__name__)
+#: Written into every retriever output folder (beside `model/`): the proof that `--overwrite` may replace it.
+TRAIN_METRICS = "train_metrics.json"
 
 
 def pair_rows(pairs: Sequence[TrainingPair], hard_negatives: int) -> dict[str, list[str]]:
@@ -73,8 +75,7 @@ def train_retriever(pairs: Sequence[TrainingPair], config: RetrieverTrainConfig,
     from embedkit.encoding import load_sentence_transformer
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise EmbedkitError(f"{out} already exists (use --overwrite to replace it)")
+    check_replaceable(out, overwrite=overwrite, marker=TRAIN_METRICS, what="retriever output")  # before training
     columns = pair_rows(pairs, config.hard_negatives)
     dataset = Dataset.from_dict(columns)
     torch.manual_seed(config.seed)
@@ -85,7 +86,7 @@ def train_retriever(pairs: Sequence[TrainingPair], config: RetrieverTrainConfig,
     loss = make_loss(model, config)
     prompts = {"anchor": config.query_prefix, "positive": config.passage_prefix}
     prompts.update({name: config.passage_prefix for name in columns if name.startswith("negative_")})
-    with atomic_directory(out, overwrite=overwrite) as folder:
+    with atomic_directory(out, overwrite=overwrite, marker=TRAIN_METRICS, what="retriever output") as folder:
         args = SentenceTransformerTrainingArguments(
             output_dir=str(folder / "trainer"),
             num_train_epochs=config.epochs,
@@ -108,7 +109,7 @@ def train_retriever(pairs: Sequence[TrainingPair], config: RetrieverTrainConfig,
         model.max_seq_length = saved_length
         model.prompts = {k: v for k, v in {"query": config.query_prefix, "document": config.passage_prefix}.items() if v}
         model.save(str(folder / "model"))
-        (folder / "train_metrics.json").write_text(_json({"rows": len(dataset), **result.metrics}), encoding="utf-8")
+        (folder / TRAIN_METRICS).write_text(_json({"rows": len(dataset), **result.metrics}), encoding="utf-8")
         import shutil
 
         shutil.rmtree(folder / "trainer", ignore_errors=True)

@@ -43,6 +43,7 @@ from embedkit.errors import EmbedkitError
 from embedkit.io import atomic_directory, atomic_write
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.pt"  # in every checkpoint folder: what marks a folder as one (atomic_directory)
 RANK_SEED_STRIDE = 1_000_003  # keeps the ranks' seeds apart for any realistic base seed
 
 
@@ -380,7 +381,7 @@ class RLTrainer:
         else:
             rng_states = [self._rng_state()]
         if self.accelerator.is_main_process:
-            with atomic_directory(target, overwrite=True) as tmp:
+            with atomic_directory(target, overwrite=True, marker=STATE_FILE, what="RL checkpoint") as tmp:
                 self.unwrapped.policy.save_pretrained(tmp / "policy")
                 self.tokenizer.save_pretrained(tmp / "policy")
                 reference: Any = self.reference
@@ -395,7 +396,7 @@ class RLTrainer:
                     "master": None if self.master is None else self.master.state_dict(),
                     "reward": reward_state() if callable(reward_state) else None,
                 }
-                torch.save(state, tmp / "trainer_state.pt")
+                torch.save(state, tmp / STATE_FILE)
                 for rank, rng in enumerate(rng_states):
                     torch.save(rng, tmp / f"rank_{rank}_rng.pt")
                 with atomic_write(tmp / "config.yaml") as handle:

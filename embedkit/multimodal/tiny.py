@@ -16,6 +16,9 @@ from typing import Any, Literal
 from embedkit.errors import EmbedkitError
 
 Family = Literal["qwen2-vl", "qwen2.5-vl"]
+#: Written into every tiny model folder: its settings, and the proof that a folder is one (so rebuilding
+#: replaces an earlier tiny model but never a user's folder or a trained model).
+TINY_RECORD = "embedkit_tiny_model.json"
 
 # Qwen's special tokens, in the order the real vocabularies list them, plus a mask token for CoCoA stage 1.
 SPECIAL_TOKENS = [
@@ -114,15 +117,19 @@ def build_tiny_vlm(out: str | Path, family: Family = "qwen2-vl", *, seed: int = 
                    extra_text: str = "") -> Path:
     """Write a random-init model, tokenizer and image processor to `out`; load it like any local model.
 
-    `image_pixels` bounds the resized image area (16*16 with patch 4 and merge 2 gives 4 image tokens).
+    `image_pixels` bounds the resized image area (16*16 with patch 4 and merge 2 gives 4 image tokens). An
+    earlier tiny model at `out` is replaced; any other non-empty folder is refused (`EmbedkitError`).
     """
+    import json
+
     import torch
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
-    from embedkit.io import atomic_directory
+    from embedkit.io import atomic_directory, check_replaceable
     from embedkit.multimodal.loading import model_class_for
 
     out = Path(out)
+    check_replaceable(out, overwrite=True, marker=TINY_RECORD, what="tiny model")  # refuse before the work
     tokenizer = build_tokenizer(extra_text)
     token_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     config = tiny_config(family, len(tokenizer), token_ids, hidden_size=hidden_size, layers=layers,
@@ -135,10 +142,13 @@ def build_tiny_vlm(out: str | Path, family: Family = "qwen2-vl", *, seed: int = 
         patch_size=patch, merge_size=merge, temporal_patch_size=2,
         size={"shortest_edge": (patch * merge) ** 2, "longest_edge": image_pixels},
     )
-    with atomic_directory(out, overwrite=True) as tmp:
+    settings = dict(family=family, seed=seed, hidden_size=hidden_size, layers=layers, vision_depth=vision_depth,
+                    image_pixels=image_pixels, extra_text=extra_text)
+    with atomic_directory(out, overwrite=True, marker=TINY_RECORD, what="tiny model") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        (tmp / TINY_RECORD).write_text(json.dumps(settings, indent=2), encoding="utf-8")
     return out
 
 
