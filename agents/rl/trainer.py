@@ -41,6 +41,7 @@ from agents.rl.tasks import TASKS, Task, make_index_tool
 from agents.rl.warmup import sft_warmup
 from embedkit.errors import EmbedkitError
 from embedkit.io import atomic_directory, atomic_write
+from embedkit.torch_load import load_tensors
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.pt"  # in every checkpoint folder: what marks a folder as one (atomic_directory)
@@ -371,7 +372,10 @@ class RLTrainer:
 
     def save_checkpoint(self, step: int) -> Path:
         """policy/ (save_pretrained + tokenizer), reference/, trainer_state.pt (optimizer, scheduler, critic,
-        fp32 masters, reward-model memory) and rank_<r>_rng.pt per rank; written atomically."""
+        fp32 masters, reward-model memory) and rank_<r>_rng.pt per rank; written atomically.
+
+        The two `.pt` files hold tensors and plain data only (the RNG states are a tuple of ints and byte
+        tensors), so resume reads them with `weights_only=True` and a crafted file cannot run code."""
         target = self.output_dir / "checkpoints" / f"step-{step}"
         rng_states: list[Any] = [None] * self.world
         if self.world > 1:
@@ -413,7 +417,7 @@ class RLTrainer:
             shutil.rmtree(path, ignore_errors=True)
 
     def _load_state(self, checkpoint: Path) -> None:
-        state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+        state = load_tensors(checkpoint / STATE_FILE)
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -425,7 +429,7 @@ class RLTrainer:
             load_reward(state["reward"])
         rng_file = checkpoint / f"rank_{self.rank}_rng.pt"
         if rng_file.exists():
-            self._rng_states = torch.load(rng_file, weights_only=False)
+            self._rng_states = load_tensors(rng_file)
         self.start_step = int(state["step"])
 
     def _restore_rng(self) -> None:

@@ -39,6 +39,7 @@ from embedkit.io import atomic_directory, atomic_write
 from embedkit.multimodal.embedder import EMBEDDER_SETTINGS
 from embedkit.multimodal.loading import LoadedVLM, load_vlm, pick_device, unwrap
 from embedkit.multimodal.sequence import MultimodalInput, VisionTokens, encode_batch
+from embedkit.torch_load import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ class CocoaTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, optim.warmup_steps, steps, optim.lr_schedule, optim.min_lr_ratio))
         if optimizer_state is not None and optimizer_state.exists():
-            saved = torch.load(optimizer_state, map_location="cpu", weights_only=True)
+            saved = load_tensors(optimizer_state)
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
         # The model stays unwrapped: the stages call its submodules directly (custom masks), which a DDP
@@ -367,7 +368,7 @@ class CocoaTrainer:
         self._prepare_model(adapter_dir=checkpoint if (checkpoint is not None and lora is not None) else None)
         heads = checkpoint / HEADS_NAME if checkpoint is not None else None
         if heads is not None and heads.exists():
-            self.heads.load_state_dict(torch.load(heads, map_location="cpu", weights_only=True))
+            self.heads.load_state_dict(load_tensors(heads))
 
     def _export(self, phase_dir: Path) -> Path:
         """Write `<phase>/model`: full weights (LoRA merged when asked), tokenizer, image processor."""
