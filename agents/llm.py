@@ -68,9 +68,12 @@ def load_causal_lm(path: str, *, device: str = "auto") -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from embedkit.encoding.models import resolve_model
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    path = resolve_model(path)  # recovers a policy folder (an RL checkpoint's) left mid-swap by a killed writer
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

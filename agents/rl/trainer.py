@@ -39,8 +39,9 @@ from agents.rl.rollout import ROLLOUT_STRATEGIES, RolloutEngine, Tool, Trajector
 from agents.rl.surgery import GRADIENT_SURGERY
 from agents.rl.tasks import TASKS, Task, make_index_tool
 from agents.rl.warmup import sft_warmup
+from embedkit.encoding.models import resolve_model
 from embedkit.errors import EmbedkitError
-from embedkit.io import atomic_directory, atomic_write
+from embedkit.io import atomic_directory, atomic_write, recover_children
 from embedkit.torch_load import load_tensors
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
@@ -139,6 +140,16 @@ class MasterWeights:
         self.master_to_model()
 
 
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest `<output_dir>/checkpoints/step-N` folder, or None (what `trainer.resume` continues from)."""
+    folder = Path(output_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    recover_children(folder)  # a save killed mid-swap leaves step-N.new-*/.old-* until a reader restores it
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return max(found)[1] if found else None
+
+
 def prepare_policy(model: nn.Module, config: RLConfig) -> nn.Module:
     """Dtype and gradient checkpointing of the policy, applied the same way on a fresh start and on resume."""
     p = config.policy
@@ -165,7 +176,7 @@ def load_policy(config: RLConfig, checkpoint: Path | None = None) -> tuple[nn.Mo
         from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(p.tokenizer or p.model)
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model(p.tokenizer or p.model))
         except OSError as error:
             raise EmbedkitError(f"cannot load the tokenizer of '{p.tokenizer or p.model}': {error}") from None
         model = None
@@ -174,7 +185,7 @@ def load_policy(config: RLConfig, checkpoint: Path | None = None) -> tuple[nn.Mo
     if checkpoint is not None or model is None:
         from transformers import AutoModelForCausalLM
 
-        source = checkpoint / "policy" if checkpoint is not None else p.model
+        source = checkpoint / "policy" if checkpoint is not None else resolve_model(p.model)
         try:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, p.dtype))
         except OSError as error:
@@ -356,11 +367,7 @@ class RLTrainer:
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:
-        folder = self.output_dir / "checkpoints"
-        if not folder.is_dir():
-            return None
-        found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
-        return max(found)[1] if found else None
+        return latest_checkpoint(self.output_dir)
 
     def _rng_state(self) -> dict[str, Any]:
         return {

@@ -292,8 +292,10 @@ def _tokenizer_and_processor(model: str | None):
             size={"shortest_edge": 64, "longest_edge": 16 * 16})
     from transformers import AutoTokenizer
 
+    from embedkit.encoding.models import resolve_model
     from embedkit.errors import ModelUnavailableError
 
+    model = resolve_model(model)
     try:
         return AutoTokenizer.from_pretrained(model), Qwen2VLImageProcessorPil.from_pretrained(model)
     except OSError as error:

