@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -116,16 +117,18 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "EMBEDKIT_API_KEY": ""}
+        self.log = tempfile.TemporaryFile()  # not a pipe: a server that outlives its readers must never block on it
         self.process = subprocess.Popen([sys.executable, "-m", "embedkit", "serve", *args, "--port", str(self.port),
                                          "--log-level", "warning"],
-                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+                                        env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.error: str | None = None
 
     def wait_ready(self, deadline: float) -> None:
         """Until /health answers; on exit or timeout, `error` says why (the test of this server reports it)."""
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                self.error = f"exited {self.process.returncode}: {self.process.stdout.read().decode()[-3000:]}"
+                self.log.seek(0)
+                self.error = f"exited {self.process.returncode}: {self.log.read().decode()[-3000:]}"
                 return
             try:
                 if httpx.get(self.url + "/health", timeout=5).status_code == 200:
@@ -154,6 +157,7 @@ def servers(folders):
         for server in started.values():
             if server.process.poll() is None:
                 stop_server(server.process)
+            server.log.close()
 
 
 def retrieve(url: str, queries: list[str]) -> list[list[dict]]:
