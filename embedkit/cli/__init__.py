@@ -74,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status (2 for a user error, 141 when the reader of stdout went away)."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a pipe or socket of the command's own broke: a real error
+        return _stdout_closed()
+
+
+def _run(argv: list[str] | None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -87,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     try:
         status = handler(args)
+        sys.stdout.flush()  # a closed stdout shows here at the latest, not in the interpreter's last flush
     except EmbedkitError as error:
         print(f"embedkit: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -102,3 +113,29 @@ def main(argv: list[str] | None = None) -> int:
         print("embedkit: interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
+
+
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe or socket whose reader has closed it (`embedkit … | head -1`)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll(), or stdout is not a real file
+        return True
+
+
+def _stdout_closed() -> int:
+    """Stop quietly, as Unix tools do when their reader goes away.
+
+    Python's recipe (https://docs.python.org/3/library/signal.html#note-on-sigpipe): point stdout at devnull,
+    so the interpreter's final flush of what is still buffered cannot raise again. The status is the one a
+    shell reports for a tool killed by SIGPIPE (128 + 13), so `set -o pipefail` scripts see the usual value.
+    """
+    import signal
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE

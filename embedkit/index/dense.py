@@ -40,8 +40,13 @@ from embedkit.index.faiss_ops import (
 )
 from embedkit.index.faiss_ops import search as faiss_search
 from embedkit.index.kinds import VerifyReport, check_document_ids, verify_folder
+from embedkit.index.masked import load_deleted_rows
 from embedkit.index.manifest import (
+    DELETED_NAME,
+    FAISS_NAME,
+    IVFDATA_NAME,
     MANIFEST_NAME,
+    VECTOR_FILES,
     DenseManifest,
     HistoryEntry,
     SearchCalibration,
@@ -54,11 +59,7 @@ from embedkit.passage import Passage
 if TYPE_CHECKING:
     from embedkit.encoding.encoder import Encoder
 
-FAISS_NAME = "index.faiss"
 VECTORS_SCRATCH = "vectors.f32"
-DELETED_NAME = "deleted.npy"
-IVFDATA_NAME = "index.ivfdata"
-VECTOR_FILES = {"float16": "vectors.f16", "float32": "vectors.f32"}
 BACKENDS = ("faiss", "faiss-gpu", "torch")
 DEFAULT_TRAIN_SAMPLE = 100_000
 StoreVectors = Literal["auto", "float16", "float32", "none"]
@@ -161,6 +162,7 @@ def _write(
     store_vectors: str = "auto",
     history: list[HistoryEntry] | None = None,
     action: str = "build",
+    entry: HistoryEntry | None = None,
     created_at: str | None = None,
     on_disk: bool = False,
     truncated=None,
@@ -169,6 +171,7 @@ def _write(
 
     `store_vectors` keeps a copy of the vectors in the folder ("float16", "float32", "none"; "auto" keeps
     float16 only for lossy kinds such as PQ/SQ), so updates, compaction and merges never need to re-encode.
+    The manifest's history is `history` and then `entry` (default: an `action` entry), with the document count.
     """
     import faiss
 
@@ -237,7 +240,8 @@ def _write(
             vectors=StoredVectors(file=VECTOR_FILES[mode], dtype=mode) if mode != "none" else None,
             on_disk=on_disk,
             truncated_documents=truncated() if truncated is not None else None,
-            history=[*(history or []), HistoryEntry(action=action, documents=count, source=corpus)],
+            history=[*(history or []), (entry or HistoryEntry(action=action, source=corpus)).model_copy(
+                update={"documents": count})],
         )
         if created_at is not None:
             manifest.created_at = created_at
@@ -350,12 +354,7 @@ class DenseIndex(Index):
         except RuntimeError as error:
             raise IndexFormatError(f"{self.path / FAISS_NAME} cannot be read ({str(error).splitlines()[-1]}); "
                                    "rebuild the index") from None
-        expected = self.manifest.num_docs + len(self.deleted_rows)
-        if index.ntotal != expected:
-            raise IndexFormatError(
-                f"index {self.path} is damaged: {self.path / FAISS_NAME} holds {index.ntotal} vectors, the manifest "
-                f"and {DELETED_NAME} account for {expected}; rebuild the index"
-            )
+        check_faiss_shape(self.path, self.manifest, index, len(self.deleted_rows))
         if self.backend == "faiss-gpu":
             if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
                 raise EmbedkitError("backend 'faiss-gpu' needs faiss-gpu and a CUDA GPU (pip install embedkit[gpu]); "
@@ -374,7 +373,7 @@ class DenseIndex(Index):
     def deleted_rows(self) -> np.ndarray:
         """Rows still inside the FAISS index but deleted (kinds that cannot remove, e.g. HNSW); masked in search."""
         path = self.path / DELETED_NAME
-        return np.load(path) if path.is_file() else np.zeros(0, dtype=np.int64)
+        return load_deleted_rows(path, self.manifest.next_row) if path.is_file() else np.zeros(0, dtype=np.int64)
 
     @property
     def encoder(self) -> Encoder:
@@ -401,6 +400,7 @@ class DenseIndex(Index):
         rows = np.asarray(rows, dtype=np.int64)
         stored = self.manifest.vectors
         if stored is not None:
+            check_stored_vectors(self.path, self.manifest)
             matrix = np.memmap(self.path / stored.file, dtype=np.dtype(stored.dtype), mode="r").reshape(-1, self.spec.dim)
             return np.asarray(matrix[rows], dtype=np.float32)
         return reconstruct_rows(self.faiss_index, rows)
@@ -475,17 +475,51 @@ def _check_positive(**values: int | None) -> None:
             raise EmbedkitError(f"{name} must be a whole number of at least 1, got {value!r}")
 
 
-def verify_dense(path: Path, manifest: DenseManifest) -> VerifyReport:
-    """Every byte against the checksums, the counts, FAISS's row count and the stored-vectors file's size."""
-    report = verify_folder(path, manifest)
-    index = DenseIndex(path, manifest)
-    ntotal = index.faiss_index.ntotal  # reading it checks the FAISS row count against the manifest
+def check_faiss_shape(path: Path, manifest: DenseManifest, index, masked: int) -> None:
+    """The FAISS index read from `path` measures the manifest's metric on vectors of the encoder's dimension and
+    holds one per live or masked row."""
+    if index.d != manifest.encoder.dim:
+        raise IndexFormatError(
+            f"index {path} is damaged: {path / FAISS_NAME} holds {index.d}-dimensional vectors but the manifest's "
+            f"encoder.dim is {manifest.encoder.dim} (queries would not fit); rebuild the index")
+    from embedkit.index.faiss_ops import faiss_metric
+
+    if index.metric_type != faiss_metric(manifest.metric):
+        raise IndexFormatError(
+            f"index {path} is damaged: {path / FAISS_NAME} does not measure {manifest.metric!r}, the metric the "
+            "manifest records (scores and their order would be wrong); rebuild the index")
+    expected = manifest.num_docs + masked
+    if index.ntotal != expected:
+        raise IndexFormatError(
+            f"index {path} is damaged: {path / FAISS_NAME} holds {index.ntotal} vectors, the manifest "
+            f"and {DELETED_NAME} account for {expected}; rebuild the index"
+        )
+
+
+def check_stored_vectors(path: Path, manifest: DenseManifest) -> None:
+    """The stored-vectors file holds exactly `next_row` rows of the encoder's dimension (a stat, no read)."""
     stored = manifest.vectors
-    if stored is not None:
-        row_bytes = index.spec.dim * np.dtype(stored.dtype).itemsize
-        size = (path / stored.file).stat().st_size
-        if size != manifest.next_row * row_bytes:
-            raise IndexFormatError(f"index {path} is damaged: {path / stored.file} has {size} bytes, expected "
-                                   f"{manifest.next_row} rows of {row_bytes} bytes")
-    report.notes.append(f"FAISS {manifest.index_factory}: {ntotal} vectors ({len(index.deleted_rows)} masked)")
+    if stored is None:
+        return
+    row_bytes = manifest.encoder.dim * np.dtype(stored.dtype).itemsize
+    size = (path / stored.file).stat().st_size
+    if size != manifest.next_row * row_bytes:
+        raise IndexFormatError(f"index {path} is damaged: {path / stored.file} has {size} bytes, expected "
+                               f"{manifest.next_row} rows of {row_bytes} bytes")
+
+
+def verify_dense(path: Path, manifest: DenseManifest) -> VerifyReport:
+    """Every byte against the checksums, the counts, FAISS's shape, the stored vectors' size, and the rows:
+    every document's row below `next_row` and none of them masked."""
+    report = verify_folder(path, manifest, next_row=manifest.next_row)
+    index = DenseIndex(path, manifest)
+    ntotal = index.faiss_index.ntotal  # reading it checks the FAISS shape against the manifest
+    check_stored_vectors(path, manifest)
+    masked = index.deleted_rows
+    if len(masked):
+        live = index.docstore.present_rows(masked)
+        if live:
+            raise IndexFormatError(f"index {path} is damaged: {DELETED_NAME} masks row {live[0]}, which holds a "
+                                   "document of the store (it would never be found); rebuild the index")
+    report.notes.append(f"FAISS {manifest.index_factory}: {ntotal} vectors ({len(masked)} masked)")
     return report

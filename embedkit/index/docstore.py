@@ -1,6 +1,10 @@
 """Document store: text and title by id (or by row) from SQLite, without loading the corpus into memory.
 
 Row numbers are the integer ids FAISS stores; the store maps them to the user's string ids.
+
+A store comes from an index folder, which may come from a stranger: opening one checks that its `docs` table
+has the layout embedkit writes (a table with those columns and constraints, no views or triggers), so a store
+written by something else is reported as damage at open, not as an SQLite error at the first search.
 """
 
 from __future__ import annotations
@@ -8,11 +12,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from embedkit.data.corpus import Document
 from embedkit.errors import DataFormatError, IndexFormatError
 
 DOCSTORE_NAME = "docstore.sqlite"
+SCHEMA = ("CREATE TABLE IF NOT EXISTS docs (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
+          "title TEXT NOT NULL, text TEXT NOT NULL)")
+# PRAGMA table_info(docs) as (name, declared type, not null, primary key) for SCHEMA.
+COLUMNS = [("row", "INTEGER", 0, 1), ("id", "TEXT", 1, 0), ("title", "TEXT", 1, 0), ("text", "TEXT", 1, 0)]
 
 
 class DuplicateIdError(DataFormatError):
@@ -27,20 +36,52 @@ class DuplicateIdError(DataFormatError):
 class DocStore:
     def __init__(self, path: str | Path, *, readonly: bool = True) -> None:
         self.path = Path(path)
-        if readonly:
-            if not self.path.is_file():
-                raise IndexFormatError(f"document store {self.path} is missing")
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-        else:
-            self._db = sqlite3.connect(self.path, check_same_thread=False)
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS docs (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
-                "title TEXT NOT NULL, text TEXT NOT NULL)"
-            )
         try:
+            if readonly:
+                if not self.path.is_file():
+                    raise IndexFormatError(f"document store {self.path} is missing")
+                self._db = sqlite3.connect(_readonly_uri(self.path), uri=True, check_same_thread=False)
+            else:
+                self._db = sqlite3.connect(self.path, check_same_thread=False)
+            # Schema objects of a store from elsewhere (views, triggers, defaults) must not run as ours.
+            self._db.execute("PRAGMA trusted_schema = OFF")
+            if not readonly:
+                self._db.execute(SCHEMA)
+            self._check_schema()
             self._db.execute("SELECT count(*) FROM docs").fetchone()
         except sqlite3.DatabaseError as error:
             raise IndexFormatError(f"document store {self.path} is damaged: {error}") from None
+
+    def _check_schema(self) -> None:
+        """Refuse a store whose `docs` is not the table `SCHEMA` creates (checked on every open: a few PRAGMAs)."""
+        objects = self._db.execute("SELECT type, name FROM sqlite_master WHERE type IN ('view', 'trigger') "
+                                   "OR name = 'docs'").fetchall()
+        columns = [(name, kind.upper(), notnull, pk)
+                   for _, name, kind, notnull, _, pk in self._db.execute("PRAGMA table_info(docs)")]
+        unique_id = any(
+            unique and [column for _, _, column in self._db.execute(f"PRAGMA index_info('{name}')")] == ["id"]
+            for _, name, unique, *_ in self._db.execute("PRAGMA index_list(docs)"))
+        if objects != [("table", "docs")] or columns != COLUMNS or not unique_id:
+            found = ", ".join(f"{name} {kind}" for name, kind, *_ in columns) or "no docs table"
+            extra = sorted(f"{kind} {name}" for kind, name in objects if (kind, name) != ("table", "docs"))
+            raise IndexFormatError(
+                f"document store {self.path} is damaged: it is not a store embedkit wrote (expected the table "
+                f"docs(row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, title TEXT NOT NULL, text TEXT NOT NULL); "
+                f"found {found}{'; also ' + ', '.join(extra) if extra else ''}); rebuild the index")
+
+    def check_contents(self, next_row: int | None = None) -> None:
+        """Full check (`embedkit index verify`): every value has the type the schema declares and every row is a
+        FAISS id below `next_row`. Reads the whole table."""
+        bad = self._db.execute("SELECT row, typeof(id), typeof(title), typeof(text) FROM docs WHERE typeof(id) != "
+                               "'text' OR typeof(title) != 'text' OR typeof(text) != 'text' LIMIT 1").fetchone()
+        if bad is not None:
+            raise IndexFormatError(f"document store {self.path} is damaged: row {bad[0]} holds id/title/text of "
+                                   f"types {bad[1]}/{bad[2]}/{bad[3]}, not text; rebuild the index")
+        low, high = self._db.execute("SELECT min(row), max(row) FROM docs").fetchone()
+        if low is not None and (low < 0 or (next_row is not None and high >= next_row)):
+            raise IndexFormatError(
+                f"document store {self.path} is damaged: its rows run from {low} to {high}, but FAISS rows are 0 to "
+                f"{'…' if next_row is None else next_row - 1} (manifest next_row {next_row}); rebuild the index")
 
     def close(self) -> None:
         self._db.close()
@@ -80,8 +121,16 @@ class DocStore:
         return 0 if value is None else value + 1
 
     def get(self, doc_id: str) -> Document | None:
-        found = self._db.execute("SELECT id, title, text FROM docs WHERE id = ?", (doc_id,)).fetchone()
-        return Document(id=found[0], title=found[1], text=found[2]) if found else None
+        found = self._db.execute("SELECT row, id, title, text FROM docs WHERE id = ?", (doc_id,)).fetchone()
+        return self._document(*found) if found else None
+
+    def _document(self, row: int, doc_id: object, title: object, text: object) -> Document:
+        # SQLite stores any type in any column; a value that is not text is damage, not a document.
+        if not (isinstance(doc_id, str) and isinstance(title, str) and isinstance(text, str)):
+            raise IndexFormatError(f"document store {self.path} is damaged: row {row} holds id/title/text of types "
+                                   f"{type(doc_id).__name__}/{type(title).__name__}/{type(text).__name__}, not text; "
+                                   "rebuild the index")
+        return Document(id=doc_id, title=title, text=text)
 
     def row_of(self, doc_ids: Iterable[str]) -> dict[str, int]:
         ids = list(doc_ids)
@@ -92,6 +141,16 @@ class DocStore:
             found.update(self._db.execute(f"SELECT id, row FROM docs WHERE id IN ({marks})", part).fetchall())
         return found
 
+    def present_rows(self, rows: Iterable[int]) -> list[int]:
+        """Those of `rows` that hold a document, ascending."""
+        wanted = sorted({int(row) for row in rows})
+        found: list[int] = []
+        for start in range(0, len(wanted), 900):
+            part = wanted[start : start + 900]
+            marks = ",".join("?" * len(part))
+            found += [row for (row,) in self._db.execute(f"SELECT row FROM docs WHERE row IN ({marks})", part)]
+        return sorted(found)
+
     def by_rows(self, rows: Iterable[int]) -> dict[int, Document]:
         wanted = sorted({int(row) for row in rows if row >= 0})
         found: dict[int, Document] = {}
@@ -101,12 +160,21 @@ class DocStore:
             for row, doc_id, title, text in self._db.execute(
                 f"SELECT row, id, title, text FROM docs WHERE row IN ({marks})", part
             ):
-                found[row] = Document(id=doc_id, title=title, text=text)
+                found[row] = self._document(row, doc_id, title, text)
         return found
 
     def ids_by_row(self) -> dict[int, str]:
-        return dict(self._db.execute("SELECT row, id FROM docs"))
+        ids = dict(self._db.execute("SELECT row, id FROM docs"))
+        for row, doc_id in ids.items():
+            if not isinstance(doc_id, str):
+                self._document(row, doc_id, "", "")  # raises: the id is not text
+        return ids
 
     def iter_documents(self) -> Iterable[tuple[int, Document]]:
         for row, doc_id, title, text in self._db.execute("SELECT row, id, title, text FROM docs ORDER BY row"):
-            yield row, Document(id=doc_id, title=title, text=text)
+            yield row, self._document(row, doc_id, title, text)
+
+
+def _readonly_uri(path: Path) -> str:
+    """An SQLite read-only URI for `path`; quoted, so a folder named with '?' or '#' is not cut short."""
+    return f"file:{quote(str(path.absolute()))}?mode=ro"

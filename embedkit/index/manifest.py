@@ -11,6 +11,12 @@ checks the cheap things (files present with their recorded sizes); `verify_check
 (`embedkit index verify`, and before every update). Format 1 manifests (embedkit ≤ 0.1, `settings` as a free
 dict, sizes without checksums) are migrated on load by `migrate_v1`.
 
+An index folder is input from strangers (people share them), so loading also refuses a manifest that could
+lead a reader or a writer outside its folder (`embedkit.index.members`): every recorded path must be relative
+and inside the folder, no entry may be a symlink leaving it (except the FAISS file `embedkit index import
+--link` symlinked and recorded) or a FIFO/device, and every file a reader opens must be recorded with a
+checksum (only format-1 manifests and that imported link have none).
+
     manifest = IndexManifest.load("indexes/scifact")     # a DenseManifest or a BM25Manifest
     manifest.kind, manifest.num_docs
 """
@@ -19,20 +25,38 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from embedkit.encoding.config import EncoderSpec
-from embedkit.errors import IndexFormatError
+from embedkit.errors import DataFormatError, IndexFormatError
+from embedkit.index.docstore import DOCSTORE_NAME
+from embedkit.index.members import FolderScan, check_member_name, scan_folder
 from embedkit.io import atomic_write
 from embedkit.lexical.settings import BM25Settings
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 2
+# Files of a dense folder (`embedkit.index.dense` reads them; named here so the manifest can require them).
+FAISS_NAME = "index.faiss"
+DELETED_NAME = "deleted.npy"
+IVFDATA_NAME = "index.ivfdata"
+VECTOR_FILES = {"float16": "vectors.f16", "float32": "vectors.f32"}
+#: A path recorded in a manifest: relative, canonical, inside the folder (see `embedkit.index.members`).
+MemberName = Annotated[str, AfterValidator(check_member_name)]
 # Files a backend may leave beside its data that are not part of the index (Lucene's lock file).
 UNTRACKED_FILES = frozenset({MANIFEST_NAME, "write.lock"})
 HASH_CHUNK = 1 << 20
@@ -59,7 +83,8 @@ class FileRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     size: int = Field(ge=0)
-    sha256: str | None = Field(None, description="None for files recorded by format-1 manifests")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="None for files recorded by format-1 manifests")
 
 
 class SearchCalibration(BaseModel):
@@ -84,8 +109,16 @@ class StoredVectors(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    file: str
+    file: MemberName
     dtype: Literal["float16", "float32"]
+
+    @model_validator(mode="after")
+    def _named_for_its_dtype(self) -> StoredVectors:
+        # Updates write rows into this file: it must be the vectors file, never another file of the folder.
+        if self.file != VECTOR_FILES[self.dtype]:
+            raise ValueError(f"file {self.file!r} is not where {self.dtype} vectors are kept "
+                             f"({VECTOR_FILES[self.dtype]!r})")
+        return self
 
 
 class IndexManifest(BaseModel):
@@ -99,8 +132,10 @@ class IndexManifest(BaseModel):
     corpus: str | None = None
     embedkit_version: str
     created_at: str = Field(default_factory=utc_now)
-    files: dict[str, FileRecord] = Field(default_factory=dict, description="every file of the folder")
+    files: dict[MemberName, FileRecord] = Field(default_factory=dict, description="every file of the folder")
     history: list[HistoryEntry] = Field(default_factory=list)
+    # The format the file on disk had when loaded (1: migrated, its files have sizes only).
+    _read_format: int = PrivateAttr(FORMAT_VERSION)
 
     def save(self, folder: Path) -> None:
         with atomic_write(Path(folder) / MANIFEST_NAME) as handle:
@@ -108,7 +143,11 @@ class IndexManifest(BaseModel):
 
     @classmethod
     def load(cls, folder: str | Path) -> AnyManifest:
-        """Read, migrate and validate `folder/manifest.json`; the result is the concrete kind's manifest."""
+        """Read, migrate and validate `folder/manifest.json`; the result is the concrete kind's manifest.
+
+        Refuses (IndexFormatError) a manifest whose paths or folder entries lead outside the folder, and one
+        that leaves a file it reads unrecorded or without a checksum (see the module docstring).
+        """
         from embedkit.io import recover_if_interrupted
 
         folder = Path(folder)
@@ -118,28 +157,61 @@ class IndexManifest(BaseModel):
             raise IndexFormatError(f"{folder} is not an index: no such folder")
         if not folder.is_dir():
             raise IndexFormatError(f"{folder} is not an index: it is a file, not a folder")
+        scan = scan_folder(folder)
+        # Before anything is read: only the imported FAISS file may be a link out (checked against the manifest
+        # below), and nothing may be a FIFO or a device (opening a FIFO would block forever).
+        _refuse_unsafe_entries(folder, scan, allowed=frozenset({FAISS_NAME}))
         if not path.is_file():
             raise IndexFormatError(f"{folder} is not an embedkit index: it has no {MANIFEST_NAME}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise IndexFormatError(f"{path} is damaged: {str(error).splitlines()[0]}") from None
+        data = _read_json(path)
         if not isinstance(data, dict):
             raise IndexFormatError(f"{path} is damaged: expected a JSON object")
         version = data.get("format_version", 1)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise IndexFormatError(f"{path} is damaged: field 'format_version': {str(version)[:40]!r} is not a "
+                                   f"format embedkit wrote (1 to {FORMAT_VERSION})")
+        if version > FORMAT_VERSION:
             raise IndexFormatError(f"{folder} was written by a newer embedkit (format {version}); upgrade embedkit")
-        if version < 2:
-            data = migrate_v1(data, folder)
         try:
+            if version < 2:
+                data = migrate_v1(data, folder)
             manifest = _MANIFEST_ADAPTER.validate_python(data)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise IndexFormatError(f"{path} is damaged: field '{where}': {first['msg']}") from None
+            raise IndexFormatError(f"{path} is damaged: {_validation_message(error)}") from None
+        except (TypeError, ValueError, AttributeError) as error:  # a format-1 layout migrate_v1 cannot read
+            raise IndexFormatError(f"{path} is damaged: unreadable format-1 manifest ({error})") from None
+        manifest._read_format = version
         if cls is not IndexManifest and not isinstance(manifest, cls):
             raise IndexFormatError(f"{folder} is a {manifest.kind} index, not a {cls.kind_name} index")
+        manifest._check_recorded(folder, scan)
         return manifest
+
+    def external_links(self) -> dict[str, str]:
+        """Files that may be symlinks leading outside the folder, with the target the manifest recorded."""
+        return {}
+
+    def required_files(self, folder: Path) -> set[str]:
+        """Files a reader of this kind opens, so the manifest must record them (with checksums)."""
+        return {DOCSTORE_NAME}
+
+    def _check_recorded(self, folder: Path, scan: FolderScan) -> None:
+        """Links out are the recorded ones; files readers open are recorded; format 2 has every checksum."""
+        path = folder / MANIFEST_NAME
+        links = self.external_links()
+        for name, target in scan.outside.items():
+            recorded = links.get(name)
+            if recorded is None or os.path.realpath(recorded) != target or name not in self.files:
+                _refuse_unsafe_entries(folder, FolderScan(outside={name: target}), allowed=frozenset())
+        for name in sorted(self.required_files(folder) - set(self.files)):
+            raise IndexFormatError(f"{path} is damaged: field 'files' does not record {name}, which the index "
+                                   "reads (a manifest records every file of its folder); rebuild the index")
+        if self._read_format >= 2:
+            for name, record in self.files.items():
+                if record.sha256 is None and name not in scan.outside:
+                    raise IndexFormatError(
+                        f"{path} is damaged: field 'files': {name!r} has no checksum (sha256: null); format "
+                        f"{FORMAT_VERSION} records one for every file it writes (only format-1 manifests lack "
+                        "them), so the manifest was edited; rebuild the index")
 
     kind_name: ClassVar[str] = "embedkit"
 
@@ -147,12 +219,13 @@ class IndexManifest(BaseModel):
         """Record every file under `folder` (sub-folders included) with its size and SHA-256."""
         folder = Path(folder)
         records: dict[str, FileRecord] = {}
+        outside = scan_folder(folder).outside
         for path in sorted(folder.rglob("*")):
             if path.is_file() and path.name not in UNTRACKED_FILES and ".tmp-" not in path.name:
                 name = path.relative_to(folder).as_posix()
-                # A symlinked file (e.g. a prebuilt FAISS index linked in, not copied) is not ours to hash on
-                # every write: it is checked by size only.
-                hashed = checksums and not path.is_symlink()
+                # A file linked in from outside (a prebuilt FAISS index imported with --link) is not ours to hash
+                # on every write: it is checked by size only.
+                hashed = checksums and name not in outside
                 records[name] = FileRecord(size=path.stat().st_size, sha256=file_sha256(path) if hashed else None)
         self.files = records
 
@@ -162,7 +235,8 @@ class IndexManifest(BaseModel):
         for name, record in self.files.items():
             path = folder / name
             if not path.is_file():
-                raise IndexFormatError(f"index {folder} is damaged: {path} is missing")
+                what = "a folder, not a file" if path.is_dir() else "missing"
+                raise IndexFormatError(f"index {folder} is damaged: {path} is {what}")
             actual = path.stat().st_size
             if actual != record.size:
                 raise IndexFormatError(
@@ -171,7 +245,8 @@ class IndexManifest(BaseModel):
                 )
 
     def verify_checksums(self, folder: Path) -> list[str]:
-        """Full damage check: sizes, then SHA-256 of every byte. Returns the files that have no recorded checksum."""
+        """Full damage check: sizes, then SHA-256 of every byte. Returns the files that have no recorded checksum
+        (`load` allows that only in format-1 manifests and for the link `embedkit index import --link` made)."""
         folder = Path(folder)
         self.check_files(folder)
         unchecked = []
@@ -208,6 +283,20 @@ class DenseManifest(IndexManifest):
     def load(cls, folder: str | Path) -> DenseManifest:
         """`IndexManifest.load` for a dense folder; another kind's folder is refused."""
         return _as_kind(super().load(folder), DenseManifest)
+
+    def external_links(self) -> dict[str, str]:
+        """The FAISS file `embedkit index import --link` symlinked: its `import` entry records the target."""
+        return {FAISS_NAME: entry.source for entry in self.history if entry.action == "import" and entry.source}
+
+    def required_files(self, folder: Path) -> set[str]:
+        required = {*super().required_files(folder), FAISS_NAME}
+        if self.vectors is not None:
+            required.add(self.vectors.file)
+        if self.on_disk:
+            required.add(IVFDATA_NAME)
+        if (folder / DELETED_NAME).exists() or os.path.islink(folder / DELETED_NAME):
+            required.add(DELETED_NAME)  # read whenever present
+        return required
 
 
 class BM25BackendInfo(BaseModel):
@@ -246,6 +335,52 @@ def _as_kind(manifest: IndexManifest, kind: type[_KindManifest]) -> _KindManifes
 
 AnyManifest = Annotated[DenseManifest | BM25Manifest, Field(discriminator="kind")]
 _MANIFEST_ADAPTER: TypeAdapter[DenseManifest | BM25Manifest] = TypeAdapter(AnyManifest)
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed manifest; malformed, too deeply nested, too long a number, a repeated key → IndexFormatError."""
+    from embedkit.data._files import parse_json_line
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise IndexFormatError(f"{path} is damaged: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    try:
+        return parse_json_line(text, path=path, line=1)
+    except DataFormatError as error:
+        reason = str(error).removeprefix(f"{path}, line 1: ")
+        if reason.startswith("malformed JSON"):
+            try:  # the parser's own message says where, by line and column, in a many-line manifest
+                json.loads(text)
+            except json.JSONDecodeError as decode:
+                reason = f"malformed JSON ({decode})"
+            except (ValueError, RecursionError):
+                pass
+        raise IndexFormatError(f"{path} is damaged: {reason}") from None
+
+
+def _validation_message(error: ValidationError) -> str:
+    """pydantic's first problem as "field 'dense.metric': …" (a bad `files` key names `files` and the key)."""
+    first = error.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    if loc and loc[-1] == "[key]":
+        loc = loc[:-2]  # (…, "files", <the key>, "[key]"): the message quotes the key itself
+    message = first["msg"].removeprefix("Value error, ")
+    return f"field '{'.'.join(loc)}': {message}"
+
+
+def _refuse_unsafe_entries(folder: Path, scan: FolderScan, *, allowed: frozenset[str]) -> None:
+    """IndexFormatError for the first entry of `scan` (other than `allowed` links) a reader must not follow."""
+    for name, what in sorted(scan.special.items()):
+        raise IndexFormatError(f"index {folder} is damaged or unsafe: {folder / name} is {what}, not a file; an "
+                               "index folder holds only files and folders")
+    for name, target in sorted(scan.outside.items()):
+        if name not in allowed:
+            raise IndexFormatError(
+                f"index {folder} is unsafe: {folder / name} is a symlink to {target}, outside the folder; an index "
+                "folder may only link out the FAISS file `embedkit index import --link` recorded in "
+                f"{MANIFEST_NAME}. Refusing to read or write through it (replace the link by the file itself, "
+                "or re-import)")
 
 
 def file_sha256(path: Path) -> str:
@@ -292,20 +427,20 @@ def migrate_v1(data: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 def _next_free_row(folder: Path) -> int:
     """max(row)+1 over the document store and the masked rows: what format-1 updates computed each time."""
-    import numpy as np
+    from embedkit.index.masked import load_deleted_rows
+    from embedkit.index.docstore import DocStore
 
     highest = -1
-    store = folder / "docstore.sqlite"
-    if store.is_file():
+    store_path = folder / DOCSTORE_NAME
+    if store_path.is_file():
+        store = DocStore(store_path)
         try:
-            with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-                value = db.execute("SELECT max(row) FROM docs").fetchone()[0]
-            highest = -1 if value is None else int(value)
-        except sqlite3.DatabaseError as error:
-            raise IndexFormatError(f"document store {store} is damaged: {error}") from None
-    deleted = folder / "deleted.npy"
+            highest = store.next_row() - 1
+        finally:
+            store.close()
+    deleted = folder / DELETED_NAME
     if deleted.is_file():
-        rows = np.load(deleted)
+        rows = load_deleted_rows(deleted)
         if len(rows):
             highest = max(highest, int(rows.max()))
     return highest + 1

@@ -24,9 +24,7 @@ from typing import Any
 
 from embedkit.data.corpus import Document, FieldMap
 from embedkit.errors import DataFormatError, EmbedkitError, IndexFormatError
-
-FAISS_NAME = "index.faiss"  # the name the dense kind reads (embedkit.index.dense.FAISS_NAME)
-MANIFEST_NAME = "manifest.json"
+from embedkit.index.manifest import FAISS_NAME, MANIFEST_NAME
 DOCSTORE_BATCH = 10_000
 
 
