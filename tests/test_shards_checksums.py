@@ -177,3 +177,18 @@ def test_a_crash_at_every_step_of_a_part_write_resumes_to_the_uninterrupted_outp
     resumed = encode(corpus, tiny_model, out)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_as_clean(out, clean)
+
+
+def test_resuming_after_the_corpus_changed_is_refused(tmp_path, tiny_model, corpus) -> None:
+    out, mine = tmp_path / "shards", shutil.copy(corpus, tmp_path / "corpus.jsonl")
+    crashed = encode(mine, tiny_model, out, env={"EMBEDKIT_CRASH_AT": "part-recorded"})  # part 0 is recorded
+    assert crashed.returncode == 137, crashed.stderr[-2000:]
+    mine.write_text(corpus.read_text(encoding="utf-8").replace('"doc03"', '"doc03b"'), encoding="utf-8")
+    assert_user_error(encode(mine, tiny_model, out), "the corpus changed", "part-00000000")
+
+
+def test_an_out_path_that_is_a_file_is_refused(tmp_path, tiny_model, corpus) -> None:
+    (tmp_path / "afile").write_text("mine")
+    assert_user_error(encode(corpus, tiny_model, tmp_path / "afile"), "is a file, not a folder")
+    assert_user_error(encode(corpus, tiny_model, tmp_path / "afile" / "sub"), "cannot create the shard folder")
+    assert (tmp_path / "afile").read_text() == "mine"

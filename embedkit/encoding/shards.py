@@ -16,6 +16,9 @@ Checks: a worker resuming re-hashes its recorded parts and re-encodes (with a wa
 whose files changed, went missing or were cut short; the reader (`open_shards(...).iter_chunks()`, used by
 `embedkit index merge`) refuses such a part with an `EmbedkitError` naming the file. One worker's process holds
 the lock of its checkpoint while it runs, so a second process for the same shard waits rather than interleaves.
+A resuming worker also re-reads the documents of its recorded parts from the corpus and refuses to go on when
+they differ from what was encoded (an edited corpus would otherwise mix two versions in one index); a worker
+that had finished returns at once and does not re-read the corpus.
 
 Folders written before the checksums (checkpoint `format_version` 1: each part recorded as [documents,
 sha256 of the .npy]) stay readable: their .npy files are checked as before, their .jsonl files are parsed
@@ -156,8 +159,7 @@ def encode_shards(
     """
     if not 0 <= shard_id < num_shards:
         raise EmbedkitError(f"--shard-id must be in 0..{num_shards - 1}, got {shard_id}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _shard_folder(Path(out))
     manifest = ShardsManifest(encoder=encoder.spec, corpus=str(corpus), part_size=part_size, num_shards=num_shards,
                               dtype=dtype)
     _claim_folder(out, manifest)
@@ -188,7 +190,10 @@ def _encode_missing_parts(corpus: str | Path, out: Path, encoder: Encoder, check
         iterator = iter(iter_documents(corpus, fields or FieldMap()))
         while docs := list(islice(iterator, part_size)):
             part += 1
-            if part % num_shards != shard_id or part in checkpoint.parts:
+            if part % num_shards != shard_id:
+                continue
+            if part in checkpoint.parts:
+                _check_same_documents(out, part, checkpoint.parts[part], docs)
                 continue
             vectors = _encode(encoder, docs, pool).astype(dtype)
             checkpoint.parts[part] = write_part(out, part, docs, vectors)
@@ -207,9 +212,7 @@ def _encode_missing_parts(corpus: str | Path, out: Path, encoder: Encoder, check
 
 def write_part(out: Path, part: int, docs: Sequence[Document], vectors: np.ndarray) -> PartRecord:
     """Write one part atomically (documents first, vectors last); returns its record (size, sha256 per file)."""
-    lines = "".join(json.dumps({"id": doc.id, "title": doc.title, "text": doc.text}, ensure_ascii=False) + "\n"
-                    for doc in docs)
-    contents = {f"{part_name(part)}.jsonl": lines.encode("utf-8"), f"{part_name(part)}.npy": _npy_bytes(vectors)}
+    contents = {f"{part_name(part)}.jsonl": _docs_bytes(docs), f"{part_name(part)}.npy": _npy_bytes(vectors)}
     for (name, data), step in zip(contents.items(), ("part-docs-written", "part-vectors-written"), strict=True):
         with atomic_write(out / name, "wb") as handle:
             handle.write(data)
@@ -217,6 +220,21 @@ def write_part(out: Path, part: int, docs: Sequence[Document], vectors: np.ndarr
                 crash_point("part-docs-filling")
         crash_point(step)
     return PartRecord(documents=len(docs), files={name: FileDigest.of(data) for name, data in contents.items()})
+
+
+def _docs_bytes(docs: Sequence[Document]) -> bytes:
+    return "".join(json.dumps({"id": doc.id, "title": doc.title, "text": doc.text}, ensure_ascii=False) + "\n"
+                   for doc in docs).encode("utf-8")
+
+
+def _check_same_documents(out: Path, part: int, entry: PartRecord | LegacyPart, docs: Sequence[Document]) -> None:
+    """Refuse to resume when the corpus no longer holds the documents a recorded part was encoded from."""
+    if not isinstance(entry, PartRecord):
+        return  # format 1 recorded no checksum of the documents
+    if FileDigest.of(_docs_bytes(docs)) != entry.files[f"{part_name(part)}.jsonl"]:
+        raise EmbedkitError(
+            f"the corpus changed since {out / part_name(part)} was encoded (its documents differ now); the shards "
+            "would mix two versions of the corpus. Encode into a new --out folder")
 
 
 def _npy_bytes(vectors: np.ndarray) -> bytes:
@@ -423,6 +441,17 @@ def _load_manifest(folder: Path) -> ShardsManifest | None:
         return ShardsManifest.model_validate_json(path.read_text(encoding="utf-8"))
     except ValidationError as error:
         raise DataFormatError(f"damaged: {str(error).splitlines()[0]}", path=path) from None
+
+
+def _shard_folder(out: Path) -> Path:
+    """`out`, created if missing; a path that is a file, or cannot be created, is an `EmbedkitError`."""
+    if out.exists() and not out.is_dir():
+        raise EmbedkitError(f"--out {out} is a file, not a folder; give a folder for the shards")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EmbedkitError(f"cannot create the shard folder {out}: {error.strerror or error}") from None
+    return out
 
 
 def _sweep_leftovers(out: Path, shard_id: int, num_shards: int) -> None:
