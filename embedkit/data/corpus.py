@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embedkit.data._files import base_suffix, check_id, iter_csv_rows, iter_json_lines, iter_tsv_rows, open_binary
+from embedkit.data._files import (
+    base_suffix,
+    check_id,
+    iter_csv_rows,
+    iter_json_lines,
+    iter_tsv_rows,
+    open_binary,
+)
 from embedkit.errors import DataFormatError
 
 ID_FIELDS = ("_id", "id", "docid", "doc_id", "pid")

@@ -93,6 +93,7 @@ class FileDigest(BaseModel):
 
     @classmethod
     def of(cls, data: bytes) -> FileDigest:
+        """The digest of these bytes."""
         return cls(size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
@@ -124,6 +125,7 @@ class Checkpoint(BaseModel):
 
 
 def part_documents(entry: PartRecord | LegacyPart) -> int:
+    """How many documents a recorded part holds (either checkpoint format)."""
     return entry.documents if isinstance(entry, PartRecord) else entry[0]
 
 
