@@ -235,8 +235,9 @@ def _check_same_documents(out: Path, part: int, entry: PartRecord | LegacyPart, 
         return  # format 1 recorded no checksum of the documents
     if FileDigest.of(_docs_bytes(docs)) != entry.files[f"{part_name(part)}.jsonl"]:
         raise EmbedkitError(
-            f"the corpus changed since {out / part_name(part)} was encoded (its documents differ now); the shards "
-            "would mix two versions of the corpus. Encode into a new --out folder")
+            f"the corpus changed since {out / part_name(part)} was encoded (its documents, as read with these "
+            "field options, differ now); the shards would mix two versions of the corpus. Encode into a new --out "
+            "folder")
 
 
 def _npy_bytes(vectors: np.ndarray) -> bytes:
