@@ -18,7 +18,7 @@ from agents.rl.losses import chunked_log_probs
 from agents.rl.regularizers import POLICY_TERMS, tre_k_entropy, tre_p_entropy
 from agents.rl.rollout import Trajectory
 from agents.rl.trainer import RLTrainer
-from tests.test_index_integrity import embedkit
+from tests.test_index_integrity import assert_user_error, embedkit
 
 torch.set_num_threads(2)
 T = 0.7
@@ -184,3 +184,17 @@ def test_cli_tre_term_logs_the_entropy_at_the_rollout_temperature(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert metrics["tre_entropy"] == pytest.approx(metrics["entropy"], rel=1e-4)
+
+
+@pytest.mark.slow  # two short CLI runs
+def test_cli_refuses_what_the_trainer_sets_itself_and_an_empty_slice(tmp_path):
+    """`term.params` cannot shadow the temperature, slice size or aggregation the trainer passes (they were
+    silently ignored), and `trainer.logprob_chunk: 0` is a user error, not a traceback."""
+    quick = ["--set", "warmup.steps=0", "--set", "trainer.steps=1", "--set", "trainer.prompts_per_step=2",
+             "--set", "rollout.group_size=2", "-q"]  # fmt: skip
+    shadow = embedkit("rl", "train", "--config", "configs/rl_tre_toy.yaml", "--output-dir", tmp_path / "a",
+                      "--set", "term.params.temperature=0.5", *quick)  # fmt: skip
+    assert_user_error(shadow, "term.params cannot set temperature", "rollout.settings.temperature")
+    empty = embedkit("rl", "train", "--config", "configs/rl_tre_toy.yaml", "--output-dir", tmp_path / "b",
+                     "--set", "trainer.logprob_chunk=0", *quick)  # fmt: skip
+    assert_user_error(empty, "trainer.logprob_chunk) must be >= 1")

@@ -107,6 +107,7 @@ def test_registered_names_are_in_verls_registries_and_the_rest_refuse_with_the_r
     with pytest.raises(EmbedkitError, match="unknown embedkit verl name 'embedkit_nope'"):
         register_with_verl(["embedkit_nope"])
     assert register_with_verl(["embedkit_grpo"]) == ["embedkit_grpo"]  # registering again is harmless
+    assert register_with_verl("embedkit_ppo_clip") == ["embedkit_ppo_clip"]  # one name, not its letters
 
 
 # ---- advantages through ray_trainer.compute_advantage ---------------------------------------------------------

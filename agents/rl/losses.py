@@ -35,6 +35,8 @@ def map_positions(fn: Callable[..., torch.Tensor], logits: torch.Tensor, *aligne
     Only one slice is ever upcast, and under autograd each slice is recomputed in the backward pass
     (activation checkpointing), so neither the forward nor the tensors saved for backward hold an fp32 copy
     of the whole [..., V] tensor: the logits may stay bf16."""
+    if chunk < 1:
+        raise EmbedkitError(f"the slice size (trainer.logprob_chunk) must be >= 1 position, got {chunk}")
     lead = logits.shape[:-1]
     flat = logits.reshape(-1, logits.shape[-1])
     flat_aligned = [a.reshape(-1, *a.shape[len(lead) :]) for a in aligned]
@@ -44,7 +46,7 @@ def map_positions(fn: Callable[..., torch.Tensor], logits: torch.Tensor, *aligne
         return fn(z / temperature if temperature != 1.0 else z, *extra)
 
     outs = []
-    for start in range(0, flat.shape[0], max(1, chunk)):
+    for start in range(0, flat.shape[0], chunk):
         piece = flat[start : start + chunk]
         extra = [a[start : start + chunk] for a in flat_aligned]
         if torch.is_grad_enabled() and piece.requires_grad:

@@ -249,6 +249,9 @@ class RLTrainer:
         from accelerate import Accelerator
 
         self.config = config
+        if passed := sorted({"temperature", "chunk", "reduce"} & set(config.term.params)):
+            raise EmbedkitError(f"term.params cannot set {', '.join(passed)}: the trainer passes them "
+                                "(rollout.settings.temperature, trainer.logprob_chunk, algorithm.loss_agg)")  # fmt: skip
         tc = config.trainer
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)

@@ -152,6 +152,8 @@ def register_with_verl(names: Iterable[str] | None = None) -> list[str]:
     names registered. A name verl cannot feed (`NOT_REGISTERED`) raises EmbedkitError with the reason.
 
     Raises ImportError when verl is not installed (install the `verl` extra)."""
+    if isinstance(names, str):
+        names = [names]
     wanted = list(ADV_ESTIMATORS + POLICY_LOSSES) if names is None else list(names)
     for name in wanted:
         if name in NOT_REGISTERED:
