@@ -1,10 +1,12 @@
 """Issue 22 item 4: a hot reload never mixes two states of an index folder.
 
-A real `embedkit serve` (subprocess) serves a 30-document dense index while another process upserts the same
-10 documents in a loop, each round with a new generation number in their titles. Four clients ask for every
-document (k=100, Search-R1's `/retrieve`) every 0.05 s. Every answer must be wholly one committed state: all
-30 documents, the 20 untouched ones plus the 10 upserted ones of a single generation, and the server must
-never log that the index is damaged (it was only changing).
+A real `embedkit serve` (subprocess) serves a dense index of 20 fixed documents while another process
+alternates two sets of 10 more (add one set, remove the other), each round with a new generation number in
+their titles. Four clients ask for every document (k=100, Search-R1's `/retrieve`) every 0.05 s, and a fifth
+sends requests of 150 queries, which the server searches in slices of 32. Every answer must be wholly one
+committed state (the 20 fixed documents plus exactly the upserted ones of one state the writer committed),
+all 150 answers of a sliced request the same state, and the server must never log that the index is damaged
+(it was only changing).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ pytestmark = pytest.mark.slow
 BASE = 20
 UPSERTED = 10
 CLIENTS = 4
+SLICED_QUERIES = 150  # with --max-batch-size 32: five slices, searched in several calls
 POLL_S = 0.05
 DURATION_S = 20.0
 
@@ -119,8 +122,10 @@ def state_of(answer: list[dict], committed: set[str]) -> str | None:
 
 def test_every_answer_during_continuous_upserts_is_one_whole_state(index_folder, tmp_path):
     log = tmp_path / "serve.log"
-    process, url = start_logged_server(index_folder, log, "--set", "reload.poll_seconds=0.05")
+    process, url = start_logged_server(index_folder, log, "--set", "reload.poll_seconds=0.05",
+                                       "--max-batch-size", "32")
     answers: list[tuple[int, list[dict] | str]] = []
+    sliced: list[tuple[int, list[list[dict]] | str]] = []
     done = threading.Event()
 
     def client(number: int) -> None:
@@ -131,11 +136,20 @@ def test_every_answer_during_continuous_upserts_is_one_whole_state(index_folder,
                                 else response.text))
                 time.sleep(POLL_S)
 
+    def sliced_client() -> None:
+        with httpx.Client(timeout=60) as http:
+            while not done.is_set():
+                response = http.post(url + "/retrieve", json={"queries": [f"delta snow {i}" for i in
+                                                                          range(SLICED_QUERIES)], "topk": 100})
+                sliced.append((response.status_code, response.json()["result"] if response.status_code == 200
+                               else response.text))
+
     try:
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(index_folder), str(DURATION_S), str(UPSERTED)],
                                   env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"},
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+        threads.append(threading.Thread(target=sliced_client))
         for thread in threads:
             thread.start()
         try:
@@ -156,8 +170,13 @@ def test_every_answer_during_continuous_upserts_is_one_whole_state(index_folder,
     bad = [(status, answer) for status, answer, state in found if state is None]
     seen = {state for _, _, state in found} - {None}
     damaged = [line for line in served.splitlines() if "damaged" in line]
+    # A sliced request's answers all come from the one state the server was serving when it came in.
+    mixed = [result if status != 200 else [state_of(one, committed) for one in result]
+             for status, result in sliced if status != 200 or len({state_of(one, committed) for one in result}) != 1
+             or state_of(result[0], committed) is None]
     # The scenario really ran: many updates, many reloads, many answers, more than one state served.
     assert len(committed) >= 20, (len(committed), err[-2000:])
     assert info["reload"]["reloads"] >= 5 and len(answers) >= 100 and len(seen) >= 3, (info["reload"], len(answers))
     assert not bad, (f"{len(bad)} of {len(answers)} answers were not one whole committed state", bad[:3])
     assert not damaged, damaged[:5]
+    assert len(sliced) >= 5 and not mixed, (len(sliced), mixed[:2])

@@ -27,10 +27,12 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 from embedkit.passage import Passage
 
-SearchFn = Callable[[list[str], int], list[list[Passage]]]
+#: `search(texts, k)`, or `search(texts, k, target)` for requests submitted with a `target` (see `stream`).
+SearchFn = Callable[..., list[list[Passage]]]
 # Runs on the stream's thread before each call: (stream number, calls sharing the cores: the calls running
 # with this one, or every stream while the server is under load or more work waits).
 BeforeCall = Callable[[int, int], None]
@@ -54,6 +56,7 @@ class _Request:
     k: int
     future: asyncio.Future
     part: bool = False  # one part of a split request: searched as a call of its own
+    target: Any = None  # what to search (e.g. the index state the request started on); None: the default
 
 
 @dataclass
@@ -110,7 +113,7 @@ class MicroBatcher:
         """Run one call on every stream (loads the model, starts the JVM, sizes each stream's threads)."""
         loop = asyncio.get_running_loop()
         for stream, executor in enumerate(self.executors):
-            await loop.run_in_executor(executor, self._invoke, queries, 1, stream, 1)
+            await loop.run_in_executor(executor, self._invoke, queries, 1, stream, 1, None)
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -124,12 +127,14 @@ class MicroBatcher:
         async with contextlib.aclosing(self.stream(queries, k)) as parts:
             return [hits async for part in parts for hits in part]
 
-    async def stream(self, queries: Sequence[str], k: int, *,
-                     size: int | None = None) -> AsyncGenerator[list[list[Passage]], None]:
+    async def stream(self, queries: Sequence[str], k: int, *, size: int | None = None,
+                     target: Any = None) -> AsyncGenerator[list[list[Passage]], None]:
         """Hits per query, in slices of `size` queries (default `max_batch_size`), in order, each once it is done.
 
         At most `WINDOW` slices of this request wait or run at once (see the module docstring). Closing the
-        iterator early (the client went away) drops the slices not yet searched.
+        iterator early (the client went away) drops the slices not yet searched. With a `target`, every slice
+        is searched as `search(texts, k, target)`, in calls shared only with requests of the same target: the
+        service passes the index a request started on, so a reload never switches indexes inside a request.
         """
         if not queries:
             return
@@ -142,7 +147,7 @@ class MicroBatcher:
 
         def fill() -> None:
             while len(window) < WINDOW and (part := next(slices, None)) is not None:
-                window.append(self._enqueue(part, k))
+                window.append(self._enqueue(part, k, target))
 
         loop = asyncio.get_running_loop()
         self._pending += 1
@@ -163,7 +168,7 @@ class MicroBatcher:
                 for future in futures:
                     future.cancel()  # the worker skips cancelled requests
 
-    def _enqueue(self, queries: list[str], k: int) -> list[asyncio.Future]:
+    def _enqueue(self, queries: list[str], k: int, target: Any) -> list[asyncio.Future]:
         """Queue one slice as one request, or as parts spread over the streams (256 queries on 2: two of 128)."""
         assert self._queue is not None
         loop = asyncio.get_running_loop()
@@ -173,7 +178,8 @@ class MicroBatcher:
         futures = []
         for start in range(0, len(queries), step):
             future = loop.create_future()
-            self._queue.put_nowait(_Request(queries[start:start + step], k, future, part=step < len(queries)))
+            self._queue.put_nowait(_Request(queries[start:start + step], k, future, part=step < len(queries),
+                                            target=target))
             futures.append(future)
         return futures
 
@@ -211,7 +217,7 @@ class MicroBatcher:
                 # Sleep, then drain: cancelling a pending queue.get() on timeout can lose an item.
                 await asyncio.sleep(remaining)
                 continue
-            if item.part or size + len(item.queries) > self.max_batch_size:
+            if item.part or item.target is not first.target or size + len(item.queries) > self.max_batch_size:
                 self._held = item
                 break
             batch.append(item)
@@ -240,10 +246,10 @@ class MicroBatcher:
             for task in running:
                 task.cancel()
 
-    def _invoke(self, texts: list[str], k: int, stream: int, sharing: int) -> list[list[Passage]]:
+    def _invoke(self, texts: list[str], k: int, stream: int, sharing: int, target: Any) -> list[list[Passage]]:
         if self.before_call is not None:
             self.before_call(stream, sharing)
-        return self.search(texts, k)
+        return self.search(texts, k) if target is None else self.search(texts, k, target)
 
     def _dispatch(self, live: list[_Request]) -> int:
         """Count a call as running (before its task starts: the next batch may form first); return its sharing."""
@@ -268,7 +274,8 @@ class MicroBatcher:
         texts = [query for item in live for query in item.queries]
         k = max(item.k for item in live)
         try:
-            results = await loop.run_in_executor(self.executors[stream], self._invoke, texts, k, stream, sharing)
+            results = await loop.run_in_executor(self.executors[stream], self._invoke, texts, k, stream, sharing,
+                                                 live[0].target)  # a call's requests share their target
         except Exception as error:  # handed to every waiting request; the worker keeps serving
             for item in live:
                 if not item.future.done():

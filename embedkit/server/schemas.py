@@ -116,6 +116,8 @@ class ServedIndex(BaseModel):
     version: str = Field(description="sha-256 (first 16 hex digits) of the manifest.json being served")
     updated_at: str | None = Field(None, description="time of the manifest's latest history entry")
     loaded_at: str
+    document_bytes: int | None = Field(None, description="mean size of a document in an answer (id, title, text); "
+                                       "answers are estimated with it against limits.max_response_bytes")
 
 
 class HealthResponse(BaseModel):

@@ -18,9 +18,10 @@ Reloading: a background task stats each served folder's `manifest.json` every `r
 the new index is opened and warmed up on the worker thread while the old one keeps answering, then the
 service switches to it in one assignment on the event loop. Every file of the new index is opened from one
 state of the folder (`embedkit.index.consistent`): an update that lands while it opens makes it start over on
-the newer state, never mix the two or call the folder damaged. A search call that already started finishes on
-the index it started with; every later call sees the new one. A folder that cannot be opened (mid-update,
-damaged) keeps the old index serving and the error is logged and shown in `/health` and `/info`.
+the newer state, never mix the two or call the folder damaged. A request that already came in finishes, every
+slice of it, on the index it came in on (its slices share search calls only with requests on the same index);
+every later request sees the new one. A folder that cannot be opened (mid-update, damaged) keeps the old index
+serving and the error is logged and shown in `/health` and `/info`.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class Served:
     def describe(self) -> dict[str, Any]:
         history = getattr(self.index.manifest, "history", None) or []
         return {"path": str(self.index.path), "documents": len(self.index), "version": self.version,
-                "updated_at": getattr(history[-1], "at", None) if history else None, "loaded_at": self.loaded_at}
+                "updated_at": getattr(history[-1], "at", None) if history else None, "loaded_at": self.loaded_at,
+                "document_bytes": self.document_bytes}
 
 
 def mean_document_bytes(index: Index, sample: int = DOCUMENT_SAMPLE) -> int:
@@ -224,8 +226,9 @@ class RetrievalService:
     def _search_fn(self, kind: str):
         lock = self._search_locks[kind]
 
-        def search(texts: list[str], k: int) -> list[list[Passage]]:
-            index = self.served[kind].index  # looked up per call: a reload switches between calls
+        def search(texts: list[str], k: int, index: Index | None = None) -> list[list[Passage]]:
+            if index is None:  # a warm-up: the index served now
+                index = self.served[kind].index
             k = min(k, max(len(index), 1))
             # RL loops send each prompt's query from several rollouts (Search-R1: n_agent copies): encode
             # and search each distinct text once.
@@ -354,15 +357,20 @@ class RetrievalService:
         """
         mode = self.mode(mode)
         size = self.config.batching.max_batch_size
+        # Every slice searches the index served when the request came in: a reload switches between requests.
+        index = {kind: served.index for kind, served in self.served.items()}
         if mode != "hybrid":
-            async with contextlib.aclosing(self.batchers[mode].stream(queries, k, size=size)) as slices:
+            async with contextlib.aclosing(self.batchers[mode].stream(queries, k, size=size,
+                                                                      target=index[mode])) as slices:
                 async for part in slices:
                     yield part
             return
         depth = max(k, self.config.hybrid_depth)
         config = fusion or self.config.fusion
-        async with contextlib.aclosing(self.batchers["dense"].stream(queries, depth, size=size)) as dense, \
-                contextlib.aclosing(self.batchers["bm25"].stream(queries, depth, size=size)) as bm25:
+        async with contextlib.aclosing(self.batchers["dense"].stream(queries, depth, size=size,
+                                                                     target=index["dense"])) as dense, \
+                contextlib.aclosing(self.batchers["bm25"].stream(queries, depth, size=size,
+                                                                 target=index["bm25"])) as bm25:
             while True:
                 # Both indexes search each slice at once; the same slicing gives them the same queries.
                 dense_part, bm25_part = await asyncio.gather(anext(dense, None), anext(bm25, None))
