@@ -1,8 +1,22 @@
-"""Training data: FlagEmbedding-style jsonl and BEIR train qrels, read into per-task query groups.
+"""Training data: jsonl / parquet / hub rows and BEIR train qrels, read into per-task query groups.
 
-A *group* is one query with its positives and hard negatives (one jsonl line, or one BEIR query with all
-its judged-relevant documents). Sampling (BOOM bags, history subsets) works on groups; `to_dataset`
-expands groups into (anchor, positive, negative_1..k) rows for sentence-transformers losses.
+A *group* is one query with its positives and hard negatives (one row, or one BEIR query with all its
+judged-relevant documents). Sampling (BOOM bags, history subsets) works on groups; `to_dataset` expands
+groups into (anchor, positive, negative_1..k) rows for sentence-transformers losses.
+
+Row layouts read (each cell a string or a list of strings; `prompt` is an optional per-row instruction):
+
+| layout | query | positives | negatives |
+|---|---|---|---|
+| FlagEmbedding | `query` | `pos` | `neg` |
+| sentence-transformers triplets / n-tuples | `anchor`, `query` or `question` | `positive` (pairs: also `answer`, `document`, `pos`) | `negative`, `negative_1..k`, `negatives` or `neg` |
+| sentence pairs | `sentence1` | `sentence2` | (none) |
+
+Columns that hold no text (ids, `pos_scores`/`neg_scores`, `type`, `prompt`) are ignored. A row is refused
+with its file, line and columns, never read partly, when it names no query or positive column, when two
+columns claim the same role (`query` and `anchor`, `neg` and `negative`), when a positive/negative-looking
+column is not one of the above (`hard_negatives`, `negative_passages`, …), or when it carries a `label` or
+`score` column (pair-classification / similarity rows: their second text is not a positive).
 """
 
 from __future__ import annotations
@@ -82,32 +96,74 @@ def _as_text_list(value, path: Path, line: int, name: str) -> tuple[str, ...]:
     return tuple(v for v in value if v.strip())
 
 
+QUERY_COLUMNS = ("query", "anchor", "question", "sentence1")
+POSITIVE_COLUMNS = ("pos", "positive", "answer", "document", "sentence2")
+NEGATIVE_COLUMNS = ("neg", "negative", "negatives")  # plus negative_1..k
+#: Columns that hold no training text; anything else that looks like a query/passage column is refused.
+IGNORED_COLUMNS = frozenset({"id", "_id", "query_id", "qid", "prompt", "type", "pos_scores", "neg_scores",
+                             "pos_id", "neg_id", "source", "dataset", "task", "instruction"})
+LABEL_COLUMNS = ("label", "labels", "score", "similarity")
+
+
 def _load_rows(source, path, *, default_split: str = "train") -> list[QueryGroup]:
-    """Query groups from rows in FlagEmbedding's columns (`query`, `pos`, `neg`, `prompt`) or
-    sentence-transformers' (`anchor`, `positive`, `negative` or `negative_1..k`; `query` with `positive`,
-    `answer` or `document` for pair datasets)."""
+    """Query groups from rows in any layout of the module docstring; a row that cannot be read in full is
+    refused (file, line, columns), never read partly."""
     from embedkit.training.sources import iter_rows
 
     groups: list[QueryGroup] = []
     for line_no, record in iter_rows(source, default_split=default_split):
-        if "query" in record and "pos" not in record:  # hub pair datasets: query + positive / answer
-            record = {**record, "pos": record.get("positive", record.get("answer", record.get("document")))}
-        if "query" not in record and "anchor" in record:
-            record = {"query": record["anchor"], "pos": record.get("positive"),
-                      "neg": [record[k] for k in sorted(record, key=_negative_order)
-                              if k == "negative" or k.startswith("negative_")] or None}
-        query = record.get("query")
+        query, pos, neg = _row_roles(record, path, line_no)
         if not isinstance(query, str) or not query.strip():
             raise DataFormatError("missing or empty query", path=path, line=line_no, field="query", fields_found=record)
-        positives = _as_text_list(record.get("pos"), path, line_no, "pos")
+        positives = _as_text_list(_flatten(pos), path, line_no, "pos")
         if not positives:
             raise DataFormatError("no positive passage", path=path, line=line_no, field="pos", fields_found=record)
-        negatives = _as_text_list(_flatten(record.get("neg")), path, line_no, "neg")
+        negatives = _as_text_list(_flatten(neg), path, line_no, "neg")
         prompt = record.get("prompt")
         if prompt is not None and not isinstance(prompt, str):
             raise DataFormatError("expected a string", path=path, line=line_no, field="prompt")
         groups.append(QueryGroup(query, positives, negatives, prompt or None))
     return groups
+
+
+def _is_negative_column(name: str) -> bool:
+    return name in NEGATIVE_COLUMNS or (name.startswith("negative_") and name[len("negative_"):].isdigit())
+
+
+def _row_roles(record: dict, path, line: int):
+    """(query, positives, negatives) cells of one row; refuses layouts that would lose or misread text."""
+    columns = sorted(record)
+
+    def refuse(message: str, field: str) -> DataFormatError:
+        return DataFormatError(f"{message} (layouts read: see embedkit.training.data)", path=path, line=line,
+                               field=field, fields_found=columns)
+
+    labels = [c for c in columns if c in LABEL_COLUMNS]
+    if labels:
+        raise refuse(f"a '{labels[0]}' column marks pair-classification or similarity rows, whose second text "
+                     "is not necessarily a positive; convert them to (query, positive, negatives) rows", labels[0])
+    queries = [c for c in QUERY_COLUMNS if c in record]
+    if len(queries) > 1:
+        raise refuse(f"columns {queries} all look like the query; keep one", queries[1])
+    positives = [c for c in POSITIVE_COLUMNS if c in record]
+    if queries == ["sentence1"] and positives not in ([], ["sentence2"]) or \
+            "sentence2" in positives and queries != ["sentence1"]:
+        raise refuse("sentence1/sentence2 pairs take no other query or positive column", "sentence2")
+    if len(positives) > 1:
+        raise refuse(f"columns {positives} all look like positives; keep one", positives[1])
+    negatives = [c for c in columns if _is_negative_column(c)]
+    if "neg" in negatives and len(negatives) > 1:
+        raise refuse(f"columns {negatives} all look like negatives; use `neg` alone or `negative`/`negative_1..k`",
+                     negatives[1])
+    unknown = [c for c in columns if c not in IGNORED_COLUMNS and c not in queries and c not in positives
+               and c not in negatives]
+    if unknown:
+        raise refuse(f"column '{unknown[0]}' is not a column embedkit reads; rename it to one of the layouts "
+                     "(its text would otherwise be dropped)", unknown[0])
+    negatives.sort(key=_negative_order)
+    return (record[queries[0]] if queries else None,
+            record[positives[0]] if positives else None,
+            [record[c] for c in negatives if record[c] is not None] or None)
 
 
 def _negative_order(key: str) -> tuple[int, str]:
