@@ -91,10 +91,16 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
     path = Path(path)
     if path.is_dir():
         raise EmbedkitError(f"{path} is a folder; give a file name to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as handle:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        opened = open(tmp, mode, encoding=None if "b" in mode else "utf-8")
+    except OSError as error:
+        if error.errno in NOT_WRITABLE_ERRNOS:  # read-only file system, no permission
+            raise not_writable(error, path) from None
+        raise
+    try:
+        with opened as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

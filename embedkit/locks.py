@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import shlex
+import stat
 import sys
 import threading
 import time
@@ -102,7 +103,7 @@ def folder_lock(path: str | Path, *, blocking: bool = True) -> Iterator[bool]:
         if not _acquire(fd, real, blocking=blocking):
             yield False
             return
-        _record_holder(fd)
+        recorded = _record_holder(fd)
         with _held_lock:
             _held[real] = (me, fd, 1)
         try:
@@ -110,7 +111,8 @@ def folder_lock(path: str | Path, *, blocking: bool = True) -> Iterator[bool]:
         finally:
             with _held_lock:
                 _held.pop(real, None)
-            _clear_holder(fd)
+            if recorded:
+                _clear_holder(fd)
             _flock(fd, unlock=True)
     finally:
         os.close(fd)
@@ -120,11 +122,14 @@ def _open_lock_file(real: Path) -> int:
     target = lock_path(real)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a lock "file" planted as a symlink (folders are shared) must not lead the record elsewhere.
+        return os.open(target, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as error:
         if error.errno in NOT_WRITABLE_ERRNOS:
             raise not_writable(error, real) from None
-        raise
+        what = "is a symbolic link" if error.errno == errno.ELOOP else f"cannot be opened ({error.strerror})"
+        raise EmbedkitError(f"cannot lock {real}: its lock file {target} {what}; remove it (embedkit creates a "
+                            "plain empty file there)") from None
 
 
 def _flock(fd: int, *, unlock: bool = False) -> bool:
@@ -155,13 +160,23 @@ def _acquire(fd: int, real: Path, *, blocking: bool) -> bool:
     return True
 
 
-def _record_holder(fd: int) -> None:
-    record = json.dumps({"pid": os.getpid(), "command": _command_line(), "since": time.time()}).encode()
+_RECORD_MAX = 4096
+
+
+def _record_holder(fd: int) -> bool:
+    """Write who holds the lock into the lock file; only into a file that is nothing but a lock file (a plain,
+    singly linked file that is empty or holds an earlier record), so no one's data is ever overwritten."""
     try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_size > _RECORD_MAX:
+            return False
+        if info.st_size and read_holder(fd) is None:
+            return False
         os.ftruncate(fd, 0)
-        os.pwrite(fd, record, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": _command_line(), "since": time.time()}).encode(), 0)
     except OSError:
-        pass  # the record only informs waiters; a full disk must not stop the writer
+        return False  # the record only informs waiters; a full disk must not stop the writer
+    return True
 
 
 def _clear_holder(fd: int) -> None:
@@ -174,8 +189,8 @@ def _clear_holder(fd: int) -> None:
 def read_holder(fd: int) -> dict | None:
     """The record the lock's current holder wrote (pid, command, since), or None when there is none yet."""
     try:
-        record = json.loads(os.pread(fd, 4096, 0) or b"null")
-    except (OSError, ValueError):
+        record = json.loads(os.pread(fd, _RECORD_MAX, 0) or b"null")
+    except (OSError, ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) and "pid" in record else None
 
@@ -190,12 +205,20 @@ def _tell_waiting(fd: int, real: Path, *, anyway: bool) -> bool:
     holder = read_holder(fd)
     if holder is None and not anyway:
         return False
-    if holder is None:
-        who = "another process (it left no record)"
-    else:
-        since = float(holder.get("since") or time.time())
-        who = (f"pid {holder['pid']} ({holder.get('command') or 'unknown command'}) since "
-               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} ({max(0.0, time.time() - since):.0f} s ago)")
+    who = "another process (it left no record)"
+    if holder is not None:  # written by another process, maybe a stranger's: shown as plain text only
+        pid, command, since = holder.get("pid"), holder.get("command"), holder.get("since")
+        who = f"pid {pid if isinstance(pid, int) else '?'}"
+        if isinstance(command, str) and command:
+            who += f" ({_printable(command)[:300]})"
+        if isinstance(since, (int, float)) and not isinstance(since, bool) and 0 < since < 1e11:
+            who += (f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} "
+                    f"({max(0.0, time.time() - since):.0f} s ago)")
     print(f"embedkit: waiting for {real}: another writer holds its lock: {who}; continuing when it is done",
           file=sys.stderr, flush=True)
     return True
+
+
+def _printable(text: str) -> str:
+    """`text` without control characters (a terminal would act on escape sequences)."""
+    return "".join(char if char.isprintable() else "?" for char in text)

@@ -28,6 +28,8 @@ def load_tensors(path: str | Path, *, map_location: str = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise EmbedkitError(f"{path} is missing") from None
+    except OSError as error:  # a folder in its place, no permission
+        raise EmbedkitError(f"cannot read {path}: {error.strerror or error}") from None
     except pickle.UnpicklingError as error:
         refused = _UNSAFE_GLOBAL.search(str(error))
         if refused:

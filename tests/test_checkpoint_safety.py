@@ -74,3 +74,25 @@ def test_an_untouched_checkpoint_still_resumes(trained, run):
     result = resume(trained, run)
     assert result.returncode == 0, result.stderr
     assert "step 2: reward_mean=" in result.stdout
+
+
+# --- beyond the list: checkpoints that are plain data but not this run's -------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["wrong-structure", "other-optimizer", "folder"])
+def test_resume_reports_a_checkpoint_that_does_not_fit_this_run(trained, run, damage):
+    checkpoint = run / "checkpoints" / "step-1"
+    target = checkpoint / "trainer_state.pt"
+    if damage == "folder":
+        target.unlink()
+        target.mkdir()
+        expected = f"cannot read {target}"
+    else:
+        state = torch.load(target, weights_only=True)
+        if damage == "wrong-structure":
+            state = ["not", "a", "trainer", "state"]
+        else:  # a parameter group of another size: a checkpoint of another model
+            state["optimizer"]["param_groups"][0]["params"] = [0]
+        torch.save(state, target)
+        expected = f"{checkpoint} does not fit this run"
+    assert_user_error(resume(trained, run), expected)

@@ -163,3 +163,61 @@ def test_a_writer_waiting_for_the_lock_names_the_holder(tmp_path):
     assert "folder_lock" in notice and "since" in notice, notice  # the holder's command line and start time
     assert "waiting for" not in rest  # said once
     assert "wrote" in out_text
+
+
+# --- beyond the list: lock files from strangers, and single-file writes on a read-only file system ------------
+
+
+def _bm25(tmp_path: Path) -> tuple[tuple[str | Path, ...], Path]:
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", docs(8))
+    out = tmp_path / "bm25"
+    build = ("index", "build", "--kind", "bm25", "--backend", "bm25s", "--corpus", corpus, "--out", out)
+    assert embedkit(*build).returncode == 0
+    return build, out
+
+
+def test_a_lock_file_planted_as_a_symlink_or_holding_data_is_never_written(tmp_path):
+    build, out = _bm25(tmp_path)
+    lock = out.with_name(".bm25.lock")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("my data")
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(precious)  # the holder record must not truncate what the link points at
+    assert_user_error(embedkit(*build, "--overwrite"), f"its lock file {lock} is a symbolic link")
+    assert precious.read_text() == "my data"
+    lock.unlink()
+    lock.write_text("not a lock record, someone's notes")  # a plain file with data: locked, never rewritten
+    assert embedkit(*build, "--overwrite").returncode == 0
+    assert lock.read_text() == "not a lock record, someone's notes"
+
+
+def test_a_hostile_holder_record_is_shown_as_plain_text(tmp_path):
+    build, out = _bm25(tmp_path)
+    lock = out.with_name(".bm25.lock")
+    lock.write_text('{"pid": "\\u001b[2J", "command": "evil\\u001b]0;pwned\\u0007 cmd", "since": "yesterday"}')
+    holder = subprocess.Popen(  # holds the lock without writing a record of its own
+        [sys.executable, "-c", "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\nsys.stdin.read()", str(lock)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    release = threading.Timer(120, lambda: holder.stdin.close())  # never hang the suite if the notice never comes
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waiter = subprocess.Popen([sys.executable, "-m", "embedkit", *map(str, build), "--overwrite"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)  # fmt: skip
+        release.start()
+        notice = waiter.stderr.readline()
+    finally:
+        release.cancel()
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    _, rest = waiter.communicate(timeout=300)
+    assert waiter.returncode == 0, notice + rest
+    assert "pid ? (evil?]0;pwned? cmd)" in notice and "\x1b" not in notice and "yesterday" not in notice, notice
+
+
+def test_a_run_file_on_a_read_only_file_system_is_a_clear_error(tmp_path, read_only_prefix):
+    _, out = _bm25(tmp_path)
+    result = embedkit_read_only(read_only_prefix, tmp_path, "search", out, "gene cancer", "--output",
+                                tmp_path / "runs" / "run.trec")  # fmt: skip
+    assert_user_error(result, "cannot write", "run.trec", "read-only file system")
+    assert not (tmp_path / "runs").exists()

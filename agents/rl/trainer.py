@@ -15,12 +15,14 @@ state; under accelerate every rank seeds its own sampling and takes its own shar
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,18 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     recover_children(folder)  # a save killed mid-swap leaves step-N.new-*/.old-* until a reader restores it
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
     return max(found)[1] if found else None
+
+
+@contextlib.contextmanager
+def checkpoint_fits(checkpoint: Path) -> Iterator[None]:
+    """Report a checkpoint whose state does not fit this run (another model, optimizer, task or file layout)
+    as an `EmbedkitError` naming it, instead of a traceback from deep inside `load_state_dict`."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        raise EmbedkitError(f"{checkpoint} does not fit this run ({type(error).__name__}: {detail}); resume with "
+                            "the config it was saved with, or start fresh (--no-resume, trainer.resume=false)") from None
 
 
 def prepare_policy(model: nn.Module, config: RLConfig) -> nn.Module:
@@ -302,6 +316,7 @@ class RLTrainer:
         self.total_updates = max(1, tc.steps * alg.ppo_epochs * alg.mini_batches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self._rng_states: dict[str, Any] | None = None
+        self._rng_source = Path()  # the checkpoint the RNG states come from (for errors)
         if checkpoint is not None:
             self._load_state(checkpoint)
         self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
@@ -428,29 +443,32 @@ class RLTrainer:
 
     def _load_state(self, checkpoint: Path) -> None:
         state = load_tensors(checkpoint / STATE_FILE)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.module.load_critic_state(state.get("critic"))
-        if self.master is not None and state.get("master") is not None:
-            self.master.load_state_dict(state["master"])
-        load_reward = getattr(self.reward_fn, "load_state_dict", None)
-        if state.get("reward") is not None and callable(load_reward):
-            load_reward(state["reward"])
         rng_file = checkpoint / f"rank_{self.rank}_rng.pt"
+        with checkpoint_fits(checkpoint):
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            self.module.load_critic_state(state.get("critic"))
+            if self.master is not None and state.get("master") is not None:
+                self.master.load_state_dict(state["master"])
+            load_reward = getattr(self.reward_fn, "load_state_dict", None)
+            if state.get("reward") is not None and callable(load_reward):
+                load_reward(state["reward"])
+            self.start_step = int(state["step"])
         if rng_file.exists():
             self._rng_states = load_tensors(rng_file)
-        self.start_step = int(state["step"])
+            self._rng_source = checkpoint
 
     def _restore_rng(self) -> None:
         s, self._rng_states = self._rng_states, None
         if s is None:
             return
-        self.rng.setstate(s["python"])
-        self.engine.rng.setstate(s["engine"])
-        torch.set_rng_state(s["torch"])
-        if s.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(s["cuda"])
+        with checkpoint_fits(self._rng_source):
+            self.rng.setstate(s["python"])
+            self.engine.rng.setstate(s["engine"])
+            torch.set_rng_state(s["torch"])
+            if s.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(s["cuda"])
 
     # -- training -----------------------------------------------------------------------------------------
     def train(self, *, stop_after: int | None = None) -> list[dict]:
