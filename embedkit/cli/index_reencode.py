@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from embedkit.boom.reencode import reencode_index
+    from embedkit.index.lifecycle import reencode_index
 
     out = reencode_index(
         args.index,

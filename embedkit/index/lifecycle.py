@@ -7,6 +7,7 @@
     remove_documents("indexes/mine", ["doc7", "doc9"])
     compact_index("indexes/mine")                                 # rebuild without masked (deleted) rows
     merge_indexes(["shards/", "indexes/other"], "indexes/all")    # encode shards and/or index folders
+    reencode_index("indexes/mine", "runs/boom-v2/model")          # re-encode with an updated model
 
 Every update works on a copy of the folder and swaps it in when complete (`embedkit.io.atomic_directory`),
 under the folder's lock (taken on its real path, so a symlink and its target share it), so a killed update
@@ -45,8 +46,9 @@ from embedkit.index.docstore import DOCSTORE_NAME, DocStore, DuplicateIdError
 from embedkit.index.faiss_ops import try_remove
 from embedkit.index.kinds import check_document_ids, check_folder
 from embedkit.index.manifest import MANIFEST_NAME, DenseManifest, HistoryEntry, IndexManifest
+from embedkit.index.masked import load_deleted_rows
 from embedkit.index.prebuilt import with_row_ids
-from embedkit.io import atomic_directory, folder_lock
+from embedkit.io import atomic_directory, check_replaceable, folder_lock, real_folder
 
 if TYPE_CHECKING:
     from embedkit.encoding.encoder import Encoder
@@ -92,21 +94,29 @@ def check_encoder(spec: EncoderSpec, encoder: Encoder) -> None:
 def encoder_for(path: str | Path, *, encoder: Encoder | None = None, model: str | None = None,
                 device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE) -> Encoder:
     """The encoder recorded in an index's manifest (or `encoder`, after checking it matches)."""
+    return _encoder_for_spec(_dense_manifest(Path(path)).encoder, encoder=encoder, model=model, device=device,
+                             batch_size=batch_size)
+
+
+def _encoder_for_spec(spec: EncoderSpec, *, encoder: Encoder | None, model: str | None, device: str,
+                      batch_size: int) -> Encoder:
     from embedkit.encoding.encoder import Encoder
 
-    manifest = _dense_manifest(Path(path))
     if encoder is not None:
-        check_encoder(manifest.encoder, encoder)
+        check_encoder(spec, encoder)
         return encoder
-    return Encoder.from_spec(manifest.encoder, model_path=model, device=device, batch_size=batch_size)
+    return Encoder.from_spec(spec, model_path=model, device=device, batch_size=batch_size)
 
 
 def add_documents(path: str | Path, documents: Iterable[Document], *, encoder: Encoder | None = None,
                   model: str | None = None, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
                   source: str | None = None, quiet: bool = True) -> UpdateReport:
     """Encode and insert documents; a document whose id is already indexed replaces it (upsert)."""
-    encoder = encoder_for(path, encoder=encoder, model=model, device=device, batch_size=batch_size)
     with _update(Path(path), "add", source) as update:
+        # The encoder comes from the manifest read under the lock: a re-encode that swapped the folder while
+        # this add waited changed the model, and vectors of the old one would not match the index's.
+        encoder = _encoder_for_spec(update.manifest.encoder, encoder=encoder, model=model, device=device,
+                                    batch_size=batch_size)
         for docs, vectors in encoder.iter_encoded(documents, quiet=quiet):
             update.upsert(docs, vectors)
         return update.report
@@ -210,7 +220,62 @@ def merge_indexes(inputs: Sequence[str | Path], out: str | Path, *, factory: str
                             "unique across the merged inputs (remove it from one of them first)") from None
 
 
+def reencode_index(path: str | Path, model: str, *, out: str | Path | None = None, factory: str | None = None,
+                   query_prefix: str | None = None, passage_prefix: str | None = None, max_length: int | None = None,
+                   batch_size: int = DEFAULT_BATCH_SIZE, device: str = "auto", overwrite: bool = False,
+                   quiet: bool = False) -> Path:
+    """Re-encode every live document of a dense index with `model` (e.g. after a BOOM update); returns the new
+    index folder (`out`, default: the index itself, replaced).
+
+    Prefixes, normalization, max length, metric, factory and vector storage default to the old index's; the
+    history is kept with a `reencode` entry appended. One locked swap, like every update: the folder's lock is
+    held from reading the old manifest (before the model loads) through the swap, and the new folder is written
+    whole, manifest included, so a crash leaves the old index or the new one with its full history, and an
+    update that arrives meanwhile waits and lands on the re-encoded index.
+    """
+    from embedkit.encoding import Encoder, EncoderConfig
+
+    path = Path(path)
+    target = Path(out) if out else path
+    in_place = real_folder(target) == real_folder(path)
+    if not in_place:  # before the model loads: is --out ours to write?
+        check_replaceable(target, overwrite=overwrite, marker=MANIFEST_NAME, what="embedkit index")
+    with _folder_locks(path, target):
+        index = _open_dense(path, verify=True)
+        manifest = index.manifest
+        if manifest.num_docs == 0:
+            raise EmbedkitError(f"{path} has no documents to re-encode")
+        spec = manifest.encoder
+        encoder = Encoder(EncoderConfig(
+            model=model,
+            query_prefix=spec.query_prefix if query_prefix is None else query_prefix,
+            passage_prefix=spec.passage_prefix if passage_prefix is None else passage_prefix,
+            normalize=spec.normalize,
+            max_length=spec.max_length if max_length is None else max_length,
+            batch_size=batch_size,
+            device=device,
+        ))
+        documents = (doc for _, doc in index.docstore.iter_documents())
+        entry = HistoryEntry(action="reencode", source=str(path), previous_model=spec.model, model=encoder.spec.model)
+        _write(target, encoder.iter_encoded(documents, total=manifest.num_docs, quiet=quiet), encoder.spec,
+               factory=factory or manifest.index_factory, metric=manifest.metric, train_sample=DEFAULT_TRAIN_SAMPLE,
+               overwrite=in_place or overwrite, corpus=manifest.corpus,
+               store_vectors=manifest.vectors.dtype if manifest.vectors else "auto", history=manifest.history,
+               entry=entry, created_at=manifest.created_at if in_place else None,
+               on_disk=manifest.on_disk and not factory, truncated=lambda: encoder.truncated_documents)
+    return target
+
+
 # --- internals -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _folder_locks(*paths: Path) -> Iterator[None]:
+    """Hold the locks of several folders, taken in one order (by real path) so two such writers cannot deadlock."""
+    with contextlib.ExitStack() as stack:
+        for real in sorted({real_folder(path) for path in paths}):
+            stack.enter_context(folder_lock(real))
+        yield
 
 
 def _dense_manifest(path: Path, *, verify: bool = False) -> DenseManifest:
@@ -273,7 +338,8 @@ class _Update:
         self.index = with_row_ids(self.index)  # an imported plain index (`embedkit index import`) labels by position
         self.store = DocStore(folder / DOCSTORE_NAME, readonly=False)
         deleted = folder / DELETED_NAME
-        self.deleted: set[int] = set(np.load(deleted).tolist()) if deleted.is_file() else set()
+        self.deleted: set[int] = (set(load_deleted_rows(deleted, manifest.next_row).tolist()) if deleted.is_file()
+                                  else set())
         self.dim = self.manifest.encoder.dim
         self.report = UpdateReport(action=action)
         self.source_name: str | None = None
