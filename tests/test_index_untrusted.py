@@ -382,9 +382,11 @@ def test_a_stored_vectors_file_of_the_wrong_size_is_damage_for_torch_search(stor
     (lambda m: m.update(format_version=0), "format_version"),
     (lambda m: m.update(kind="graph"), "kind"),
     (lambda m: m["files"]["index.faiss"].update(size=-5), "size"),
+    (lambda m: m["encoder"].update(max_length=-5), "max_length -5"),
+    (lambda m: m.update(next_row=2**63), "next_row"),
 ], ids=["dot-component", "other-case", "backslashes", "drive", "short-sha256", "unrecorded-docstore",
         "on-disk-without-lists", "negative-count", "huge-count", "string-format", "format-0", "unknown-kind",
-        "negative-size"])
+        "negative-size", "negative-max-length", "next-row-past-int64"])
 def test_crafted_manifest_values_are_damage(plain, change, needle):
     edit_manifest(plain, change)
     result = embedkit("index", "verify", plain)
@@ -407,3 +409,39 @@ def test_a_folder_named_with_url_characters_works(plain):
     assert result.returncode == 0, result.stderr
     result = embedkit("search", odd, "gene", "--k", "2", "--device", "cpu")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def bm25_base(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bm25")
+    corpus = write_jsonl(folder / "corpus.jsonl", docs(30))
+    result = embedkit("index", "build", "--kind", "bm25", "--backend", "bm25s", "--corpus", corpus,
+                      "--out", folder / "index")
+    assert result.returncode == 0, result.stderr
+    return folder / "index"
+
+
+def _nested_vocab(index: Path) -> None:
+    (index / "bm25s" / "vocab.index.json").write_text("[" * 100_000 + "]" * 100_000)
+    rerecord(index, "bm25s/vocab.index.json")
+
+
+def _pickled_scores(index: Path) -> None:
+    np.save(index / "bm25s" / "data.csc.index.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    rerecord(index, "bm25s/data.csc.index.npy")
+
+
+def _linked_params(index: Path) -> None:
+    outside = index.parent / "params.json"
+    shutil.move(index / "bm25s" / "params.index.json", outside)
+    (index / "bm25s" / "params.index.json").symlink_to(outside)
+
+
+@pytest.mark.parametrize("change, needle", [(_nested_vocab, "cannot be read"), (_pickled_scores, "cannot be read"),
+                                            (_linked_params, "outside the folder")],
+                         ids=["nested-vocab-json", "pickled-scores", "symlinked-params"])
+def test_a_bm25_folder_with_crafted_backend_files_is_damage(bm25_base, tmp_path, change, needle):
+    index = tmp_path / "bm25"
+    shutil.copytree(bm25_base, index, symlinks=True)
+    change(index)
+    assert_user_error(embedkit("search", index, "gene"), needle)

@@ -38,6 +38,7 @@ from pydantic import (
     PrivateAttr,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -55,6 +56,8 @@ FAISS_NAME = "index.faiss"
 DELETED_NAME = "deleted.npy"
 IVFDATA_NAME = "index.ivfdata"
 VECTOR_FILES = {"float16": "vectors.f16", "float32": "vectors.f32"}
+# FAISS ids are int64; far below its limit, so that row arithmetic (next_row + documents) cannot overflow.
+MAX_ROW = 2**62
 #: A path recorded in a manifest: relative, canonical, inside the folder (see `embedkit.index.members`).
 MemberName = Annotated[str, AfterValidator(check_member_name)]
 # Files a backend may leave beside its data that are not part of the index (Lucene's lock file).
@@ -272,12 +275,22 @@ class DenseManifest(IndexManifest):
     metric: Literal["ip", "l2"] = "ip"
     index_factory: str = "Flat"
     train_sample: int = Field(0, ge=0, description="vectors the FAISS index was trained on (0: no training)")
-    next_row: int = Field(0, ge=0, description="the FAISS row id the next added document gets")
+    next_row: int = Field(0, ge=0, le=MAX_ROW, description="the FAISS row id the next added document gets")
     search: SearchDefaults = Field(default_factory=SearchDefaults)
     vectors: StoredVectors | None = Field(None, description="raw copy of the vectors, for updates and compaction")
     on_disk: bool = Field(False, description="IVF lists live in index.ivfdata, read from disk")
     truncated_documents: int | None = Field(
         None, ge=0, description="documents longer than the encoder's max length (cut when encoded)")
+
+    @field_validator("encoder")
+    @classmethod
+    def _usable_encoder(cls, spec: EncoderSpec) -> EncoderSpec:
+        # The spec is rebuilt into an encoder at search time: numbers it cannot run with are damage here.
+        if spec.dim < 1:
+            raise ValueError(f"dim {spec.dim} is not a vector dimension (at least 1)")
+        if spec.max_length is not None and spec.max_length < 1:
+            raise ValueError(f"max_length {spec.max_length} is not a token count (at least 1, or null)")
+        return spec
 
     @classmethod
     def load(cls, folder: str | Path) -> DenseManifest:

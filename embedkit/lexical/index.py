@@ -126,7 +126,17 @@ class BM25Index(Index):
 
     @cached_property
     def searcher(self) -> LexicalSearcher:
-        return self.backend.open(self.path / self.backend.folder, self.settings, ids=self._ids_in_row_order)
+        folder = self.path / self.backend.folder
+        try:
+            return self.backend.open(folder, self.settings, ids=self._ids_in_row_order)
+        except EmbedkitError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, EOFError, OSError, RecursionError) as error:
+            # The backend's own files (checksummed by `index verify`, but a shared folder's manifest can be made
+            # to match anything) are unreadable: damage to report, not a library traceback.
+            reason = (str(error).splitlines() or [""])[0][:200]
+            raise IndexFormatError(f"index {self.path} is damaged: the {self.settings.backend} files in {folder} "
+                                   f"cannot be read ({type(error).__name__}: {reason}); rebuild the index") from None
 
     def _ids_in_row_order(self) -> list[str]:
         by_row = self.docstore.ids_by_row()
