@@ -74,6 +74,11 @@ class Stage2Settings(YamlConfig):
     steps: int = Field(100, ge=0)
     learning_rate: float = Field(1e-4, gt=0)
     content_attention: Attention = "causal"
+    bridge: Literal["final", "layerwise"] = Field(
+        "final", description="final: the decoder reads the final-layer <EOS> state (the embedding stage 3 "
+        "and inference use), fed back as <EOS>'s input in a second pass; layerwise: one pass where the "
+        "decoder reads <EOS>'s keys and values at every layer (the final-layer <EOS> output is then in no "
+        "stage-2 loss)")
     decoder_start_token: str = Field(
         "<|im_start|>", description="put after <EOS>; its state (not <EOS>'s) predicts the first target "
         "token, so the embedding is only read through attention")

@@ -17,6 +17,9 @@ Per stage:
   input passes through <EOS>'s keys and values (the LM head never reads <EOS>'s own state); a
   TARGET_IMAGE slot attends to <EOS> and to the image slots (all of them, or earlier ones with
   `image_slot_attention="causal"`).
+- `eos_readout` (stage 2's second pass with `bridge: final`): the decoder-start token, targets and slots
+  as in `eos_bridge`; <EOS> and content tokens see only themselves, so <EOS>'s input (the final-layer
+  embedding from the first pass) is all the decoder can read of the content.
 - `causal` (stage 3 and inference): token i attends to real tokens j <= i (VLM2Vec's recipe), or to all
   real tokens with `content_attention="bidirectional"`.
 """
@@ -28,8 +31,8 @@ from typing import Literal
 from embedkit.errors import EmbedkitError
 from embedkit.multimodal.sequence import CONTENT_SEGMENTS, Segment
 
-Stage = Literal["bidirectional", "eos_bridge", "causal"]
-STAGES: tuple[str, ...] = ("bidirectional", "eos_bridge", "causal")
+Stage = Literal["bidirectional", "eos_bridge", "eos_readout", "causal"]
+STAGES: tuple[str, ...] = ("bidirectional", "eos_bridge", "eos_readout", "causal")
 
 
 def _is(segments, *kinds: Segment):
@@ -70,7 +73,7 @@ def build_attention_mask(
         if has_target:
             raise EmbedkitError("causal (stage-3) sequences must not carry reconstruction targets")
         allowed = pair_real & (earlier if content_attention == "causal" else True)
-    else:
+    else:  # eos_bridge, eos_readout
         content = _is(segments, *CONTENT_SEGMENTS)
         eos = _is(segments, Segment.EOS)
         target = _is(segments, Segment.TARGET)
@@ -81,9 +84,11 @@ def build_attention_mask(
         k = lambda mask: mask[:, None, :]  # noqa: E731 - key-side broadcast
         content_rule = earlier if content_attention == "causal" else torch.ones_like(earlier)
         slot_rule = earlier if image_slot_attention == "causal" else torch.ones_like(earlier)
+        encoder = (q(content) & k(content) & content_rule) | (q(eos) & (k(content) | k(eos)) & earlier)
+        if stage == "eos_readout":  # the encoder rows are not read; <EOS>'s input is the embedding itself
+            encoder = torch.zeros_like(encoder)
         allowed = (
-            (q(content) & k(content) & content_rule)
-            | (q(eos) & (k(content) | k(eos)) & earlier)
+            encoder
             | (q(decoder) & (k(eos) | (k(decoder) & earlier)))
             | (q(slot) & (k(eos) | (k(slot) & slot_rule)))
         )

@@ -5,7 +5,8 @@ and masked image tokens regress their patches' pixels (or the vision tower's fea
 head. Image tokens are masked before the vision encoder: their patches are replaced by a learned mask
 patch, so the tower's own attention cannot carry the masked content into neighbouring tokens.
 Stage 2 (`bridge_loss`): `content <EOS> <DEC> target`, where the decoder-start token and the target see
-the content only through <EOS>'s keys and values; the first target token is predicted from <DEC>'s state,
+the content only through <EOS> (by default its final-layer state, the embedding, fed back in a second
+pass; `bridge: layerwise` reads its keys and values at every layer of one pass); the first target token is predicted from <DEC>'s state,
 never from <EOS>'s (the embedding itself is not trained as an LM-head input); image query slots regress
 the image's patches.
 Stage 3 (`contrastive_loss`): InfoNCE over <EOS> embeddings with in-batch and hard negatives.
@@ -22,7 +23,7 @@ from torch import nn
 from embedkit.cocoa.config import Stage1Settings, Stage2Settings, Stage3Settings
 from embedkit.cocoa.masks import build_attention_mask
 from embedkit.errors import EmbedkitError
-from embedkit.multimodal.forward import forward_hidden, image_features, lm_logits
+from embedkit.multimodal.forward import ForwardOutput, forward_hidden, image_features, lm_logits
 from embedkit.multimodal.loading import unwrap
 from embedkit.multimodal.sequence import EncodedBatch, MultimodalInput, Segment
 
@@ -162,13 +163,37 @@ def stage2_inputs(items: list[MultimodalInput], settings: Stage2Settings
     return content, targets
 
 
+def bridge_forward(model, batch: EncodedBatch, *, bridge: str = "final", content_attention: str = "causal",
+                   image_slot_attention: str = "bidirectional") -> ForwardOutput:
+    """Hidden states of `content <EOS> <DEC> target [slots]` where the decoder side knows the content only
+    through <EOS>.
+
+    `layerwise`: one pass under the `eos_bridge` mask; the decoder reads <EOS>'s keys and values at every
+    layer, which come from each layer's input, so the final-layer <EOS> state is in no loss.
+    `final`: the first pass encodes the content; its final-layer <EOS> state (the embedding stage 3 and
+    inference pool) becomes <EOS>'s input embedding in a second pass under `eos_readout`, where <EOS> sees
+    only itself. The decoder's loss then depends on the content through that one vector only.
+    """
+    segments = batch.segments
+    masks = dict(content_attention=content_attention, image_slot_attention=image_slot_attention)
+    encoded = forward_hidden(model, batch, build_attention_mask(segments, "eos_bridge", **masks))
+    if bridge == "layerwise":
+        return encoded
+    if bridge != "final":
+        raise EmbedkitError(f"unknown stage-2 bridge {bridge!r}; choose final or layerwise")
+    eos = segments == int(Segment.EOS)
+    embedding = encoded.hidden[eos]
+    readout = forward_hidden(model, batch, build_attention_mask(segments, "eos_readout", **masks),
+                             replace=(eos, embedding))
+    return ForwardOutput(hidden=readout.hidden, image_features=encoded.image_features)
+
+
 def bridge_loss(model, heads: ReconstructionHeads, batch: EncodedBatch, settings: Stage2Settings,
                 merge_size: int) -> StepLoss:
     """Stage 2: reconstruct the input from <EOS> alone (the mask truncates every other path)."""
     segments = batch.segments
-    allowed = build_attention_mask(segments, "eos_bridge", content_attention=settings.content_attention,
-                                   image_slot_attention=settings.image_slot_attention)
-    out = forward_hidden(model, batch, allowed)
+    out = bridge_forward(model, batch, bridge=settings.bridge, content_attention=settings.content_attention,
+                         image_slot_attention=settings.image_slot_attention)
     parts: dict[str, float] = {}
     total = out.hidden.new_zeros((), dtype=torch.float32)
     target = segments == int(Segment.TARGET)

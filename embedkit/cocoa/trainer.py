@@ -402,7 +402,8 @@ class CocoaTrainer:
                            "min_pixels": self.config.model.min_pixels,
                            "max_pixels": self.config.model.max_pixels,
                            "text_reserve": self.config.model.text_reserve,
-                           "decoder_start_token": self.config.stage2.decoder_start_token}, handle, indent=1)
+                           "decoder_start_token": self.config.stage2.decoder_start_token,
+                           "stage2_bridge": self.config.stage2.bridge}, handle, indent=1)
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float = 0.0) -> float:

@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel
 
 from embedkit.cocoa.masks import build_attention_mask
+from embedkit.cocoa.objectives import bridge_forward
 from embedkit.fidelity import metrics
 from embedkit.fidelity.planted import ProbeText
 from embedkit.multimodal.forward import forward_hidden, lm_logits
@@ -43,7 +44,9 @@ class EosCompressor:
     """Compress a text into its <EOS> state; decode it back through the stage-2 (EOS-bridge) mask."""
 
     def __init__(self, vlm: LoadedVLM, *, eos_token: str = "<|endoftext|>", max_length: int = 256,
-                 content_attention: Literal["causal", "bidirectional"] = "causal", decoder_start_token: str | None = "<|im_start|>") -> None:
+                 content_attention: Literal["causal", "bidirectional"] = "causal",
+                 decoder_start_token: str | None = "<|im_start|>",
+                 bridge: Literal["final", "layerwise"] = "final") -> None:
         self.vlm = vlm
         # Decoding starts at the decoder-start token after <EOS>, as stage 2 trained it (None: from <EOS>,
         # for checkpoints trained before the token existed).
@@ -51,6 +54,7 @@ class EosCompressor:
                                                   decoder_start_token=decoder_start_token)
         self.max_length = max_length
         self.content_attention = content_attention
+        self.bridge = bridge  # how stage 2 read <EOS>: decoding must read it the same way
 
     @classmethod
     def from_path(cls, path: str, *, device: str = "auto", dtype: str = "float32", **options) -> EosCompressor:
@@ -61,10 +65,12 @@ class EosCompressor:
         from embedkit.multimodal.embedder import EMBEDDER_SETTINGS
 
         saved = Path(path) / EMBEDDER_SETTINGS
-        if saved.is_file() and "decoder_start_token" not in options:
+        if saved.is_file():
             values = json.loads(saved.read_text(encoding="utf-8"))
             if "decoder_start_token" in values:
-                options["decoder_start_token"] = values["decoder_start_token"]
+                options.setdefault("decoder_start_token", values["decoder_start_token"])
+            # Checkpoints saved before the setting existed were trained layerwise.
+            options.setdefault("bridge", values.get("stage2_bridge", "layerwise"))
         return cls(load_vlm(path, device=pick_device(device), dtype=dtype), **options)
 
     @property
@@ -78,6 +84,11 @@ class EosCompressor:
 
     def _mask(self, batch: EncodedBatch):
         return build_attention_mask(batch.segments, "eos_bridge", content_attention=self.content_attention)
+
+    def _decoder_hidden(self, batch: EncodedBatch):
+        """Hidden states of the decoder side, reading <EOS> the way stage 2 trained it."""
+        return bridge_forward(self.vlm.model, batch, bridge=self.bridge,
+                              content_attention=self.content_attention).hidden
 
     @torch.no_grad()
     def embed(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
@@ -110,7 +121,7 @@ class EosCompressor:
                                                                 device=self.device).reshape(1, -1)], dim=1),
                 mm_token_type_ids=torch.zeros((1, length), dtype=torch.int, device=self.device),
             )
-            hidden = forward_hidden(self.vlm.model, batch, self._mask(batch)).hidden
+            hidden = self._decoder_hidden(batch)
             probabilities = torch.softmax(lm_logits(self.vlm.model, hidden[0, -1]).float(), dim=-1)
             entropies.append(metrics.entropy(probabilities.cpu().numpy()))
             token = int(probabilities.argmax())
@@ -124,7 +135,7 @@ class EosCompressor:
     def teacher_forced_nll(self, text: str) -> float:
         """Mean NLL of the text's tokens (and the closing <EOS>) decoded through <EOS> alone."""
         batch = self._batch([text], targets=[text])
-        hidden = forward_hidden(self.vlm.model, batch, self._mask(batch)).hidden
+        hidden = self._decoder_hidden(batch)
         target = batch.segments == int(Segment.TARGET)
         source = torch.zeros_like(target)
         source[:, :-1] = target[:, 1:]
