@@ -9,6 +9,7 @@ states whether it works on the models themselves or on task vectors relative to 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,12 +77,30 @@ class UpdateSettings(YamlConfig):
     history_ratio: float = Field(DEFAULT_HISTORY_RATIO, ge=0, le=1)
 
 
+GRANULARITIES = ("bag", "dataset", "task_type")
+
+
+@dataclass(frozen=True)
+class TrainingUnit:
+    """One model the run trains before the merge: a bag of every dataset, or one dataset / task type in full."""
+
+    index: int
+    label: str
+    ratio: float
+    seed: int
+    datasets: tuple[DatasetConfig, ...]
+
+
 class BoomConfig(YamlConfig):
     """`embedkit boom train --config configs/boom.yaml`.
 
     `bags`: one model per entry, a percentage (`[80, 100]`) or a mapping (`{ratio: 80, weight: 0.6,
     seed: 7}`). `seeds`: one per bag (default training.seed + bag index); recorded in the lineage.
     `training`: any `TrainConfig` option except model/output_dir/datasets/seed (strategy, loss, ...).
+    `granularity`: what one merged model is trained on, to compare merging granularities as the paper does:
+    `bag` (BOOM: every model sees a sample of every dataset), `dataset` (one model per dataset, all of it)
+    or `task_type` (one model per `task_type`, all of its datasets). With `dataset`/`task_type` the models
+    are merged the same way (merge section, one weight and seed per model) and `bags` does not apply.
     """
 
     model: str
@@ -95,6 +114,7 @@ class BoomConfig(YamlConfig):
     update: UpdateSettings = UpdateSettings()
     training: dict[str, Any] = Field(default_factory=dict)
     keep_bags: bool = True
+    granularity: Literal["bag", "dataset", "task_type"] = "bag"
 
     @model_validator(mode="before")
     @classmethod
@@ -105,20 +125,57 @@ class BoomConfig(YamlConfig):
 
     @model_validator(mode="after")
     def _check(self) -> BoomConfig:
-        if self.seeds is not None and len(self.seeds) != len(self.bags):
-            raise ValueError(f"{len(self.seeds)} seeds for {len(self.bags)} bags")
+        if self.granularity != "bag":
+            if "bags" in self.model_fields_set:
+                raise ValueError(f"granularity: {self.granularity} trains one model per {self.granularity} on all "
+                                 "of its data; `bags` applies to granularity: bag only")
+            if self.granularity == "task_type":
+                missing = [d.name for d in self.datasets if d.task_type is None]
+                if missing:
+                    raise ValueError(f"granularity: task_type needs task_type on every dataset; missing on {missing}")
+            prompted = [d.name for d in self.datasets if d.instruction]
+            if prompted:  # each model would save only its own datasets' prompts, and the merge refuses that
+                raise ValueError(f"granularity: {self.granularity} with instructions ({prompted}): each model "
+                                 "saves the prompts of its own datasets only, so the models could not be merged; "
+                                 "drop the instructions or use granularity: bag")
+            if len(self._groups()) < 2:
+                raise ValueError(f"granularity: {self.granularity} gives {len(self._groups())} model; merging "
+                                 "needs at least 2")
+        count, what = self.model_count, "bags" if self.granularity == "bag" else f"{self.granularity} models"
+        if self.seeds is not None and len(self.seeds) != count:
+            raise ValueError(f"{len(self.seeds)} seeds for {count} {what}")
         if self.seeds is not None and any(b.seed is not None for b in self.bags):
             raise ValueError("give seeds either in `seeds` or per bag, not both")
         if self.merge.weights is not None:
             if any(b.weight is not None for b in self.bags):
                 raise ValueError("give merge weights either in merge.weights or per bag, not both")
-            if len(self.merge.weights) != len(self.bags):
-                raise ValueError(f"{len(self.merge.weights)} merge weights for {len(self.bags)} bags")
+            if len(self.merge.weights) != count:
+                raise ValueError(f"{len(self.merge.weights)} merge weights for {count} {what}")
         reserved = {"model", "output_dir", "datasets", "seed"} & set(self.training)
         if reserved:
             raise ValueError(f"set {sorted(reserved)} at the top level (or `seeds`), not under training")
         self.train_config(0)  # validate the training options now, not after hours of work
         return self
+
+    def _groups(self) -> list[tuple[str, tuple[DatasetConfig, ...]]]:
+        """(label, datasets) of each model at this granularity (config order)."""
+        if self.granularity == "bag":
+            return [(f"bag-{i}", tuple(self.datasets)) for i in range(len(self.bags))]
+        if self.granularity == "dataset":
+            return [(d.name, (d,)) for d in self.datasets]
+        types = list(dict.fromkeys(d.task_type for d in self.datasets))
+        return [(str(t), tuple(d for d in self.datasets if d.task_type == t)) for t in types]
+
+    @property
+    def model_count(self) -> int:
+        return len(self._groups())
+
+    @property
+    def units(self) -> list[TrainingUnit]:
+        """The models trained before the merge, in merge order."""
+        ratios = self.ratios if self.granularity == "bag" else [100.0] * self.model_count
+        return [TrainingUnit(i, label, ratio, seed, datasets) for i, ((label, datasets), ratio, seed)
+                in enumerate(zip(self._groups(), ratios, self.bag_seeds, strict=True))]
 
     @property
     def ratios(self) -> list[float]:
@@ -128,14 +185,16 @@ class BoomConfig(YamlConfig):
     def bag_seeds(self) -> list[int]:
         if self.seeds is not None:
             return list(self.seeds)
+        if self.granularity != "bag":
+            return [DEFAULT_SEED + i for i in range(self.model_count)]
         return [b.seed if b.seed is not None else DEFAULT_SEED + i for i, b in enumerate(self.bags)]
 
     @property
     def bag_weights(self) -> list[float] | None:
-        """Merge weights, one per bag; None when every bag has the default (equal weights)."""
+        """Merge weights, one per trained model; None when every one has the default (equal weights)."""
         if self.merge.weights is not None:
             return list(self.merge.weights)
-        if all(b.weight is None for b in self.bags):
+        if self.granularity != "bag" or all(b.weight is None for b in self.bags):
             return None
         return [1.0 if b.weight is None else b.weight for b in self.bags]
 
@@ -150,7 +209,7 @@ class BoomConfig(YamlConfig):
         return TrainConfig(
             model=self.model,
             output_dir=str(self.bag_dir(index)),
-            datasets=self.datasets,
+            datasets=list(self.units[index].datasets),
             seed=self.bag_seeds[index],
             **self.training,
         )

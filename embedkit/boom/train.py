@@ -73,17 +73,40 @@ def merge_inputs(models: list[str], weights: list[float] | None, base: str | Non
     return [base, *models], None if weights is None else [1.0, *weights]
 
 
+def check_bag_merge(config: BoomConfig) -> str | None:
+    """Every precondition of the bag merge, checked before training (see `embedkit.boom.preflight`); returns
+    the merge base to use (a plain transformers base becomes the embedder the bags start from)."""
+    from embedkit.boom.preflight import check_base_folder, check_recipe, embedder_base, is_plain_transformers
+    from embedkit.boom.preflight import require_mergekit
+
+    require_mergekit()
+    base = merge_base(config.merge, config.model)
+    check_base_folder(base)
+    bags = [str(config.bag_dir(u.index)) for u in config.units]
+    models, weights = merge_inputs(bags, config.bag_weights, base)
+    check_recipe(config.merge.method, models, weights, base, config.merge.parameters or None)
+    if is_plain_transformers(base) and is_main_process():
+        base = embedder_base(base, config.training, Path(config.output_dir))
+    return base
+
+
 def boom_train(config: BoomConfig, *, quiet: bool = False) -> BoomResult:
     """Train every bag (bags finished by an earlier run are reused) and merge them into `<output_dir>/model`."""
     import time
 
     from embedkit.merging import merge_models
 
+    base = check_bag_merge(config)  # before any bag trains: a merge that cannot run fails now
     tasks = load_tasks(config.datasets)
     result = BoomResult(model_dir=config.model_dir)
     bag_records = []
-    for index, (ratio, seed) in enumerate(zip(config.ratios, config.bag_seeds, strict=True)):
-        bag_tasks = sample_tasks(tasks, ratio / 100.0, seed, purpose="bag")
+    by_name = {t.name: t for t in tasks}
+    for unit in config.units:
+        index, ratio, seed = unit.index, unit.ratio, unit.seed
+        unit_tasks = [by_name[d.name] for d in unit.datasets]
+        # Bags sample each dataset; coarser granularities train each model on all of its datasets.
+        bag_tasks = sample_tasks(unit_tasks, ratio / 100.0, seed, purpose="bag") if config.granularity == "bag" \
+            else unit_tasks
         path = config.bag_dir(index)
         record_file = path / TRAINING_RECORD
         if record_file.exists():
@@ -94,7 +117,7 @@ def boom_train(config: BoomConfig, *, quiet: bool = False) -> BoomResult:
             trained = train(config.train_config(index), bag_tasks, quiet=quiet)
             result.bags.append(BagResult(index, ratio, seed, path, trained.train_seconds))
         bag_records.append(
-            {"index": index, "ratio": ratio, "seed": seed, "path": str(path),
+            {"index": index, "label": unit.label, "ratio": ratio, "seed": seed, "path": str(path),
              "weight": None if config.bag_weights is None else config.bag_weights[index],
              "data": describe_tasks(bag_tasks),
              "train_seconds": round(result.bags[-1].train_seconds, 2)}
@@ -106,7 +129,6 @@ def boom_train(config: BoomConfig, *, quiet: bool = False) -> BoomResult:
         return result
     started = time.perf_counter()
     settings = config.merge
-    base = merge_base(settings, config.model)
     weights = config.bag_weights
     models, merge_weights = merge_inputs([str(b.path) for b in result.bags], weights, base)
     merged = merge_models(
@@ -126,6 +148,7 @@ def boom_train(config: BoomConfig, *, quiet: bool = False) -> BoomResult:
             "base_model": config.model,
             "backbone": config.model,
             "sampling": config.sampling,
+            "granularity": config.granularity,
             "bags": bag_records,
             "merge": {"method": settings.method, "weights": weights, "base_model": base,
                       "relative_to_base": base is not None,

@@ -69,7 +69,7 @@ def backbone_of(model: str) -> str:
 def update_merge_plan(current: str, update: str, backbone: str, merge: MergeSettings,
                       settings: UpdateSettings) -> UpdatePlan:
     """The models, weights and base of the merge that puts `update` into `current` with weight w."""
-    from embedkit.merging.methods import get_merge_method
+    from embedkit.merging.methods import get_merge_method, stated_weight_parameters
     from embedkit.training.modeling import resolve_model_name
 
     method = get_merge_method(merge.method)
@@ -83,6 +83,8 @@ def update_merge_plan(current: str, update: str, backbone: str, merge: MergeSett
             raise EmbedkitError(f"slerp's t ({parameters['t']}) and update.weight ({w}) disagree; set one")
         parameters["t"] = w
         return UpdatePlan([current, update], None, None, parameters)
+    # The update weight is a stated formula: the method's renormalisation (ties) must not rescale it.
+    parameters = stated_weight_parameters(method.name, parameters)
     base = None
     if method.needs_base or merge.base_model is not None or (method.accepts_base and merge.relative_to_base):
         if merge.base_model is not None:
@@ -112,6 +114,29 @@ def merge_update(current: str, update: str, out: str | Path, *, merge: MergeSett
     merged = merge_models(plan.models, out, method=merge.method, weights=plan.weights, base_model=plan.base_model,
                           parameters=plan.parameters or None, overwrite=True)
     return merged, plan
+
+
+def check_update_merge(current: str, output_dir: Path, backbone: str, merge: MergeSettings,
+                       settings: UpdateSettings, training: dict[str, Any]
+                       ) -> tuple[MergeSettings, UpdateSettings, str]:
+    """Every precondition of the update's merge, checked before the update model trains (see
+    `embedkit.boom.preflight`). A plain transformers merge base is replaced by the embedder built from it;
+    returns the merge and update settings and the backbone to merge with."""
+    from embedkit.boom.preflight import check_base_folder, check_recipe, embedder_base, is_plain_transformers
+    from embedkit.boom.preflight import require_mergekit
+
+    require_mergekit()
+    plan = update_merge_plan(current, str(output_dir / "update"), backbone, merge, settings)
+    check_base_folder(plan.base_model)
+    check_recipe(merge.method, plan.models, plan.weights, plan.base_model, plan.parameters or None)
+    if not (is_plain_transformers(plan.base_model) and is_main_process()):
+        return merge, settings, backbone
+    built = embedder_base(str(plan.base_model), training, output_dir)
+    if merge.base_model is not None:
+        return merge.model_copy(update={"base_model": built}), settings, backbone
+    if settings.merge_base not in ("backbone", "current"):
+        return merge, settings.model_copy(update={"merge_base": built}), backbone
+    return merge, settings, built if plan.base_model == backbone else backbone
 
 
 def boom_update(
@@ -150,6 +175,8 @@ def boom_update(
     output_dir = Path(output_dir)
     base_path = resolve_model_name(base)
     backbone = resolve_model_name(backbone_of(base_path))
+    merge, update, merge_backbone = check_update_merge(base_path, output_dir, backbone, merge, update,
+                                                       training or {})
     new_tasks = load_tasks(new_data)
     history_tasks: list[TaskData] = (
         sample_tasks(load_tasks(history), history_ratio, seed, purpose="history") if history and history_ratio > 0 else []
@@ -183,7 +210,7 @@ def boom_update(
         return result
     started = time.perf_counter()
     merged, plan = merge_update(base_path, str(update_dir), output_dir / "model", merge=merge, settings=update,
-                                backbone=backbone)
+                                backbone=merge_backbone)
     result.merge_seconds = time.perf_counter() - started
     write_lineage(
         output_dir / "model",

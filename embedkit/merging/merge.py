@@ -110,8 +110,15 @@ def merge_with_config(
 
     model_paths = _referenced_models(config)
     layouts = [read_layout(p) for p in model_paths]
-    reference = layouts[0]
-    _check_same_embedding_settings(layouts)
+    # A task-vector base adds weights only (no task vector of its own): the merged model's pooling, prompts
+    # and modules are the merged models', and the base (e.g. an untrained backbone without the bags' prompts)
+    # is not held to them. slerp's "base" is one of its two merged models.
+    base = config.get("base_model")
+    merged_layouts = layouts
+    if base and config.get("merge_method") != "slerp":
+        merged_layouts = [x for x in layouts if x.root != _local_model(str(base))] or layouts
+    reference = merged_layouts[0]
+    _check_same_embedding_settings(merged_layouts)
 
     # mergekit sees the transformer folders; the YAML written beside the model keeps the user's paths. Absolute,
     # because mergekit takes a relative "org/name"-shaped path for a hub id (its model card asks the hub).

@@ -25,7 +25,11 @@ class MergeMethod:
     required (task vectors are taken relative to it); `accepts_base`: a base is optional (multislerp
     interpolates task vectors relative to it when given, the models themselves otherwise). `exact_models`: the method takes exactly this many
     models (slerp: 2). `model_parameters`: per-model parameters with their defaults (a weight per model).
-    `global_parameters`: method-level parameters with defaults.
+    `global_parameters`: method-level parameters with defaults. `stated_weight_parameters`: method-level
+    parameters under which each model's `weight` means what it says (merged = base + Σ wᵢ·τᵢ, after the
+    method's trimming); merges whose weights are a stated formula (BOOM updates) set them. mergekit's `ties`
+    renormalises by the sum of the weights that agree in sign (`normalize: true` by default), so an update
+    merged relative to the current model with weight w gave the update model itself for every w.
     """
 
     name: str
@@ -36,6 +40,7 @@ class MergeMethod:
     exact_models: int | None = None
     model_parameters: dict[str, Any] = field(default_factory=dict)
     global_parameters: dict[str, Any] = field(default_factory=dict)
+    stated_weight_parameters: dict[str, Any] = field(default_factory=dict)
 
 
 MERGE_METHODS: Registry[MergeMethod] = Registry("merge method")
@@ -81,6 +86,7 @@ register_merge_method(
         "base + weighted sum of the task vectors (model - base)",
         needs_base=True,
         model_parameters={"weight": 1.0},
+        stated_weight_parameters={"normalize": False},  # mergekit's default already; written to be explicit
     )
 )
 register_merge_method(
@@ -90,6 +96,7 @@ register_merge_method(
         "TIES: trim task vectors to `density`, elect signs, merge agreeing entries",
         needs_base=True,
         model_parameters={"weight": 1.0, "density": 0.5},
+        stated_weight_parameters={"normalize": False},
     )
 )
 register_merge_method(
@@ -99,8 +106,24 @@ register_merge_method(
         "DARE (random drop with rescale to `density`) then TIES sign election",
         needs_base=True,
         model_parameters={"weight": 1.0, "density": 0.5},
+        stated_weight_parameters={"normalize": False},  # mergekit's default already; written to be explicit
     )
 )
+
+
+def stated_weight_parameters(method_name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """`parameters` plus what makes `method_name`'s per-model weights act as stated; a parameter the user set
+    to another value is refused with the reason (the merge would not be the formula the weights state)."""
+    method = get_merge_method(method_name)
+    result = dict(parameters)
+    for key, value in method.stated_weight_parameters.items():
+        if key in result and result[key] != value:
+            raise EmbedkitError(
+                f"merge parameter {key}: {result[key]} with '{method.name}' rescales the stated weights "
+                f"(mergekit divides by the sum of the weights that agree), so the update weight would not be "
+                f"the one merged; remove it (embedkit sets {key}: {value})")
+        result[key] = value
+    return result
 
 
 def mergekit_config_dict(
