@@ -133,7 +133,7 @@ def main() -> None:
     write_trajectories(work / "train_trajectories.jsonl", trajectories)
     t = tick("agent on training questions", t)
 
-    label_config = LabelConfig(global_utility=args.global_utility, min_local=args.min_local, negatives=args.negatives)
+    label_config = LabelConfig(local="embedder", global_utility=args.global_utility, min_local=args.min_local, negatives=args.negatives)
     pairs, stats = label(trajectories, IndexRetriever(base), label_config, agent=agent, index=base)
     write_pairs(work / "pairs.jsonl", pairs)
     print("labelling:", stats, flush=True)

@@ -191,7 +191,7 @@ def test_llm_judge_follows_upstream():
 def test_label_with_rerun_global_utility(setup):
     index, agent, trajectories = setup
     assert trajectories[0].em == 1.0
-    config = LabelConfig(min_local=0.0, negatives=3)
+    config = LabelConfig(local="embedder", min_local=0.0, negatives=3)
     pairs, stats = label(trajectories, IndexRetriever(index), config, agent=agent, index=index)
     assert stats["steps"] == 2 and stats["kept"] == len(pairs) >= 1
     for pair in pairs:
@@ -274,16 +274,16 @@ def test_cli_label(setup, index_path, tmp_path, capsys):
     path = write_trajectories(tmp_path / "t.jsonl", trajectories)
     out = tmp_path / "pairs.jsonl"
     assert main(["agentic-r", "label", "--trajectories", str(path), "--index", str(index_path), "--out", str(out),
-                 "--global", "containment", "--min-local", "0", "--set", "negatives=4"]) == 0  # fmt: skip
+                 "--local", "embedder", "--global", "containment", "--min-local", "0", "--set", "negatives=4"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out.splitlines()[0])["kept"] == 2
     assert [p.positives[0].id for p in read_pairs(out)] == ["s1", "s1"]
     # global utility re-runs steps with the policy recorded in the trajectories (here the heuristic one)
     rerun = tmp_path / "rerun.jsonl"
     assert main(["agentic-r", "label", "--trajectories", str(path), "--index", str(index_path), "--out", str(rerun),
-                 "--min-local", "0", "--set", "negatives=3"]) == 0  # fmt: skip
+                 "--local", "embedder", "--min-local", "0", "--set", "negatives=3"]) == 0  # fmt: skip
     assert {p.turn for p in read_pairs(rerun)} >= {1}
     mismatch = ["agentic-r", "label", "--trajectories", str(path), "--index", str(index_path), "--out",
-                str(tmp_path / "other.jsonl"), "--agent-llm", "openai:http://127.0.0.1:9/v1"]  # fmt: skip
+                str(tmp_path / "other.jsonl"), "--local", "embedder", "--agent-llm", "openai:http://127.0.0.1:9/v1"]  # fmt: skip
     assert main(mismatch) == 2 and "--allow-policy-mismatch" in capsys.readouterr().err
     assert main(["agentic-r", "label", "--trajectories", str(path), "--index", str(index_path), "--out",
                  str(tmp_path / "judge.jsonl"), "--local", "llm_judge"]) == 2  # no judge given  # fmt: skip
@@ -291,7 +291,7 @@ def test_cli_label(setup, index_path, tmp_path, capsys):
                  str(tmp_path / "bad.jsonl"), "--set", "judge_input=everything"]) == 2  # fmt: skip
     (tmp_path / "broken.jsonl").write_text('{"id": "x"}\n', encoding="utf-8")
     assert main(["agentic-r", "label", "--trajectories", str(tmp_path / "broken.jsonl"), "--index",
-                 str(index_path), "--out", str(tmp_path / "p2.jsonl")]) == 2  # fmt: skip
+                 str(index_path), "--out", str(tmp_path / "p2.jsonl"), "--local", "embedder"]) == 2  # fmt: skip
     for name in ("judge.jsonl", "p2.jsonl", "other.jsonl", "bad.jsonl"):
         assert not (tmp_path / name).exists()
 

@@ -42,7 +42,9 @@ class LabelConfig(_Config):
         "(the turn's recorded retriever_query), i.e. the plain query in round 1 and the [SEP] input afterwards",
     )
     local: Literal["llm_judge", "embedder"] = Field(
-        "embedder", description="local utility: an LLM judge (listwise, 0-100) or the embedder's cosine (proxy)"
+        "llm_judge",
+        description="local utility: an LLM judge (listwise, 0-100; upstream, needs --judge) or the embedder's cosine "
+        "(a stand-in, chosen explicitly; every pair and the label stats record which scorer ran)",
     )
     global_utility: Literal["rerun", "containment"] = Field(
         "rerun", description="global utility: re-run the agent with only this passage, or answer containment (proxy)"

@@ -59,6 +59,18 @@ def collect_steps(trajectories: Sequence[Trajectory], retriever: Retriever, conf
     return steps
 
 
+def require_judge(config: LabelConfig, judge: LLMBackend | None) -> None:
+    """Refuse the upstream local utility (`llm_judge`, the default) without a judge, before any work is done.
+
+    The embedder's cosine is a stand-in for the judge, so it is never picked silently: it must be asked for."""
+    if config.local == "llm_judge" and judge is None:
+        raise EmbedkitError(
+            "local utility 'llm_judge' (the default, as upstream) needs an LLM judge: pass --judge hf:PATH or "
+            "--judge openai:URL (with --judge-model), or choose the embedding-similarity stand-in explicitly with "
+            "--local embedder (label.local: embedder in a config)"
+        )
+
+
 def label(
     trajectories: Sequence[Trajectory],
     retriever: Retriever,
@@ -69,14 +81,14 @@ def label(
     index: Any = None,
     chunk: int = 32,
     progress=None,
-) -> tuple[list[TrainingPair], dict[str, int]]:
+) -> tuple[list[TrainingPair], dict[str, Any]]:
     """Score every step's candidates (local + global utility) and build training pairs.
 
     `agent` is needed for `global_utility: rerun`, `judge` for `local: llm_judge`, and a dense `index`
-    (the retriever's) for `local: embedder`.
+    (the retriever's) for `local: embedder`. The stats and every pair record the scorers that ran
+    (`local_utility`, `global_utility`), so a stand-in's output is never mistaken for the judge's.
     """
-    if config.local == "llm_judge" and judge is None:
-        raise EmbedkitError("local utility 'llm_judge' needs an LLM judge (--judge); or use local: embedder")
+    require_judge(config, judge)
     if config.local == "embedder" and index is None:
         raise EmbedkitError("local utility 'embedder' needs the dense index of the current retriever")
     if config.global_utility == "rerun" and agent is None:
@@ -108,7 +120,8 @@ def label(
                 step.local = [0.0] * len(step.candidates)
         if progress is not None:
             progress(len(part))
-    return build_pairs(steps, config)
+    pairs, stats = build_pairs(steps, config)
+    return pairs, {**stats, "local_utility": config.local, "global_utility": config.global_utility}
 
 
 def _chunks(steps: Sequence[Step], size: int) -> list[list[Step]]:

@@ -16,6 +16,7 @@ import hashlib
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -52,6 +53,9 @@ class TrainingPair(BaseModel):
     query: str  # the retriever input, "{question} [SEP] {query}"
     positives: list[PairPassage]
     negatives: list[PairPassage]
+    # Which scorers produced the utilities (None: a file written before they were recorded).
+    local_utility: Literal["llm_judge", "embedder"] | None = None
+    global_utility: Literal["rerun", "containment"] | None = None
 
 
 def build_pairs(steps: Sequence[Step], config: LabelConfig) -> tuple[list[TrainingPair], dict[str, int]]:
@@ -86,7 +90,8 @@ def build_pairs(steps: Sequence[Step], config: LabelConfig) -> tuple[list[Traini
         chosen = sorted(rng.sample(range(len(rest)), config.negatives))  # utility order, hardest first
         pairs.append(TrainingPair(qid=step.trajectory.id, turn=step.turn, query=step.retriever_query,
                                   positives=tied[: config.max_positives],
-                                  negatives=[rest[i] for i in chosen]))  # fmt: skip
+                                  negatives=[rest[i] for i in chosen], local_utility=config.local,
+                                  global_utility=config.global_utility))  # fmt: skip
         stats["kept"] += 1
     return pairs, stats
 

@@ -11,11 +11,10 @@ from embedkit.cli.agent import add_llm_arguments, agent_config_from_args
 from embedkit.errors import EmbedkitError
 
 LABEL_EXAMPLES = """\
-  embedkit agentic-r label --trajectories runs/agent.jsonl --index indexes/hotpotqa --out runs/pairs.jsonl
   embedkit agentic-r label --trajectories runs/agent.jsonl --index indexes/hotpotqa --out runs/pairs.jsonl \\
       --judge openai:http://127.0.0.1:8001/v1 --judge-model Qwen2.5-7B-Instruct --local llm_judge
   embedkit agentic-r label --trajectories runs/agent.jsonl --index indexes/hotpotqa --out runs/pairs.jsonl \\
-      --global containment          # no agent re-runs: answer containment as the global-utility proxy
+      --local embedder --global containment   # no LLM: the embedder's cosine and answer containment (stand-ins)
   embedkit agentic-r label --trajectories runs/agent.jsonl --index indexes/hotpotqa --out runs/pairs.jsonl \\
       --config configs/agentic_r.yaml --set judge_input=question_and_query --set negatives=7
 """
@@ -60,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("--config", help="YAML with a `label` (and `agent`) section, e.g. configs/agentic_r.yaml")
     label.add_argument("--set", dest="label_overrides", action="append", metavar="KEY=VALUE",
                        help="override a `label` setting (repeatable), e.g. --set judge_input=question_and_query")
-    label.add_argument("--local", choices=["llm_judge", "embedder"], help="local utility scorer")
+    label.add_argument("--local", choices=["llm_judge", "embedder"],
+                       help="local utility scorer: llm_judge (default, upstream; needs --judge) or embedder (the "
+                       "embedding-similarity stand-in, recorded in every pair and in the stats)")  # fmt: skip
     label.add_argument("--global", dest="global_utility", choices=["rerun", "containment"],
                        help="global utility scorer")  # fmt: skip
     label.add_argument("--candidates", type=int, help="candidates per step (default: 20)")
@@ -121,7 +122,7 @@ def _judge(args: argparse.Namespace):
 
 def _label(args: argparse.Namespace) -> int:
     from agents.agentic_r import LabelConfig, label, write_pairs
-    from agents.agentic_r.label import rerun_policy
+    from agents.agentic_r.label import require_judge, rerun_policy
     from agents.retrieval import IndexRetriever
     from agents.search_agent import SearchAgent, read_trajectories
     from agents.search_agent.config import AgentConfig
@@ -134,6 +135,8 @@ def _label(args: argparse.Namespace) -> int:
         config = LabelConfig.from_yaml(args.config, section="label", overrides=overrides)
     else:
         config = validate_config(LabelConfig, {k: v for k, v in overrides.items() if v is not None})
+    judge = _judge(args)
+    require_judge(config, judge)  # before the trajectories, index and agent are loaded
     if args.agent_config:
         args.config = args.agent_config
         agent_config = agent_config_from_args(args)
@@ -151,7 +154,7 @@ def _label(args: argparse.Namespace) -> int:
         if record.mode and record.mode != agent_config.prompt_mode:  # re-run in the prompt mode it ran in
             agent_config = agent_config.model_copy(update={"prompt_mode": record.mode})
         agent = SearchAgent(_policy_from_record(record, args), retriever, agent_config)
-    pairs, stats = label(trajectories, retriever, config, agent=agent, judge=_judge(args), index=index)
+    pairs, stats = label(trajectories, retriever, config, agent=agent, judge=judge, index=index)
     if not pairs:
         raise EmbedkitError(f"no training pairs: {stats}")
     write_pairs(args.out, pairs)
@@ -206,11 +209,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def _iterate(args: argparse.Namespace) -> int:
     from agents.agentic_r import IterateConfig, iterate
+    from agents.agentic_r.label import require_judge
     from embedkit.config import parse_set_overrides
 
     config = IterateConfig.from_yaml(args.config, overrides={"rounds": args.rounds, "output_dir": args.output_dir,
                                                              **parse_set_overrides(args.overrides)})  # fmt: skip
-    summaries = iterate(config, judge=_judge(args))
+    judge = _judge(args)
+    require_judge(config.label, judge)  # now, not after the first round's agent run
+    summaries = iterate(config, judge=judge)
     for summary in summaries:
         agent = summary["agent"]
         print(f"round {summary['round']}: agent EM {agent['EM']:.4f} (before this round's retriever), "
