@@ -18,19 +18,30 @@ round. All groups of one item in a batch (the task serves both orders of a pair 
 their votes before the item is labelled, so a position-biased judge's votes cancel instead of labelling. The per-item memory is part of the training state (`state_dict` / `load_state_dict`): the RL trainer
 saves it in every checkpoint and restores it on resume (`agents.rewards.training.GRMTrainer` adds the
 position in the pass).
+
+Seeding the memory (`seed_scores: FILE`, as the official trainer does): its `fit()` stores each query's
+precomputed `median_score_list` (scores of earlier rollouts, a column of its training parquet) as the query's
+history the first time the query is drawn, and every later label is computed against that history. Here the file
+is jsonl, one line per item: `{"item": "<id>", "median_score_list": [1, -1, 0.5]}` — the item is the pair id
+of the `judge_prompts` ground truth (`{"item": …}`; a pointwise item is its prompt), and each score is a vote
+on ConsistRM's scale in [−1, 1] (+1: the pair's first response is better, or "yes" pointwise; e.g. the mean
+vote of K judgements sampled before RL). An item's scores join its history the first time it is labelled;
+items without a line start empty.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from agents.rewards.parsing import critique_of, parse_pairwise, parse_vote
 from agents.rl.reward_registry import REWARDS, RewardBatch, RewardFn
+from embedkit.errors import DataFormatError
 
 Embed = Callable[[list[str]], np.ndarray]
 Mode = Literal["auto", "pairwise", "pointwise"]
@@ -69,7 +80,7 @@ def _oriented(flip: int) -> Callable[[str], int | None]:
 
 @dataclass
 class ItemMemory:
-    labels: list[int] = field(default_factory=list)  # ŷ of every finished round
+    labels: list[float] = field(default_factory=list)  # seeded scores, then ŷ of every finished round
     round: int | None = None  # the round now open (explicit rounds only)
     votes: list[int] = field(default_factory=list)  # votes of the open round
 
@@ -77,13 +88,17 @@ class ItemMemory:
 class ConsistencyMemory:
     """Each item's pseudo-labels over rounds (the temporal-consistency rule)."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: Mapping[str, Sequence[float]] | None = None) -> None:
         self.items: dict[Hashable, ItemMemory] = {}
+        self.seed = {str(k): list(v) for k, v in (seed or {}).items()}
 
     def update(self, item: Hashable, votes: Sequence[int], round: int | None = None) -> int:
         """ŷ for `item` now. Without `round` every call is a round of its own; with it, calls of one round
-        pool their votes and the round's ŷ joins the history when the next round opens."""
-        mem = self.items.setdefault(item, ItemMemory())
+        pool their votes and the round's ŷ joins the history when the next round opens. An item seen for the
+        first time starts from its seeded scores (none unless seeded)."""
+        mem = self.items.get(item)
+        if mem is None:
+            mem = self.items[item] = ItemMemory(labels=list(self.seed.get(str(item), [])))
         if round is None:
             label = self._label(list(votes), mem.labels)
             mem.labels.append(label)
@@ -96,7 +111,7 @@ class ConsistencyMemory:
         return self._label(mem.votes, mem.labels)
 
     @staticmethod
-    def _label(votes: Sequence[int], earlier: Sequence[int]) -> int:
+    def _label(votes: Sequence[int], earlier: Sequence[float]) -> int:
         current = sum(votes) / len(votes) if votes else 0.0
         prior = sum(earlier) / len(earlier) if earlier else 0.0
         return sign(current + prior)
@@ -113,8 +128,35 @@ class PseudoLabeler(ConsistencyMemory):
     """Every call is a round: `history[item]` lists the item's pseudo-labels so far."""
 
     @property
-    def history(self) -> dict[Hashable, list[int]]:
+    def history(self) -> dict[Hashable, list[float]]:
         return {k: m.labels for k, m in self.items.items()}
+
+
+def load_seed_scores(path: str | Path) -> dict[str, list[float]]:
+    """Per-item prior scores from jsonl (`{"item": id, "median_score_list": [scores in [-1, 1]]}`)."""
+    from embedkit.data import iter_json_lines
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError("ConsistRM seed-score file not found", path=path)
+    seeds: dict[str, list[float]] = {}
+    for line, record in iter_json_lines(path):
+        if "item" not in record:
+            raise DataFormatError("missing field", path=path, line=line, field="item", fields_found=record)
+        scores = record.get("median_score_list")
+        if not isinstance(scores, list) or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) and -1.0 <= x <= 1.0 for x in scores
+        ):
+            raise DataFormatError("'median_score_list' must be a list of numbers in [-1, 1] (ConsistRM votes: +1 "
+                                  "the first response / yes, -1 the second / no)", path=path, line=line,
+                                  field="median_score_list")  # fmt: skip
+        item = str(record["item"])
+        if item in seeds:
+            raise DataFormatError(f"item '{item}' is seeded twice", path=path, line=line, field="item")
+        seeds[item] = [float(x) for x in scores]
+    if not seeds:
+        raise DataFormatError("no seed scores", path=path)
+    return seeds
 
 
 def consistency_scores(embeddings: np.ndarray) -> np.ndarray:
@@ -166,13 +208,14 @@ class ConsistRMReward:
     """
 
     def __init__(self, embed: Embed | None, *, top_p: float = 0.5, bonus: float = 0.1,
-                 format_penalty: float = -5.0, tie_reward: float = 0.0, mode: Mode = "auto") -> None:  # fmt: skip
+                 format_penalty: float = -5.0, tie_reward: float = 0.0, mode: Mode = "auto",
+                 seed_scores: Mapping[str, Sequence[float]] | None = None) -> None:  # fmt: skip
         if mode not in ("auto", "pairwise", "pointwise"):
             raise ValueError(f"mode must be auto, pairwise or pointwise, not '{mode}'")
         self.embed = embed
         self.top_p, self.bonus, self.format_penalty, self.tie_reward = top_p, bonus, format_penalty, tie_reward
         self.mode = mode
-        self.memory = PseudoLabeler()
+        self.memory = PseudoLabeler(seed_scores)
         self.last_labels: dict[Hashable, int] = {}
 
     @property
@@ -223,10 +266,14 @@ class ConsistRMReward:
 
 @REWARDS.register("consistrm")
 def consistrm(model: str | None = "sentence-transformers/all-MiniLM-L6-v2", top_p: float = 0.5, bonus: float = 0.1,
-              format_penalty: float = -5.0, tie_reward: float = 0.0, mode: Mode = "auto") -> RewardFn:  # fmt: skip
-    """`model`: the embedkit encoder for critique consistency (null: no consistency bonus)."""
+              format_penalty: float = -5.0, tie_reward: float = 0.0, mode: Mode = "auto",
+              seed_scores: str | None = None) -> RewardFn:  # fmt: skip
+    """`model`: the embedkit encoder for critique consistency (null: no consistency bonus); `seed_scores`: a
+    jsonl of per-item prior scores that start each item's memory (the official `median_score_list`)."""
+    seeds = load_seed_scores(seed_scores) if seed_scores else None
     return ConsistRMReward(encoder_embed(model) if model else None, top_p=top_p, bonus=bonus,
-                           format_penalty=format_penalty, tie_reward=tie_reward, mode=mode)  # fmt: skip
+                           format_penalty=format_penalty, tie_reward=tie_reward, mode=mode,
+                           seed_scores=seeds)  # fmt: skip
 
 
 def render_pairwise(query: str, a: str, b: str) -> str:
