@@ -124,11 +124,22 @@ class OptimSettings(YamlConfig):
     seed: int = 0
 
 
+class ContrastiveSubset(YamlConfig):
+    """One subset of stage 3's training mix (embedkit.cocoa.mix)."""
+
+    source: str = Field(..., description="jsonl, parquet or hf:NAME[/CONFIG][:SPLIT] in MMEB-train form")
+    cap: int | None = Field(None, gt=0, description="keep the first `cap` rows (VLM2Vec's "
+                            "num_sample_per_subset); none: all")
+    weight: float = Field(1.0, gt=0, description="entries per pass over the mix = round(weight x kept rows)")
+
+
 class DataSettings(YamlConfig):
     pretrain: str | None = Field(None, description="jsonl/parquet/hf:NAME[/CONFIG][:SPLIT] of {text, image, "
                                  "description} (text or image may be missing)")
-    contrastive: str | None = Field(None, description="jsonl/parquet/hf:... in MMEB-train form: qry, qry_image_path, "
-                                    "pos_text, pos_image_path, neg_text, neg_image_path")
+    contrastive: str | list[ContrastiveSubset] | None = Field(
+        None, description="one jsonl/parquet/hf:... in MMEB-train form (qry, qry_image_path, pos_text, "
+        "pos_image_path, neg_text, neg_image_path), read whole; or a list of subsets with caps and "
+        "weights, read row by row as batches need them")
     image_base_dir: str | None = Field(None, description="relative image paths are read from here")
 
 
@@ -154,6 +165,8 @@ class CocoaConfig(YamlConfig):
     def _check(self) -> CocoaConfig:
         if (self.model.min_pixels and self.model.max_pixels and self.model.min_pixels > self.model.max_pixels):
             raise ValueError("model.min_pixels is larger than model.max_pixels")
+        if isinstance(self.data.contrastive, list) and not self.data.contrastive:
+            raise ValueError("data.contrastive is an empty list of subsets")
         if self.model.dtype in ("bfloat16", "float16") and self.model.lora is None:
             raise ValueError(f"model.dtype {self.model.dtype} with full fine-tuning trains without fp32 master "
                              "weights; use dtype: float32 with run.mixed_precision: bf16, or add a model.lora block")

@@ -11,6 +11,7 @@ ImageNet_1K:original`); images may be paths (under `data.image_base_dir`) or the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,31 +61,48 @@ def _side(record: dict, text_names: tuple[str, ...], image_names: tuple[str, ...
     return MultimodalInput(text=text, image=image, instruction=record.get(instruction))
 
 
-def read_contrastive_pairs(path: str | Path) -> list[ContrastivePair]:
-    """Query / positive / optional hard-negative triples in MMEB-train's field names."""
-    pairs = []
-    for number, record in iter_rows(path):
-        query = _side(record, ("qry", "qry_text", "query"), ("qry_image_path", "qry_img_path"),
-                      "qry_instruction", path, number, "query")
-        positive = _side(record, ("pos_text",), ("pos_image_path", "pos_img_path"), "pos_instruction",
-                         path, number, "positive")
-        if query is None:
-            raise DataFormatError("no query: needs 'qry' text or 'qry_image_path'", path=path, line=number,
-                                  fields_found=record.keys())
-        if positive is None:
-            raise DataFormatError("no positive: needs 'pos_text' or 'pos_image_path'", path=path,
-                                  line=number, fields_found=record.keys())
-        negatives = []
-        neg_text, neg_image = record.get("neg_text"), record.get("neg_image_path")
-        texts = neg_text if isinstance(neg_text, list) else [neg_text]
-        images = neg_image if isinstance(neg_image, list) else [neg_image]
-        for index in range(max(len(texts), len(images))):
-            text = clean_text(texts[index] if index < len(texts) else None)
-            image = images[index] if index < len(images) else None
-            if text is not None or image not in (None, ""):
-                negatives.append(MultimodalInput(text=text, image=image or None,
-                                                 instruction=record.get("pos_instruction")))
-        pairs.append(ContrastivePair(query, positive, negatives))
+QUERY_COLUMNS = ("qry", "qry_text", "query", "qry_image_path", "qry_img_path")
+POSITIVE_COLUMNS = ("pos_text", "pos_image_path", "pos_img_path")
+
+
+def pair_from_row(record: dict, path, number: int) -> ContrastivePair:
+    """One query / positive / hard-negatives triple from a row in MMEB-train's field names."""
+    query = _side(record, ("qry", "qry_text", "query"), ("qry_image_path", "qry_img_path"),
+                  "qry_instruction", path, number, "query")
+    positive = _side(record, ("pos_text",), ("pos_image_path", "pos_img_path"), "pos_instruction",
+                     path, number, "positive")
+    if query is None:
+        raise DataFormatError("no query: needs 'qry' text or 'qry_image_path'", path=path, line=number,
+                              fields_found=record.keys())
+    if positive is None:
+        raise DataFormatError("no positive: needs 'pos_text' or 'pos_image_path'", path=path,
+                              line=number, fields_found=record.keys())
+    negatives = []
+    neg_text, neg_image = record.get("neg_text"), record.get("neg_image_path")
+    texts = neg_text if isinstance(neg_text, list) else [neg_text]
+    images = neg_image if isinstance(neg_image, list) else [neg_image]
+    for index in range(max(len(texts), len(images))):
+        text = clean_text(texts[index] if index < len(texts) else None)
+        image = images[index] if index < len(images) else None
+        if text is not None or image not in (None, ""):
+            negatives.append(MultimodalInput(text=text, image=image or None,
+                                             instruction=record.get("pos_instruction")))
+    return ContrastivePair(query, positive, negatives)
+
+
+def read_contrastive_pairs(source) -> Sequence[ContrastivePair]:
+    """Query / positive / optional hard-negative triples in MMEB-train's field names.
+
+    `source` is one file or hub split (read whole, every row checked now), or a list of
+    `ContrastiveSubset`s (or their dicts): a `ContrastiveMix` that reads rows as batches need them.
+    """
+    if isinstance(source, (list, tuple)):
+        from embedkit.cocoa.config import ContrastiveSubset
+        from embedkit.cocoa.mix import ContrastiveMix
+
+        return ContrastiveMix.open([ContrastiveSubset.model_validate(entry) if isinstance(entry, dict) else entry
+                                    for entry in source])
+    pairs = [pair_from_row(record, source, number) for number, record in iter_rows(source)]
     if not pairs:
-        raise DataFormatError("no pairs", path=path)
+        raise DataFormatError("no pairs", path=source)
     return pairs
