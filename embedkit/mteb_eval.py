@@ -25,7 +25,7 @@ def _mteb():
     try:
         import mteb
     except ImportError:
-        raise EmbedkitError("evaluating on MTEB tasks needs the mteb package: pip install 'mteb>=2'") from None
+        raise EmbedkitError("evaluating on MTEB tasks needs the mteb package: pip install 'mteb>=2.0.1'") from None
     return mteb
 
 
