@@ -213,3 +213,43 @@ def test_readme_states_what_the_strategies_and_granularities_do():
                          ("granularity", BoomConfig)):
         for value in get_args(model.model_fields[field].annotation):
             assert f"`{value}`" in readme or f"`{field}: {value}`" in readme, (field, value)
+
+
+def run_report(tmp_path: Path, metrics_by_seed: dict[int, dict[str, dict[str, float]]], ood: list[str]) -> str:
+    """`benchmarks/boom_experiment.py --part report` over state files written here (no training)."""
+    import os
+    import subprocess
+    import sys
+
+    work = tmp_path / "work"
+    for seed, models in metrics_by_seed.items():
+        (work / f"seed-{seed}").mkdir(parents=True)
+        state = {"train_seconds": {m: 1.0 for m in models},
+                 "metrics": {m: {k: {"nDCG@10": v} for k, v in values.items()} for m, values in models.items()}}
+        (work / f"seed-{seed}" / "state-all.json").write_text(json.dumps(state))
+    (tmp_path / "shared").mkdir()
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "boom_experiment.py"
+    result = subprocess.run([sys.executable, str(script), "--part", "report", "--work-dir", str(work),
+                             "--seeds", *map(str, metrics_by_seed), "--ood", *ood,
+                             "--results-name", str(tmp_path / "report")],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "EMBEDKIT_SHARED_DATA": str(tmp_path / "shared")})
+    assert result.returncode == 0, result.stderr
+    return (tmp_path / "report.md").read_text()
+
+
+def test_experiment_report_separates_bagging_from_averaging_where_fine_tuning_helps(tmp_path):
+    def scores(shift: float, noise: float) -> dict[str, float]:
+        return {"scifact": 0.80 + shift, "hotpotqa": 0.90, "nfcorpus": 0.30 + shift + noise, "cisi": 0.40 + noise}
+
+    seeds = {seed: {"base": scores(0, 0), "batch_shuffle_AB": scores(0.05, noise), "boom_AB": scores(0.06, -noise),
+                    "soup_AB": scores(0.06, noise)}
+             for seed, noise in ((1, 0.001), (2, -0.002), (3, 0.0015))}
+    text = run_report(tmp_path, seeds, ["nfcorpus", "cisi"])
+    assert "model-soup control: 2 full-data runs" in text
+    assert "Fine-tuning helps on nfcorpus (" in text  # cisi: no gain over the base
+    assert "BOOM − model soup on nfcorpus:" in text and "not told apart from averaging runs" in text
+    for seed in seeds.values():  # no soup: the table says it cannot separate the two
+        del seed["soup_AB"]
+    text = run_report(tmp_path / "no-soup", seeds, ["nfcorpus", "cisi"])
+    assert "bagging cannot be separated from averaging" in text
