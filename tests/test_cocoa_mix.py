@@ -108,3 +108,20 @@ def test_contrastive_command_trains_on_a_mix_of_subsets(tmp_path):
     config["data"]["contrastive"].append({"source": str(tmp_path / "missing.parquet")})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     assert_user_error(embedkit("cocoa", "contrastive", "--config", tmp_path / "c.yaml"), "missing.parquet")
+
+
+def test_pretrain_reads_several_sources_and_mmeb_train_rows_from_the_command_line(tmp_path):
+    """`data.pretrain` as a list: a jsonl in the documented format and MMEB-train parquet rows (through the
+    `datasets` reader of a local folder, as the hub's parquet is read), one input per side of each row."""
+    (tmp_path / "pre.jsonl").write_text(json.dumps({"text": "Alice hit Bob"}) + "\n")
+    hub = write_parquet(tmp_path / "snap" / "data" / "train-00000-of-00001.parquet", rows("m", 2)).parent.parent
+    from embedkit.cocoa.data import read_pretrain_records
+
+    records = read_pretrain_records([str(tmp_path / "pre.jsonl"), f"hf:{hub}"])
+    assert [r.text for r in records] == ["Alice hit Bob", "m query 0", "m positive 0", "m query 1", "m positive 1"]
+    config = {"model": {"name_or_path": str(tmp_path / "no-model")},
+              "data": {"pretrain": [str(tmp_path / "pre.jsonl"), str(tmp_path / "bad.jsonl")]},
+              "run": {"output_dir": str(tmp_path / "run"), "device": "cpu"}}
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"title": "no text"}) + "\n")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert_user_error(embedkit("cocoa", "pretrain", "--config", tmp_path / "c.yaml"), "bad.jsonl", "line 1")

@@ -134,8 +134,9 @@ class ContrastiveSubset(YamlConfig):
 
 
 class DataSettings(YamlConfig):
-    pretrain: str | None = Field(None, description="jsonl/parquet/hf:NAME[/CONFIG][:SPLIT] of {text, image, "
-                                 "description} (text or image may be missing)")
+    pretrain: str | list[str] | None = Field(
+        None, description="jsonl/parquet/hf:NAME[/CONFIG][:SPLIT] (or a list of them) of {text, image, "
+        "description} (text or image may be missing) or MMEB-train rows (each side one input)")
     contrastive: str | list[ContrastiveSubset] | None = Field(
         None, description="one jsonl/parquet/hf:... in MMEB-train form (qry, qry_image_path, pos_text, "
         "pos_image_path, neg_text, neg_image_path), read whole; or a list of subsets with caps and "

@@ -2,7 +2,8 @@
 
 Pre-training jsonl: one object per line with `text` (or `caption`) and/or `image` (or `image_path`,
 `img_path`), and optionally `description` (or `target`): a description of the image that stage 2
-reconstructs instead of the caption (`stage2.text_target: description`). Contrastive jsonl: MMEB-train's fields `qry`, `qry_image_path`, `pos_text`,
+reconstructs instead of the caption (`stage2.text_target: description`); rows in MMEB-train's layout give
+one input per side (data/cocoa/README.md). Contrastive jsonl: MMEB-train's fields `qry`, `qry_image_path`, `pos_text`,
 `pos_image_path`, `neg_text`, `neg_image_path` (Phi-3-V placeholders such as `<|image_1|>` are dropped:
 images are placed by the sequence builder), plus optional `qry_instruction` / `pos_instruction`.
 Both read jsonl, parquet (MMEB-train ships as parquet) or a hub split (`hf:TIGER-Lab/MMEB-train/
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from embedkit.errors import DataFormatError
 from embedkit.multimodal.sequence import MultimodalInput, clean_text
@@ -35,25 +35,49 @@ def _first(record: dict, *names: str):
     return None
 
 
-def read_pretrain_records(path: str | Path) -> list[MultimodalInput]:
-    """Inputs to reconstruct; each needs text or an image."""
+QUERY_TEXT, QUERY_IMAGE = ("qry", "qry_text", "query"), ("qry_image_path", "qry_img_path")
+POSITIVE_TEXT, POSITIVE_IMAGE = ("pos_text",), ("pos_image_path", "pos_img_path")
+QUERY_COLUMNS = QUERY_TEXT + QUERY_IMAGE
+POSITIVE_COLUMNS = POSITIVE_TEXT + POSITIVE_IMAGE
+
+
+def read_pretrain_records(source) -> list[MultimodalInput]:
+    """Inputs to reconstruct; each needs text or an image. `source` is one jsonl / parquet / `hf:` split or a
+    list of them (read one after the other). Rows in MMEB-train's layout (qry, qry_image_path, pos_text,
+    pos_image_path) give one input per side, so the contrastive data can be pre-trained on as well."""
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
     records = []
-    for number, record in iter_rows(path):
-        text = clean_text(_first(record, "text", "caption", "contents"))
-        image = _first(record, "image", "image_path", "img_path")
-        if text is None and image is None:
-            raise DataFormatError("a record needs 'text' or 'image'", path=path, line=number,
-                                  fields_found=record.keys())
-        description = clean_text(_first(record, "description", "target"))
-        records.append(MultimodalInput(text=text, image=image, instruction=record.get("instruction"),
-                                       description=description))
-    if not records:
-        raise DataFormatError("no records", path=path)
+    for path in sources:
+        found = 0
+        for number, record in iter_rows(path):
+            inputs = _pretrain_inputs(record)
+            if not inputs:
+                raise DataFormatError("a record needs 'text' or 'image' (or MMEB-train's qry / pos_text / "
+                                      "qry_image_path / pos_image_path)", path=path, line=number,
+                                      fields_found=record.keys())
+            records += inputs
+            found += 1
+        if not found:
+            raise DataFormatError("no records", path=path)
     return records
 
 
-def _side(record: dict, text_names: tuple[str, ...], image_names: tuple[str, ...], instruction: str,
-          path, number: int, what: str) -> MultimodalInput | None:
+def _pretrain_inputs(record: dict) -> list[MultimodalInput]:
+    text = clean_text(_first(record, "text", "caption", "contents"))
+    image = _first(record, "image", "image_path", "img_path")
+    if text is not None or image is not None:
+        description = clean_text(_first(record, "description", "target"))
+        return [MultimodalInput(text=text, image=image, instruction=record.get("instruction"),
+                                description=description)]
+    # MMEB-train rows: the query side and the positive side are two inputs; their instructions stay with them.
+    sides = [_side(record, QUERY_TEXT, QUERY_IMAGE, "qry_instruction"),
+             _side(record, POSITIVE_TEXT, POSITIVE_IMAGE, "pos_instruction")]
+    return [side for side in sides if side is not None]
+
+
+def _side(record: dict, text_names: tuple[str, ...], image_names: tuple[str, ...],
+          instruction: str) -> MultimodalInput | None:
+    """One side of an MMEB-train row (query or positive), or None when it has neither text nor image."""
     text = clean_text(_first(record, *text_names))
     image = _first(record, *image_names)
     if text is None and image is None:
@@ -61,16 +85,10 @@ def _side(record: dict, text_names: tuple[str, ...], image_names: tuple[str, ...
     return MultimodalInput(text=text, image=image, instruction=record.get(instruction))
 
 
-QUERY_COLUMNS = ("qry", "qry_text", "query", "qry_image_path", "qry_img_path")
-POSITIVE_COLUMNS = ("pos_text", "pos_image_path", "pos_img_path")
-
-
 def pair_from_row(record: dict, path, number: int) -> ContrastivePair:
     """One query / positive / hard-negatives triple from a row in MMEB-train's field names."""
-    query = _side(record, ("qry", "qry_text", "query"), ("qry_image_path", "qry_img_path"),
-                  "qry_instruction", path, number, "query")
-    positive = _side(record, ("pos_text",), ("pos_image_path", "pos_img_path"), "pos_instruction",
-                     path, number, "positive")
+    query = _side(record, QUERY_TEXT, QUERY_IMAGE, "qry_instruction")
+    positive = _side(record, POSITIVE_TEXT, POSITIVE_IMAGE, "pos_instruction")
     if query is None:
         raise DataFormatError("no query: needs 'qry' text or 'qry_image_path'", path=path, line=number,
                               fields_found=record.keys())
