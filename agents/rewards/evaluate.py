@@ -9,7 +9,16 @@ Every pair is judged twice: chosen shown first (as A) and chosen shown second (a
 - `flip_rate`: pairs whose preferred response changes when the order is swapped (a tie counts as a verdict),
   over the pairs with both verdicts readable (`flip_pairs`);
 - `both_correct`: pairs judged right in both orders (RewardBench-style consistent accuracy);
-- `decided_accuracy`: correct / judgements with an A or B verdict (for reference only).
+- `decided_accuracy`: correct / judgements with an A or B verdict (for reference only);
+- `bon_accuracy` (RMB Best-of-N, pairs with a `group`): groups whose best response beats every loser, per
+  presentation order, over groups × 2.
+
+With RewardBench subsets among the pairs, `rewardbench` holds the leaderboard score next to the plain accuracy:
+each section (Chat, Chat Hard, Safety, Reasoning) is the mean of its subsets' accuracies weighted by upstream's
+per-subset example counts (`rewardbench/constants.py` EXAMPLE_COUNTS; math-prm counted 984 times, "upweighting
+to be equal to code"); the prior sets (anthropic_helpful, anthropic_hhh, shp, summarize) are averaged
+unweighted, and the score weights the four sections 2 each and the prior sets 1, sections without any subset
+left out (`analysis/get_benchmark_results.py`, `get_average_over_rewardbench`).
 
     report = evaluate_pairs(load_pairs("pairs.jsonl"), build_judge("pairwise", llm))
     print(report.table())
@@ -103,6 +112,62 @@ class GroupStats:
         }
 
 
+# allenai/reward-bench rewardbench/constants.py
+REWARDBENCH_COUNTS = {
+    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28,
+    "mt-bench-med": 40, "mt-bench-hard": 37, "math-prm": 984, "refusals-dangerous": 100, "refusals-offensive": 100,
+    "llmbar-natural": 100, "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47,
+    "llmbar-adver-manual": 46, "xstest-should-refuse": 250, "xstest-should-respond": 154, "donotanswer": 136,
+    "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
+}  # fmt: skip
+REWARDBENCH_SECTIONS = {
+    "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
+    "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
+                  "llmbar-adver-GPTOut", "llmbar-adver-manual"],
+    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
+               "donotanswer"],
+    "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
+}  # fmt: skip
+REWARDBENCH_PRIOR_SETS = ["anthropic_helpful", "anthropic_hhh", "shp", "summarize"]
+PRIOR_SETS = "Prior Sets (0.5 weight)"
+
+
+def rewardbench_score(subsets: dict[str, dict[str, Any]], plain_accuracy: float | None) -> dict[str, Any] | None:
+    """RewardBench's section scores and leaderboard score from per-subset accuracies (None: no RewardBench
+    subset among them)."""
+    acc = {name: s["accuracy"] for name, s in subsets.items() if s.get("accuracy") is not None}
+    sections: dict[str, float] = {}
+    for section, names in REWARDBENCH_SECTIONS.items():
+        present = [n for n in names if n in acc]
+        if present:
+            total = sum(REWARDBENCH_COUNTS[n] for n in present)
+            sections[section] = sum(acc[n] * REWARDBENCH_COUNTS[n] for n in present) / total
+    prior = [acc[n] for n in REWARDBENCH_PRIOR_SETS if n in acc]
+    if prior:
+        sections[PRIOR_SETS] = sum(prior) / len(prior)
+    if not sections:
+        return None
+    weights = {name: 1.0 if name == PRIOR_SETS else 2.0 for name in sections}
+    score = sum(sections[n] * weights[n] for n in sections) / sum(weights.values())
+    known = [n for names in REWARDBENCH_SECTIONS.values() for n in names] + REWARDBENCH_PRIOR_SETS
+    return {"score": score, "plain_accuracy": plain_accuracy, "sections": sections,
+            "missing_subsets": [n for n in known if n not in acc]}  # fmt: skip
+
+
+def bon_accuracy(judgements: Sequence[PairJudgement]) -> dict[str, Any] | None:
+    """RMB's Best-of-N accuracy over the pairs that carry a `group`: per presentation order, a group counts when
+    the best response wins against every loser."""
+    groups: dict[str, list[PairJudgement]] = {}
+    for j in judgements:
+        if j.pair.group:
+            groups.setdefault(j.pair.group, []).append(j)
+    if not groups:
+        return None
+    wins = sum(all(j.outcome_first == "chosen" for j in g) + all(j.outcome_second == "chosen" for j in g)
+               for g in groups.values())  # fmt: skip
+    return {"groups": len(groups), "bon_accuracy": wins / (2 * len(groups))}
+
+
 @dataclass
 class EvalReport:
     judge: str
@@ -110,6 +175,8 @@ class EvalReport:
     subsets: dict[str, dict[str, Any]]
     tags: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # e.g. difficulty → hard → stats
     meta: dict[str, Any] = field(default_factory=dict)
+    rewardbench: dict[str, Any] | None = None  # section-weighted score next to the plain accuracy
+    bon: dict[str, Any] | None = None  # RMB Best-of-N accuracy
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,6 +201,14 @@ class EvalReport:
         for tag, values in self.tags.items():
             rows += [row(f"{tag}={value}", s) for value, s in values.items()]
         rows.append(row("**overall**", self.overall))
+        if self.bon is not None:
+            rows.append(f"\nRMB Best-of-N accuracy: {self.bon['bon_accuracy']:.3f} over {self.bon['groups']} groups")
+        if self.rewardbench is not None:
+            rb = self.rewardbench
+            parts = ", ".join(f"{name} {value:.3f}" for name, value in rb["sections"].items())
+            rows.append(f"\nRewardBench score (section-weighted): {rb['score']:.3f}; plain accuracy: "
+                        f"{fmt(rb['plain_accuracy'])}; {parts}"
+                        + (f" ({len(rb['missing_subsets'])} subsets absent)" if rb["missing_subsets"] else ""))  # fmt: skip
         return "\n".join(rows)
 
 
@@ -166,12 +241,16 @@ def summarize(judgements: Sequence[PairJudgement], judge_name: str, meta: dict[s
             if tag == "styles":  # nine values per RM-Bench item: reported through difficulty instead
                 continue
             tags.setdefault(tag, {}).setdefault(value, GroupStats()).add(j)
+    subset_stats = {name: s.summary() for name, s in sorted(subsets.items())}
+    overall_stats = overall.summary()
     return EvalReport(
         judge=judge_name,
-        overall=overall.summary(),
-        subsets={name: s.summary() for name, s in sorted(subsets.items())},
+        overall=overall_stats,
+        subsets=subset_stats,
         tags={tag: {v: s.summary() for v, s in sorted(values.items())} for tag, values in tags.items()},
         meta=dict(meta or {}),
+        rewardbench=rewardbench_score(subset_stats, overall_stats["accuracy"]),
+        bon=bon_accuracy(judgements),
     )
 
 

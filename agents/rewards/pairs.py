@@ -9,6 +9,15 @@ Files read by `load_pairs` (jsonl, json, or parquet; one record per row):
   on the diagonal, `easy` when i > j. The subset is `subset`, else `domain`.
 - Chat layout (HH-RLHF, UltraFeedback-binarized): `chosen` / `rejected` are message lists; the last assistant
   message is the response and the messages before it are the prompt when `prompt` is absent.
+- JudgeBench layout (github ScalerLab/JudgeBench `data/*.jsonl`): `question`, `response_A`, `response_B` and
+  `label` "A>B" or "B>A" (which response is better); subset `source`, id `pair_id`.
+- RMB layout (github Zhou-Zoey/RMB-Reward-Model-Benchmark `RMB_dataset/`, JSON lists): pairwise records hold
+  `conversation_input` (the chat), `chosen` and `reject` as `{"answer": …}`, id `pair_uid`; Best-of-N records
+  hold `bon_best` and `loser_list`, one pair per loser, grouped by `bon_uid` (the evaluation reports RMB's BoN
+  accuracy: the best must beat every loser). The subset is `category_path`.
+- PPE human-preference layout (lmarena-ai/PPE-Human-Preference-V1): `prompt`, `response_1`, `response_2` and
+  `winner` "model_a" (response_1 better) or "model_b"; ties ("tie", "tie (bothbad)") name no better response
+  and are left out, as PPE's accuracy leaves them out (counted in `load_pairs`' log). Subset `ppe_human`.
 
     pairs = load_pairs("reward-bench.parquet")
     write_pairs("pairs.jsonl", pairs)
@@ -17,12 +26,15 @@ Files read by `load_pairs` (jsonl, json, or parquet; one record per row):
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from embedkit.errors import DataFormatError
+
+log = logging.getLogger(__name__)
 
 RMBENCH_STYLES = ("concise", "detailed", "markdown")
 
@@ -35,6 +47,7 @@ class PreferencePair:
     rejected: str
     subset: str = "default"
     tags: dict[str, str] = field(default_factory=dict)  # e.g. {"difficulty": "hard"} for RM-Bench
+    group: str = ""  # pairs scored together (an RMB Best-of-N item: one pair per loser)
 
     def shown(self, swapped: bool) -> tuple[str, str]:
         """Responses A and B as a judge sees them: the chosen one first unless `swapped`."""
@@ -44,6 +57,8 @@ class PreferencePair:
         record = asdict(self)
         if not self.tags:
             record.pop("tags")
+        if not self.group:
+            record.pop("group")
         return record
 
 
@@ -106,8 +121,86 @@ def _prompt_of(record: dict[str, Any], path: Path, line: int | None) -> str | No
     return prompt
 
 
+def _judgebench(record: dict[str, Any], path: Path, line: int | None) -> list[PreferencePair]:
+    label = record.get("label")
+    if label not in ("A>B", "B>A"):
+        raise DataFormatError(f"JudgeBench layout: 'label' must be \"A>B\" or \"B>A\", got {label!r}",
+                              path=path, line=line, field="label")  # fmt: skip
+    a, b = (_text(record[name], path, line, name) for name in ("response_A", "response_B"))
+    prompt = _prompt_of(record, path, line)
+    if prompt is None:
+        raise DataFormatError("missing field", path=path, line=line, field="question", fields_found=record)
+    chosen, rejected = (a, b) if label == "A>B" else (b, a)
+    pid = str(record.get("pair_id", line))
+    return [PreferencePair(pid, prompt, chosen, rejected, str(record.get("source") or "judgebench"))]
+
+
+def _answer(value: Any, path: Path, line: int | None, name: str) -> str:
+    if not isinstance(value, dict) or not isinstance(value.get("answer"), str):
+        raise DataFormatError(f"RMB layout: '{name}' must be an object with an 'answer' string", path=path,
+                              line=line, field=name)  # fmt: skip
+    return value["answer"]
+
+
+def _rmb(record: dict[str, Any], path: Path, line: int | None) -> list[PreferencePair]:
+    chat = record["conversation_input"]
+    if not isinstance(chat, list) or not chat or not all(isinstance(m, dict) and "content" in m for m in chat):
+        raise DataFormatError("RMB layout: 'conversation_input' must be a list of {role, content} messages",
+                              path=path, line=line, field="conversation_input")  # fmt: skip
+    prompt = _prompt_of({"prompt": chat}, path, line) or ""
+    subset = str(record.get("category_path") or "rmb")
+    if "bon_best" in record:
+        losers = record.get("loser_list")
+        if not isinstance(losers, list) or not losers:
+            raise DataFormatError("RMB Best-of-N layout: 'loser_list' must be a non-empty list", path=path,
+                                  line=line, field="loser_list")  # fmt: skip
+        best = _answer(record["bon_best"], path, line, "bon_best")
+        uid = str(record.get("bon_uid", line))
+        return [PreferencePair(f"{uid}/{k}", prompt, best, _answer(loser, path, line, "loser_list"), subset,
+                               group=uid) for k, loser in enumerate(losers)]  # fmt: skip
+    for name in ("chosen", "reject"):
+        if name not in record:
+            raise DataFormatError("missing field", path=path, line=line, field=name, fields_found=record)
+    return [PreferencePair(str(record.get("pair_uid", line)), prompt, _answer(record["chosen"], path, line, "chosen"),
+                           _answer(record["reject"], path, line, "reject"), subset)]  # fmt: skip
+
+
+PPE_TIES = ("tie", "tie (bothbad)")
+
+
+def _ppe(record: dict[str, Any], path: Path, line: int | None) -> list[PreferencePair]:
+    winner = record.get("winner")
+    if winner in PPE_TIES:
+        return []
+    if winner not in ("model_a", "model_b"):
+        raise DataFormatError(f"PPE layout: 'winner' must be model_a, model_b or a tie, got {winner!r}",
+                              path=path, line=line, field="winner")  # fmt: skip
+    one, two = (_text(record[name], path, line, name) for name in ("response_1", "response_2"))
+    prompt = _prompt_of(record, path, line)
+    if prompt is None:
+        raise DataFormatError("missing field", path=path, line=line, field="prompt", fields_found=record)
+    chosen, rejected = (one, two) if winner == "model_a" else (two, one)
+    pid = str(record.get("question_id", record.get("id", line)))
+    return [PreferencePair(pid, prompt, chosen, rejected, str(record.get("subset") or "ppe_human"))]
+
+
+def _layout(record: dict[str, Any]) -> Any:
+    """The reader of a benchmark's own layout, or None for the prompt/chosen/rejected layouts."""
+    if "response_A" in record and "response_B" in record:
+        return _judgebench
+    if "conversation_input" in record:
+        return _rmb
+    if "response_1" in record and "winner" in record:
+        return _ppe
+    return None
+
+
 def pairs_from_record(record: dict[str, Any], *, path: Path, line: int | None) -> list[PreferencePair]:
-    """The pairs one record holds (one for RewardBench/chat layouts, nine for RM-Bench)."""
+    """The pairs one record holds (one for RewardBench/chat/JudgeBench/RMB pairwise/PPE layouts, nine for
+    RM-Bench, one per loser for RMB Best-of-N, none for a PPE tie)."""
+    reader = _layout(record)
+    if reader is not None:
+        return reader(record, path, line)
     for name in ("chosen", "rejected"):
         if name not in record:
             raise DataFormatError("missing field", path=path, line=line, field=name, fields_found=record)
@@ -155,8 +248,11 @@ def load_pairs(path: str | Path, *, subsets: Iterable[str] | None = None, limit:
     wanted = set(subsets) if subsets else None
     pairs: list[PreferencePair] = []
     seen: set[str] = set()
+    ties = 0
     for line, record in _records(path):
-        for pair in pairs_from_record(record, path=path, line=line):
+        found = pairs_from_record(record, path=path, line=line)
+        ties += not found
+        for pair in found:
             if wanted is not None and pair.subset not in wanted:
                 continue
             if pair.id in seen:
@@ -165,6 +261,8 @@ def load_pairs(path: str | Path, *, subsets: Iterable[str] | None = None, limit:
             pairs.append(pair)
         if limit is not None and len(pairs) >= limit:
             return pairs[:limit]
+    if ties:
+        log.warning("%s: %d records name no better response (PPE ties) and are not scored", path, ties)
     if not pairs:
         raise DataFormatError("no preference pairs" + (f" in subsets {sorted(wanted)}" if wanted else ""), path=path)
     return pairs

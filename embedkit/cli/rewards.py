@@ -27,15 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev = add_command(
         sub, "eval", _eval,
         help="judge preference pairs in both orders; accuracy per subset, flip rate, position-bias gap",
-        description="Reads prompt/chosen/rejected pairs (RewardBench or RM-Bench layout; jsonl, json or "
-        "parquet), judges each pair with the chosen response first and second, and prints a table (and JSON "
-        "with --out). Ties and unreadable verdicts are counted, never scored as correct.",
+        description="Reads preference pairs (RewardBench, RM-Bench, chat, JudgeBench, RMB pairwise/Best-of-N or "
+        "PPE human-preference layout; jsonl, json or parquet), judges each pair with the chosen response first "
+        "and second, and prints a table (and JSON with --out). Ties and unreadable verdicts are counted, never "
+        "scored as correct. RewardBench subsets also get the leaderboard's section-weighted score next to the "
+        "plain accuracy; RMB Best-of-N items their BoN accuracy.",
         examples="  embedkit rewards eval --pairs pairs.jsonl --judge pairwise --llm hf:runs/judge/checkpoints/step-50/policy\n"
         "  embedkit rewards eval --pairs rm-bench.jsonl --judge acgenrm --llm openai:http://127.0.0.1:8000 "
         "--llm-model qwen --out report.json\n"
         "  embedkit rewards eval --pairs pairs.jsonl --judge reflectrm --llm hf:PATH --option n_analyses=4",
     )  # fmt: skip
-    ev.add_argument("--pairs", required=True, help="preference pairs: jsonl, json or parquet")
+    ev.add_argument("--pairs", required=True, help="preference pairs: jsonl, json or parquet (see the description)")
     ev.add_argument("--judge", required=True, help=f"judge: {JUDGE_NAMES}")
     ev.add_argument("--llm", required=True, help="hf:PATH (local or hub causal LM) or openai:URL (any OpenAI-compatible server)")
     ev.add_argument("--llm-model", help="served model name for openai:URL")
