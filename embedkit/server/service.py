@@ -58,6 +58,9 @@ MANIFEST_NAME = "manifest.json"
 DOCUMENT_SAMPLE = 512
 #: JSON around one hit besides its document's id, title and text (keys, quotes, score, rank), rounded up.
 HIT_OVERHEAD_BYTES = 96
+#: Hits (documents with their text) one slice of a request may hold: 256 queries x 100. Deeper searches (a
+#: /search filtered by include_ids looks 1,000 deep) get slices of fewer queries, so memory stays per hit.
+SLICE_HITS = 25_600
 
 
 @dataclass(frozen=True)
@@ -350,13 +353,15 @@ class RetrievalService:
 
     async def search_slices(self, queries: Sequence[str], k: int, mode: Mode | None = None,
                             fusion: FusionConfig | None = None) -> AsyncGenerator[list[list[Passage]], None]:
-        """Hits per query in slices of up to `batching.max_batch_size` queries, in order, each once it is done.
+        """Hits per query in slices of up to `batching.max_batch_size` queries (fewer for deep searches, see
+        `SLICE_HITS`), in order, each once it is done.
 
         A big request's slices take turns with other requests (`MicroBatcher.stream`), and the caller can send
         each slice on and drop it, so the answer is never held whole.
         """
         mode = self.mode(mode)
-        size = self.config.batching.max_batch_size
+        depth = max(k, self.config.hybrid_depth) if mode == "hybrid" else k
+        size = max(1, min(self.config.batching.max_batch_size, SLICE_HITS // depth))
         # Every slice searches the index served when the request came in: a reload switches between requests.
         index = {kind: served.index for kind, served in self.served.items()}
         if mode != "hybrid":
@@ -365,7 +370,6 @@ class RetrievalService:
                 async for part in slices:
                     yield part
             return
-        depth = max(k, self.config.hybrid_depth)
         config = fusion or self.config.fusion
         async with contextlib.aclosing(self.batchers["dense"].stream(queries, depth, size=size,
                                                                      target=index["dense"])) as dense, \
