@@ -127,9 +127,11 @@ def _open_lock_file(real: Path) -> int:
     except OSError as error:
         if error.errno in NOT_WRITABLE_ERRNOS:
             raise not_writable(error, real) from None
-        what = "is a symbolic link" if error.errno == errno.ELOOP else f"cannot be opened ({error.strerror})"
-        raise EmbedkitError(f"cannot lock {real}: its lock file {target} {what}; remove it (embedkit creates a "
-                            "plain empty file there)") from None
+        if error.errno in (errno.ELOOP, errno.EISDIR):
+            what = "a symbolic link" if error.errno == errno.ELOOP else "a folder"
+            raise EmbedkitError(f"cannot lock {real}: its lock file {target} is {what}; remove it (embedkit "
+                                "creates a plain empty file there)") from None
+        raise EmbedkitError(f"cannot lock {real}: cannot open its lock file {target} ({error.strerror})") from None
 
 
 def _flock(fd: int, *, unlock: bool = False) -> bool:
