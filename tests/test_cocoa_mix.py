@@ -125,3 +125,14 @@ def test_pretrain_reads_several_sources_and_mmeb_train_rows_from_the_command_lin
     (tmp_path / "bad.jsonl").write_text(json.dumps({"title": "no text"}) + "\n")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     assert_user_error(embedkit("cocoa", "pretrain", "--config", tmp_path / "c.yaml"), "bad.jsonl", "line 1")
+
+
+def test_a_subset_the_weights_would_empty_and_bad_lines_are_reported_exactly(tmp_path):
+    small = write_parquet(tmp_path / "small.parquet", rows("s", 3))
+    with pytest.raises(DataFormatError, match="small.parquet.*weight 0.1 leaves none"):
+        read_contrastive_pairs([{"source": str(small), "weight": 0.1}])
+    spaced = tmp_path / "spaced.jsonl"
+    spaced.write_text("\n" + json.dumps(rows("x", 1)[0]) + "\n\n{broken\n")
+    mix = read_contrastive_pairs([{"source": str(spaced)}])
+    with pytest.raises(DataFormatError, match="spaced.jsonl, line 4"):
+        mix[1]

@@ -51,7 +51,7 @@ class _Rows:
             self._count = self._table.num_rows
         else:
             self._table = None
-            self._offsets = _line_offsets(Path(source), cap)
+            self._offsets, self._lines = _line_offsets(Path(source), cap)
             self.columns = list(self._row(0)) if self._offsets else []
             self._count = len(self._offsets)
         if cap is not None:
@@ -69,13 +69,17 @@ class _Rows:
                 return json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataFormatError(f"not valid JSON: {error.msg}", path=self.source,
-                                      line=index + 1) from None
+                                      line=self.line(index)) from None
         if hasattr(self._table, "slice"):  # pyarrow table
             return self._table.slice(index, 1).to_pylist()[0]
         return dict(self._table[index])  # datasets.Dataset: decodes this row only
 
+    def line(self, index: int) -> int:
+        """The row's line in a jsonl file (blank lines counted), its row number otherwise."""
+        return self._lines[index] if self._table is None else index + 1
+
     def pair(self, index: int) -> ContrastivePair:
-        return pair_from_row(self._row(index), self.source, index + 1)
+        return pair_from_row(self._row(index), self.source, self.line(index))
 
 
 def _hub_table(source: str, cap: int | None):
@@ -91,19 +95,20 @@ def _hub_table(source: str, cap: int | None):
                               path=source) from None
 
 
-def _line_offsets(path: Path, cap: int | None) -> list[int]:
-    """Byte offsets of the non-blank lines of a jsonl file (the first `cap`)."""
+def _line_offsets(path: Path, cap: int | None) -> tuple[list[int], list[int]]:
+    """Byte offsets and line numbers of the non-blank lines of a jsonl file (the first `cap`)."""
     if not path.is_file():
         raise DataFormatError("file not found", path=path)
-    offsets, position = [], 0
+    offsets, lines, position = [], [], 0
     with open(path, "rb") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, 1):
             if line.strip():
                 offsets.append(position)
+                lines.append(number)
                 if cap is not None and len(offsets) >= cap:
                     break
             position += len(line)
-    return offsets
+    return offsets, lines
 
 
 class ContrastiveMix(Sequence):
@@ -130,8 +135,10 @@ class ContrastiveMix(Sequence):
                                           path=entry.source, fields_found=rows.columns)
             subsets.append(rows)
         mix = cls(subsets, [entry.weight for entry in entries])
-        if len(mix) == 0:
-            raise DataFormatError("the weights leave no rows in the training mix", field="data.contrastive")
+        for entry, size in zip(entries, mix.sizes, strict=True):
+            if size == 0:  # never drop a subset silently
+                raise DataFormatError(f"weight {entry.weight} leaves none of its rows in the training mix",
+                                      path=entry.source, field="data.contrastive")
         return mix
 
     def __len__(self) -> int:
