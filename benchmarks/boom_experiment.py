@@ -324,7 +324,9 @@ def reading(per_model: dict, ood: list[str]) -> list[str]:
         diff = paired_difference(per_model, "batch_shuffle_AB", "base", name)
         if diff is not None and diff[1] > 0 and diff[0] > 2 * diff[1]:
             helped.append(name)
-    if not helped:
+    if paired_difference(per_model, "batch_shuffle_AB", "base", "OOD mean") is None:
+        lines.append("- No base and batch-shuffling results for the same seeds: where fine-tuning helps is unknown.")
+    elif not helped:
         lines.append("- Fine-tuning on A+B helps on none of the OOD sets (batch shuffling is not above the base by more "
                      "than two standard errors on any), so this table cannot test BOOM's OOD claim: a merge that only "
                      "undoes part of the fine-tuning would look \"more robust\" here for that reason alone.")
@@ -338,8 +340,8 @@ def reading(per_model: dict, ood: list[str]) -> list[str]:
     for column in [*helped, "OOD mean"]:
         diff = paired_difference(per_model, "boom_AB", "soup_AB", column)
         if diff is None:
-            lines.append(f"- BOOM − model soup on {column}: no soup result, so bagging cannot be separated from "
-                         "averaging several runs.")
+            lines.append(f"- BOOM − model soup on {column}: no BOOM and soup results for the same seeds, so "
+                         "bagging cannot be separated from averaging several runs.")
             break
         separated = diff[1] > 0 and abs(diff[0]) > 2 * diff[1]
         lines.append(f"- BOOM − model soup on {column}: {diff[0]:+.4f} ± {diff[1]:.4f} — "

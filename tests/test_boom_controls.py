@@ -252,4 +252,4 @@ def test_experiment_report_separates_bagging_from_averaging_where_fine_tuning_he
     for seed in seeds.values():  # no soup: the table says it cannot separate the two
         del seed["soup_AB"]
     text = run_report(tmp_path / "no-soup", seeds, ["nfcorpus", "cisi"])
-    assert "bagging cannot be separated from averaging" in text
+    assert "so bagging cannot be separated from averaging" in text

@@ -44,7 +44,15 @@ def check_base_folder(base: str | None) -> None:
 
 
 def is_plain_transformers(base: str | None) -> bool:
-    return base is not None and Path(base).is_dir() and not (Path(base) / "modules.json").exists()
+    """True for a transformers model that is not a sentence-transformers model: a local folder without
+    modules.json, or a hub id whose repository has none (how the trainer decides to wrap it, too)."""
+    if base is None:
+        return False
+    if Path(base).is_dir():
+        return not (Path(base) / "modules.json").exists()
+    from embedkit.training.modeling import _hub_is_sentence_transformer
+
+    return not _hub_is_sentence_transformer(base)
 
 
 def check_recipe(method: str, models: list[str], weights: list[float] | None, base: str | None,

@@ -76,8 +76,13 @@ def merge_inputs(models: list[str], weights: list[float] | None, base: str | Non
 def check_bag_merge(config: BoomConfig) -> str | None:
     """Every precondition of the bag merge, checked before training (see `embedkit.boom.preflight`); returns
     the merge base to use (a plain transformers base becomes the embedder the bags start from)."""
-    from embedkit.boom.preflight import check_base_folder, check_recipe, embedder_base, is_plain_transformers
-    from embedkit.boom.preflight import require_mergekit
+    from embedkit.boom.preflight import (
+        check_base_folder,
+        check_recipe,
+        embedder_base,
+        is_plain_transformers,
+        require_mergekit,
+    )
 
     require_mergekit()
     base = merge_base(config.merge, config.model)

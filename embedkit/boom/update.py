@@ -122,8 +122,13 @@ def check_update_merge(current: str, output_dir: Path, backbone: str, merge: Mer
     """Every precondition of the update's merge, checked before the update model trains (see
     `embedkit.boom.preflight`). A plain transformers merge base is replaced by the embedder built from it;
     returns the merge and update settings and the backbone to merge with."""
-    from embedkit.boom.preflight import check_base_folder, check_recipe, embedder_base, is_plain_transformers
-    from embedkit.boom.preflight import require_mergekit
+    from embedkit.boom.preflight import (
+        check_base_folder,
+        check_recipe,
+        embedder_base,
+        is_plain_transformers,
+        require_mergekit,
+    )
 
     require_mergekit()
     plan = update_merge_plan(current, str(output_dir / "update"), backbone, merge, settings)

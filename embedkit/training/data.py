@@ -12,11 +12,12 @@ Row layouts read (each cell a string or a list of strings; `prompt` is an option
 | sentence-transformers triplets / n-tuples | `anchor`, `query` or `question` | `positive` (pairs: also `answer`, `document`, `pos`) | `negative`, `negative_1..k`, `negatives` or `neg` |
 | sentence pairs | `sentence1` | `sentence2` | (none) |
 
-Columns that hold no text (ids, `pos_scores`/`neg_scores`, `type`, `prompt`) are ignored. A row is refused
-with its file, line and columns, never read partly, when it names no query or positive column, when two
-columns claim the same role (`query` and `anchor`, `neg` and `negative`), when a positive/negative-looking
-column is not one of the above (`hard_negatives`, `negative_passages`, …), or when it carries a `label` or
-`score` column (pair-classification / similarity rows: their second text is not a positive).
+Columns that hold no training text (ids and scores such as `positive_id` or `neg_scores`, `type`, `source`)
+are ignored; `instruction` is read as `prompt`. A row is refused with its file, line and columns, never
+read partly, when it names no query or positive column, when two columns claim the same role (`query` and
+`anchor`, `neg` and `negative`), when another column could hold text (`hard_negatives`, `negative_passages`,
+`text`, …), or when it carries a `label` or `score` column (pair-classification / similarity rows: their
+second text is not necessarily a positive).
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ QUERY_COLUMNS = ("query", "anchor", "question", "sentence1")
 POSITIVE_COLUMNS = ("pos", "positive", "answer", "document", "sentence2")
 NEGATIVE_COLUMNS = ("neg", "negative", "negatives")  # plus negative_1..k
 #: Columns that hold no training text; anything else that looks like a query/passage column is refused.
-IGNORED_COLUMNS = frozenset({"id", "_id", "query_id", "qid", "prompt", "type", "pos_scores", "neg_scores",
-                             "pos_id", "neg_id", "source", "dataset", "task", "instruction"})
+IGNORED_COLUMNS = frozenset({"id", "_id", "qid", "prompt", "instruction", "type", "source", "dataset", "task"})
+#: ids and scores of the texts (`query_id`, `positive_id`, `neg_scores`, `negative_ids`): no text to lose.
+IGNORED_SUFFIXES = ("_id", "_ids", "_score", "_scores")
 LABEL_COLUMNS = ("label", "labels", "score", "similarity")
 
 
@@ -119,7 +121,10 @@ def _load_rows(source, path, *, default_split: str = "train") -> list[QueryGroup
         if not positives:
             raise DataFormatError("no positive passage", path=path, line=line_no, field="pos", fields_found=record)
         negatives = _as_text_list(_flatten(neg), path, line_no, "neg")
-        prompt = record.get("prompt")
+        if record.get("prompt") is not None and record.get("instruction") is not None:
+            raise DataFormatError("both `prompt` and `instruction`: keep one (the per-row instruction)", path=path,
+                                  line=line_no, field="instruction", fields_found=record)
+        prompt = record.get("prompt", record.get("instruction"))
         if prompt is not None and not isinstance(prompt, str):
             raise DataFormatError("expected a string", path=path, line=line_no, field="prompt")
         groups.append(QueryGroup(query, positives, negatives, prompt or None))
@@ -155,8 +160,8 @@ def _row_roles(record: dict, path, line: int):
     if "neg" in negatives and len(negatives) > 1:
         raise refuse(f"columns {negatives} all look like negatives; use `neg` alone or `negative`/`negative_1..k`",
                      negatives[1])
-    unknown = [c for c in columns if c not in IGNORED_COLUMNS and c not in queries and c not in positives
-               and c not in negatives]
+    unknown = [c for c in columns if c not in IGNORED_COLUMNS and not c.endswith(IGNORED_SUFFIXES)
+               and c not in queries and c not in positives and c not in negatives]
     if unknown:
         raise refuse(f"column '{unknown[0]}' is not a column embedkit reads; rename it to one of the layouts "
                      "(its text would otherwise be dropped)", unknown[0])
@@ -172,9 +177,9 @@ def _negative_order(key: str) -> tuple[int, str]:
 
 
 def _flatten(value):
-    # sentence-transformers rows with several negative columns may each hold a string or a list.
+    # Cells of several negative columns (and sentence-transformers list cells) may each hold a string or a list.
     if isinstance(value, list) and any(isinstance(v, list) for v in value):
-        return [x for v in value for x in (v if isinstance(v, list) else [v])]
+        return [x for v in value for x in (_flatten(v) if isinstance(v, list) else [v])]
     return value
 
 
