@@ -16,7 +16,7 @@ from embedkit.index import Index, build_dense_index
 from tests.helpers import MULTIHOP_DOCS
 from tests.test_index_integrity import assert_user_error, embedkit
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # subprocesses
 
 QUESTION = Question("q1", "What government position was held by the actress who starred in the film Kiss and Tell?",
                     ["Chief of Protocol"])  # fmt: skip

@@ -13,6 +13,8 @@ from agents.rewards.training import consistrm_records, write_records_jsonl
 from embedkit.torch_load import load_tensors
 from tests.test_index_integrity import assert_user_error, embedkit
 
+pytestmark = pytest.mark.slow  # subprocesses
+
 
 @pytest.fixture(scope="module")
 def judge_files(tmp_path_factory):

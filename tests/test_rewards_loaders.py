@@ -14,6 +14,8 @@ from fastapi import FastAPI, Request
 from tests.helpers import running_server
 from tests.test_index_integrity import assert_user_error, embedkit
 
+pytestmark = pytest.mark.slow  # subprocesses
+
 
 def _judge_app():
     """Picks the response containing GOOD (position A when both or neither do)."""

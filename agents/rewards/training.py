@@ -6,7 +6,11 @@
   as `round` (what ConsistRM's temporal consistency counts).
 - `GRMTrainer`: `agents.rl.trainer.RLTrainer` (which checkpoints the reward's state: ConsistRM's per-item
   memory) plus the task's position in the current pass, saved beside every checkpoint and restored on
-  resume, so an interrupted and resumed run samples and labels exactly as an uninterrupted one.
+  resume, so an interrupted and resumed run samples and labels exactly as an uninterrupted one. Each step's
+  metrics say how much every prompt domain (ReflectRM's `response` and `analysis` tasks) fed the policy
+  gradient: `trained_rows/<domain>` (responses with a non-zero advantage: their terms are in the loss) and
+  `advantage_abs/<domain>` (mean |advantage| over the domain's response tokens). A domain whose groups all
+  score alike (e.g. every analysis choice unreadable) shows 0 there: it was rolled out but taught nothing.
 - `consistrm_records` / `acpo_records`: training prompts from any preference-pair file (ReflectRM's builder
   lives in `agents.rewards.reflectrm`).
 
@@ -28,7 +32,7 @@ from typing import Any
 from agents.rewards.pairs import PreferencePair
 from agents.rl.config import RLConfig
 from agents.rl.tasks import Example, Task
-from agents.rl.trainer import RLTrainer
+from agents.rl.trainer import Prepared, RLTrainer
 from embedkit.errors import DataFormatError, EmbedkitError
 from embedkit.io import atomic_write
 
@@ -104,6 +108,17 @@ class GRMTrainer(RLTrainer):
     itself, so every checkpoint that exists has it; a resume reads the state of its step.
     """
 
+    def prepare(self, trajectories: list[Any], rewards: list[float], domains: list[str]) -> Prepared:
+        prep = super().prepare(trajectories, rewards, domains)
+        self._domain_metrics = domain_contributions(prep, domains)
+        return prep
+
+    def step(self, step: int) -> dict[str, Any]:
+        self._domain_metrics: dict[str, float] = {}
+        metrics = super().step(step)
+        metrics.update(self._domain_metrics)
+        return metrics
+
     def _stateful(self) -> dict[str, Any]:
         return {"task": self.task} if callable(getattr(self.task, "state_dict", None)) else {}
 
@@ -137,6 +152,19 @@ class GRMTrainer(RLTrainer):
         for name, part in parts.items():
             if name in state:
                 part.load_state_dict(state[name])
+
+
+def domain_contributions(prep: Prepared, domains: Sequence[str]) -> dict[str, float]:
+    """Per domain: responses whose advantage is non-zero on some token (in the loss) and the mean |advantage|
+    over its response tokens."""
+    weight = (prep.advantages.abs() * prep.mask).detach().cpu()
+    tokens = prep.mask.detach().cpu()
+    out: dict[str, float] = {}
+    for index, name in enumerate(sorted(set(domains))):
+        rows = prep.domain_of_row == index
+        out[f"trained_rows/{name}"] = float((weight[rows].sum(-1) > 0).sum())
+        out[f"advantage_abs/{name}"] = float(weight[rows].sum() / tokens[rows].sum().clamp_min(1))
+    return out
 
 
 def train_grm(config: RLConfig, **pieces: Any) -> list[dict]:

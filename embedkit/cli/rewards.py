@@ -78,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--n-analyses", type=int, default=4, help="reflectrm: analyses sampled per pair (default: 4)")
     pr.add_argument("--ratio", type=float, default=4.0,
                     help="reflectrm: response-preference prompts per analysis-preference prompt (default: 4, inferred from the paper)")  # fmt: skip
-    pr.add_argument("--demonstrations", action="store_true", help="consistrm: add format-only demonstrations for a warm-up")
+    pr.add_argument("--demonstrations", action="store_true",
+                    help="consistrm, reflectrm: add format-only demonstrations (random verdicts / choices) for a warm-up")
     pr.add_argument("--long-form-subsets", default="", help="acpo: comma-separated subsets whose queries are long-form")
     pr.add_argument("--seed", type=int, default=0)
 
@@ -158,7 +159,8 @@ def _build_prompts(args: argparse.Namespace) -> int:
         backend = build_llm(args.llm, model=args.llm_model) if args.llm else None
         if backend is None:
             print("no --llm: building the response-preference task only", file=sys.stderr)
-        records = reflectrm_records(pairs, backend, n_analyses=args.n_analyses, ratio=args.ratio, seed=args.seed)
+        records = reflectrm_records(pairs, backend, n_analyses=args.n_analyses, ratio=args.ratio, seed=args.seed,
+                                    demonstrations=args.demonstrations)  # fmt: skip
     write_records_jsonl(args.out, records)
     counts: dict[str, int] = {}
     for record in records:
