@@ -10,8 +10,9 @@ VLM2Vec trains on MMEB-train's 20 subsets, taking the first `num_sample_per_subs
 
 A subset keeps its first `cap` rows (all without a cap); its `weight` scales how many entries it puts in
 one pass over the mix: round(weight x kept rows), going through its rows in order and round again when
-the weight is above 1. Rows stay where they are (a memory-mapped parquet/Arrow table, a jsonl file read
-at byte offsets), so images are decoded one batch at a time, never all at once. Column names are checked
+the weight is above 1. Rows stay where they are (parquet and hub splits as memory-mapped Arrow datasets,
+which `datasets` writes once into its cache; jsonl files read at byte offsets), so rows and images are
+decoded one batch at a time, never all at once. Column names are checked
 when the mix opens; a row that cannot be read is refused with its file and line when it is reached.
 """
 
@@ -39,16 +40,9 @@ class _Rows:
             self.columns = list(self._table.column_names)
             self._count = len(self._table)
         elif Path(source).suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            if not Path(source).is_file():
-                raise DataFormatError("file not found", path=source)
-            try:
-                self._table = pq.read_table(source, memory_map=True)
-            except Exception as error:  # noqa: BLE001 - pyarrow raises several types for unreadable files
-                raise DataFormatError(f"not a readable parquet file: {error}", path=source) from None
+            self._table = _parquet_table(Path(source))
             self.columns = list(self._table.column_names)
-            self._count = self._table.num_rows
+            self._count = len(self._table)
         else:
             self._table = None
             self._offsets, self._lines = _line_offsets(Path(source), cap)
@@ -70,9 +64,7 @@ class _Rows:
             except json.JSONDecodeError as error:
                 raise DataFormatError(f"not valid JSON: {error.msg}", path=self.source,
                                       line=self.line(index)) from None
-        if hasattr(self._table, "slice"):  # pyarrow table
-            return self._table.slice(index, 1).to_pylist()[0]
-        return dict(self._table[index])  # datasets.Dataset: decodes this row only
+        return dict(self._table[index])  # a memory-mapped datasets.Dataset: decodes this row only
 
     def line(self, index: int) -> int:
         """The row's line in a jsonl file (blank lines counted), its row number otherwise."""
@@ -93,6 +85,19 @@ def _hub_table(source: str, cap: int | None):
     except Exception as error:  # noqa: BLE001 - offline, unknown name, missing split: all the user's to fix
         raise DataFormatError(f"cannot load the hub dataset: {type(error).__name__}: {error}",
                               path=source) from None
+
+
+def _parquet_table(path: Path):
+    """A local parquet file as a memory-mapped Arrow dataset (`datasets` converts it once into its cache, as
+    it does the hub's parquet), so rows are not held decompressed in memory."""
+    from datasets import Dataset
+
+    if not path.is_file():
+        raise DataFormatError("file not found", path=path)
+    try:
+        return Dataset.from_parquet(str(path))
+    except Exception as error:  # noqa: BLE001 - pyarrow/datasets raise several types for unreadable files
+        raise DataFormatError(f"not a readable parquet file: {type(error).__name__}: {error}", path=path) from None
 
 
 def _line_offsets(path: Path, cap: int | None) -> tuple[list[int], list[int]]:
