@@ -108,13 +108,15 @@ class GRMTrainer(RLTrainer):
     itself, so every checkpoint that exists has it; a resume reads the state of its step.
     """
 
+    _domain_metrics: dict[str, float] = {}  # the current step's per-domain contributions (set in prepare)
+
     def prepare(self, trajectories: list[Any], rewards: list[float], domains: list[str]) -> Prepared:
         prep = super().prepare(trajectories, rewards, domains)
         self._domain_metrics = domain_contributions(prep, domains)
         return prep
 
     def step(self, step: int) -> dict[str, Any]:
-        self._domain_metrics: dict[str, float] = {}
+        self._domain_metrics = {}
         metrics = super().step(step)
         metrics.update(self._domain_metrics)
         return metrics
