@@ -311,13 +311,17 @@ async def _answer_in_slices(head: bytes, slices: AsyncGenerator[list[list[Passag
     def items(part: list[list[Passage]]) -> bytes:
         return _json_bytes([render(hits) for hits in part])[1:-1]  # without the list's brackets
 
-    first = await anext(slices, None)
-    if first is None:
-        return Response(head + tail, media_type="application/json")
-    second = await anext(slices, None)
-    if second is None:
-        return Response(head + items(first) + tail, media_type="application/json")
-    opening = head + items(first)
+    try:
+        first = await anext(slices, None)
+        if first is None:
+            return Response(head + tail, media_type="application/json")
+        second = await anext(slices, None)
+        if second is None:
+            return Response(head + items(first) + tail, media_type="application/json")
+        opening = head + items(first)
+    except BaseException:
+        await slices.aclose()  # its queued slices are dropped, not searched for nobody
+        raise
 
     async def body() -> AsyncIterator[bytes]:
         async with contextlib.aclosing(slices):
