@@ -183,6 +183,10 @@ def _run(args: argparse.Namespace) -> list:
     with tqdm(total=len(questions), unit="q", desc="agent", disable=args.quiet) as bar:
         trajectories = agent.run(questions, progress=bar.update)
     write_trajectories(args.out, trajectories)
+    failed = [t for t in trajectories if t.status == "error"]
+    if failed and len(failed) == len(trajectories):
+        # A failed batch does not stop a run, but a run in which nothing ran is an error, not a result.
+        raise EmbedkitError(f"every question failed ({len(failed)}; trajectories in {args.out}): {failed[0].error}")
     return trajectories
 
 

@@ -165,7 +165,14 @@ def run_tune(args: argparse.Namespace) -> int:
 
         manifest = DenseManifest.load(args.index)  # the manifest alone: no model or FAISS index to load
         wanted = set(args.kinds.split(","))
-        candidates = [c for c in default_candidates(manifest.num_docs, manifest.encoder.dim) if c.name in wanted]
+        available = default_candidates(manifest.num_docs, manifest.encoder.dim)
+        missing = wanted - {c.name for c in available}
+        if missing:
+            from embedkit.errors import EmbedkitError
+
+            raise EmbedkitError(f"--kinds {','.join(sorted(missing))}: not a kind tune can build for "
+                                f"{manifest.num_docs} documents (choose from {', '.join(c.name for c in available)})")
+        candidates = [c for c in available if c.name in wanted]
     results = tune_index(args.index, queries=queries, num_queries=args.num_queries, candidates=candidates, k=args.k)
     table = format_table(results, k=args.k)
     print(table)

@@ -66,7 +66,11 @@ def encode_with_ray(corpus: str | Path, out: str | Path, config: EncoderConfig, 
     corpus, out = str(Path(corpus).resolve()) if Path(corpus).exists() else str(corpus), Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
-        ray.init(address=address, **(init_options or {}))
+        try:
+            ray.init(address=address, **(init_options or {}))
+        except ConnectionError as error:  # `--ray-address auto` with no cluster running, an unreachable head
+            raise EmbedkitError(f"cannot connect to Ray at {address or 'the local instance'}: {error} "
+                                "(start one with `ray start --head`, or leave out --ray-address)") from None
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     fields = fields or FieldMap()

@@ -50,6 +50,9 @@ class TuneResult(BaseModel):
     size_mb: float
 
 
+PQ_CODES = 256  # codes per 8-bit PQ sub-quantizer: its k-means needs at least this many training vectors
+
+
 def pick_nlist(count: int) -> int:
     """~4·sqrt(n) lists (a power of two), but at least ~39 training points per list as FAISS advises."""
     target = 4 * math.sqrt(count)
@@ -68,16 +71,20 @@ def pick_pq_m(dim: int) -> int:
 
 
 def default_candidates(count: int, dim: int, *, nlist: int | None = None) -> list[Candidate]:
-    """Flat, HNSW32, IVF-Flat, IVF-PQ and SQ8 with parameter sweeps that suit `count` vectors."""
+    """Flat, HNSW32, IVF-Flat, IVF-PQ and SQ8 with parameter sweeps that suit `count` vectors.
+
+    IVF-PQ needs 256 training vectors (one per code of its 8-bit sub-quantizers): below that it is left out.
+    """
     nlist = nlist or pick_nlist(count)
     probes = sorted({p for p in (1, 4, 8, 16, 32, 64, 128) if p <= nlist})
-    return [
+    candidates = [
         Candidate(name="Flat", factory="Flat"),
         Candidate(name="HNSW32", factory="HNSW32", ef_search=[16, 32, 64, 128, 256]),
         Candidate(name="IVF-Flat", factory=f"IVF{nlist},Flat", nprobe=probes),
         Candidate(name="IVF-PQ", factory=f"IVF{nlist},PQ{pick_pq_m(dim)}", nprobe=probes),
         Candidate(name="SQ8", factory="SQ8"),
     ]
+    return [c for c in candidates if c.name != "IVF-PQ" or count >= PQ_CODES]
 
 
 def exact_neighbors(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip") -> np.ndarray:
