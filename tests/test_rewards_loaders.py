@@ -51,14 +51,19 @@ def test_judgebench_layout(judge_url, tmp_path):
     rows = [{"pair_id": "p1", "original_id": 1, "source": "mmlu-pro-law", "question": "Q1?", "response_model": "m",
              "response_A": "GOOD answer", "response_B": "weak answer", "label": "A>B"},
             {"pair_id": "p2", "original_id": 2, "source": "livebench-math", "question": "Q2?", "response_model": "m",
-             "response_A": "weak answer", "response_B": "GOOD answer", "label": "B>A"}]  # fmt: skip
+             "response_A": "weak answer", "response_B": "GOOD answer", "label": "B>A"},
+            {"pair_id": "p3", "original_id": 3, "source": "livebench-math", "question": "Q3?", "response_model": "m",
+             "response_A": "GOOD one", "response_B": "GOOD two", "label": "B>A"}]  # fmt: skip
     out = tmp_path / "report.json"
     result = _eval(judge_url, _jsonl(tmp_path / "dataset=judgebench,response_model=m.jsonl", rows), out)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
-    assert report["overall"]["pairs"] == 2 and report["overall"]["accuracy"] == 1.0  # B>A read as B chosen
+    # B>A is read as B chosen; on p3 the judge says A in both orders: right once, wrong once
+    assert report["overall"]["pairs"] == 3 and report["overall"]["accuracy"] == pytest.approx(5 / 6)
+    # JudgeBench's own score: p3's verdicts cancel out (a tie), so 2 of 3 pairs count
+    assert report["overall"]["net_accuracy"] == pytest.approx(2 / 3)
     assert set(report["subsets"]) == {"mmlu-pro-law", "livebench-math"}
-    bad = _jsonl(tmp_path / "bad.jsonl", [rows[0], {**rows[1], "label": "A=B"}])
+    bad = _jsonl(tmp_path / "bad.jsonl", [rows[0], {**rows[1], "label": "A=B"}])  # JudgeBench has no ties
     assert_user_error(_eval(judge_url, bad, tmp_path / "bad.json"), "bad.jsonl", "line 2", "label")
 
 

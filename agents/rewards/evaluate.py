@@ -9,6 +9,9 @@ Every pair is judged twice: chosen shown first (as A) and chosen shown second (a
 - `flip_rate`: pairs whose preferred response changes when the order is swapped (a tie counts as a verdict),
   over the pairs with both verdicts readable (`flip_pairs`);
 - `both_correct`: pairs judged right in both orders (RewardBench-style consistent accuracy);
+- `net_accuracy`: JudgeBench's score (`utils/metrics.py`, `compute_final_metrics` with both orders): a pair
+  counts when its two verdicts net in favour of the chosen response (+1 per verdict for it, −1 per verdict
+  against it); one right and one wrong verdict is a tie, one right and one tie or unreadable verdict counts;
 - `decided_accuracy`: correct / judgements with an A or B verdict (for reference only);
 - `bon_accuracy` (RMB Best-of-N, pairs with a `group`): groups whose best response beats every loser, per
   presentation order, over groups × 2.
@@ -71,6 +74,7 @@ class GroupStats:
     flips: int = 0
     flip_pairs: int = 0
     both_correct: int = 0
+    net_correct: int = 0
     says_a: int = 0  # readable A/B verdicts that name position A
 
     def add(self, j: PairJudgement) -> None:
@@ -81,6 +85,7 @@ class GroupStats:
         self.correct_second += second == "chosen"
         self.correct += (first == "chosen") + (second == "chosen")
         self.both_correct += first == "chosen" and second == "chosen"
+        self.net_correct += (first == "chosen") + (second == "chosen") - (first == "rejected") - (second == "rejected") > 0
         for out in (j.first, j.second):
             self.ties += out.verdict == "tie"
             self.invalid += out.verdict is None
@@ -104,6 +109,7 @@ class GroupStats:
             "flip_rate": ratio(self.flips, self.flip_pairs),
             "flip_pairs": self.flip_pairs,
             "both_correct": ratio(self.both_correct, self.pairs),
+            "net_accuracy": ratio(self.net_correct, self.pairs),
             "decided_accuracy": ratio(self.correct, decided),
             "ties": self.ties,
             "invalid": self.invalid,
