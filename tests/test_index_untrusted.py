@@ -445,3 +445,43 @@ def test_a_bm25_folder_with_crafted_backend_files_is_damage(bm25_base, tmp_path,
     shutil.copytree(bm25_base, index, symlinks=True)
     change(index)
     assert_user_error(embedkit("search", index, "gene"), needle)
+
+
+def test_document_rows_that_are_not_the_faiss_ids_are_damage(plain):
+    # Counts agree, but no FAISS id names a document: every search would silently return nothing.
+    db = sqlite3.connect(plain / "docstore.sqlite")
+    db.execute("UPDATE docs SET row = row + 100")
+    db.commit()
+    db.close()
+    rerecord(plain, "docstore.sqlite")
+    edit_manifest(plain, lambda m: m.update(next_row=130))
+    result = embedkit("index", "verify", plain)
+    assert_user_error(result, "FAISS ids", "FAISS row 0 has no document")
+
+
+def test_a_nested_value_in_the_history_is_damage(plain):
+    # Within the JSON reader's depth, but printing (`index info`) and saving (every update) would recurse.
+    text = (plain / "manifest.json").read_text()
+    manifest = json.loads(text)
+    manifest["history"][0]["note"] = "X"
+    (plain / "manifest.json").write_text(json.dumps(manifest).replace('"X"', "[" * 900 + "]" * 900))
+    for args in (["index", "info", plain], ["index", "remove", plain, "--id", "d1"]):
+        assert_user_error(embedkit(*args), "history", "plain values")
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # so the crafted size cannot take the machine's RAM
+
+
+def test_a_faiss_file_asking_for_huge_memory_is_damage(plain):
+    import struct
+
+    data = bytearray((plain / "index.faiss").read_bytes())
+    at = data.index(b"IxFI") + 37  # IndexFlat: fourcc, d, ntotal, 2 dummies, is_trained, metric; then codes size
+    assert struct.unpack("<Q", data[at : at + 8])[0] == 30 * 32, "the FAISS Flat layout changed"
+    data[at : at + 8] = struct.pack("<Q", 2**34)  # 64 GiB of floats, below FAISS's own 1 TiB cap
+    (plain / "index.faiss").write_bytes(bytes(data))
+    rerecord(plain, "index.faiss")
+    assert_user_error(embedkit("index", "verify", plain, preexec=_limit_memory), "index.faiss", "memory")

@@ -354,6 +354,10 @@ class DenseIndex(Index):
         except RuntimeError as error:
             raise IndexFormatError(f"{self.path / FAISS_NAME} cannot be read ({str(error).splitlines()[-1]}); "
                                    "rebuild the index") from None
+        except MemoryError:  # FAISS's std::bad_alloc: a size field larger than any real index (or this machine)
+            raise IndexFormatError(f"{self.path / FAISS_NAME} cannot be read: it asks for more memory than this "
+                                   "machine has (a damaged size field, or an index too large for RAM: try --mmap)"
+                                   ) from None
         check_faiss_shape(self.path, self.manifest, index, len(self.deleted_rows))
         if self.backend == "faiss-gpu":
             if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
@@ -508,6 +512,29 @@ def check_stored_vectors(path: Path, manifest: DenseManifest) -> None:
                                f"{manifest.next_row} rows of {row_bytes} bytes")
 
 
+def faiss_row_ids(index) -> np.ndarray:
+    """The row ids a FAISS index answers with: an IDMap's ids, an IVF index's list ids, else positions."""
+    import faiss
+
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, faiss.IndexIDMap | faiss.IndexIDMap2):
+        return faiss.vector_to_array(outer.id_map).astype(np.int64)
+    ivf = ivf_of(index)
+    if ivf is None:
+        return np.arange(index.ntotal, dtype=np.int64)  # an imported plain index labels by position
+    lists = ivf.invlists
+    parts = [np.zeros(0, dtype=np.int64)]
+    for number in range(ivf.nlist):
+        size = lists.list_size(number)
+        if size:
+            ids = lists.get_ids(number)
+            try:
+                parts.append(faiss.rev_swig_ptr(ids, size).astype(np.int64))
+            finally:
+                lists.release_ids(number, ids)
+    return np.concatenate(parts)
+
+
 def verify_dense(path: Path, manifest: DenseManifest) -> VerifyReport:
     """Every byte against the checksums, the counts, FAISS's shape, the stored vectors' size, and the rows:
     every document's row below `next_row` and none of them masked."""
@@ -521,5 +548,14 @@ def verify_dense(path: Path, manifest: DenseManifest) -> VerifyReport:
         if live:
             raise IndexFormatError(f"index {path} is damaged: {DELETED_NAME} masks row {live[0]}, which holds a "
                                    "document of the store (it would never be found); rebuild the index")
+    # Counts can agree while the rows do not: a vector whose row has no document is a hit silently dropped.
+    expected = np.union1d(index.live_rows(), masked)
+    found = np.sort(faiss_row_ids(index.faiss_index))
+    if len(found) != len(expected) or not np.array_equal(found, expected):
+        stray = np.setdiff1d(found, expected)
+        detail = (f"FAISS row {stray[0]} has no document" if len(stray) else
+                  f"document row {np.setdiff1d(expected, found)[0]} has no FAISS vector")
+        raise IndexFormatError(f"index {path} is damaged: its FAISS ids and its document store disagree ({detail}); "
+                               "rebuild the index")
     report.notes.append(f"FAISS {manifest.index_factory}: {ntotal} vectors ({len(masked)} masked)")
     return report

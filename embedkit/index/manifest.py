@@ -79,6 +79,14 @@ class HistoryEntry(BaseModel):
     documents: int | None = None
     source: str | None = None
 
+    @model_validator(mode="after")
+    def _plain_extras(self) -> HistoryEntry:
+        # Writers add counts and names; a nested value from a crafted manifest would only break printing and saving.
+        for name, value in (self.model_extra or {}).items():
+            if not isinstance(value, str | int | float | bool | None):
+                raise ValueError(f"{name!r} holds a {type(value).__name__}; history details are plain values")
+        return self
+
 
 class FileRecord(BaseModel):
     """Size and SHA-256 of one file of the folder, recorded when it was written."""
