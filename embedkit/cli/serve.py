@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("index", nargs="?", help="main index folder (dense or bm25)")
     # The config key is `index` and the second folder is `--bm25`, so `--index FOLDER` is what users type too.
     parser.add_argument("--index", dest="index_option", metavar="INDEX", help="the main index folder, as an option")
-    parser.add_argument("--bm25", help="BM25 index folder for bm25 and hybrid modes")
+    parser.add_argument("--bm25", help="BM25 index folder for bm25 and hybrid modes (or, beside a BM25 main index, "
+                        "the dense one)")
     parser.add_argument("--config", help="YAML file with ServerConfig settings (command-line options win)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="override one setting of the config, dotted (limits.max_topk=50); repeatable")
@@ -48,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, help="port (default: 8000)")
     parser.add_argument("--api-key", help="require this bearer token (default: $EMBEDKIT_API_KEY, else no auth)")
     parser.add_argument("--retrieve-mode", choices=["dense", "bm25", "hybrid"],
-                        help="what /retrieve searches (default: the main index's kind)")
+                        help="what /retrieve searches (default: the main index's kind, dense or bm25, even with "
+                             "the other kind beside it)")
     parser.add_argument("--default-topk", type=int, help="topk when a /retrieve request omits it (default: 3)")
     group = parser.add_argument_group("limits")
     group.add_argument("--max-topk", type=int, help="largest topk/k accepted (default: 100)")

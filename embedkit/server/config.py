@@ -21,7 +21,8 @@ Backend = Literal["faiss", "faiss-gpu", "torch"]
 Slot = Literal["dense", "bm25"]
 
 #: Settings that only a dense index honours. They are given to the dense index alone; on a server without one
-#: a setting the user chose would do nothing, so it is refused (`ServerConfig.check_dense_settings`).
+#: a value other than the default would do nothing, so it is refused (`ServerConfig.check_dense_settings`).
+#: Their defaults pass: a config that spells them out (configs/serve.yaml) serves every index kind.
 DENSE_SETTINGS = ("backend", "mmap", "encoder_backend")
 
 #: Queries per request. Far above what RL loops send (Search-R1: train_batch_size 512 x n_agent 5 = 2,560
@@ -111,12 +112,13 @@ class ServerConfig(YamlConfig):
         return options
 
     def check_dense_settings(self, slots: dict[str, str]) -> None:
-        """Refuse dense-only settings the user chose (set in the YAML, by --set or a flag; mmap when on) when
-        `slots` (slot -> folder) has no dense index: served as given they would silently do nothing."""
+        """Refuse dense-only settings set to something other than their default (in the YAML, by --set or a flag)
+        when `slots` (slot -> folder) has no dense index: served as given they would silently do nothing. A default
+        written out (`backend: faiss` in configs/serve.yaml) changes nothing, so it passes."""
         if "dense" in slots:
             return
-        chosen = [name for name in DENSE_SETTINGS
-                  if name in self.model_fields_set and (name != "mmap" or self.mmap)]
+        fields = type(self).model_fields
+        chosen = [name for name in DENSE_SETTINGS if getattr(self, name) != fields[name].default]
         if chosen:
             from embedkit.errors import EmbedkitError
 

@@ -145,7 +145,8 @@ class RetrievalService:
         self.modes: list[Mode] = [m for m in ("dense", "bm25") if m in indexes]
         if "dense" in indexes and "bm25" in indexes:
             self.modes.append("hybrid")
-        self.default_mode: Mode = config.retrieve_mode or self.modes[0]
+        # /retrieve's default is the kind of the main index (`index`; "dense" or "bm25"), whichever is beside it.
+        self.default_mode: Mode = config.retrieve_mode or self._main_slot() or self.modes[0]
         if self.default_mode not in self.modes:
             raise EmbedkitError(f"retrieve mode '{self.default_mode}' needs an index this server was not given "
                                 f"(available: {', '.join(self.modes)})")
@@ -204,6 +205,18 @@ class RetrievalService:
         if self._gpu():
             return 1  # a GPU batches by itself; one stream keeps its batches large
         return max(1, min(4, os.cpu_count() or 1))
+
+    def _main_slot(self) -> Mode | None:
+        """The slot serving the config's main index folder (`index`), if that folder is served here."""
+        if self.config.index is None:
+            return None
+        for slot, served in self.served.items():
+            try:
+                if os.path.samefile(served.index.path, self.config.index):
+                    return slot  # type: ignore[return-value]
+            except OSError:
+                continue
+        return None
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> RetrievalService:
