@@ -107,7 +107,8 @@ def _add_bm25_arguments(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("BM25 (--kind bm25)")
     group.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
-                       help="pyserini (Lucene, needs Java 21+) or bm25s (embedded, no JVM); "
+                       help="pyserini (Lucene, needs Java 21+; OUT/lucene stores each document's raw JSON, so "
+                            "Search-R1's/FlashRAG's BM25 retriever can open it) or bm25s (embedded, no JVM); "
                             "auto: pyserini when Java 21+ is found, else bm25s")
     group.add_argument("--k1", type=float, default=0.9, help="BM25 term-frequency saturation (default: 0.9)")
     group.add_argument("--b", type=float, default=0.4, help="BM25 length normalization, 0..1 (default: 0.4)")

@@ -2,6 +2,13 @@
 
 The corpus is exported to pyserini's jsonl (`{"id", "contents"[, "title"]}`) in a scratch folder and
 indexed in-process by Anserini's `IndexCollection`, so the JVM starts once per process.
+
+Each document's JSON line is stored in the index (`-storeRaw`), as in pyserini's prebuilt indexes: Search-R1's and
+FlashRAG's BM25 retrievers open the `lucene/` folder with `LuceneSearcher` and read
+`json.loads(searcher.doc(docid).raw())["contents"]`, title on the first line and text after (Search-R1's
+`contents`, what embedkit's /retrieve answers). Lucene tokenizes the newline as the space it replaces, so the
+indexed terms and scores are those of `title text`. With `--fields` the title is its own field, and `contents`
+holds the text alone.
 """
 
 from __future__ import annotations
@@ -66,7 +73,8 @@ class PyseriniBuilder(LexicalBuilder):
             if self.settings.multifield:
                 record = {"id": doc.id, "contents": doc.text, "title": doc.title}
             else:
-                record = {"id": doc.id, "contents": doc.joined()}
+                # Search-R1's "title\ntext": the same terms as doc.joined(), and what readers of raw() split.
+                record = {"id": doc.id, "contents": doc.contents()}
             self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.count += len(documents)
 
@@ -75,7 +83,7 @@ class PyseriniBuilder(LexicalBuilder):
         try:
             args = ["-collection", "JsonCollection", "-input", str(self.export), "-index", str(self.folder),
                     "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(self.settings.threads),
-                    "-language", LANGUAGES[self.settings.language], "-quiet"]
+                    "-language", LANGUAGES[self.settings.language], "-storeRaw", "-quiet"]
             if self.settings.multifield:
                 args += ["-fields", "title"]
             _index_collection(args)
