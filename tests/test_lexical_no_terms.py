@@ -65,3 +65,16 @@ def test_queries_without_terms_get_no_hits_on_a_normal_bm25s_index(tmp_path) -> 
     assert {query: list(scores) for query, scores in run.items()} == {"q3": ["d1"], "q6": ["d2"]}
     one = embedkit("search", tmp_path / "idx", "the")
     assert one.returncode == 0 and "d1" not in one.stdout and "d2" not in one.stdout, one.stdout
+
+
+def test_bm25s_build_of_an_ordinary_corpus_logs_nothing(tmp_path) -> None:
+    """`embedkit index build --kind bm25 --backend bm25s --quiet` printed `DEBUG bm25s: Building index from tokens`
+    on every build; only the one-line summary remains (`embedkit -v` still shows bm25s's debug lines)."""
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"_id": "d1", "title": "Cats", "text": "cats purr softly"},
+                                                     {"_id": "d2", "text": "dogs bark loudly"}])
+    built = embedkit("index", "build", "--kind", "bm25", "--backend", "bm25s", "--corpus", corpus,
+                     "--out", tmp_path / "idx", "--quiet")
+    assert built.returncode == 0, built.stderr
+    assert "DEBUG" not in built.stderr and "bm25s" not in built.stderr, built.stderr
+    assert built.stdout.startswith(f"wrote {tmp_path / 'idx'}: 2 documents, BM25 (bm25s"), built.stdout
+    assert len(built.stdout.splitlines()) == 1, built.stdout
