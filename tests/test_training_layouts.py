@@ -48,6 +48,10 @@ LAYOUTS = {
                                             for q, p, n in TRIPLES],
     "anchor_positive_negatives.parquet": [{"anchor": q, "positive": p, "negatives": n} for q, p, n in TRIPLES],
     "question_answer_negative.jsonl": [{"question": q, "answer": p, "negative": n} for q, p, n in TRIPLES],
+    # ids and scores of the texts hold no text: read past, not refused.
+    "ids_and_scores.jsonl": [{"query_id": f"q{i}", "query": q, "positive_id": f"p{i}", "positive": p,
+                              "negative_ids": ["a", "b"], "negative": n, "neg_scores": [0.1, 0.2]}
+                             for i, (q, p, n) in enumerate(TRIPLES)],
 }
 
 
@@ -86,6 +90,7 @@ def test_layout_trains_exactly_as_flagembedding_rows(reference, layout):
     ({"query": "q", "anchor": "a", "positive": "p"}, "anchor"),
     ({"sentence1": "q", "sentence2": "p", "label": 0}, "label"),
     ({"query": "q", "positive": "p", "negative_passages": ["n"]}, "negative_passages"),
+    ({"query": "q", "positive": "p", "prompt": "a", "instruction": "b"}, "instruction"),
 ])
 def test_unreadable_layouts_are_refused_with_file_line_and_columns(tmp_path, row, column):
     data = write_jsonl(tmp_path / "bad.jsonl", [{"query": "ok", "pos": ["p"], "neg": ["n"]}, row])
