@@ -90,7 +90,7 @@ def check_bag_merge(config: BoomConfig) -> str | None:
     bags = [str(config.bag_dir(u.index)) for u in config.units]
     models, weights = merge_inputs(bags, config.bag_weights, base)
     check_recipe(config.merge.method, models, weights, base, config.merge.parameters or None)
-    if is_plain_transformers(base) and is_main_process():
+    if base is not None and is_plain_transformers(base) and is_main_process():
         base = embedder_base(base, config.training, Path(config.output_dir))
     return base
 

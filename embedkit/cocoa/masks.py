@@ -32,6 +32,7 @@ from embedkit.errors import EmbedkitError
 from embedkit.multimodal.sequence import CONTENT_SEGMENTS, Segment
 
 Stage = Literal["bidirectional", "eos_bridge", "eos_readout", "causal"]
+Attention = Literal["causal", "bidirectional"]
 STAGES: tuple[str, ...] = ("bidirectional", "eos_bridge", "eos_readout", "causal")
 
 
@@ -48,8 +49,8 @@ def build_attention_mask(
     segments,
     stage: Stage,
     *,
-    content_attention: Literal["causal", "bidirectional"] = "causal",
-    image_slot_attention: Literal["causal", "bidirectional"] = "bidirectional",
+    content_attention: Attention = "causal",
+    image_slot_attention: Attention = "bidirectional",
 ):
     """Boolean [B, L, L] mask from [B, L] `Segment` labels: True where query i may attend to key j."""
     import torch

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedkit.cocoa.config import Stage1Settings, Stage2Settings, Stage3Settings
-from embedkit.cocoa.masks import build_attention_mask
+from embedkit.cocoa.masks import Attention, Stage, build_attention_mask
 from embedkit.errors import EmbedkitError
 from embedkit.multimodal.forward import ForwardOutput, forward_hidden, image_features, lm_logits
 from embedkit.multimodal.loading import unwrap
@@ -163,8 +163,8 @@ def stage2_inputs(items: list[MultimodalInput], settings: Stage2Settings
     return content, targets
 
 
-def bridge_forward(model, batch: EncodedBatch, *, bridge: str = "final", content_attention: str = "causal",
-                   image_slot_attention: str = "bidirectional") -> ForwardOutput:
+def bridge_forward(model, batch: EncodedBatch, *, bridge: str = "final", content_attention: Attention = "causal",
+                   image_slot_attention: Attention = "bidirectional") -> ForwardOutput:
     """Hidden states of `content <EOS> <DEC> target [slots]` where the decoder side knows the content only
     through <EOS>.
 
@@ -175,15 +175,18 @@ def bridge_forward(model, batch: EncodedBatch, *, bridge: str = "final", content
     only itself. The decoder's loss then depends on the content through that one vector only.
     """
     segments = batch.segments
-    masks = dict(content_attention=content_attention, image_slot_attention=image_slot_attention)
-    encoded = forward_hidden(model, batch, build_attention_mask(segments, "eos_bridge", **masks))
+    def mask(stage: Stage) -> torch.Tensor:
+        return build_attention_mask(segments, stage, content_attention=content_attention,
+                                    image_slot_attention=image_slot_attention)
+
+    encoded = forward_hidden(model, batch, mask("eos_bridge"))
     if bridge == "layerwise":
         return encoded
     if bridge != "final":
         raise EmbedkitError(f"unknown stage-2 bridge {bridge!r}; choose final or layerwise")
     eos = segments == int(Segment.EOS)
     embedding = encoded.hidden[eos]
-    readout = forward_hidden(model, batch, build_attention_mask(segments, "eos_readout", **masks),
+    readout = forward_hidden(model, batch, mask("eos_readout"),
                              replace=(eos, embedding))
     return ForwardOutput(hidden=readout.hidden, image_features=encoded.image_features)
 

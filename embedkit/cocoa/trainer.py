@@ -17,7 +17,7 @@ import logging
 import math
 import shutil
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,7 +143,7 @@ class CocoaTrainer:
             self._run_stage(phase_dir, name, steps, lr, start, records, step_fn, optimizer_state)
         return self._export(phase_dir)
 
-    def contrastive(self, pairs: list[ContrastivePair], *, resume: bool = True) -> Path:
+    def contrastive(self, pairs: Sequence[ContrastivePair], *, resume: bool = True) -> Path:
         """Stage 3; returns the folder of the final model."""
         if not pairs:
             raise EmbedkitError("contrastive training needs at least one pair")
@@ -205,7 +205,7 @@ class CocoaTrainer:
         return MultimodalEmbedder(MultimodalEmbedderConfig(**settings), loaded=self.vlm)
 
     # ----------------------------------------------------------------------------------- loop
-    def _run_stage(self, phase_dir: Path, stage: str, steps: int, lr: float, start: int, data: list,
+    def _run_stage(self, phase_dir: Path, stage: str, steps: int, lr: float, start: int, data: Sequence,
                    step_fn: Callable, optimizer_state: Path | None) -> None:
         optim = self.config.optim
         if steps == 0 or start >= steps:
