@@ -40,7 +40,6 @@ from embedkit.index.faiss_ops import (
 )
 from embedkit.index.faiss_ops import search as faiss_search
 from embedkit.index.kinds import VerifyReport, check_document_ids, verify_folder
-from embedkit.index.masked import load_deleted_rows
 from embedkit.index.manifest import (
     DELETED_NAME,
     FAISS_NAME,
@@ -53,6 +52,7 @@ from embedkit.index.manifest import (
     SearchDefaults,
     StoredVectors,
 )
+from embedkit.index.masked import load_deleted_rows
 from embedkit.io import atomic_directory
 from embedkit.passage import Passage
 

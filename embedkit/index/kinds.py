@@ -13,6 +13,7 @@ model must be one of `embedkit.index.manifest.AnyManifest`.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -133,8 +134,8 @@ def verify_folder(path: Path, manifest: IndexManifest, *, next_row: int | None =
     links = manifest.external_links()
     report = VerifyReport(path=path, kind=manifest.kind, num_docs=manifest.num_docs, files=len(manifest.files),
                           unchecked=[name for name in unchecked if name not in links])
-    report.notes += [f"{name} links to {links[name]} (made by `embedkit index import --link`; its size is checked, "
-                     "not its checksum)" for name in unchecked if name in links]
+    report.notes += [f"{name} links to {os.path.realpath(path / name)} (made by `embedkit index import --link`; its "
+                     "size is checked, not its checksum)" for name in unchecked if name in links]
     return report
 
 

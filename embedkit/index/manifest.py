@@ -197,8 +197,8 @@ class IndexManifest(BaseModel):
         manifest._check_recorded(folder, scan)
         return manifest
 
-    def external_links(self) -> dict[str, str]:
-        """Files that may be symlinks leading outside the folder, with the target the manifest recorded."""
+    def external_links(self) -> dict[str, list[str]]:
+        """Files that may be symlinks leading outside the folder, with the targets the manifest recorded."""
         return {}
 
     def required_files(self, folder: Path) -> set[str]:
@@ -210,8 +210,8 @@ class IndexManifest(BaseModel):
         path = folder / MANIFEST_NAME
         links = self.external_links()
         for name, target in scan.outside.items():
-            recorded = links.get(name)
-            if recorded is None or os.path.realpath(recorded) != target or name not in self.files:
+            recorded = {os.path.realpath(source) for source in links.get(name, [])}
+            if target not in recorded or name not in self.files:
                 _refuse_unsafe_entries(folder, FolderScan(outside={name: target}), allowed=frozenset())
         for name in sorted(self.required_files(folder) - set(self.files)):
             raise IndexFormatError(f"{path} is damaged: field 'files' does not record {name}, which the index "
@@ -305,9 +305,10 @@ class DenseManifest(IndexManifest):
         """`IndexManifest.load` for a dense folder; another kind's folder is refused."""
         return _as_kind(super().load(folder), DenseManifest)
 
-    def external_links(self) -> dict[str, str]:
+    def external_links(self) -> dict[str, list[str]]:
         """The FAISS file `embedkit index import --link` symlinked: its `import` entry records the target."""
-        return {FAISS_NAME: entry.source for entry in self.history if entry.action == "import" and entry.source}
+        sources = [entry.source for entry in self.history if entry.action == "import" and entry.source]
+        return {FAISS_NAME: sources} if sources else {}
 
     def required_files(self, folder: Path) -> set[str]:
         required = {*super().required_files(folder), FAISS_NAME}
@@ -448,8 +449,8 @@ def migrate_v1(data: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 def _next_free_row(folder: Path) -> int:
     """max(row)+1 over the document store and the masked rows: what format-1 updates computed each time."""
-    from embedkit.index.masked import load_deleted_rows
     from embedkit.index.docstore import DocStore
+    from embedkit.index.masked import load_deleted_rows
 
     highest = -1
     store_path = folder / DOCSTORE_NAME

@@ -25,6 +25,7 @@ from typing import Any
 from embedkit.data.corpus import Document, FieldMap
 from embedkit.errors import DataFormatError, EmbedkitError, IndexFormatError
 from embedkit.index.manifest import FAISS_NAME, MANIFEST_NAME
+
 DOCSTORE_BATCH = 10_000
 
 
