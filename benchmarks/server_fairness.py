@@ -1,8 +1,10 @@
 """Fairness and memory of `embedkit serve` under one huge request (issue 22, item 9).
 
 Setting: the `benchmarks/serve_load.py` index (all-MiniLM-L6-v2, FAISS Flat over HotpotQA dev500's 4,858
-paragraphs, built once when missing) or `--index`; queries are HotpotQA dev500's 500 questions, numbered to
-make every query of a big request distinct (the server searches a repeated text once).
+paragraphs, built once when missing), `--index`, or `--synthetic`: a random-init BERT (hidden 128, 2 layers,
+from `embedkit.training.tiny`) over 5,000 synthetic documents of about 600 bytes, several times faster to
+encode than MiniLM, for a busy machine. Queries are HotpotQA dev500's 500 questions, numbered to make every
+query of a big request distinct (the server searches a repeated text once).
 
 1. One-query clients alone: `--clients` closed-loop clients send Search-R1 `/retrieve` requests (one query,
    topk 3, return_scores) for `--seconds`; p50/p99 latency.
@@ -19,6 +21,7 @@ the big answers are read as a stream and counted, not kept. Linux only (reads /p
 
     .venv/bin/python benchmarks/server_fairness.py                     # ~10 min on 2 cores (+ the index once)
     .venv/bin/python benchmarks/server_fairness.py --big 5000 --huge 20000 --seconds 5   # a quick look
+    .venv/bin/python benchmarks/server_fairness.py --synthetic           # a tiny random BERT instead of MiniLM
 
 Writes benchmarks/server_fairness.md and benchmarks/server_fairness.json; records `uptime` before and after.
 """
@@ -50,6 +53,35 @@ from serve_load import (  # noqa: E402  (benchmarks/ is not a package)
 )
 
 TOPK = 3
+SYNTHETIC_INDEX = ROOT / "indexes" / "fairness-synthetic-tiny"
+
+
+def ensure_synthetic_index(index: Path, documents: int = 5_000) -> None:
+    """A random-init BERT and `documents` synthetic ~600-byte documents in a Flat index (built once)."""
+    if (index / "manifest.json").exists():
+        return
+    import random
+    import subprocess
+    import tempfile
+
+    from embedkit.training.tiny import _WORDS, build_tiny_bert
+
+    words = sorted(set(_WORDS))  # the tiny vocabulary's whole words: each is one token
+    rng = random.Random(0)
+    print(f"building {index} (once)", flush=True)
+    # The index's manifest names its model by path: the model lives beside the index.
+    model = index.with_name(index.name + "-model")
+    if not (model / "config.json").exists():
+        build_tiny_bert(model, seed=0, hidden_size=128, layers=2, max_seq_length=128)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.jsonl"
+        with open(corpus, "w") as handle:
+            for i in range(documents):
+                text = " ".join(rng.choice(words) for _ in range(95))
+                handle.write(json.dumps({"_id": f"s{i}", "title": " ".join(rng.sample(words, 3)), "text": text}) + "\n")
+        subprocess.run([sys.executable, "-m", "embedkit", "index", "build", "--corpus", str(corpus), "--model",
+                        str(model), "--index-factory", "Flat", "--device", "cpu", "--out", str(index), "-q"],
+                       check=True, cwd=ROOT)
 
 
 def numbered(questions: list[str], count: int) -> list[str]:
@@ -146,18 +178,26 @@ def largest_accepted(info: dict) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="built from HotpotQA dev500 when missing")
+    parser.add_argument("--index", type=Path, help="default: serve_load's MiniLM index, built from HotpotQA dev500 "
+                        "when missing")
+    parser.add_argument("--synthetic", action="store_true", help="a tiny random BERT over synthetic documents")
     parser.add_argument("--queries", type=Path, help="queries jsonl (default: HotpotQA dev500's 500 questions)")
-    parser.add_argument("--clients", type=int, default=4, help="one-query clients (default: 4)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each client row (default: 10)")
-    parser.add_argument("--big", type=int, default=20_000, help="queries of the concurrent big request")
-    parser.add_argument("--huge", type=int, default=100_000, help="queries of the memory request")
+    parser.add_argument("--clients", type=int, default=DEFAULTS["clients"], help="one-query clients (default: 4)")
+    parser.add_argument("--seconds", type=float, default=DEFAULTS["seconds"],
+                        help="duration of each client row (default: 10)")
+    parser.add_argument("--big", type=int, default=DEFAULTS["big"], help="queries of the concurrent big request")
+    parser.add_argument("--huge", type=int, default=DEFAULTS["huge"], help="queries of the memory request")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="extra `embedkit serve` options")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "server_fairness")
     args = parser.parse_args()
 
     questions = load_queries(args.queries or shared_data() / "hotpotqa_dev500" / "beir" / "queries.jsonl")
-    ensure_index(args.index)
+    if args.synthetic:
+        args.index = args.index or SYNTHETIC_INDEX
+        ensure_synthetic_index(args.index)
+    else:
+        args.index = args.index or DEFAULT_INDEX
+        ensure_index(args.index)
     load_before = uptime()
     print(f"before: {load_before}", flush=True)
     port = free_port()
@@ -179,6 +219,7 @@ def main() -> None:
     load_after = uptime()
     print(f"after: {load_after}", flush=True)
     meta = {"index": str(args.index), "documents": info["indexes"]["dense"]["documents"],
+            "model": info["indexes"]["dense"]["manifest"]["encoder"]["model"],
             "document_bytes": info["indexes"]["dense"]["document_bytes"], "clients": args.clients,
             "seconds_per_row": args.seconds, "cpus": os.cpu_count(), "limits": info["limits"],
             "batching": {k: v for k, v in info["batching"].items() if k != "stats"},
@@ -189,13 +230,24 @@ def main() -> None:
     write(args, result)
 
 
+def command_options(args: argparse.Namespace) -> str:
+    options = [f"--{name} {getattr(args, name)}" for name in ("clients", "seconds", "big", "huge")
+               if getattr(args, name) != DEFAULTS[name]]
+    options += ["--synthetic"] if args.synthetic else []
+    options += ["--server-args " + " ".join(args.server_args)] if args.server_args else []
+    return "".join(" " + option for option in options)
+
+
+DEFAULTS = {"clients": 4, "seconds": 10.0, "big": 20_000, "huge": 100_000}
+
+
 def write(args: argparse.Namespace, result: dict) -> None:
     meta, rows = result["meta"], result["fairness"]
     big = rows["big"]
     lines = [
         "# Server fairness and memory under one huge request", "",
-        f"`python benchmarks/server_fairness.py{' ' + ' '.join(args.server_args) if args.server_args else ''}` — "
-        f"`embedkit serve {args.index.name}` ({meta['documents']} documents, mean document "
+        f"`python benchmarks/server_fairness.py{command_options(args)}` — "
+        f"`embedkit serve {args.index.name}` ({meta['model']}; {meta['documents']} documents, mean document "
         f"{meta['document_bytes']} bytes) on 127.0.0.1, {meta['cpus']} CPUs, {meta['search_streams']} search "
         f"streams, max_batch_size {meta['batching']['max_batch_size']}. Clients send Search-R1 `/retrieve` "
         f"requests (topk {TOPK}, return_scores) from another process.", "",

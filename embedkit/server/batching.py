@@ -10,10 +10,12 @@ so batches grow with the load by themselves (continuous batching); an optional `
 company before a call.
 A request larger than `max_batch_size` is cut into slices of `max_batch_size` queries (Search-R1 sends 2,560
 queries at once; a careless client 100,000), so no single call holds more than that many queries' vectors and
-hits. A request keeps at most `WINDOW` slices queued or running and queues its next slice only when its oldest
-one is answered, behind whatever arrived meanwhile: big requests take turns with small ones (a one-query
-request waits for at most a few slices of each big request, not for all of them), and `stream` hands the
-slices out in order as they are done, so a big answer never has to be held whole.
+hits. Such a request's slices wait in a lane of its own, and the lanes take turns with the one-slice requests:
+a freed stream serves the waiting one-slice requests and the next big request's part alternately, and the big
+requests round-robin among themselves. So a one-query request sent beside a 20,000-query one waits for the
+calls already running, not for the big request. A big request keeps at most `WINDOW` slices queued or running
+(memory), queuing the next when its oldest is answered, and `stream` hands the slices out in order as they are
+done, so a big answer never has to be held whole.
 With batching disabled each request (or slice) gets its own call, the baseline `benchmarks/serve_load.py` can
 compare.
 """
@@ -46,7 +48,7 @@ GATHER_POLL_S = 0.0002
 # under heavy load the queue fills calls without help.
 GATHER_QUERIES = 8
 #: Slices of one request queued or running at once: two keep every stream busy on a lone big request (the next
-#: slice waits while the current one runs) and let a request that arrives meanwhile in after at most two.
+#: slice waits while the current one runs) while its answer is held at most two slices at a time.
 WINDOW = 2
 
 
@@ -57,6 +59,7 @@ class _Request:
     future: asyncio.Future
     part: bool = False  # one part of a split request: searched as a call of its own
     target: Any = None  # what to search (e.g. the index state the request started on); None: the default
+    bulk: bool = False  # a slice (or part of one) of a request of several slices: waits in its request's lane
 
 
 @dataclass
@@ -96,8 +99,11 @@ class MicroBatcher:
         self._in_calls = 0  # requests in the calls that run
         self._peak, self._peak_at = 0, float("-inf")  # most requests pending at once lately, and when
         self._overlapped_at = float("-inf")  # loop time when two calls last ran at once
-        self._queue: asyncio.Queue[_Request] | None = None
+        self._queue: asyncio.Queue[_Request] | None = None  # one-slice requests, in arrival order
         self._held: _Request | None = None  # arrived, but would have overfilled the previous batch
+        self._lanes: deque[deque[_Request]] = deque()  # big requests with parts waiting, in turn order
+        self._lanes_next = False  # whose turn when both wait: a big request's part (True) or the one-slice requests
+        self._arrived = asyncio.Event()  # set when anything is queued
         self._worker: asyncio.Task | None = None
 
     @property
@@ -142,12 +148,14 @@ class MicroBatcher:
             raise RuntimeError("MicroBatcher.start() was not called")
         queries = list(queries)
         size = size or self.max_batch_size
-        slices = iter([queries[start:start + size] for start in range(0, len(queries), size)])
+        cut = [queries[start:start + size] for start in range(0, len(queries), size)]
+        slices = iter(cut)
         window: deque[list[asyncio.Future]] = deque()
+        lane: deque[_Request] | None = deque() if len(cut) > 1 else None
 
         def fill() -> None:
             while len(window) < WINDOW and (part := next(slices, None)) is not None:
-                window.append(self._enqueue(part, k, target))
+                window.append(self._enqueue(part, k, target, lane))
 
         loop = asyncio.get_running_loop()
         self._pending += 1
@@ -167,9 +175,14 @@ class MicroBatcher:
             for futures in window:
                 for future in futures:
                     future.cancel()  # the worker skips cancelled requests
+            if lane:
+                self._lanes = deque(other for other in self._lanes if other is not lane)
 
-    def _enqueue(self, queries: list[str], k: int, target: Any) -> list[asyncio.Future]:
-        """Queue one slice as one request, or as parts spread over the streams (256 queries on 2: two of 128)."""
+    def _enqueue(self, queries: list[str], k: int, target: Any, lane: deque[_Request] | None) -> list[asyncio.Future]:
+        """Queue one slice as one request, or as parts spread over the streams (256 queries on 2: two of 128).
+
+        A slice of a request of several goes to its `lane`, which joins the turns when it gets work.
+        """
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         step = len(queries)
@@ -178,17 +191,44 @@ class MicroBatcher:
         futures = []
         for start in range(0, len(queries), step):
             future = loop.create_future()
-            self._queue.put_nowait(_Request(queries[start:start + step], k, future, part=step < len(queries),
-                                            target=target))
+            request = _Request(queries[start:start + step], k, future, part=step < len(queries), target=target,
+                               bulk=lane is not None)
+            if lane is None:
+                self._queue.put_nowait(request)
+            else:
+                if not lane:
+                    self._lanes.append(lane)  # a lane is in the turns exactly while it has work
+                lane.append(request)
             futures.append(future)
+        self._arrived.set()
         return futures
+
+    async def _first(self) -> _Request:
+        """The request the next call starts with: one-slice requests and big requests' parts take turns."""
+        assert self._queue is not None
+        while True:
+            waiting = self._held is not None or not self._queue.empty()
+            if self._lanes and (self._lanes_next or not waiting):
+                self._lanes_next = False
+                lane = self._lanes.popleft()
+                request = lane.popleft()
+                if lane:
+                    self._lanes.append(lane)  # its next part waits for the other big requests' turns
+                return request
+            if waiting:
+                self._lanes_next = True
+                if self._held is not None:
+                    request, self._held = self._held, None
+                    return request
+                return self._queue.get_nowait()
+            self._arrived.clear()
+            await self._arrived.wait()
 
     async def _next_batch(self) -> list[_Request]:
         assert self._queue is not None
-        first = self._held if self._held is not None else await self._queue.get()
-        self._held = None
+        first = await self._first()
         batch, size = [first], len(first.queries)
-        if not self.enabled or first.part:
+        if not self.enabled or first.part or first.bulk:
             return batch
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -264,7 +304,7 @@ class MicroBatcher:
         if self._running > 1:
             self._overlapped_at = now
         # Work left waiting (the other half of a split request, more clients) starts beside this call at once.
-        waiting = self._held is not None or (self._queue is not None and not self._queue.empty())
+        waiting = self._held is not None or bool(self._lanes) or (self._queue is not None and not self._queue.empty())
         loaded = waiting or now - self._overlapped_at < LOAD_MEMORY_S
         return self.concurrency if loaded else self._running
 
