@@ -156,3 +156,36 @@ def test_an_answer_over_the_byte_limit_gets_413_naming_the_limit(index_folder, t
         assert needle in detail, detail
     assert fits.status_code == 200 and len(fits.json()["result"]) == 20
     assert search.status_code == 413 and "limits.max_response_bytes" in search.json()["detail"]
+
+
+def test_big_requests_and_one_slice_requests_take_turns_call_by_call():
+    """The batcher itself, one stream: while two 4-slice requests run, a lone query gets the next free call, and
+    the big requests alternate (round-robin) instead of one finishing before the other starts."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embedkit.server.batching import MicroBatcher
+    from tests.test_server_batching import RecordingSearch
+
+    search = RecordingSearch()  # its first call blocks until released: the others queue up meanwhile
+
+    async def scenario():
+        batcher = MicroBatcher(search, [ThreadPoolExecutor(1)], max_batch_size=4)
+        await batcher.start()
+        first = asyncio.create_task(batcher.submit([f"a{i}" for i in range(16)], 1))
+        second = asyncio.create_task(batcher.submit([f"b{i}" for i in range(16)], 1))
+        await asyncio.sleep(0.05)
+        small = asyncio.create_task(batcher.submit(["lone"], 1))
+        await asyncio.sleep(0.05)
+        search.release.set()
+        answers = await asyncio.gather(first, second, small)
+        await batcher.stop()
+        return answers
+
+    a, b, lone = asyncio.run(scenario())
+    assert [hits[0].id for hits in a] == [f"a{i}#0" for i in range(16)] and lone[0][0].id == "lone#0"
+    assert [hits[0].id for hits in b] == [f"b{i}#0" for i in range(16)]
+    firsts = [call[0] for call in search.calls]  # each call's first query names its request and slice
+    assert firsts[:2] == ["a0", "lone"], search.calls  # the running call, then the lone query at once
+    # The big requests' slices alternate (a0 a4 a8 a12 / b0 b4 b8 b12): a, b, a, b, ...
+    assert "".join(first[0] for first in firsts if first != "lone") == "abababab", search.calls
