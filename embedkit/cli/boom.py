@@ -10,16 +10,17 @@ from embedkit.cli._common import add_command, add_device_and_batch_size, add_qui
 TRAIN_EXAMPLES = """\
   embedkit boom train --config configs/boom.yaml
   embedkit boom train --config configs/boom.yaml --output-dir runs/boom-3bags
-  embedkit boom train --config configs/boom.yaml --set merge.relative_to_base=true --set training.max_steps=100
+  embedkit boom train --config configs/boom.yaml --set merge.relative_to_base=true --set training.max_steps=100 \\
+      --output-dir runs/boom-task-vectors
 """
 UPDATE_EXAMPLES = """\
   embedkit boom update --base runs/boom/model --new-data new.jsonl \\
       --history ../shared/data/scifact old.jsonl --history-ratio 0.4 --output-dir runs/boom-v2
   embedkit boom update --base runs/boom/model --new-data new.jsonl --history old.jsonl \\
       --method linear --update-weight 0.3 --batch-size 64 --output-dir runs/boom-v2
-  embedkit boom update --base runs/boom/model --new-data new.jsonl --history old.jsonl \
+  embedkit boom update --base runs/boom/model --new-data new.jsonl --history old.jsonl \\
       --method task_arithmetic --merge-base backbone --update-init backbone --output-dir runs/boom-v3
-  embedkit boom update --config configs/boom.yaml --base runs/boom/model --new-data new.jsonl \
+  embedkit boom update --config configs/boom.yaml --base runs/boom/model --new-data new.jsonl \\
       --history old.jsonl --output-dir runs/boom-v4     # merge/update/training sections as defaults
   embedkit index reencode indexes/mine --model runs/boom-v2/model     # then refresh the index
 """

@@ -26,9 +26,10 @@ MASK_EXAMPLES = """\
 """
 MMEB_EXAMPLES = """\
   embedkit cocoa mmeb --model runs/cocoa/contrastive/model --data mmeb-eval/ --image-dir mmeb-eval/eval_images
-  embedkit cocoa mmeb --model runs/cocoa/contrastive/model --data hf:TIGER-Lab/MMEB-eval --tasks mmeb-v1 \
+  embedkit cocoa mmeb --model runs/cocoa/contrastive/model --data hf:TIGER-Lab/MMEB-eval --tasks mmeb-v1 \\
       --image-dir MMEB-eval/eval_images      # the hub's parquet; images from its eval_images archive
-  embedkit cocoa mmeb --model runs/cocoa/contrastive/model --data tasks/N24News.jsonl --index-dir indexes/mmeb --out report.json
+  embedkit cocoa mmeb --model runs/cocoa/contrastive/model --data tasks/N24News.jsonl --image-dir mmeb-eval/eval_images \\
+      --index-dir indexes/mmeb --out report.json
 """
 INDEX_EXAMPLES = """\
   embedkit cocoa index --model runs/cocoa/contrastive/model --corpus photos.jsonl --out indexes/photos

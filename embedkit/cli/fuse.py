@@ -10,7 +10,7 @@ EXAMPLES = """\
   embedkit fuse runs/dense.trec runs/bm25.trec -o runs/hybrid.trec                 # RRF, k=60
   embedkit fuse runs/dense.trec runs/bm25.trec --fusion interpolate --alpha 0.6 -o runs/hybrid.trec
   embedkit fuse a.trec b.trec c.trec --weights 1 1 0.5 --k 100 -o fused.trec
-  embedkit eval runs/hybrid.trec --qrels ../shared/data/scifact/qrels/test.tsv
+  embedkit eval --run runs/hybrid.trec --qrels ../shared/data/scifact/qrels/test.tsv
 """
 
 

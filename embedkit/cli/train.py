@@ -9,7 +9,8 @@ from embedkit.cli._common import add_command, add_quiet_argument
 EXAMPLES = """\
   embedkit train --config configs/train_multitask.yaml
   embedkit train --config configs/train_multitask.yaml --output-dir runs/mt2 --strategy sequential
-  embedkit train --config configs/train_multitask.yaml --set sequential_order=reversed --set learning_rate=1e-5
+  embedkit train --config configs/train_multitask.yaml --strategy sequential --set sequential_order=reversed \\
+      --set learning_rate=1e-5 --output-dir runs/mt-reversed
   torchrun --nproc_per_node 4 -m embedkit train --config configs/train_multitask.yaml   # multi-GPU
 """
 
