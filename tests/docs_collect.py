@@ -31,6 +31,9 @@ SHELL_FENCES = frozenset({"bash", "sh", "shell", "console"})
 #: Launchers of `-m embedkit …` on several processes; the plain `embedkit …` is collected too.
 LAUNCHERS = frozenset({"accelerate", "torchrun"})
 
+#: The first word of a command whose quoting does not close (the second is its text).
+UNBALANCED = "<unbalanced quotes>"
+
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _FENCE = re.compile(r"^\s*(```|~~~)\s*([\w+-]*)")
 _INLINE = re.compile(r"`([^`]+)`")
@@ -105,8 +108,9 @@ def embedkit_argv(words: list[str]) -> list[str]:
     return rest[3:] if rest[0] in ("python", "python3") else rest[1:]
 
 
-def is_command(words: list[str] | None) -> bool:
-    rest = command_words(words or [])
+def is_command(words: list[str] | None, text: str) -> bool:
+    """Whether it starts with a program (judged on its plain words when its quoting does not close)."""
+    rest = command_words(words if words is not None else text.split())
     return bool(rest) and rest[0] in PROGRAMS
 
 
@@ -167,7 +171,7 @@ def span_commands(text: str, source: str, references: set[tuple[str, ...]]) -> l
     for match in _INLINE.finditer(text):
         span = " ".join(match.group(1).split())
         words = split_words(span)
-        if is_command(words) and not is_reference(words, references):
+        if is_command(words, span) and not is_reference(words, references):
             found.append(Found(source, words, False, span))
     return found
 
@@ -212,7 +216,7 @@ def markdown_commands(path: Path, references: set[tuple[str, ...]]) -> list[Foun
                 words = split_words(stripped)
                 if info in SHELL_FENCES and words and words[0] == "export":
                     exported.update(assignments(words[1:]))
-                elif info in SHELL_FENCES or is_command(words):
+                elif info in SHELL_FENCES or is_command(words, stripped):
                     found.append(Found(f"{relative}:{start}", words, info in SHELL_FENCES, stripped, dict(exported)))
         fence = None
     end_paragraph()
@@ -236,7 +240,7 @@ def yaml_commands(path: Path, references: set[tuple[str, ...]]) -> list[Found]:
             continue
         candidate = re.sub(r"^.*?\bTry:\s+", "", _LABEL.sub("", text.strip()))
         words = split_words(candidate)
-        if is_command(words) and not is_reference(words, references):
+        if is_command(words, candidate) and not is_reference(words, references):
             found.append(Found(source, words, False, candidate))
     return found
 
@@ -250,7 +254,7 @@ def help_commands() -> list[Found]:
             for _, line in logical_lines(list(enumerate(text.splitlines()))):
                 stripped = line.strip()
                 words = split_words(stripped)
-                if stripped and not stripped.startswith("#") and is_command(words):
+                if stripped and not stripped.startswith("#") and is_command(words, stripped):
                     found.append(Found(" ".join(path) + " --help", words, True, stripped))
     return found
 
@@ -269,7 +273,7 @@ def collect_commands() -> list[DocCommand]:
     raw += help_commands()
     commands: dict[str, DocCommand] = {}
     for found in raw:
-        entries = [found.words if found.words is not None else ["<unbalanced quotes>", found.text]]
+        entries = [found.words if found.words is not None else [UNBALANCED, found.text]]
         rest = command_words(entries[0])
         if rest and rest[0] in LAUNCHERS and "-m" in rest and rest[rest.index("-m") + 1:][:1] == ["embedkit"]:
             entries.append(["embedkit", *rest[rest.index("-m") + 2:]])

@@ -18,8 +18,9 @@ A command passes with exit status 0 and no traceback. One the table lists with `
 a GPU, the hub, an LLM server, a Ray cluster) must still exit 2 with an `error:` message containing the
 table's `error` text and no traceback; `skip:` (other programs only: make, pip, launchers, other projects'
 servers) is not run; `xfail:` marks a bug that another change fixes (strict: the test says when it passes).
-`test_docs_table_is_complete` fails when a documented command starts with no known program, when a program
-other than embedkit, curl or python is not listed, and when the table names a command no doc shows any more.
+`test_docs_table_is_complete` fails when a documented command starts with no known program or its quotes do
+not close, when a program other than embedkit, curl or python is not listed, and when the table names a
+command no doc shows any more.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import yaml
 from tests.docs_collect import (
     PROGRAMS,
     ROOT,
+    UNBALANCED,
     DocCommand,
     assignments,
     collect_commands,
@@ -341,7 +343,9 @@ def test_docs_table_is_complete() -> None:
     for command in COMMANDS:
         entry = TABLE.commands.get(command.key, Entry())
         where = ", ".join(command.sources)
-        if command.program not in PROGRAMS:
+        if command.words[0] == UNBALANCED:
+            problems.append(f"{where}: `{command.words[1]}`: its quotes do not close")
+        elif command.program not in PROGRAMS:
             problems.append(f"{where}: `{command.key}` starts with no known program (a shell block holds commands)")
         elif command.program == "embedkit" and entry.skip:
             problems.append(f"{where}: `{command.key}` is an embedkit command: list it with needs/error, not skip")
