@@ -185,6 +185,9 @@ class OpenAICompatibleBackend:
         self.backoff_s = backoff_s
         self.concurrency = concurrency
         self._tokenizer = tokenizer
+        if api_key and not api_key.isascii():  # httpx would raise UnicodeEncodeError on the header
+            raise EmbedkitError("the API key has a character an HTTP header cannot carry (it is not ASCII); "
+                                "check the variable it is read from, e.g. $OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         limits = httpx.Limits(max_connections=max(concurrency, 10), max_keepalive_connections=max(concurrency, 10))
         self._client = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, limits=limits)

@@ -3,7 +3,9 @@
 - `embedkit agent run/eval` whose every question failed (LLM endpoint down) exited 0, as if it had results;
 - `embedkit encode --ray --ray-address auto` with no Ray cluster ended in a ConnectionError traceback;
 - `embedkit index tune` on an index of fewer than 256 documents failed on the IVF-PQ candidate (PQ's 8-bit
-  sub-quantizers need 256 training vectors), so it could not tune any small index.
+  sub-quantizers need 256 training vectors), so it could not tune any small index;
+- an OpenAI-compatible endpoint's API key with a non-ASCII character (docs/agents.md showed `OPENAI_API_KEY=…`)
+  ended in httpx's UnicodeEncodeError traceback.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ def test_agent_run_whose_every_question_failed_exits_2(small_index, tmp_path):
                       "--out", out, "--quiet", env={"OPENAI_API_KEY": "sk-test"})
     assert_user_error(result, "every question failed (2", str(out), "LLM endpoint")
     assert [json.loads(line)["status"] for line in out.read_text().splitlines()] == ["error", "error"]
+
+
+def test_agent_run_with_a_non_ascii_api_key_exits_2(small_index, tmp_path):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"id": "q1", "question": "what is a gene?"}])
+    result = embedkit("agent", "run", "--questions", questions, "--index", small_index, "--llm",
+                      f"openai:http://127.0.0.1:{free_port()}/v1", "--out", tmp_path / "out.jsonl", "--quiet",
+                      env={"OPENAI_API_KEY": "sk-…"})
+    assert_user_error(result, "API key", "not ASCII", "$OPENAI_API_KEY")
 
 
 def test_encode_with_ray_and_no_cluster_exits_2(tmp_path):
