@@ -133,6 +133,7 @@ def test_iterate_refuses_a_missing_rl_config_before_any_round(tmp_path):
         "questions": str(write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)),
         "corpus": str(write_jsonl(tmp_path / "corpus.jsonl", DOCS)),
         "train": {"base_model": MINILM},
+        "label": {"local": "embedder"},  # no judge needed, so the rl_config check is what stops the run
         "agent_update": {"name": "ppo", "rl_config": str(tmp_path / "missing.yaml")},
     }))  # fmt: skip
     result = embedkit("agentic-r", "iterate", "--config", config)
