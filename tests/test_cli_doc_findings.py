@@ -5,7 +5,9 @@
 - `embedkit index tune` on an index of fewer than 256 documents failed on the IVF-PQ candidate (PQ's 8-bit
   sub-quantizers need 256 training vectors), so it could not tune any small index;
 - an OpenAI-compatible endpoint's API key with a non-ASCII character (docs/agents.md showed `OPENAI_API_KEY=…`)
-  ended in httpx's UnicodeEncodeError traceback.
+  ended in httpx's UnicodeEncodeError traceback;
+- `embedkit boom update --base FOLDER` (and any training) from a folder that does not exist ended in
+  transformers' "Repo id must be in the form …" OSError traceback.
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ def test_agent_run_with_a_non_ascii_api_key_exits_2(small_index, tmp_path):
                       f"openai:http://127.0.0.1:{free_port()}/v1", "--out", tmp_path / "out.jsonl", "--quiet",
                       env={"OPENAI_API_KEY": "sk-…"})
     assert_user_error(result, "API key", "not ASCII", "$OPENAI_API_KEY")
+
+
+def test_boom_update_from_a_missing_base_exits_2(tmp_path):
+    pairs = [{"query": "what is a gene?", "pos": ["a gene is dna"], "neg": ["a river flows"]}]
+    new, old = write_jsonl(tmp_path / "new.jsonl", pairs), write_jsonl(tmp_path / "old.jsonl", pairs)
+    result = embedkit("boom", "update", "--base", tmp_path / "runs" / "boom" / "model", "--new-data", new,
+                      "--history", old, "--output-dir", tmp_path / "runs" / "boom-v2")
+    assert_user_error(result, f"cannot load model '{tmp_path / 'runs' / 'boom' / 'model'}'", "Give a local path")
+    assert not (tmp_path / "runs" / "boom-v2").exists()
 
 
 def test_encode_with_ray_and_no_cluster_exits_2(tmp_path):

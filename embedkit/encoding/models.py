@@ -49,6 +49,13 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def model_unavailable(name: str, error: BaseException) -> ModelUnavailableError:
+    """The one message for a model that cannot be loaded (a missing folder, a hub id this machine cannot reach)."""
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return ModelUnavailableError(f"cannot load model '{name}': {type(error).__name__}: {first_line}. "
+                                 "Give a local path or a hub id this machine can download")
+
+
 def load_sentence_transformer(name: str, *, device: str = "cpu", max_length: int | None = None):
     """Load a sentence-transformers model, turning every loading failure into one clear error."""
     from sentence_transformers import SentenceTransformer
@@ -57,10 +64,7 @@ def load_sentence_transformer(name: str, *, device: str = "cpu", max_length: int
     try:
         model = SentenceTransformer(location, device=device)
     except Exception as error:  # hub, filesystem and config errors come in many types
-        raise ModelUnavailableError(
-            f"cannot load model '{name}': {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}. "
-            "Give a local path or a hub id this machine can download"
-        ) from None
+        raise model_unavailable(name, error) from None
     if max_length is not None:
         model.max_seq_length = max_length
     return model

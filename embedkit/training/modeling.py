@@ -70,14 +70,23 @@ def build_model(config: TrainConfig, device: str | None = None, *, lora: bool | 
     name = resolve_model_name(config.model)
     kwargs: dict[str, Any] = {"device": device} if device else {}
     model_kwargs = {"dtype": weights_dtype(config, lora), "attn_implementation": config.attn_implementation}
-    if (Path(name) / "modules.json").exists() or not Path(name).exists() and _hub_is_sentence_transformer(name):
-        model = SentenceTransformer(name, model_kwargs=model_kwargs, **kwargs)
+    sentence_transformer = (Path(name) / "modules.json").exists() or (
+        not Path(name).exists() and _hub_is_sentence_transformer(name))
+    try:  # a missing folder or an unreachable hub id: transformers raises OSError for both
+        if sentence_transformer:
+            model = SentenceTransformer(name, model_kwargs=model_kwargs, **kwargs)
+        else:
+            base = Transformer(name, max_seq_length=config.max_seq_length, model_kwargs=model_kwargs)
+    except OSError as error:
+        from embedkit.encoding.models import model_unavailable
+
+        raise model_unavailable(config.model, error) from None
+    if sentence_transformer:
         if config.pooling != "auto":
             _replace_pooling(model, config.pooling)
         if config.normalize and not any(isinstance(m, Normalize) for m in model):
             model.append(Normalize())
     else:
-        base = Transformer(name, max_seq_length=config.max_seq_length, model_kwargs=model_kwargs)
         pooling = config.pooling if config.pooling != "auto" else default_pooling(base.auto_model.config)
         modules = [base, Pooling(base.get_embedding_dimension(), pooling_mode=pooling)]
         if config.normalize:

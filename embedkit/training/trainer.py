@@ -125,11 +125,11 @@ def train(config: TrainConfig, tasks: Sequence[TaskData] | None = None, *, quiet
     output = Path(config.output_dir)
     if output.exists() and any(output.iterdir()):
         raise EmbedkitError(f"output folder {output} exists and is not empty; choose another output_dir")
-    checkpoints = config.checkpoint_path
-    checkpoints.mkdir(parents=True, exist_ok=True)
     device = None if config.device == "auto" else config.device
     use_lora = lora_decision(config)
-    model = build_model(config, device=device, lora=use_lora)
+    model = build_model(config, device=device, lora=use_lora)  # first: a model that cannot load leaves no folder
+    checkpoints = config.checkpoint_path
+    checkpoints.mkdir(parents=True, exist_ok=True)
     if use_lora is None:  # `auto`: decided by the loaded model's size
         use_lora = lora_wanted(config.lora, count_parameters(model))
         weights_dtype(config, use_lora)  # a half-precision load is only allowed with LoRA
