@@ -1,8 +1,10 @@
 """A warm interpreter that forks `python -m embedkit` processes, so each command skips ~6 s of imports.
 
-The interpreter imports torch and friends and nothing else (no thread pool exists at a fork); each child
-runs `python -m embedkit`'s own `__main__` with its argv, environment, working directory, stdin, stdout and
-stderr, in a process group of its own, so its exit status, output and CPU time are those of a real process.
+The interpreter imports torch and friends and computes nothing, so no OpenMP pool exists at a fork (the
+helper threads imports start, OpenBLAS's and jemalloc's, are fork-safe, as for PyTorch DataLoader's forked
+workers). Each child runs `python -m embedkit`'s own `__main__` with its argv, environment, working
+directory, stdin, stdout and stderr, in a process group of its own, so its exit status, output and CPU time
+are those of a real process.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from tests.docs_collect import ROOT
 
-#: What the warm interpreter imports before it forks (only imports: no thread pool may exist at a fork).
+#: What the warm interpreter imports before it forks (imports only: nothing that starts an OpenMP pool).
 PRELOAD = ("numpy", "torch", "transformers", "sentence_transformers", "faiss", "fastapi", "uvicorn", "httpx",
            "pyarrow", "embedkit.cli")
 
@@ -41,7 +43,10 @@ def forker_main() -> None:
         elif request["op"] == "wait":
             reply = _wait_child(request["pid"], request["timeout"])
         else:  # stop
-            os.killpg(request["pid"], signal.SIGTERM)
+            try:
+                os.killpg(request["pid"], signal.SIGTERM)
+            except ProcessLookupError:  # nothing of it runs any more (it still waits to be reaped)
+                pass
             reply = _wait_child(request["pid"], request["timeout"])
         replies.write(json.dumps(reply) + "\n")
         replies.flush()

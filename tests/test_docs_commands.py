@@ -272,13 +272,14 @@ class DocsRun:
         port = free_port()
         words = with_port(step.words, port)
         pid, stdout, stderr = self.start_embedkit(words, step.env)
-        api_key = step.env.get("EMBEDKIT_API_KEY")
-        problem = self.ask_server(pid, port, api_key, step.entry.timeout)
-        for curl in step.attached:
-            curl_words = [re.sub(r"(localhost|127\.0\.0\.1):8000\b", rf"\1:{port}", word) for word in curl.words]
-            self.results[curl.command.key] = self.run_program(curl_words, curl.env, 60) if not problem else Result(
-                1, "", "", problem=f"its server did not answer: {problem}")
-        end = self.forker.stop(pid)
+        try:
+            problem = self.ask_server(pid, port, step.env.get("EMBEDKIT_API_KEY"), step.entry.timeout)
+            for curl in step.attached:
+                curl_words = [re.sub(r"(localhost|127\.0\.0\.1):8000\b", rf"\1:{port}", w) for w in curl.words]
+                self.results[curl.command.key] = self.run_program(curl_words, curl.env, 60) if not problem else Result(
+                    1, "", "", problem=f"its server did not answer: {problem}")
+        finally:
+            end = self.forker.stop(pid)  # whatever happened: no server outlives its step
         rc = end["rc"]
         if problem == "exited":
             problem = "the server exited before it answered"
@@ -306,8 +307,11 @@ class DocsRun:
             if time.monotonic() > deadline:
                 return "no answer on /health"
             time.sleep(0.3)
-        response = httpx.post(f"{base}/retrieve", headers=headers, timeout=60,
-                              json={"queries": ["how does bread rise?"], "topk": 3, "return_scores": True})
+        try:
+            response = httpx.post(f"{base}/retrieve", headers=headers, timeout=60,
+                                  json={"queries": ["how does bread rise?"], "topk": 3, "return_scores": True})
+        except httpx.HTTPError as error:
+            return f"/retrieve failed: {error!r}"
         if response.status_code != 200 or not response.json().get("result", [[]])[0]:
             return f"/retrieve answered {response.status_code}: {response.text[:500]}"
         return ""
@@ -375,7 +379,8 @@ def docs_run(tmp_path_factory: pytest.TempPathFactory):
 
 def docs_env(root: Path) -> dict[str, str]:
     """The environment of a CPU machine with no hub, no GPU and no Ray cluster, writing only under `root`."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": python_path,
            "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg", "CUDA_VISIBLE_DEVICES": "",
            "HF_HOME": os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface")),
