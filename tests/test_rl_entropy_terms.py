@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from agents.rl.aggregation import aggregate
 from agents.rl.config import RLConfig
 from agents.rl.losses import chunked_log_probs
 from agents.rl.regularizers import POLICY_TERMS, tre_k_entropy, tre_p_entropy
