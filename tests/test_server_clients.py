@@ -72,17 +72,26 @@ def served_index(tmp_path_factory, minilm_encoder):
     return Path(build_dense_index(iter_documents(corpus), minilm_encoder, folder / "dense", quiet=True))
 
 
-def start_server(index: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+def start_server(index: Path, *extra: str, log: Path | None = None,
+                 log_level: str = "warning") -> tuple[subprocess.Popen, str]:
+    """A real `embedkit serve` on a free port, once `/health` answers. With `log`, its output goes to that file
+    (a long run's pipe that nobody reads could fill up and stall the server)."""
     port = free_port()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "EMBEDKIT_API_KEY": ""}
-    process = subprocess.Popen([sys.executable, "-m", "embedkit", "serve", str(index), "--port", str(port),
-                                "--device", "cpu", "--torch-threads", "1", "--log-level", "warning", *extra],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sink = open(log, "wb") if log is not None else subprocess.PIPE
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "embedkit", "serve", str(index), "--port", str(port),
+                                    "--device", "cpu", "--torch-threads", "1", "--log-level", log_level, *extra],
+                                   env=env, stdout=sink, stderr=subprocess.STDOUT)
+    finally:
+        if log is not None:
+            sink.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"embedkit serve exited {process.returncode}: {process.stdout.read().decode()[-3000:]}")
+            output = log.read_text() if log is not None else process.stdout.read().decode()
+            raise RuntimeError(f"embedkit serve exited {process.returncode}: {output[-3000:]}")
         try:
             if httpx.get(url + "/health", timeout=5).status_code == 200:
                 return process, url

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.test_server_clients import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -79,38 +79,6 @@ def index_folder(tmp_path) -> Path:
     return Path(build_dense_index(documents, encoder, tmp_path / "idx", quiet=True))
 
 
-def start_logged_server(index: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """`embedkit serve` with its log in a file (a pipe nobody reads could fill up and stall the server)."""
-    port = free_port()
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "EMBEDKIT_API_KEY": ""}
-    with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "embedkit", "serve", str(index), "--port", str(port),
-                                    "--device", "cpu", "--torch-threads", "1", "--log-level", "info", *extra],
-                                   env=env, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"embedkit serve exited {process.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    process.kill()
-    raise RuntimeError("embedkit serve did not come up in 300 s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def state_of(answer: list[dict], committed: set[str]) -> str | None:
     """The committed state an answer shows ({id: title} of its upserted documents, as JSON), else None."""
     ids = [hit["id"] for hit in answer]
@@ -122,8 +90,8 @@ def state_of(answer: list[dict], committed: set[str]) -> str | None:
 
 def test_every_answer_during_continuous_upserts_is_one_whole_state(index_folder, tmp_path):
     log = tmp_path / "serve.log"
-    process, url = start_logged_server(index_folder, log, "--set", "reload.poll_seconds=0.05",
-                                       "--max-batch-size", "32")
+    process, url = start_server(index_folder, "--set", "reload.poll_seconds=0.05", "--max-batch-size", "32",
+                                log=log, log_level="info")
     answers: list[tuple[int, list[dict] | str]] = []
     sliced: list[tuple[int, list[list[dict]] | str]] = []
     done = threading.Event()
@@ -161,7 +129,7 @@ def test_every_answer_during_continuous_upserts_is_one_whole_state(index_folder,
         assert writer.returncode == 0, err
         info = httpx.get(url + "/info", timeout=30).json()
     finally:
-        stop(process)
+        stop_server(process)
 
     initial = json.dumps({f"u{i}": "gen 0" for i in range(UPSERTED)})
     committed = {initial, *(json.dumps(dict(sorted(json.loads(line).items()))) for line in out.split("\n") if line)}
