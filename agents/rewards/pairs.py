@@ -121,16 +121,23 @@ def _prompt_of(record: dict[str, Any], path: Path, line: int | None) -> str | No
     return prompt
 
 
+def _ranked_responses(record: dict[str, Any], path: Path, line: int | None, names: tuple[str, str], *,
+                      first_wins: bool, prompt_field: str) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) of a layout that stores two responses and says which one won."""
+    first, second = (_text(record[name], path, line, name) for name in names)
+    prompt = _prompt_of(record, path, line)
+    if prompt is None:
+        raise DataFormatError("missing field", path=path, line=line, field=prompt_field, fields_found=record)
+    return (prompt, first, second) if first_wins else (prompt, second, first)
+
+
 def _judgebench(record: dict[str, Any], path: Path, line: int | None) -> list[PreferencePair]:
     label = record.get("label")
     if label not in ("A>B", "B>A"):
         raise DataFormatError(f"JudgeBench layout: 'label' must be \"A>B\" or \"B>A\", got {label!r}",
                               path=path, line=line, field="label")  # fmt: skip
-    a, b = (_text(record[name], path, line, name) for name in ("response_A", "response_B"))
-    prompt = _prompt_of(record, path, line)
-    if prompt is None:
-        raise DataFormatError("missing field", path=path, line=line, field="question", fields_found=record)
-    chosen, rejected = (a, b) if label == "A>B" else (b, a)
+    prompt, chosen, rejected = _ranked_responses(record, path, line, ("response_A", "response_B"),
+                                                 first_wins=label == "A>B", prompt_field="question")
     pid = str(record.get("pair_id", line))
     return [PreferencePair(pid, prompt, chosen, rejected, str(record.get("source") or "judgebench"))]
 
@@ -175,11 +182,8 @@ def _ppe(record: dict[str, Any], path: Path, line: int | None) -> list[Preferenc
     if winner not in ("model_a", "model_b"):
         raise DataFormatError(f"PPE layout: 'winner' must be model_a, model_b or a tie, got {winner!r}",
                               path=path, line=line, field="winner")  # fmt: skip
-    one, two = (_text(record[name], path, line, name) for name in ("response_1", "response_2"))
-    prompt = _prompt_of(record, path, line)
-    if prompt is None:
-        raise DataFormatError("missing field", path=path, line=line, field="prompt", fields_found=record)
-    chosen, rejected = (one, two) if winner == "model_a" else (two, one)
+    prompt, chosen, rejected = _ranked_responses(record, path, line, ("response_1", "response_2"),
+                                                 first_wins=winner == "model_a", prompt_field="prompt")
     pid = str(record.get("question_id", record.get("id", line)))
     return [PreferencePair(pid, prompt, chosen, rejected, str(record.get("subset") or "ppe_human"))]
 
