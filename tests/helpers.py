@@ -21,6 +21,17 @@ MULTIHOP_DOCS = [
 ]
 
 
+# (query, positive, negative) on six topics: training rows for tiny models.
+TOPIC_TRIPLES = [
+    ("what protein is in the cell", "the protein of the cell", "the river of the city"),
+    ("who is the king", "the king was born in the capital", "gene dna rna"),
+    ("what is the capital city", "the capital city of the country", "blood heart brain"),
+    ("cancer treatment study", "patients treatment of cancer", "film music band"),
+    ("which film music", "film music band album", "physics chemistry"),
+    ("heart risk in patients", "heart disease risk of patients", "the war of the king"),
+]
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:

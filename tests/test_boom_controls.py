@@ -15,19 +15,12 @@ from safetensors.torch import load_file
 pytest.importorskip("mergekit")
 
 from embedkit.training.tiny import build_tiny_bert, write_vocab  # noqa: E402
-from tests.helpers import write_jsonl  # noqa: E402
+from tests.helpers import TOPIC_TRIPLES, write_jsonl  # noqa: E402
 from tests.test_index_integrity import assert_user_error, embedkit  # noqa: E402
 
 pytestmark = pytest.mark.slow  # trains and merges tiny models
 
-PAIRS = [
-    ("what protein is in the cell", "the protein of the cell"),
-    ("who is the king", "the king was born in the capital"),
-    ("what is the capital city", "the capital city of the country"),
-    ("cancer treatment study", "patients treatment of cancer"),
-    ("which film music", "film music band album"),
-    ("heart risk in patients", "heart disease risk of patients"),
-]
+PAIRS = [(query, positive) for query, positive, _ in TOPIC_TRIPLES]
 TRAINING = {"batch_size": 2, "learning_rate": 1e-2, "device": "cpu", "max_steps": 1, "warmup_ratio": 0.0,
             "logging_steps": 1}
 

@@ -19,18 +19,12 @@ import yaml
 
 from embedkit.cli import main
 from embedkit.training.tiny import build_tiny_bert
+from tests.helpers import TOPIC_TRIPLES
 from tests.test_index_integrity import ROOT, assert_user_error
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # trains, merges, runs commands
 
-PAIRS = [
-    ("what protein is in the cell", "the protein of the cell", "the river of the city"),
-    ("who is the king", "the king was born in the capital", "gene dna rna"),
-    ("what is the capital city", "the capital city of the country", "blood heart brain"),
-    ("cancer treatment study", "patients treatment of cancer", "film music band"),
-    ("which film music", "film music band album", "physics chemistry"),
-    ("heart risk in patients", "heart disease risk of patients", "the war of the king"),
-]
+PAIRS = TOPIC_TRIPLES
 QUERIES = ["what protein is in the cell", "who was the king of the country"]
 PASSAGES = ["the protein of the cell and its gene", "the capital city of the country was founded by the king"]
 TRAINING = {"batch_size": 2, "learning_rate": 1e-2, "device": "cpu", "max_steps": 1, "warmup_ratio": 0.0}

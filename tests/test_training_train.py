@@ -12,17 +12,11 @@ from safetensors.torch import load_file
 
 from embedkit.training import TrainConfig, train
 from embedkit.training.tiny import build_tiny_bert, write_vocab
+from tests.helpers import TOPIC_TRIPLES
 
 pytestmark = pytest.mark.slow  # training runs
 
-QUERIES = [
-    ("what protein is in the cell", "the protein of the cell", "the river of the city"),
-    ("who is the king", "the king was born in the capital", "gene dna rna"),
-    ("what is the capital city", "the capital city of the country", "blood heart brain"),
-    ("cancer treatment study", "patients treatment of cancer", "film music band"),
-    ("which film music", "film music band album", "physics chemistry"),
-    ("heart risk in patients", "heart disease risk of patients", "the war of the king"),
-]
+QUERIES = TOPIC_TRIPLES
 
 
 @pytest.fixture(scope="module")
