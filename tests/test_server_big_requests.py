@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_server_reload_stress import start_logged_server, stop
+from tests.test_server_clients import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -47,11 +47,11 @@ def index_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(index_folder, tmp_path_factory):
     log = tmp_path_factory.mktemp("log") / "serve.log"
-    process, url = start_logged_server(index_folder, log, "--max-batch-size", str(SLICE), "--log-level", "warning")
+    process, url = start_server(index_folder, "--max-batch-size", str(SLICE), log=log)
     try:
         yield process, url
     finally:
-        stop(process)
+        stop_server(process)
 
 
 def queries(count: int, tag: str = "q") -> list[str]:
@@ -142,14 +142,14 @@ def test_a_big_answer_raises_peak_memory_by_far_less_than_its_size(server):
 
 
 def test_an_answer_over_the_byte_limit_gets_413_naming_the_limit(index_folder, tmp_path):
-    process, url = start_logged_server(index_folder, tmp_path / "serve.log", "--log-level", "warning",
-                                       "--set", "limits.max_response_bytes=500000")
+    process, url = start_server(index_folder, "--set", "limits.max_response_bytes=500000",
+                                log=tmp_path / "serve.log")
     try:
         refused = httpx.post(url + "/retrieve", json={"queries": queries(1_000), "topk": 10}, timeout=600)
         fits = httpx.post(url + "/retrieve", json={"queries": queries(20), "topk": 10}, timeout=600)
         search = httpx.post(url + "/search", json={"queries": queries(1_000), "k": 10}, timeout=600)
     finally:
-        stop(process)
+        stop_server(process)
     assert refused.status_code == 413, refused.text[:300]
     detail = refused.json()["detail"]
     for needle in ("1000 queries", "topk 10", "limits.max_response_bytes", "500000", "split the request"):
