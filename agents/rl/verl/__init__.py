@@ -1,0 +1,6 @@
+"""embedkit's RL pieces inside stock verl (>= 0.9.1), through verl's own extension points.
+
+- `agents.rl.verl.search_tool`: `EmbedkitSearchTool`, a verl `BaseTool` that searches an `embedkit serve`
+  index over Search-R1's `/retrieve` protocol (tool config: configs/verl/search_tool.yaml).
+- `agents.rl.verl.data`: NQ + HotpotQA questions in verl's parquet layout for Search-R1-style training.
+"""
