@@ -48,6 +48,7 @@ from embedkit.index.docstore import DOCSTORE_NAME
 from embedkit.index.members import FolderScan, check_member_name, scan_folder
 from embedkit.io import atomic_write
 from embedkit.lexical.settings import BM25Settings
+from embedkit.lexical.segments import BM25Segment
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 2
@@ -461,6 +462,8 @@ def _next_free_row(folder: Path) -> int:
         finally:
             store.close()
     deleted = folder / DELETED_NAME
+    segments: list[BM25Segment] = Field(default_factory=list, description="segments, oldest first (empty: one, "
+                                        "written before updates recorded them)")
     if deleted.is_file():
         rows = load_deleted_rows(deleted)
         if len(rows):
