@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedkit.cli._common import add_command
+from embedkit.cli.rl_verl_data import add_verl_data_command
 from embedkit.errors import EmbedkitError
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  embedkit rl train --config configs/rl_search_toy.yaml --output-dir runs/search",
     )  # fmt: skip
     add_train_arguments(train, "configs/rl_*.yaml")
+    add_verl_data_command(sub)
 
     plot = add_command(
         sub, "plot", _plot,
