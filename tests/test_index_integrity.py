@@ -51,8 +51,15 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def doc_ids(index: Path) -> set[str]:
-    with sqlite3.connect(f"file:{index / 'docstore.sqlite'}?mode=ro", uri=True) as db:
-        return {row[0] for row in db.execute("SELECT id FROM docs")}
+    """The live document ids, read the way a search reads them (every segment, deleted rows hidden)."""
+    from embedkit.index.dense import DenseIndex
+    from embedkit.index.manifest import DenseManifest
+
+    store = DenseIndex(index, DenseManifest.load(index)).docstore
+    try:
+        return set(store.ids_by_row().values())
+    finally:
+        store.close()
 
 
 @pytest.fixture(scope="module")
@@ -110,36 +117,61 @@ def test_overwrite_replaces_an_earlier_index(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["num_docs"] == 5
 
 
-# --- 2. a kill at every step of an update's write/swap sequence ----------------------------------------------
+# --- 2. a kill at every step of an update's commit, and of a compaction's folder swap -------------------------
 
 STEPS = ("filled", "synced", "committed", "old-moved", "new-moved", "parent-synced", "swept")
 
 
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("step", ("collected", "segment-written", "segment-synced", "manifest-swapped"))
 def test_update_killed_at_every_step_recovers(index, step):
-    from embedkit.io import SWAP_STEPS
+    from embedkit.index.segments import SEGMENT_STEPS
 
-    assert set(STEPS) == set(SWAP_STEPS)
+    assert step in SEGMENT_STEPS
     before = doc_ids(index)
     result = embedkit("index", "remove", index, "--id", "d3", "--id", "d7", env={"EMBEDKIT_CRASH_AT": step})
     assert result.returncode == 137, result.stderr  # killed abruptly, no cleanup ran
-    # The next command on the path (a read) recovers the folder: old or new documents, exactly.
     info = embedkit("index", "info", index)
     assert info.returncode == 0, info.stderr
     after = doc_ids(index)
     expected_new = before - {"d3", "d7"}
-    if step in ("filled", "synced"):
-        assert after == before  # never completed: rolled back
-    elif step in ("committed",):
-        assert after in (before, expected_new)
-    else:
-        assert after == expected_new  # the new folder was complete: rolled forward / kept
+    assert after == (expected_new if step == "manifest-swapped" else before)  # the manifest swap is the commit
     assert json.loads(info.stdout)["num_docs"] == len(after)
-    # ... and the next write sweeps whatever is left; then nothing but the index remains.
+    assert embedkit("index", "verify", index).returncode == 0
+    # The next update collects what the killed one wrote; then only referenced files (and those the last
+    # commit replaced, kept for readers of the state before it) remain.
+    previous = set(json.loads((index / "manifest.json").read_text())["files"])
     result = embedkit("index", "remove", index, "--id", "d1")
     assert result.returncode == 0, result.stderr
     assert leftovers(index) == []
     assert doc_ids(index) == after - {"d1"}
+    current = set(json.loads((index / "manifest.json").read_text())["files"])
+    assert {p.name for p in index.iterdir()} - {"manifest.json"} <= current | previous
+    assert embedkit("index", "verify", index).returncode == 0
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_compaction_killed_at_every_step_recovers(index, step):
+    from embedkit.io import SWAP_STEPS
+
+    assert set(STEPS) == set(SWAP_STEPS)
+    assert embedkit("index", "remove", index, "--id", "d3", "--id", "d7").returncode == 0
+    before = doc_ids(index)
+    assert json.loads((index / "manifest.json").read_text())["segments"]  # the update wrote segments
+    result = embedkit("index", "compact", index, env={"EMBEDKIT_CRASH_AT": step})
+    assert result.returncode == 137, result.stderr
+    # The next command on the path (a read) recovers the folder: old or new layout, the same documents.
+    info = embedkit("index", "info", index)
+    assert info.returncode == 0, info.stderr
+    assert doc_ids(index) == before
+    segmented = bool(json.loads(info.stdout).get("segments"))
+    if step in ("filled", "synced"):
+        assert segmented  # never completed: rolled back
+    elif step != "committed":
+        assert not segmented  # the new folder was complete: rolled forward / kept
+    result = embedkit("index", "remove", index, "--id", "d1")
+    assert result.returncode == 0, result.stderr
+    assert leftovers(index) == []
+    assert doc_ids(index) == before - {"d1"}
     assert embedkit("index", "verify", index).returncode == 0
 
 

@@ -32,10 +32,12 @@ from embedkit.index.faiss_ops import (
     create_index,
     exact_top_k,
     ivf_of,
+    read_faiss_file,
     reconstruct_rows,
     reserve_rows,
     search_defaults,
     stores_exact_vectors,
+    to_gpus,
     train_index,
 )
 from embedkit.index.faiss_ops import search as faiss_search
@@ -53,6 +55,7 @@ from embedkit.index.manifest import (
     StoredVectors,
 )
 from embedkit.index.masked import load_deleted_rows
+from embedkit.index.segments import SegmentedDocStore, SegmentReader, search_segments, segment_records
 from embedkit.io import atomic_directory
 from embedkit.passage import Passage
 
@@ -343,39 +346,47 @@ class DenseIndex(Index):
             )
 
     @cached_property
-    def faiss_index(self):
-        import faiss
+    def segments(self) -> list[SegmentReader]:
+        """The folder's segments (one for a folder in the one-segment layout), see `embedkit.index.segments`."""
+        return [SegmentReader(self.path, self.manifest, record, mmap=self._mmap, backend=self.backend)
+                for record in segment_records(self.path, self.manifest)]
 
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if self._mmap else 0
-        if self.manifest.on_disk:
-            flags |= faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is found beside index.faiss wherever it moved
-        try:
-            index = faiss.read_index(str(self.path / FAISS_NAME), flags)
-        except RuntimeError as error:
-            raise IndexFormatError(f"{self.path / FAISS_NAME} cannot be read ({str(error).splitlines()[-1]}); "
-                                   "rebuild the index") from None
-        except MemoryError:  # FAISS's std::bad_alloc: a size field larger than any real index (or this machine)
-            raise IndexFormatError(f"{self.path / FAISS_NAME} cannot be read: it asks for more memory than this "
-                                   "machine has (a damaged size field, or an index too large for RAM: try --mmap)"
-                                   ) from None
+    @cached_property
+    def faiss_index(self):
+        """The FAISS index of a one-segment folder (a folder of several has one per segment: `segments`)."""
+        if self.manifest.segments:
+            if len(self.segments) != 1:
+                raise EmbedkitError(f"{self.path} has {len(self.segments)} segments, each with its own FAISS index "
+                                    "(index.segments); `embedkit index compact` merges them into one")
+            return self.segments[0].faiss_index
+        index = read_faiss_file(self.path / FAISS_NAME, mmap=self._mmap, on_disk=self.manifest.on_disk)
         check_faiss_shape(self.path, self.manifest, index, len(self.deleted_rows))
         if self.backend == "faiss-gpu":
-            if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
-                raise EmbedkitError("backend 'faiss-gpu' needs faiss-gpu and a CUDA GPU (pip install embedkit[gpu]); "
-                                    "or use backend 'torch'")
-            index = faiss.index_cpu_to_all_gpus(index)
+            index = to_gpus(index)
         return index
+
+    @cached_property
+    def docstore(self) -> DocStore:
+        if self.manifest.segments:
+            return SegmentedDocStore(self.segments)
+        return DocStore(self.path / DOCSTORE_NAME)
 
     def open_files(self) -> None:
         """The document store, the FAISS index and its deleted rows (and, for the torch backend, the vectors)."""
-        super().open_files()
-        _ = self.faiss_index  # reads deleted_rows too (its row count is checked against them)
+        if self.manifest.segments:
+            for segment in self.segments:
+                segment.open_files()
+        else:
+            super().open_files()
+            _ = self.faiss_index  # reads deleted_rows too (its row count is checked against them)
         if self.backend == "torch":
             _ = self.torch_searcher
 
     @cached_property
     def deleted_rows(self) -> np.ndarray:
         """Rows still inside the FAISS index but deleted (kinds that cannot remove, e.g. HNSW); masked in search."""
+        if self.manifest.segments:
+            return np.concatenate([np.zeros(0, dtype=np.int64), *(segment.deleted for segment in self.segments)])
         path = self.path / DELETED_NAME
         return load_deleted_rows(path, self.manifest.next_row) if path.is_file() else np.zeros(0, dtype=np.int64)
 
@@ -402,6 +413,8 @@ class DenseIndex(Index):
         Exact unless the index is lossy and was built without stored vectors (then an approximation).
         """
         rows = np.asarray(rows, dtype=np.int64)
+        if self.manifest.segments:
+            return self._segment_vectors(rows)
         stored = self.manifest.vectors
         if stored is not None:
             check_stored_vectors(self.path, self.manifest)
@@ -409,8 +422,21 @@ class DenseIndex(Index):
             return np.asarray(matrix[rows], dtype=np.float32)
         return reconstruct_rows(self.faiss_index, rows)
 
+    def _segment_vectors(self, rows: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(rows), self.spec.dim), dtype=np.float32)
+        starts = np.array([segment.record.row_start for segment in self.segments], dtype=np.int64)
+        owner = np.searchsorted(starts, rows, side="right") - 1
+        for position, segment in enumerate(self.segments):
+            mask = owner == position
+            if mask.any():
+                out[mask] = segment.vectors(rows[mask])
+        return out
+
     @property
     def vectors_exact(self) -> bool:
+        if self.manifest.segments:
+            return self.manifest.vectors is not None or all(stores_exact_vectors(segment.faiss_index)
+                                                            for segment in self.segments)
         return self.manifest.vectors is not None or stores_exact_vectors(self.faiss_index)
 
     @cached_property
@@ -445,8 +471,12 @@ class DenseIndex(Index):
             defaults = self.manifest.search
             nprobe = nprobe if nprobe is not None else defaults.nprobe
             ef_search = ef_search if ef_search is not None else defaults.ef_search
-            scores, rows = faiss_search(self.faiss_index, vectors, k, nprobe=nprobe, ef_search=ef_search,
-                                        exclude=self.deleted_rows)
+            if self.manifest.segments:
+                scores, rows = search_segments(self.segments, vectors, k, metric=self.manifest.metric,
+                                               nprobe=nprobe, ef_search=ef_search)
+            else:
+                scores, rows = faiss_search(self.faiss_index, vectors, k, nprobe=nprobe, ef_search=ef_search,
+                                            exclude=self.deleted_rows)
         return self._hits(scores, rows, with_text=with_text)
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray, *, with_text: bool) -> list[list[Passage]]:
@@ -538,6 +568,10 @@ def faiss_row_ids(index) -> np.ndarray:
 def verify_dense(path: Path, manifest: DenseManifest) -> VerifyReport:
     """Every byte against the checksums, the counts, FAISS's shape, the stored vectors' size, and the rows:
     every document's row below `next_row` and none of them masked."""
+    if manifest.segments:
+        from embedkit.index.segments_verify import verify_segmented
+
+        return verify_segmented(path, manifest)
     report = verify_folder(path, manifest, next_row=manifest.next_row)
     index = DenseIndex(path, manifest)
     ntotal = index.faiss_index.ntotal  # reading it checks the FAISS shape against the manifest

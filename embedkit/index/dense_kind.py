@@ -20,7 +20,7 @@ from embedkit.index.dense import (
 from embedkit.index.faiss_ops import check_factory
 from embedkit.index.kinds import IndexKind, VerifyReport
 from embedkit.index.lifecycle import UpdateReport, add_documents, remove_documents
-from embedkit.index.manifest import DenseManifest
+from embedkit.index.manifest import DenseManifest, IndexManifest
 
 
 class DenseKind(IndexKind[DenseManifest, DenseBuildOptions, DenseOpenOptions]):
@@ -51,6 +51,13 @@ class DenseKind(IndexKind[DenseManifest, DenseBuildOptions, DenseOpenOptions]):
 
     def remove(self, path: Path, ids: Iterable[str], *, source: str | None = None) -> UpdateReport:
         return remove_documents(path, ids, source=source)
+
+    def check(self, path: Path, manifest: IndexManifest) -> None:
+        """Sizes of every file; a segmented folder's document counts are checked as its segments open."""
+        if isinstance(manifest, DenseManifest) and manifest.segments:
+            manifest.check_files(path)
+        else:
+            super().check(path, manifest)
 
     def verify(self, path: Path, manifest: DenseManifest | None = None) -> VerifyReport:
         return verify_dense(path, manifest or DenseManifest.load(path))

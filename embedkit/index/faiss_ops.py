@@ -247,6 +247,34 @@ def _search_filtered(index, vectors: np.ndarray, k: int, exclude: np.ndarray) ->
     return out_scores, out_rows
 
 
+def read_faiss_file(path, *, mmap: bool = False, on_disk: bool = False):
+    """Read a FAISS file (memory-mapped with `mmap`); unreadable or absurd sizes are IndexFormatError."""
+    import faiss
+
+    from embedkit.errors import IndexFormatError
+
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    if on_disk:
+        flags |= faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is found beside index.faiss wherever it moved
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as error:
+        raise IndexFormatError(f"{path} cannot be read ({str(error).splitlines()[-1]}); rebuild the index") from None
+    except MemoryError:  # FAISS's std::bad_alloc: a size field larger than any real index (or this machine)
+        raise IndexFormatError(f"{path} cannot be read: it asks for more memory than this machine has (a damaged "
+                               "size field, or an index too large for RAM: try --mmap)") from None
+
+
+def to_gpus(index):
+    """`index` copied to every GPU (backend "faiss-gpu"); EmbedkitError where faiss-gpu or a GPU is missing."""
+    import faiss
+
+    if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
+        raise EmbedkitError("backend 'faiss-gpu' needs faiss-gpu and a CUDA GPU (pip install embedkit[gpu]); "
+                            "or use backend 'torch'")
+    return faiss.index_cpu_to_all_gpus(index)
+
+
 def serialized_size(index) -> int:
     import faiss
 

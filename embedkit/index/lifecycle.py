@@ -21,7 +21,6 @@ rows are listed in `deleted.npy` and masked at search time until `compact_index`
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -34,21 +33,12 @@ from embedkit.data.corpus import Document
 from embedkit.defaults import DEFAULT_BATCH_SIZE
 from embedkit.encoding.config import EncoderSpec
 from embedkit.errors import EmbedkitError, IndexFormatError, ModelMismatchError
-from embedkit.index.dense import (
-    DEFAULT_TRAIN_SAMPLE,
-    DELETED_NAME,
-    FAISS_NAME,
-    DenseIndex,
-    _write,
-    verify_dense,
-)
-from embedkit.index.docstore import DOCSTORE_NAME, DocStore, DuplicateIdError
-from embedkit.index.faiss_ops import try_remove
-from embedkit.index.kinds import check_document_ids, check_folder
+from embedkit.index.dense import DEFAULT_TRAIN_SAMPLE, DenseIndex, _write, verify_dense
+from embedkit.index.docstore import DuplicateIdError
+from embedkit.index.kinds import check_folder
 from embedkit.index.manifest import MANIFEST_NAME, DenseManifest, HistoryEntry, IndexManifest
-from embedkit.index.masked import load_deleted_rows
-from embedkit.index.prebuilt import with_row_ids
-from embedkit.io import atomic_directory, check_replaceable, folder_lock, real_folder
+from embedkit.index.segments_update import SegmentedUpdate, check_update_files, segmented_update
+from embedkit.io import check_replaceable, folder_lock, real_folder
 
 if TYPE_CHECKING:
     from embedkit.encoding.encoder import Encoder
@@ -285,6 +275,8 @@ def _dense_manifest(path: Path, *, verify: bool = False) -> DenseManifest:
         raise IndexFormatError(f"{path} is a {manifest.kind} index; only dense indexes can be updated this way")
     if verify:
         verify_dense(path, manifest)
+    elif manifest.segments:
+        manifest.check_files(path)  # document counts are checked by the segments that are opened
     else:
         check_folder(path, manifest)
     return manifest
@@ -318,107 +310,11 @@ def _materialize(index: DenseIndex, batch: list[tuple[int, Document]]) -> tuple[
     return [doc for _, doc in batch], index.vectors(rows)
 
 
-class _Update:
-    """An index folder being changed in a temporary copy."""
-
-    def __init__(self, source: Path, manifest: DenseManifest, folder: Path, action: str) -> None:
-        import faiss
-
-        self.folder = folder
-        self.manifest = manifest.model_copy(deep=True)
-        if self.manifest.on_disk:
-            raise EmbedkitError(
-                f"{source} keeps its inverted lists on disk, which FAISS would change in place; add documents by "
-                "merging: `embedkit index merge OLD NEW --out NEW_INDEX` (no re-encoding of OLD)"
-            )
-        for name in self.manifest.files:
-            if name != FAISS_NAME:  # the FAISS index is read into memory and written anew
-                shutil.copyfile(source / name, folder / name)
-        self.index = faiss.read_index(str(source / FAISS_NAME))
-        self.index = with_row_ids(self.index)  # an imported plain index (`embedkit index import`) labels by position
-        self.store = DocStore(folder / DOCSTORE_NAME, readonly=False)
-        deleted = folder / DELETED_NAME
-        self.deleted: set[int] = (set(load_deleted_rows(deleted, manifest.next_row).tolist()) if deleted.is_file()
-                                  else set())
-        self.dim = self.manifest.encoder.dim
-        self.report = UpdateReport(action=action)
-        self.source_name: str | None = None
-
-    def upsert(self, docs: list[Document], vectors: np.ndarray) -> None:
-        if vectors.shape != (len(docs), self.dim):
-            raise EmbedkitError(f"expected vectors of shape ({len(docs)}, {self.dim}), got {vectors.shape}")
-        last = {doc.id: position for position, doc in enumerate(docs)}  # a repeated id: the last one wins
-        if len(last) < len(docs):
-            keep = sorted(last.values())
-            docs, vectors = [docs[i] for i in keep], vectors[keep]
-        check_document_ids([doc.id for doc in docs], source=self.source_name)
-        existing = self.store.row_of([doc.id for doc in docs])
-        self._delete_rows(np.array(sorted(existing.values()), dtype=np.int64))
-        start = self.manifest.next_row
-        rows = np.arange(start, start + len(docs), dtype=np.int64)
-        self.store.add(rows.tolist(), docs)
-        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), rows)
-        self._store_vectors(start, vectors)
-        self.manifest.next_row = start + len(docs)
-        self.report.replaced += len(existing)
-        self.report.added += len(docs) - len(existing)
-
-    def remove(self, ids: list[str]) -> None:
-        existing = self.store.row_of(ids)
-        self.report.missing += [doc_id for doc_id in dict.fromkeys(ids) if doc_id not in existing]
-        self._delete_rows(np.array(sorted(existing.values()), dtype=np.int64))
-        self.report.removed += len(existing)
-
-    def _delete_rows(self, rows: np.ndarray) -> None:
-        if len(rows) == 0:
-            return
-        self.store.delete_rows(rows.tolist())
-        if not try_remove(self.index, rows):
-            self.deleted.update(rows.tolist())
-
-    def _store_vectors(self, start: int, vectors: np.ndarray) -> None:
-        stored = self.manifest.vectors
-        if stored is None:
-            return
-        dtype = np.dtype(stored.dtype)
-        row_bytes = self.dim * dtype.itemsize
-        with open(self.folder / stored.file, "r+b") as handle:
-            handle.truncate(start * row_bytes)  # rows are dense in the file: row r at offset r·row_bytes
-            handle.seek(start * row_bytes)
-            handle.write(np.ascontiguousarray(vectors, dtype=dtype).tobytes())
-
-    def finish(self, source: str | None) -> None:
-        import faiss
-
-        from embedkit import __version__
-
-        self.store.close()
-        faiss.write_index(self.index, str(self.folder / FAISS_NAME))
-        deleted_path = self.folder / DELETED_NAME
-        if self.deleted:
-            with open(deleted_path, "wb") as handle:
-                np.save(handle, np.array(sorted(self.deleted), dtype=np.int64))
-        elif deleted_path.exists():
-            deleted_path.unlink()
-        num_docs = len(DocStore(self.folder / DOCSTORE_NAME))
-        report = self.report
-        report.num_docs, report.masked = num_docs, len(self.deleted)
-        entry = HistoryEntry(action=report.action, documents=report.added + report.replaced or report.removed,
-                             source=source, added=report.added, replaced=report.replaced, removed=report.removed,
-                             missing=len(report.missing), masked=len(self.deleted), num_docs=num_docs)
-        self.manifest.num_docs = num_docs
-        self.manifest.embedkit_version = __version__
-        self.manifest.history.append(entry)
-        self.manifest.record_files(self.folder)
-        self.manifest.save(self.folder)
-
-
 @contextlib.contextmanager
-def _update(path: Path, action: str, source: str | None) -> Iterator[_Update]:
+def _update(path: Path, action: str, source: str | None) -> Iterator[SegmentedUpdate]:
+    """An update committed as new segment files and a manifest swap, under the folder's lock."""
     with folder_lock(path):
-        manifest = _dense_manifest(path, verify=True)  # fail before copying anything, and never copy damage
-        with atomic_directory(path, overwrite=True, marker=MANIFEST_NAME, what="embedkit index") as folder:
-            update = _Update(path, manifest, folder, action)
-            update.source_name = source
+        manifest = _dense_manifest(path)
+        check_update_files(path, manifest)  # only what the update reads whole: never carry damage forward
+        with segmented_update(path, manifest, UpdateReport(action=action), source=source) as update:
             yield update
-            update.finish(source)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -47,11 +48,14 @@ from embedkit.errors import DataFormatError, IndexFormatError
 from embedkit.index.docstore import DOCSTORE_NAME
 from embedkit.index.members import FolderScan, check_member_name, scan_folder
 from embedkit.io import atomic_write
-from embedkit.lexical.settings import BM25Settings
 from embedkit.lexical.segments import BM25Segment
+from embedkit.lexical.settings import BM25Settings
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 2
+#: A dense folder of several segments (`embedkit.index.segments`); older embedkit refuses it as newer.
+SEGMENTED_FORMAT = 3
+LATEST_FORMAT = SEGMENTED_FORMAT
 # Files of a dense folder (`embedkit.index.dense` reads them; named here so the manifest can require them).
 FAISS_NAME = "index.faiss"
 DELETED_NAME = "deleted.npy"
@@ -151,7 +155,11 @@ class IndexManifest(BaseModel):
 
     def save(self, folder: Path) -> None:
         with atomic_write(Path(folder) / MANIFEST_NAME) as handle:
-            handle.write(self.model_dump_json(indent=2) + "\n")
+            handle.write(self.model_dump_json(indent=2, exclude=self._unsaved_fields()) + "\n")
+
+    def _unsaved_fields(self) -> set[str]:
+        """Fields left out of the saved JSON (at their defaults in a layout that predates them)."""
+        return set()
 
     @classmethod
     def load(cls, folder: str | Path) -> AnyManifest:
@@ -181,8 +189,8 @@ class IndexManifest(BaseModel):
         version = data.get("format_version", 1)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise IndexFormatError(f"{path} is damaged: field 'format_version': {str(version)[:40]!r} is not a "
-                                   f"format embedkit wrote (1 to {FORMAT_VERSION})")
-        if version > FORMAT_VERSION:
+                                   f"format embedkit wrote (1 to {LATEST_FORMAT})")
+        if version > LATEST_FORMAT:
             raise IndexFormatError(f"{folder} was written by a newer embedkit (format {version}); upgrade embedkit")
         try:
             if version < 2:
@@ -273,6 +281,63 @@ class IndexManifest(BaseModel):
                 )
         return unchecked
 
+#: Names of the files of segment N (`embedkit.index.segments`); segment 0 of a converted folder keeps its old names.
+SEGMENT_FILE = re.compile(r"^seg-(?P<id>\d{6,})\.(?:faiss|docstore\.sqlite|vectors\.f16|vectors\.f32|"
+                          r"del-(?P<gen>\d{6,})\.npy)$")
+TRAINED_FILE = re.compile(r"^trained-(?P<gen>\d{6,})\.faiss$")
+
+
+def segment_file(segment: int, what: str) -> str:
+    """The name of one file of segment `segment`: what is faiss, docstore.sqlite, vectors.f16/f32 or del-GEN.npy."""
+    return f"seg-{segment:06d}.{what}"
+
+
+class SegmentRecord(BaseModel):
+    """One segment of a dense folder: its files, its global rows [row_start, row_stop) and its counts.
+
+    A segment's files never change once written; deletions are a new `deleted` file (the rows to mask).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: int = Field(ge=0, le=MAX_ROW)
+    faiss: MemberName
+    docstore: MemberName
+    vectors: MemberName | None = None
+    deleted: MemberName | None = Field(None, description="sorted int64 rows of this segment that are deleted")
+    row_start: int = Field(ge=0, le=MAX_ROW)
+    row_stop: int = Field(ge=0, le=MAX_ROW)
+    num_vectors: int = Field(ge=0, description="vectors in the FAISS file (live, deleted and masked rows)")
+    num_stored: int = Field(ge=0, description="rows of the document store")
+    num_deleted: int = Field(0, ge=0, description="rows the deletion file lists")
+    num_docs: int = Field(ge=0, description="live documents: stored rows not deleted")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SegmentRecord:
+        span = self.row_stop - self.row_start
+        if span < 0 or self.num_vectors > span or self.num_stored > span:
+            raise ValueError(f"segment {self.id}: rows {self.row_start}..{self.row_stop} cannot hold "
+                             f"{self.num_vectors} vectors and {self.num_stored} stored documents")
+        if self.num_docs > self.num_stored or self.num_docs > self.num_vectors:
+            raise ValueError(f"segment {self.id}: {self.num_docs} live documents exceed its stored rows or vectors")
+        if (self.deleted is None) != (self.num_deleted == 0):
+            raise ValueError(f"segment {self.id}: num_deleted {self.num_deleted} without a deletion file, or the "
+                             "reverse")
+        return self
+
+    def files(self) -> list[str]:
+        return [name for name in (self.faiss, self.docstore, self.vectors, self.deleted) if name is not None]
+
+
+class MergePolicy(BaseModel):
+    """When an update also merges segments (`embedkit index compact --merge-policy ...` sets it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["auto", "never"] = Field("auto", description="never: only `embedkit index compact` merges")
+    max_segments: int = Field(10, ge=1, description="more segments than this: merge the smallest neighbours")
+    max_deleted_fraction: float = Field(0.5, gt=0, le=1, description="a segment deleted this much is rewritten")
+
 
 class DenseManifest(IndexManifest):
     """A FAISS index with the encoder that must be used to query it."""
@@ -290,6 +355,48 @@ class DenseManifest(IndexManifest):
     on_disk: bool = Field(False, description="IVF lists live in index.ivfdata, read from disk")
     truncated_documents: int | None = Field(
         None, ge=0, description="documents longer than the encoder's max length (cut when encoded)")
+    segments: list[SegmentRecord] = Field(
+        default_factory=list, description="live segments in row order; empty: the one-segment layout (index.faiss)")
+    generation: int = Field(0, ge=0, le=MAX_ROW, description="commits of the segmented layout so far")
+    trained_index: MemberName | None = Field(None, description="empty trained FAISS index new segments copy")
+    trained_rows: int | None = Field(None, ge=0, description="documents in the index when it was trained")
+    added_since_training: int = Field(0, ge=0, description="vectors added to new segments since training")
+    merge_policy: MergePolicy = Field(default_factory=MergePolicy)
+
+    @model_validator(mode="after")
+    def _segments_fit(self) -> DenseManifest:
+        # Writers name new files by `generation`: a recorded name from a later generation would be overwritten.
+        previous_stop, ids = 0, set()
+        for segment in self.segments:
+            if segment.id in ids:
+                raise ValueError(f"segment {segment.id} is listed twice")
+            ids.add(segment.id)
+            if segment.row_start < previous_stop or segment.row_stop > self.next_row:
+                raise ValueError(f"segment {segment.id}: rows {segment.row_start}..{segment.row_stop} overlap another "
+                                 f"segment or pass next_row {self.next_row}")
+            previous_stop = segment.row_stop
+            for name in segment.files():
+                _check_segment_name(name, segment.id, self.generation)
+        if self.segments and sum(segment.num_docs for segment in self.segments) != self.num_docs:
+            raise ValueError(f"the segments hold {sum(s.num_docs for s in self.segments)} documents, num_docs is "
+                             f"{self.num_docs}")
+        if self.trained_index is not None:
+            match = TRAINED_FILE.match(self.trained_index)
+            if match is None or int(match["gen"]) > self.generation:
+                raise ValueError(f"trained_index {self.trained_index!r} is not a name embedkit writes")
+        return self
+
+    @property
+    def segmented(self) -> bool:
+        return bool(self.segments)
+
+    def _unsaved_fields(self) -> set[str]:
+        if self.segments:
+            return set()
+        defaults = DenseManifest.model_fields
+        return {name for name in ("segments", "generation", "trained_index", "trained_rows", "added_since_training",
+                                  "merge_policy") if getattr(self, name) == defaults[name].get_default(
+                                      call_default_factory=True)}
 
     @field_validator("encoder")
     @classmethod
@@ -312,6 +419,9 @@ class DenseManifest(IndexManifest):
         return {FAISS_NAME: sources} if sources else {}
 
     def required_files(self, folder: Path) -> set[str]:
+        if self.segments:  # every file of every live segment, and the trained template
+            named = {name for segment in self.segments for name in segment.files()}
+            return named | ({self.trained_index} if self.trained_index else set())
         required = {*super().required_files(folder), FAISS_NAME}
         if self.vectors is not None:
             required.add(self.vectors.file)
@@ -320,6 +430,17 @@ class DenseManifest(IndexManifest):
         if (folder / DELETED_NAME).exists() or os.path.islink(folder / DELETED_NAME):
             required.add(DELETED_NAME)  # read whenever present
         return required
+
+
+def _check_segment_name(name: str, segment: int, generation: int) -> None:
+    """A segment file is named for its segment (segment 0 may keep the one-segment layout's names)."""
+    legacy = {FAISS_NAME, DOCSTORE_NAME, DELETED_NAME, *VECTOR_FILES.values()}
+    if segment == 0 and name in legacy:
+        return
+    match = SEGMENT_FILE.match(name)
+    if (match is None or int(match["id"]) != segment or segment > generation
+            or (match["gen"] is not None and int(match["gen"]) > generation)):
+        raise ValueError(f"segment {segment}: file {name!r} is not a name embedkit gives this segment's files")
 
 
 class BM25BackendInfo(BaseModel):
@@ -341,6 +462,8 @@ class BM25Manifest(IndexManifest):
     kind: Literal["bm25"] = "bm25"
     settings: BM25Settings
     backend_info: BM25BackendInfo = Field(default_factory=BM25BackendInfo)
+    segments: list[BM25Segment] = Field(default_factory=list, description="segments, oldest first (empty: one, "
+                                        "written before updates recorded them)")
 
     @classmethod
     def load(cls, folder: str | Path) -> BM25Manifest:
@@ -462,8 +585,6 @@ def _next_free_row(folder: Path) -> int:
         finally:
             store.close()
     deleted = folder / DELETED_NAME
-    segments: list[BM25Segment] = Field(default_factory=list, description="segments, oldest first (empty: one, "
-                                        "written before updates recorded them)")
     if deleted.is_file():
         rows = load_deleted_rows(deleted)
         if len(rows):
