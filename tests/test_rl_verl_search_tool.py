@@ -1,12 +1,14 @@
-"""The embedkit search tool inside verl 0.9.1, against a real `embedkit serve` on 127.0.0.1.
+"""The embedkit search tool inside verl 0.9.1, against embedkit's retrieval server on 127.0.0.1.
 
 - verl's own loader (`verl.tools.tool_registry.load_all_tools`) reads configs/verl/search_tool.yaml;
-- the tool's `/retrieve` calls reach a real `embedkit serve` (dense MiniLM index, bearer key) and come back in
+- the tool's `/retrieve` calls reach embedkit's server app under uvicorn on a real socket (dense MiniLM index,
+  bearer key) and come back in
   Search-R1's `<information>` rendering; the Agentic-R template sends "{question} [SEP] {query}";
 - failures (wrong key, a 503 that clears, a server that never answers, bad arguments) become the tool's text;
 - `embedkit rl verl-data` rows load with `datasets` and with verl's `RLHFDataset` (tool schemas included), and
   verl's default reward scores them;
-- verl's stock `ToolAgentLoop` runs one two-turn session from such a row: the only scripted part is the LLM
+- configs/verl/search_r1_{grpo,ppo}.yaml compose with hydra into verl's own config dataclasses;
+- verl's stock `ToolAgentLoop`, configured by search_r1_grpo.yaml, runs one two-turn session from such a row: the only scripted part is the LLM
   server (`server_manager.generate` returns fixed token ids: first a tool call, then an answer); the loop, its
   hermes parser, the chat-template merge and the tool are verl's and ours.
 """
@@ -15,15 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import MULTIHOP_DOCS, running_server, write_jsonl
-from tests.test_server_clients import start_server, stop_server
 
 pytest.importorskip("verl")
 
@@ -35,19 +34,22 @@ KISS_AND_TELL = MULTIHOP_DOCS[0]
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, minilm_encoder):
-    """A real `embedkit serve` with a bearer key over a dense MiniLM index of the multi-hop documents."""
+    """embedkit's server app (what `embedkit serve` runs) under uvicorn on 127.0.0.1, with a bearer key, over a
+    dense MiniLM index of the multi-hop documents (in this process: the session's MiniLM is loaded once)."""
     from embedkit.data import iter_documents
-    from embedkit.index import build_dense_index
+    from embedkit.index import Index, build_dense_index
+    from embedkit.server.app import create_app
+    from embedkit.server.config import ServerConfig
+    from embedkit.server.service import RetrievalService
 
     folder = tmp_path_factory.mktemp("verl_tool")
     corpus = write_jsonl(folder / "corpus.jsonl",
                          [{"_id": i, "title": title, "text": text} for i, title, text in MULTIHOP_DOCS])  # fmt: skip
     index = build_dense_index(iter_documents(corpus), minilm_encoder, folder / "dense", quiet=True)
-    process, url = start_server(Path(index), "--api-key", API_KEY)
-    try:
+    config = ServerConfig(index=str(index), api_key=API_KEY, device="cpu")
+    service = RetrievalService(config, {"dense": Index.load(index, encoder=minilm_encoder)})
+    with running_server(create_app(config, service), lifespan="on") as url:
         yield url
-    finally:
-        stop_server(process)
 
 
 @pytest.fixture
@@ -123,10 +125,12 @@ def test_bad_arguments_are_answered_not_raised(served, keyed, parameters):
 
 def test_wrong_key_is_reported_at_once(served, monkeypatch):
     monkeypatch.setenv("EMBEDKIT_API_KEY", "wrong")
-    started = time.monotonic()
-    response, _, metrics = call(make_tool(served, retries=3, backoff_s=2.0), {"query": "bread"})
+    response, _, metrics = call(make_tool(served, retries=3), {"query": "bread"})
     assert metrics["failed"] == 1 and "HTTP 401" in response.text and "Bearer" in response.text
-    assert time.monotonic() - started < 2.0  # a 401 is not retried (the first backoff alone is 2 s)
+    app = Flaky(failures=5, status=401)  # repeating a refused request cannot help: one attempt only
+    with running_server(app, lifespan="off") as url:
+        response, _, metrics = call(make_tool(url, retries=3, backoff_s=0.05), {"query": "bread"})
+    assert app.calls == 1 and metrics["failed"] == 1 and "HTTP 401" in response.text
     monkeypatch.setenv("MY_KEY", "caf\u00e9")
     from embedkit.errors import DataFormatError
 
@@ -135,10 +139,11 @@ def test_wrong_key_is_reported_at_once(served, monkeypatch):
 
 
 class Flaky:
-    """An ASGI `/retrieve` that answers 503 `failures` times, then Search-R1's result; `delay` stalls each answer."""
+    """An ASGI `/retrieve` that answers `status` (503) `failures` times, then Search-R1's result; `delay` stalls
+    each answer."""
 
-    def __init__(self, failures: int = 0, delay: float = 0.0) -> None:
-        self.failures, self.delay, self.calls = failures, delay, 0
+    def __init__(self, failures: int = 0, delay: float = 0.0, status: int = 503) -> None:
+        self.failures, self.delay, self.status, self.calls = failures, delay, status, 0
         self.lock = threading.Lock()
 
     async def __call__(self, scope, receive, send):
@@ -155,7 +160,7 @@ class Flaky:
             fail = self.calls <= self.failures
         await asyncio.sleep(self.delay)
         if fail:
-            payload, status = {"detail": "busy"}, 503
+            payload, status = {"detail": "busy"}, self.status
         else:
             queries = json.loads(body)["queries"]
             payload = {"result": [[{"document": {"id": "b1", "contents": "Bread\nBread is baked from flour."},
@@ -182,7 +187,7 @@ def test_retries_with_backoff_then_succeeds():
 def test_timeouts_and_a_dead_server_end_the_call_not_the_rollout():
     from tests.helpers import free_port
 
-    app = Flaky(delay=3.0)
+    app = Flaky(delay=1.5)
     with running_server(app, lifespan="off") as url:
         response, _, metrics = call(make_tool(url, timeout_s=0.3, retries=1, backoff_s=0.0, api_key_env=None),
                                     {"query": "bread"})  # fmt: skip
@@ -290,27 +295,40 @@ def chat_tokenizer():
     return tokenizer
 
 
-@pytest.fixture(scope="module")
-def verl_config(tmp_path_factory):
-    """verl's trainer config composed by hydra as `main_ppo` does, with the multi-turn overrides of
-    configs/verl/search_r1_grpo.yaml that concern the agent loop."""
-    import verl
+def compose_verl(name: str, overrides: list[str] | None = None):
+    """A config of configs/verl as `python -m verl.trainer.main_ppo --config-path configs/verl --config-name NAME`
+    composes it (hydra, verl's ppo_trainer found through the file's searchpath)."""
     from hydra import compose, initialize_config_dir
 
-    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return compose(config_name="ppo_trainer", overrides=[
-            "actor_rollout_ref.rollout.multi_turn.enable=true",
-            "actor_rollout_ref.rollout.multi_turn.format=hermes",
-            "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=4",
-            "actor_rollout_ref.rollout.multi_turn.max_tool_response_length=2000",
-            f"actor_rollout_ref.rollout.multi_turn.tool_config_path={TOOL_CONFIG}",
-            "actor_rollout_ref.rollout.prompt_length=2048",
-            "actor_rollout_ref.rollout.response_length=2048",
-            f"data.tool_config_path={TOOL_CONFIG}",
-            "data.max_prompt_length=2048",
-            "data.return_raw_chat=true",
-        ])  # fmt: skip
+    with initialize_config_dir(config_dir=str(ROOT / "configs" / "verl"), version_base=None):
+        return compose(config_name=name, overrides=overrides or [])
+
+
+@pytest.fixture(scope="module")
+def verl_config():
+    return compose_verl("search_r1_grpo")
+
+
+@pytest.mark.filterwarnings("ignore:Disabled critic")
+def test_search_r1_configs_compose_into_verls_dataclasses(verl_config):
+    """Search-R1's settings (train_grpo.sh / train_ppo.sh) in verl 0.9 keys; verl's own dataclasses accept them."""
+    from verl.trainer.ppo.utils import need_critic
+    from verl.utils.config import omega_conf_to_dataclass
+
+    ppo = compose_verl("search_r1_ppo")
+    for config, estimator, n, warmup in ((verl_config, "grpo", 5, 0.285), (ppo, "gae", 1, 0.95)):
+        rollout, actor = config.actor_rollout_ref.rollout, config.actor_rollout_ref.actor
+        assert (config.algorithm.adv_estimator, rollout.n, actor.optim.lr_warmup_steps_ratio) == (estimator, n, warmup)
+        assert actor.optim.lr == 1e-6 and config.data.train_batch_size == 512 and actor.ppo_mini_batch_size == 256
+        assert rollout.multi_turn.enable and rollout.multi_turn.format == "hermes"
+        assert rollout.multi_turn.max_assistant_turns == 3 and rollout.agent.default_agent_loop == "tool_agent"
+        assert config.data.tool_config_path == rollout.multi_turn.tool_config_path == "configs/verl/search_tool.yaml"
+        assert omega_conf_to_dataclass(rollout).multi_turn.max_user_turns == 2
+        omega_conf_to_dataclass(actor)
+    assert verl_config.actor_rollout_ref.actor.use_kl_loss and not verl_config.algorithm.use_kl_in_reward
+    assert not need_critic(verl_config) and need_critic(ppo)
+    assert ppo.critic.model.path == ppo.actor_rollout_ref.model.path and ppo.critic.optim.lr == 1e-5
+    assert ppo.algorithm.use_kl_in_reward and ppo.algorithm.kl_ctrl.kl_coef == 0.001
 
 
 class ScriptedServer:
@@ -334,8 +352,10 @@ def test_verls_tool_agent_loop_runs_a_search_session(served, keyed, monkeypatch,
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap, _agent_loop_registry
     from verl.tools.tool_registry import load_all_tools
     from verl.utils.dataset.rl_dataset import RLHFDataset
+    from verl.utils.import_utils import resolve_config_path
 
     monkeypatch.setenv("EMBEDKIT_SEARCH_URL", served)
+    monkeypatch.chdir(ROOT)  # the shipped config names the tool config relative to the repo root
     data_config = OmegaConf.create(OmegaConf.to_container(verl_config.data, resolve=True))
     data_config.update(cache_dir=str(verl_data / "cache"), filter_overlong_prompts_workers=1)
     dataset = RLHFDataset(str(verl_data / "train.parquet"), chat_tokenizer, data_config)
@@ -348,7 +368,7 @@ def test_verls_tool_agent_loop_runs_a_search_session(served, keyed, monkeypatch,
     multi_turn = verl_config.actor_rollout_ref.rollout.multi_turn
 
     async def session():
-        tools = load_all_tools(tool_config_path=multi_turn.tool_config_path, function_tool_path=None)
+        tools = load_all_tools(tool_config_path=resolve_config_path(multi_turn.tool_config_path), function_tool_path=None)
         # built inside the running event loop, as verl's AgentLoopWorker builds it
         loop = hydra.utils.instantiate(
             config=_agent_loop_registry[row["agent_name"]], trainer_config=DictConfigWrap(config=verl_config),
