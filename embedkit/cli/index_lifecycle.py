@@ -25,6 +25,7 @@ REMOVE_EXAMPLES = """\
 COMPACT_EXAMPLES = """\
   embedkit index compact indexes/hnsw                                # drop rows masked by removals (HNSW)
   embedkit index compact indexes/flat --index-factory HNSW32         # rebuild as another kind, no re-encoding
+  embedkit index compact indexes/bm25                                # BM25: one segment, deleted documents dropped
 """
 MERGE_EXAMPLES = """\
   embedkit index merge shards/ --out indexes/big                      # the output of `embedkit encode`
@@ -129,8 +130,18 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_compact(args: argparse.Namespace) -> int:
+    from embedkit.index.kinds import kind_of
     from embedkit.index.lifecycle import compact_index
 
+    kind = kind_of(args.index)
+    if kind.name != "dense":
+        if args.index_factory:
+            from embedkit.errors import EmbedkitError
+
+            raise EmbedkitError(f"--index-factory applies to dense indexes; {args.index} is a {kind.name} index")
+        report = kind.compact(Path(args.index))
+        print(f"{args.index}: {report.summary()}")
+        return 0
     report = compact_index(args.index, factory=args.index_factory, train_sample=args.train_sample)
     print(f"{args.index}: {report.summary()}")
     return 0

@@ -99,6 +99,10 @@ class IndexKind(ABC, Generic[ManifestT, BuildOptionsT, OpenOptionsT]):
         raise EmbedkitError(f"{path} is a {self.name} index, which cannot be updated in place; rebuild it with "
                             f"`embedkit index build --kind {self.name} --overwrite`")
 
+    def compact(self, path: Path) -> Any:
+        """Merge an updated index's segments and drop deleted documents (`embedkit index compact`)."""
+        raise EmbedkitError(f"{path} is a {self.name} index, which `embedkit index compact` cannot compact")
+
     def check(self, path: Path, manifest: IndexManifest) -> None:
         """Cheap checks run on every open: recorded files present with their sizes, document count."""
         check_folder(path, manifest)

@@ -1,4 +1,4 @@
-"""The BM25 backend registry. A backend writes its files into an index folder and searches them.
+"""The BM25 backend registry. A backend writes its files into an index folder, updates and searches them.
 
 Both built-in backends (`pyserini`, `bm25s`) register here; `resolve_backend("auto")` picks pyserini when
 a Java 21+ runtime exists and bm25s otherwise.
@@ -17,6 +17,7 @@ from embedkit.registry import Registry
 
 if TYPE_CHECKING:  # annotations only: `embedkit --help` lists BACKENDS without importing pydantic models
     from embedkit.data.corpus import Document
+    from embedkit.lexical.segments import BM25Segment
     from embedkit.lexical.settings import BM25Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,27 @@ class LexicalBuilder(ABC):
     def finish(self) -> dict:
         """Write the index; returns facts worth recording in the manifest (library versions, …)."""
 
+    def segments(self) -> list[BM25Segment]:
+        """The segments `finish` wrote (recorded in the manifest)."""
+        return []
+
+
+class LexicalUpdater(ABC):
+    """Changes a copy of an index folder's backend files (`embedkit.lexical.update` makes the copy and swaps it in).
+
+    `remove` gets the ids and document-store rows of removed and replaced documents, `add` the documents added
+    and their new rows, in the order they happen; `finish` writes and returns the segments now recorded.
+    """
+
+    @abstractmethod
+    def add(self, documents: Sequence[Document], rows: Sequence[int]) -> None: ...
+
+    @abstractmethod
+    def remove(self, ids: Sequence[str], rows: Sequence[int]) -> None: ...
+
+    @abstractmethod
+    def finish(self) -> list[BM25Segment]: ...
+
 
 class LexicalSearcher(ABC):
     @abstractmethod
@@ -50,8 +72,20 @@ class LexicalBackend(ABC):
     def builder(self, folder: Path, settings: BM25Settings) -> LexicalBuilder: ...
 
     @abstractmethod
-    def open(self, folder: Path, settings: BM25Settings, *, ids: Callable[[], list[str]]) -> LexicalSearcher:
-        """Open the files under `folder`; `ids()` lists document ids by row (for backends storing rows)."""
+    def open(self, folder: Path, settings: BM25Settings, *, ids: Callable[[], dict[int, str]],
+             segments: Sequence[BM25Segment] = ()) -> LexicalSearcher:
+        """Open the files under `folder`; `ids()` maps the document store's rows to ids (for backends storing
+        rows); `segments` are the manifest's."""
+
+    @abstractmethod
+    def updater(self, root: Path, settings: BM25Settings, segments: Sequence[BM25Segment]) -> LexicalUpdater:
+        """An updater of the (copied) index folder `root` whose manifest records `segments`."""
+
+    @abstractmethod
+    def compact(self, root: Path, settings: BM25Settings, segments: Sequence[BM25Segment],
+                docstore: Path) -> list[BM25Segment]:
+        """Merge the segments of the (copied) index folder `root` into one without deleted documents; the
+        backend may renumber the document store's rows at `docstore`. Returns the segments now recorded."""
 
 
 # Lazy entries: pyserini is heavy and needs a JVM, so a backend's module is imported only when it is used.

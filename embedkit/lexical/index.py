@@ -21,7 +21,7 @@ from embedkit.defaults import DEFAULT_BATCH_SIZE
 from embedkit.errors import EmbedkitError, IndexFormatError
 from embedkit.index.base import Index, check_k
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
-from embedkit.index.kinds import IndexKind, check_document_ids
+from embedkit.index.kinds import IndexKind, VerifyReport, check_document_ids, verify_folder
 from embedkit.index.manifest import MANIFEST_NAME, BM25BackendInfo, BM25Manifest, HistoryEntry
 from embedkit.io import atomic_directory
 from embedkit.lexical.backends import LexicalSearcher, get_backend, resolve_backend
@@ -80,6 +80,7 @@ def build_bm25_index(
             embedkit_version=__version__,
             settings=settings,
             backend_info=BM25BackendInfo(**facts),
+            segments=builder.segments(),
             history=[HistoryEntry(action="build", documents=count, source=corpus)],
         )
         manifest.record_files(folder)
@@ -128,7 +129,8 @@ class BM25Index(Index):
     def searcher(self) -> LexicalSearcher:
         folder = self.path / self.backend.folder
         try:
-            return self.backend.open(folder, self.settings, ids=self._ids_in_row_order)
+            return self.backend.open(folder, self.settings, ids=self.docstore.ids_by_row,
+                                     segments=self.manifest.segments)
         except EmbedkitError:
             raise
         except (ValueError, TypeError, KeyError, IndexError, EOFError, OSError, RecursionError) as error:
@@ -137,10 +139,6 @@ class BM25Index(Index):
             reason = (str(error).splitlines() or [""])[0][:200]
             raise IndexFormatError(f"index {self.path} is damaged: the {self.settings.backend} files in {folder} "
                                    f"cannot be read ({type(error).__name__}: {reason}); rebuild the index") from None
-
-    def _ids_in_row_order(self) -> list[str]:
-        by_row = self.docstore.ids_by_row()
-        return [by_row[row] for row in sorted(by_row)]
 
     # Each kind names its own search options (listed in `search_options`) where `Index.search` takes
     # **params, so the narrower signature is deliberate.
@@ -168,7 +166,8 @@ class BM25Index(Index):
 
 
 class BM25Kind(IndexKind[BM25Manifest, BM25Settings, BM25OpenOptions]):
-    """BM25 over the folder's document store, with the pyserini (Lucene) or bm25s backend. Rebuilt, not updated."""
+    """BM25 over the folder's document store, with the pyserini (Lucene) or bm25s backend; updated by segments
+    (`embedkit.lexical.update`)."""
 
     name = "bm25"
     manifest_model = BM25Manifest
@@ -182,6 +181,62 @@ class BM25Kind(IndexKind[BM25Manifest, BM25Settings, BM25OpenOptions]):
 
     def open(self, path: Path, manifest: BM25Manifest, options: BM25OpenOptions) -> BM25Index:
         return BM25Index(path, manifest)
+
+    def add(self, path: Path, documents: Iterable[Document], *, source: str | None = None, quiet: bool = True,
+            model: str | None = None, merge: bool = True, **runtime: Any) -> Any:
+        """Upsert documents (`embedkit index add`); the encoder runtime options are accepted and unused."""
+        from embedkit.lexical.update import add_documents
+
+        if model is not None:
+            raise EmbedkitError(f"{path} is a BM25 index, which has no model (--model applies to dense indexes)")
+        return add_documents(path, documents, source=source, merge=merge)
+
+    def remove(self, path: Path, ids: Iterable[str], *, source: str | None = None, merge: bool = True) -> Any:
+        from embedkit.lexical.update import remove_documents
+
+        return remove_documents(path, ids, source=source, merge=merge)
+
+    def compact(self, path: Path) -> Any:
+        """Merge the segments into one without deleted documents (`embedkit index compact`)."""
+        from embedkit.lexical.update import compact_index
+
+        return compact_index(path)
+
+    def verify(self, path: Path, manifest: BM25Manifest | None = None) -> VerifyReport:
+        """Every checksum and count, then the segments: their counts add up to the documents, and each
+        backend's files agree with them (Lucene's latest commit; bm25s token files cover the store's rows)."""
+        from embedkit.lexical.segments import summarize
+
+        manifest = manifest or BM25Manifest.load(path)
+        report = verify_folder(path, manifest)
+        segments = manifest.segments
+        if segments:
+            live = sum(segment.documents - segment.deleted for segment in segments)
+            # Lucene does not index a document with empty contents; bm25s keeps every document's tokens.
+            if live > manifest.num_docs or (live != manifest.num_docs and manifest.settings.backend == "bm25s"):
+                raise IndexFormatError(f"index {path} is damaged: its segments hold {live} live documents, the "
+                                       f"manifest says {manifest.num_docs}; rebuild the index")
+            self._verify_backend(path, manifest)
+        report.notes.append(summarize(segments))
+        return report
+
+    def _verify_backend(self, path: Path, manifest: BM25Manifest) -> None:
+        if manifest.settings.backend == "pyserini":
+            from embedkit.lexical.pyserini_backend import lucene_segments
+
+            found = lucene_segments(path / get_backend("pyserini").folder)
+            if found != manifest.segments:
+                raise IndexFormatError(f"index {path} is damaged: its Lucene commit holds segments {found}, the "
+                                       f"manifest records {manifest.segments}; rebuild the index")
+        else:
+            from embedkit.lexical.bm25s_segments import live_tokens
+
+            store = DocStore(path / DOCSTORE_NAME)
+            try:
+                by_row = store.ids_by_row()
+            finally:
+                store.close()
+            live_tokens(path, manifest.segments, by_row)  # raises when a stored document is in no segment
 
 
 BM25_KIND = BM25Kind()

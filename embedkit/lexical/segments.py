@@ -21,12 +21,17 @@ class BM25Segment(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_]{1,64}$")
     documents: int = Field(ge=0)
     deleted: int = Field(0, ge=0)
+    first_row: int | None = Field(None, ge=0, description="bm25s: the document-store row of its first document "
+                                  "(its documents have the rows that follow)")
 
     @model_validator(mode="after")
     def _deleted_within(self) -> BM25Segment:
         if self.deleted > self.documents:
             raise ValueError(f"segment {self.name}: {self.deleted} deleted of {self.documents} documents")
         return self
+
+    def holds(self, row: int) -> bool:
+        return self.first_row is not None and self.first_row <= row < self.first_row + self.documents
 
     @property
     def deleted_fraction(self) -> float:
