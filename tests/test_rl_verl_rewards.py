@@ -69,7 +69,8 @@ def tokenizer_dir(tmp_path_factory):
     from agents.rl.toy import build_char_tokenizer
 
     folder = tmp_path_factory.mktemp("policy")
-    build_char_tokenizer().save_pretrained(folder)
+    build_char_tokenizer(["<verdict>", "</verdict>", "<critique>", "</critique>", "<choice>", "</choice>"]
+                         ).save_pretrained(folder)  # fmt: skip
     return folder
 
 
@@ -297,3 +298,47 @@ def test_judge_reference_score_as_verls_custom_reward_function(base_config, toke
     rm_scores, outputs = _score(config, data)
     assert rm_scores.sum(-1).tolist() == [2.0, 0.0, -2.0]
     assert [o["reward_extra_info"]["judge_error"] for o in outputs] == [0, 0, 0]
+
+
+def test_consistrm_self_training_manager_labels_each_item_over_rounds(base_config, tokenizer_dir):
+    """The policy is the judge: each prompt's N responses are K=3 judgements of one pair (votes in the pair's
+    canonical order), scored by ConsistRM's reward (1 for agreeing with the pseudo-label, -5 without a verdict)."""
+    tok = _tokenizer(tokenizer_dir)
+    config = _config(base_config, ["reward.reward_manager.name=embedkit_consistrm_train", "reward.num_workers=1"])
+    first = {"item": "p1", "swapped": False, "round": 0}
+    second = {"item": "p2", "swapped": True, "round": 0}  # shown reversed: "b" votes for the pair's first response
+    a, b = "<critique>ok</critique> <verdict>a</verdict>", "<critique>ok</critique> <verdict>b</verdict>"
+    data = _batch(tok, ["judge pair one", "judge pair two"], [a, a, b, b, "no verdict", a], [first, second])
+    rm_scores, outputs = _score(config, data)
+    # p1: votes +1 +1 -1 -> label +1 -> 1, 1, 0. p2 (swapped): votes +1, none, -1 -> mean 0 -> no label (tie):
+    # the readable ones get tie_reward 0, the unreadable one -5.
+    assert rm_scores.sum(-1).tolist() == [1.0, 1.0, 0.0, 0.0, -5.0, 0.0]
+    assert [o["reward_extra_info"]["consistrm_label"] for o in outputs] == [1, 1, 1, 0, 0, 0]
+
+
+def test_reflectrm_training_reward_as_custom_reward_function(base_config, tokenizer_dir):
+    tok = _tokenizer(tokenizer_dir)
+    config = _config(base_config, ["reward.reward_manager.name=naive",
+                                   "custom_reward_function.path=pkg://agents.rl.verl.rewards",
+                                   "custom_reward_function.name=reflectrm_train_score"])  # fmt: skip
+    from verl.experimental.reward_loop import migrate_legacy_reward_impl
+
+    config = migrate_legacy_reward_impl(config)
+    truths = [{"task": "response", "preferred": "A"}, {"task": "analysis", "reliable": np.array([1]), "n": 3},
+              {"task": "response", "preferred": "B"}]  # fmt: skip
+    data = _batch(tok, ["which is better", "which analysis", "which is better"],
+                  ["<verdict>a</verdict>", "<choice>2</choice>", "i do not know"], truths, repeat=1)  # fmt: skip
+    rm_scores, _ = _score(config, data)
+    assert rm_scores.sum(-1).tolist() == [1.0, 1.0, -1.0]
+
+
+def test_a_sample_without_uid_is_scored_alone(base_config, tokenizer_dir, judge_server):
+    url, _ = judge_server
+    tok = _tokenizer(tokenizer_dir)
+    config = _config(base_config, _judge_overrides(url, "embedkit_acpo", "+reward.reward_kwargs.long_form=true"))
+    data = _batch(tok, ["q"], ["good good", "good", "x"], ["-"])
+    data.non_tensor_batch.pop("uid")
+    rm_scores, outputs = _score(config, data)
+    # Alone: no pairs; long form without planning: -5 plus 2/100, 1/100, 1/100 words (distinct words: 1, 1, 1).
+    assert rm_scores.sum(-1).tolist() == pytest.approx([-4.99, -4.99, -4.99])
+    assert [o["reward_extra_info"]["group_members"] for o in outputs] == [1, 1, 1]

@@ -6,6 +6,7 @@ the one `verl.trainer.ppo.reward.load_reward_manager` reads in 0.9.1 for both tr
     embedkit_acpo        AC-GenRM judge, ACPO's reward (round robin ±2, structure −5, length; see rewards_scoring)
     embedkit_consistrm   ConsistRM judge, round robin over each prompt's responses
     embedkit_reflectrm   ReflectRM judge (analyses + reflection), round robin
+    embedkit_consistrm_train   training a ConsistRM judge itself (the policy's responses are its judgements)
 
     python -m verl.trainer.main_ppo ... reward.num_workers=1 \
         reward.reward_manager.source=importlib reward.reward_manager.module.path=pkg://agents.rl.verl.rewards \
@@ -26,8 +27,9 @@ always has the same keys: `acc` (the reward), `judge_error`, `judge_unreadable`,
 verl's older `verl.workers.reward_manager` registry (`AbstractRewardManager`, batch `__call__`) is not read by
 0.9.1's trainers or `load_reward_manager`, so nothing is registered there.
 
-A judge-vs-reference reward for `custom_reward_function` (any reward manager, any number of workers):
-`judge_reference_score`, see its docstring.
+For `custom_reward_function` (verl's `naive` manager, any number of workers): `judge_reference_score` (a
+served judge compares the response with the reference answer) and `reflectrm_train_score` (training a
+ReflectRM judge on both of its tasks).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -47,6 +50,9 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from agents.llm import LLMBackend, build_backend
 from agents.rl.verl.rewards_scoring import (
     SETTINGS,
+    ACPOSettings,
+    ConsistRMTrainSettings,
+    GroupSettings,
     JudgeRewardSettings,
     pair_outcomes,
     read_settings,
@@ -84,7 +90,8 @@ def _plain(value: Any) -> Any:
 class _Member:
     query: str
     response: str
-    long_form: bool
+    ground_truth: Any
+    extra_info: dict
 
 
 @dataclass
@@ -135,8 +142,8 @@ class GroupGate:
         task.add_done_callback(done)
 
 
-def _long_form(ground_truth: Any, extra_info: Any, default: bool) -> bool:
-    for source in (ground_truth, extra_info):
+def _long_form(member: _Member, default: bool) -> bool:
+    for source in (member.ground_truth, member.extra_info):
         if isinstance(source, dict) and "long_form" in source:
             return bool(source["long_form"])
     return default
@@ -155,54 +162,78 @@ def _query(item: Any, tokenizer: Any) -> str:
     return tokenizer.decode(prompt_ids[mask], skip_special_tokens=True)
 
 
-class JudgeRewardManager(RewardManagerBase):
-    """Base of the embedkit judge managers: one `run_single` per sample, one judge round per prompt group."""
+class GroupRewardManager(RewardManagerBase):
+    """Base of embedkit's group rewards in verl: `run_single` per sample, `score_members` once per `uid` group.
 
-    judge_kind: ClassVar[str] = ""
+    A subclass sets `settings_model` (read from `reward.reward_kwargs`), `extra_keys` (the `reward_extra_info`
+    every sample gets, `acc` first: the reward) and `score_members` (runs in a worker thread)."""
+
+    settings_model: ClassVar[type[GroupSettings]] = GroupSettings
+    extra_keys: ClassVar[tuple[str, ...]] = ("acc",)
+    what: ClassVar[str] = "this reward"
 
     def __init__(self, config: Any, tokenizer: Any, compute_score: Any = None, reward_router_address: Any = None,
                  reward_model_tokenizer: Any = None, **_: Any) -> None:  # fmt: skip
         super().__init__(config, tokenizer, compute_score)
         kwargs = dict(_plain(_get(config, "reward.reward_kwargs", {})) or {})
         kwargs.setdefault("group_size", _get(config, "actor_rollout_ref.rollout.n", 1))
-        self.settings: JudgeRewardSettings = read_settings(SETTINGS[self.judge_kind], kwargs)
+        self.settings = read_settings(self.settings_model, kwargs)
         workers = _get(config, "reward.num_workers", 1)
         if workers != 1:
-            raise EmbedkitError(f"the {self.judge_kind} reward compares the responses of one prompt with each other, "
-                                f"so every response of a prompt must reach the same reward worker; verl sends each "
-                                f"sample to a random one of reward.num_workers={workers}: set reward.num_workers=1")  # fmt: skip
-        self.backend: LLMBackend = build_backend(self.settings.judge)
+            raise EmbedkitError(f"{self.what} scores the responses of one prompt together, so every response of a "
+                                f"prompt must reach the same reward worker; verl sends each sample to a random one "
+                                f"of reward.num_workers={workers}: set reward.num_workers=1")  # fmt: skip
         self.gate = GroupGate()
 
     def score_members(self, members: list[_Member]) -> list[dict[str, Any]]:
-        """Rewards and extra info of one group (runs in a worker thread)."""
-        groups = [(members[0].query, [m.response for m in members], members[0].long_form)]
-        try:
-            scored = score_groups(self.judge_kind, self.settings, groups, backend=self.backend)
-        except EmbedkitError:
-            if self.settings.on_judge_error == "raise":
-                raise
-            return [{"reward": 0.0, "judge_error": 1, "judge_unreadable": 0, "group_members": len(members)}
-                    for _ in members]  # fmt: skip
-        unreadable = int(scored.stats.get("unreadable", 0))
-        return [{"reward": float(r), "judge_error": 0, "judge_unreadable": unreadable, "group_members": len(members)}
-                for r in scored.rewards[0]]  # fmt: skip
+        raise NotImplementedError
 
     async def run_single(self, data: DataProto) -> dict:
         item = data[-1:][0]  # a multi-output session is scored on its last output, as verl's naive manager does
         responses = item.batch["responses"]
         valid = int(item.batch["attention_mask"][-responses.shape[-1]:].sum())
         response = self.tokenizer.decode(responses[:valid], skip_special_tokens=True)
-        ground_truth = (item.non_tensor_batch.get("reward_model") or {}).get("ground_truth")
-        extra_info = item.non_tensor_batch.get("extra_info") or {}
+        extra_info = item.non_tensor_batch.get("extra_info")
         member = _Member(_query(item, self.tokenizer), response,
-                         _long_form(ground_truth, extra_info, getattr(self.settings, "long_form", False)))  # fmt: skip
-        uid = str(item.non_tensor_batch.get("uid", id(member)))
-        size = int(self.settings.group_size or 1)
-        out = await self.gate.submit(uid, member, size, self.settings.group_wait_s, self.score_members)
-        info = {"acc": out["reward"], "judge_error": out["judge_error"], "judge_unreadable": out["judge_unreadable"],
-                "group_members": out["group_members"]}  # fmt: skip
-        return {"reward_score": out["reward"], "reward_extra_info": info}
+                         (item.non_tensor_batch.get("reward_model") or {}).get("ground_truth"),
+                         extra_info if isinstance(extra_info, dict) else {})  # fmt: skip
+        uid = item.non_tensor_batch.get("uid")
+        if uid is None:  # no group to wait for
+            out = (await asyncio.get_running_loop().run_in_executor(None, self.score_members, [member]))[0]
+        else:
+            size = int(self.settings.group_size or 1)
+            out = await self.gate.submit(str(uid), member, size, self.settings.group_wait_s, self.score_members)
+        info = {key: out[key] for key in self.extra_keys}
+        return {"reward_score": info["acc"], "reward_extra_info": info}
+
+
+class JudgeRewardManager(GroupRewardManager):
+    """A served judge ranks each prompt's responses (`rewards_scoring.score_groups`)."""
+
+    judge_kind: ClassVar[str] = ""
+    extra_keys = EXTRA_KEYS
+
+    def __init__(self, config: Any, tokenizer: Any, compute_score: Any = None, **kwargs: Any) -> None:
+        super().__init__(config, tokenizer, compute_score, **kwargs)
+        assert isinstance(self.settings, JudgeRewardSettings)
+        self.judge_settings: JudgeRewardSettings = self.settings
+        self.backend: LLMBackend = build_backend(self.settings.judge)
+
+    def score_members(self, members: list[_Member]) -> list[dict[str, Any]]:
+        """Rewards and extra info of one group (runs in a worker thread)."""
+        settings = self.judge_settings
+        long_form = _long_form(members[0], bool(getattr(settings, "long_form", False)))
+        groups = [(members[0].query, [m.response for m in members], long_form)]
+        try:
+            scored = score_groups(self.judge_kind, settings, groups, backend=self.backend)
+        except EmbedkitError:
+            if settings.on_judge_error == "raise":
+                raise
+            return [{"acc": 0.0, "judge_error": 1, "judge_unreadable": 0, "group_members": len(members)}
+                    for _ in members]  # fmt: skip
+        unreadable = int(scored.stats.get("unreadable", 0))
+        return [{"acc": float(r), "judge_error": 0, "judge_unreadable": unreadable, "group_members": len(members)}
+                for r in scored.rewards[0]]  # fmt: skip
 
 
 @register("embedkit_acpo")
@@ -210,6 +241,8 @@ class ACPORewardManager(JudgeRewardManager):
     """ACPO: AC-GenRM's round robin with ACPO's structure and length terms (`ACPOSettings`)."""
 
     judge_kind = "acgenrm"
+    settings_model = ACPOSettings
+    what = "ACPO's round robin"
 
 
 @register("embedkit_consistrm")
@@ -217,6 +250,8 @@ class ConsistRMRewardManager(JudgeRewardManager):
     """A served ConsistRM judge ranks each prompt's responses (round robin, both orders)."""
 
     judge_kind = "consistrm"
+    settings_model = JudgeRewardSettings
+    what = "the ConsistRM judge's round robin"
 
 
 @register("embedkit_reflectrm")
@@ -224,6 +259,62 @@ class ReflectRMRewardManager(JudgeRewardManager):
     """A served ReflectRM judge (sampled analyses, then reflection) ranks each prompt's responses."""
 
     judge_kind = "reflectrm"
+    settings_model = JudgeRewardSettings
+    what = "the ReflectRM judge's round robin"
+
+
+# -- training the judges themselves (the policy writes the judgements) -----------------------------------------
+@register("embedkit_consistrm_train")
+class ConsistRMTrainRewardManager(GroupRewardManager):
+    """ConsistRM self-training in verl: each prompt's `rollout.n` responses are K judgements of one item, scored
+    by `agents.rewards.consistrm.ConsistRMReward` (votes, the pseudo-label over rounds, the consistency bonus,
+    the format penalty) with `ConsistRMTrainSettings` from `reward.reward_kwargs`.
+
+    Differences from `embedkit rl train`: the pseudo-label memory lives in the reward worker process and is
+    not part of verl's checkpoints (a resumed run starts every item's history empty, unless `seed_scores`
+    seeds it), and the two presentation orders of a pair are labelled as they arrive (a group per `uid`),
+    not pooled within a batch first."""
+
+    settings_model = ConsistRMTrainSettings
+    extra_keys = ("acc", "consistrm_label", "group_members")
+    what = "ConsistRM's pseudo-labelling"
+
+    def __init__(self, config: Any, tokenizer: Any, compute_score: Any = None, **kwargs: Any) -> None:
+        from agents.rewards.consistrm import ConsistRMReward, consistrm
+
+        super().__init__(config, tokenizer, compute_score, **kwargs)
+        reward = consistrm(**self.settings.model_dump(exclude=set(GroupSettings.model_fields)))
+        assert isinstance(reward, ConsistRMReward)
+        self.reward = reward
+        self._lock = threading.Lock()  # groups are scored in worker threads; the memory is shared
+
+    def score_members(self, members: list[_Member]) -> list[dict[str, Any]]:
+        from agents.rl.reward_registry import RewardBatch
+
+        batch = RewardBatch(prompts=[m.query for m in members], responses=[m.response for m in members],
+                            ground_truths=[m.ground_truth for m in members], group_ids=[0] * len(members))  # fmt: skip
+        gt = members[0].ground_truth
+        item = gt.get("item", members[0].query) if isinstance(gt, dict) else members[0].query
+        with self._lock:
+            rewards = self.reward(batch)
+            label = int(self.reward.last_labels.get(item, 0))
+        return [{"acc": float(r), "consistrm_label": label, "group_members": len(members)} for r in rewards]
+
+
+def reflectrm_train_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None,
+                          format_penalty: float = -1.0, **_: Any) -> float:  # fmt: skip
+    """verl `custom_reward_function` for training a ReflectRM judge (both tasks, dispatched on the ground
+    truth's `task`, as `embedkit rewards build-prompts --kind reflectrm` writes it): 1 for the preferred
+    response's letter or a reliable analysis's number, 0 otherwise, `format_penalty` without a readable answer.
+
+        custom_reward_function.path=pkg://agents.rl.verl.rewards custom_reward_function.name=reflectrm_train_score
+    """
+    from agents.rewards.reflectrm import reflectrm
+    from agents.rl.reward_registry import RewardBatch
+
+    if isinstance(ground_truth, dict) and "reliable" in ground_truth:  # parquet gives numpy arrays
+        ground_truth = {**ground_truth, "reliable": [int(i) for i in ground_truth["reliable"]]}
+    return float(reflectrm(format_penalty)(RewardBatch([""], [solution_str], [ground_truth]))[0])
 
 
 # -- custom_reward_function: the response against the reference answer ---------------------------------------
@@ -279,5 +370,6 @@ def judge_reference_score(data_source: str, solution_str: str, ground_truth: Any
     return {"score": float(score), "judge_error": 0, "judge_unreadable": stats["unreadable"]}
 
 
-__all__ = ["ACPORewardManager", "ConsistRMRewardManager", "ReflectRMRewardManager", "GroupGate",
-           "JudgeRewardManager", "MANAGER_NAMES", "judge_reference_score"]  # fmt: skip
+__all__ = ["ACPORewardManager", "ConsistRMRewardManager", "ConsistRMTrainRewardManager", "GroupGate",
+           "GroupRewardManager", "JudgeRewardManager", "MANAGER_NAMES", "ReflectRMRewardManager",
+           "judge_reference_score", "reflectrm_train_score"]  # fmt: skip

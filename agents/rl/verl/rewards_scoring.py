@@ -25,7 +25,7 @@ import itertools
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -37,19 +37,31 @@ JUDGE_KINDS = ("acgenrm", "consistrm", "reflectrm")
 JudgeKind = Literal["acgenrm", "consistrm", "reflectrm"]
 
 
-class JudgeRewardSettings(BaseModel):
-    """`reward.reward_kwargs` of an embedkit judge reward manager (verl's own config section).
-
-    `judge`: the OpenAI-compatible server (`base_url`, `model`, `timeout`, `max_retries`, `concurrency`,
-    `api_key_env`). `group_size`: responses per prompt (default: `actor_rollout_ref.rollout.n`); a group is
-    scored when that many have arrived, or after `group_wait_s` with those that did. `on_judge_error`:
-    "raise" fails the step with the server's error, "zero" gives the group reward 0 and `judge_error=1`."""
+class GroupSettings(BaseModel):
+    """`group_size`: responses per prompt (default: `actor_rollout_ref.rollout.n`); a group is scored when that
+    many have arrived, or after `group_wait_s` with those that did."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    judge: BackendConfig
     group_size: int | None = None
     group_wait_s: float = 600.0
+
+    @field_validator("group_size")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("group_size must be at least 1")
+        return value
+
+
+class JudgeRewardSettings(GroupSettings):
+    """`reward.reward_kwargs` of an embedkit judge reward manager (verl's own config section).
+
+    `judge`: the OpenAI-compatible server (`base_url`, `model`, `timeout`, `max_retries`, `concurrency`,
+    `api_key_env`). `on_judge_error`: "raise" fails the step with the server's error, "zero" gives the group
+    reward 0 and `judge_error=1`."""
+
+    judge: BackendConfig
     on_judge_error: Literal["raise", "zero"] = "raise"
     orders: Literal["both", "random"] = "both"
     seed: int = 0
@@ -62,13 +74,6 @@ class JudgeRewardSettings(BaseModel):
     def _served(cls, value: BackendConfig) -> BackendConfig:
         if value.kind != "openai":
             raise ValueError("the judge must be served by an OpenAI-compatible server (judge.kind: openai)")
-        return value
-
-    @field_validator("group_size")
-    @classmethod
-    def _positive(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError("group_size must be at least 1")
         return value
 
 
@@ -84,15 +89,28 @@ class ACPOSettings(JudgeRewardSettings):
     max_new_tokens: int = 512
 
 
+class ConsistRMTrainSettings(GroupSettings):
+    """Training a ConsistRM judge in verl (the policy is the judge): `agents.rewards.consistrm.consistrm`'s
+    parameters. `model`: the embedkit encoder for the critique-consistency bonus (null: no bonus)."""
+
+    model: str | None = None
+    top_p: float = 0.5
+    bonus: float = 0.1
+    format_penalty: float = -5.0
+    tie_reward: float = 0.0
+    mode: Literal["auto", "pairwise", "pointwise"] = "auto"
+    seed_scores: str | None = None
+
+
+S = TypeVar("S", bound=GroupSettings)
 SETTINGS: dict[str, type[JudgeRewardSettings]] = {"acgenrm": ACPOSettings, "consistrm": JudgeRewardSettings,
                                                   "reflectrm": JudgeRewardSettings}  # fmt: skip
 
 
-def read_settings(model: type[JudgeRewardSettings], data: Mapping[str, Any] | None, *,
-                  where: str = "reward.reward_kwargs") -> JudgeRewardSettings:  # fmt: skip
+def read_settings(model: type[S], data: Mapping[str, Any] | None, *, where: str = "reward.reward_kwargs") -> S:
     """Validate a reward_kwargs mapping; a bad or missing field is a `DataFormatError` naming `where.field`."""
     settings = validate_config(model, dict(data or {}), path=where)
-    assert isinstance(settings, JudgeRewardSettings)
+    assert isinstance(settings, model)
     return settings
 
 
