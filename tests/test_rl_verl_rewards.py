@@ -202,11 +202,13 @@ def test_acpo_manager_through_verls_reward_worker(base_config, tokenizer_dir, ju
 
 
 def test_acpo_shaping_on_cases_where_readings_differ(judge_server):
-    """ACPO's reward, R_rel + R_struct + R_len (UniCreative, arXiv 2604.05517): expected values worked out by hand
-    from the paper's terms (±2 per pairwise win/loss, summed; −5 for a long-form response without planning or
-    a short-form one with it; length min(5, L/100) on long-form tasks, L the words outside planning). The
-    official code (github.com/weixiaolong94-hub/UniCreative) could not be fetched here, so these are the paper's
-    formula, not the official program's output."""
+    """ACPO's reward, R_rel + R_struct + R_len (UniCreative, arXiv 2604.05517): expected values worked out by hand.
+    R_rel (±2 per pairwise win/loss, summed over the group, judged on the text without planning) and R_struct
+    (−5 for a long-form response without planning or a short-form one with it) are the paper's as its summaries
+    state them. R_len is embedkit's reading, min(5, L/100) on long-form tasks with L the words outside planning
+    and 0 on short-form tasks: summaries of the paper call its length term asymmetric (short-form responses
+    penalised for being long), which this does not do. The official code (github.com/weixiaolong94-hub/UniCreative)
+    could not be fetched here, so none of these values come from the official program."""
     url, _ = judge_server
     settings = read_settings(ACPOSettings, {"judge": {"base_url": url, "model": "judge", "max_retries": 0},
                                             "length_mode": "words"})  # fmt: skip
