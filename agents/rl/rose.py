@@ -37,8 +37,19 @@ def semantic_entropy(logits: torch.Tensor, embeddings: torch.Tensor, top: int = 
     """SE at each position: logits [..., V], input embeddings [V, D] → [...] (raw top-candidate probs)."""
     logp = F.log_softmax(logits.float(), dim=-1)
     top_logp, top_ids = torch.topk(logp, min(top, logp.shape[-1]), dim=-1)
-    p = top_logp.exp()
-    h = -(p * top_logp).sum(-1)
+    return semantic_entropy_from_top(top_logp, top_ids, embeddings)
+
+
+def semantic_entropy_from_top(top_logp: torch.Tensor, top_ids: torch.Tensor, embeddings: torch.Tensor,
+                              extra_logp: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """SE from the top candidates' log-probs and ids [..., K] (what a rollout server returns);
+    `extra_logp` [...] adds one more candidate to H only (NaN: none), because the official rollout takes H
+    over vLLM's logprob dict, which also holds the sampled token when it is not among the top K."""
+    p = top_logp.float().exp()
+    h = -(p * top_logp.float()).sum(-1)
+    if extra_logp is not None:
+        extra = extra_logp.float()
+        h = h - torch.where(torch.isnan(extra), torch.zeros_like(extra), extra.exp() * extra)
     e = F.normalize(embeddings.float(), dim=-1)[top_ids]  # [..., top, D]
     mixed = (p.unsqueeze(-1) * e).sum(-2)
     f = (mixed * mixed).sum(-1) - (p * p).sum(-1)

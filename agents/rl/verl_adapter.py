@@ -54,8 +54,9 @@ NOT_REGISTERED: dict[str, str] = {
         "which embedkit's GAE equals"
     ),
     "embedkit_rose": (
-        "ROSE needs its rollouts' branch tree; verl's rollouts do not branch and `compute_advantage` hands an "
-        "estimator only rewards, mask, uid and config; use `embedkit rl train` (rollout.strategy: rose)"
+        "ROSE needs its rollouts' branch tree, which `compute_advantage` never hands an estimator (only rewards, "
+        "mask, uid and config); importing agents.rl.verl.rose (or its register_rose()) registers the "
+        "embedkit_rose agent loop, estimator and v1 trainer that carries the tree to it (docs/rl.md, ROSE in verl)"
     ),
     "embedkit_forking": (
         "forking tokens are chosen by the policy's entropy; verl 0.9 calls a policy loss with log-probs, not "
