@@ -18,6 +18,10 @@ Files read by `load_pairs` (jsonl, json, or parquet; one record per row):
 - PPE human-preference layout (lmarena-ai/PPE-Human-Preference-V1): `prompt`, `response_1`, `response_2` and
   `winner` "model_a" (response_1 better) or "model_b"; ties ("tie", "tie (bothbad)") name no better response
   and are left out, as PPE's accuracy leaves them out (counted in `load_pairs`' log). Subset `ppe_human`.
+- PPE correctness layout (lmarena-ai/PPE-*-Best-of-K): `prompt`, `scores` (one correctness label per
+  response) and `response_1` … `response_K`; each row gives one pair, its first correct response against its
+  first incorrect one (none when all are right or all wrong), subset `ppe_<benchmark>` after the file name
+  (`agents/rewards/ppe.py` also scores these rows with per-response rewards: best-of-K and PPE's other metrics).
 
     pairs = load_pairs("reward-bench.parquet")
     write_pairs("pairs.jsonl", pairs)
@@ -196,6 +200,10 @@ def _layout(record: dict[str, Any]) -> Any:
         return _rmb
     if "response_1" in record and "winner" in record:
         return _ppe
+    if "response_1" in record and "scores" in record:  # a PPE correctness (Best-of-K) row
+        from agents.rewards.ppe import correctness_pairs_of_record
+
+        return correctness_pairs_of_record
     return None
 
 
@@ -266,7 +274,8 @@ def load_pairs(path: str | Path, *, subsets: Iterable[str] | None = None, limit:
         if limit is not None and len(pairs) >= limit:
             return pairs[:limit]
     if ties:
-        log.warning("%s: %d records name no better response (PPE ties) and are not scored", path, ties)
+        log.warning("%s: %d records name no better response (PPE ties, or correctness rows whose responses are "
+                    "all right or all wrong) and are not scored", path, ties)
     if not pairs:
         raise DataFormatError("no preference pairs" + (f" in subsets {sorted(wanted)}" if wanted else ""), path=path)
     return pairs
