@@ -1,0 +1,194 @@
+"""Issue 24, BM25: `embedkit index add/remove/compact` on BM25 indexes, for both backends.
+
+The claim tested: after any sequence of adds, upserts, removals and compactions, a search gives what an index
+built from scratch from the same live documents (in the order the index holds them: oldest first, a replaced
+document counting as new) gives — the same ids in the same order (ties included) and the same scores.
+bm25s always; pyserini whenever no segment records deleted documents (Lucene's term statistics count them until
+their segment is merged), and always after `compact`. Both sides of that rule are tested.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from embedkit.data.corpus import Document
+from embedkit.errors import EmbedkitError
+from embedkit.index import Index
+from embedkit.index.docstore import DOCSTORE_NAME, DocStore
+from embedkit.index.kinds import verify_index
+from embedkit.index.manifest import BM25Manifest
+from embedkit.lexical import BM25Settings, build_bm25_index
+from embedkit.lexical.java import java_available
+from embedkit.lexical.settings import BM25MergePolicy
+from embedkit.lexical.update import add_documents, compact_index, remove_documents
+
+needs_java = pytest.mark.skipif(not java_available(), reason="pyserini needs a Java 21+ runtime")
+
+WORDS = ["alpha", "beta", "gamma", "delta", "sigma", "omega", "the"]
+QUERIES = [*WORDS[:-1], "alpha beta", "gamma delta omega", "sigma the alpha"]
+IDS = [f"d{i}" for i in range(8)]
+
+
+def doc(doc_id: str, words: list[str]) -> Document:
+    return Document(id=doc_id, title="", text=" ".join(words))
+
+
+def live_documents(path: Path) -> list[Document]:
+    """The index's documents in row order: the order a rebuild indexes them in."""
+    store = DocStore(path / DOCSTORE_NAME)
+    try:
+        return [document for _, document in store.iter_documents()]
+    finally:
+        store.close()
+
+
+def results(path: Path, k: int = 20) -> list[list[tuple[str, float]]]:
+    index = Index.load(path)
+    return [[(hit.id, hit.score) for hit in hits] for hits in index.search(QUERIES, k=k, with_text=False)]
+
+
+def assert_same_as_rebuild(path: Path, scratch: Path) -> None:
+    manifest = BM25Manifest.load(path)
+    documents = live_documents(path)
+    got = results(path)
+    if not documents:
+        assert got == [[] for _ in QUERIES]
+        return
+    rebuilt = build_bm25_index(documents, scratch / "rebuilt", manifest.settings, overwrite=True)
+    want = results(rebuilt)
+    for query, mine, theirs in zip(QUERIES, got, want, strict=True):
+        assert [i for i, _ in mine] == [i for i, _ in theirs], (query, mine, theirs)
+        assert [s for _, s in mine] == pytest.approx([s for _, s in theirs], rel=1e-5, abs=1e-6), (query, mine, theirs)
+
+
+words = st.lists(st.sampled_from(WORDS), min_size=0, max_size=5)
+documents = st.lists(st.tuples(st.sampled_from(IDS), words), min_size=1, max_size=4)
+operations = st.lists(st.one_of(
+    st.tuples(st.just("add"), documents, st.booleans()),
+    st.tuples(st.just("remove"), st.lists(st.sampled_from([*IDS, "nope"]), min_size=1, max_size=3), st.booleans()),
+    st.tuples(st.just("compact")),
+), min_size=1, max_size=4)
+first = st.lists(words, min_size=2, max_size=5)
+
+
+def run(path: Path, operation: tuple) -> None:
+    if operation[0] == "add":
+        add_documents(path, [doc(doc_id, text) for doc_id, text in operation[1]], merge=operation[2])
+    elif operation[0] == "remove":
+        remove_documents(path, operation[1], merge=operation[2])
+    else:
+        compact_index(path)
+
+
+def build(path: Path, texts: list[list[str]], backend: str, **extra) -> Path:
+    # `the` alone has no indexed term: documents and corpora without terms are part of what is drawn
+    return build_bm25_index([doc(f"d{i}", text) for i, text in enumerate(texts)], path,
+                            BM25Settings(backend=backend, k1=1.2, b=0.75, **extra), overwrite=True)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=first, steps=operations)
+def test_bm25s_updates_equal_a_rebuilt_index(tmp_path_factory, texts, steps):
+    scratch = tmp_path_factory.mktemp("bm25s-updates")
+    path = build(scratch / "idx", texts, "bm25s")
+    for operation in steps:
+        run(path, operation)
+        assert_same_as_rebuild(path, scratch)
+    verify_index(path)
+
+
+@needs_java
+# Each example starts Lucene writers several times: few examples, and no shrinking (minutes at this speed).
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(texts=first, steps=operations)
+def test_pyserini_updates_equal_a_rebuilt_index_without_deletions(tmp_path_factory, texts, steps):
+    scratch = tmp_path_factory.mktemp("lucene-updates")
+    path = build(scratch / "idx", texts, "pyserini")
+    for operation in steps:
+        run(path, operation)
+        if not any(segment.deleted for segment in BM25Manifest.load(path).segments):
+            assert_same_as_rebuild(path, scratch)
+    compact_index(path)
+    assert len(BM25Manifest.load(path).segments) <= 1  # none when every document was removed
+    assert not any(segment.deleted for segment in BM25Manifest.load(path).segments)
+    assert_same_as_rebuild(path, scratch)
+    verify_index(path)
+
+
+@needs_java
+def test_pyserini_deleted_documents_count_in_scores_until_compact(tmp_path):
+    """The other side of the rule: Lucene's statistics still count a deleted document, so scores move."""
+    texts = [["alpha", "beta"], ["alpha", "gamma"], ["alpha"], ["delta", "sigma"], ["omega"], ["sigma"]]
+    path = build(tmp_path / "idx", texts, "pyserini", merge=BM25MergePolicy(max_deleted_fraction=None))
+    report = remove_documents(path, ["d1"])
+    assert not report.compacted and [s.deleted for s in report.segments] == [1]
+    rebuilt = build_bm25_index(live_documents(path), tmp_path / "rebuilt", BM25Manifest.load(path).settings)
+    mine, theirs = results(path)[0], results(rebuilt)[0]  # "alpha": its df is 3 with the deleted copy, 2 without
+    assert [i for i, _ in mine] == [i for i, _ in theirs] == ["d2", "d0"]
+    assert mine[0][1] < theirs[0][1]  # a higher document frequency: a lower idf
+    assert compact_index(path).segments[0].deleted == 0
+    assert_same_as_rebuild(path, tmp_path)
+
+
+def test_bm25s_update_writes_only_the_change(tmp_path):
+    """Old segments are hard links of the old files (not copies, not re-hashed); the new segment is new."""
+    path = build(tmp_path / "idx", [["alpha", "beta"], ["gamma"], ["delta"]], "bm25s",
+                 merge=BM25MergePolicy(max_segments=None, max_deleted_fraction=None))
+    old_tokens = path / "bm25s-segments" / "000000" / "tokens.npy"
+    inode = old_tokens.stat().st_ino
+    report = add_documents(path, [doc("d9", ["omega", "alpha"]), doc("d1", ["sigma"])])
+    assert (report.added, report.replaced) == (1, 1)
+    assert [(s.name, s.documents, s.deleted, s.first_row) for s in report.segments] == [
+        ("000000", 3, 1, 0), ("000001", 2, 0, 3)]
+    assert old_tokens.stat().st_ino == inode and old_tokens.stat().st_nlink == 1  # the old folder is gone
+    assert not (path / "bm25s").exists()  # the saved matrices held the old statistics
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["history"][-1]["action"] == "add" and len(manifest["segments"]) == 2
+    report = remove_documents(path, ["d0", "nope"])
+    assert report.removed == 1 and report.missing == ["nope"]
+    assert [s.deleted for s in report.segments] == [2, 0]
+    assert_same_as_rebuild(path, tmp_path)
+    report = compact_index(path)
+    assert [(s.documents, s.deleted, s.first_row) for s in report.segments] == [(3, 0, 0)]
+    assert (path / "bm25s").is_dir()  # searches memory-map the matrices again
+    assert_same_as_rebuild(path, tmp_path)
+    assert "1 segment" in verify_index(path).summary()
+
+
+def test_folder_built_before_segments_converts_on_first_update(tmp_path):
+    path = build(tmp_path / "idx", [["alpha", "beta"], ["gamma", "alpha"], ["delta"]], "bm25s")
+    # today's build minus what this version adds: no token segments, no segment list
+    shutil.rmtree(path / "bm25s-segments")
+    manifest = BM25Manifest.load(path)
+    manifest.segments = []
+    manifest.record_files(path)
+    manifest.save(path)
+    assert results(path)[0] == results(path)[0] and verify_index(path)  # opens unchanged
+    add_documents(path, [doc("d7", ["alpha", "alpha"])])
+    assert [s.name for s in BM25Manifest.load(path).segments] == ["000000", "000001"]
+    assert_same_as_rebuild(path, tmp_path)
+
+
+def test_update_refuses_damage_and_bad_input(tmp_path):
+    path = build(tmp_path / "idx", [["alpha"], ["beta"]], "bm25s")
+    with pytest.raises(EmbedkitError, match="id 'a b'"):
+        add_documents(path, [doc("a b", ["gamma"])])
+    with pytest.raises(EmbedkitError, match="no model"):
+        from embedkit.index.kinds import kind_of
+
+        kind_of(path).add(path, [doc("x", ["gamma"])], model="some/model")
+    with open(path / DOCSTORE_NAME, "r+b") as handle:  # same size, other bytes
+        handle.seek(200)
+        byte = handle.read(1)
+        handle.seek(200)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(EmbedkitError, match="checksum"):
+        remove_documents(path, ["d0"])
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
