@@ -25,7 +25,7 @@ REMOVE_EXAMPLES = """\
 COMPACT_EXAMPLES = """\
   embedkit index compact indexes/hnsw                                # drop rows masked by removals (HNSW)
   embedkit index compact indexes/flat --index-factory HNSW32         # rebuild as another kind, no re-encoding
-  embedkit index compact indexes/bm25                                # BM25: one segment, deleted documents dropped
+  embedkit index compact indexes/scifact-bm25                        # BM25: one segment, deleted documents dropped
 """
 MERGE_EXAMPLES = """\
   embedkit index merge shards/ --out indexes/big                      # the output of `embedkit encode`
