@@ -71,7 +71,8 @@ def test_format_1_dense_manifest_migrates_and_stays_updatable(dense):
     remove_documents(dense, ["d0"])
     add_vectors(dense, [Document(id="new", text="n")], vectors(1, seed=9))
     saved = json.loads((dense / "manifest.json").read_text())
-    assert saved["format_version"] == 2 and saved["next_row"] == 21 and "settings" not in saved
+    # converted in place to segments (format 3); its files got the checksums format 1 lacked
+    assert saved["format_version"] == 3 and saved["next_row"] == 21 and "settings" not in saved
     assert all(record["sha256"] for record in saved["files"].values())
 
 

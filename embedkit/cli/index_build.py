@@ -186,11 +186,16 @@ def _bm25_options(args: argparse.Namespace):
 
 def show_info(args: argparse.Namespace) -> int:
     from embedkit.index.kinds import INDEX_KINDS
-    from embedkit.index.manifest import IndexManifest
+    from embedkit.index.manifest import DenseManifest, IndexManifest
 
     manifest = IndexManifest.load(args.index)
     INDEX_KINDS.get(manifest.kind).check(Path(args.index), manifest)
-    print(json.dumps(manifest.model_dump(mode="json"), indent=2))
+    data = manifest.model_dump(mode="json")
+    if isinstance(manifest, DenseManifest):  # segments, their sizes and deleted fractions; retraining due
+        from embedkit.index.segments import segment_status
+
+        data["status"] = segment_status(Path(args.index), manifest)
+    print(json.dumps(data, indent=2))
     return 0
 
 

@@ -31,6 +31,7 @@ from embedkit.index.faiss_ops import (
     check_factory,
     create_index,
     exact_top_k,
+    faiss_row_ids,
     ivf_of,
     read_faiss_file,
     reconstruct_rows,
@@ -50,12 +51,20 @@ from embedkit.index.manifest import (
     VECTOR_FILES,
     DenseManifest,
     HistoryEntry,
+    MergePolicy,
     SearchCalibration,
     SearchDefaults,
     StoredVectors,
 )
 from embedkit.index.masked import load_deleted_rows
-from embedkit.index.segments import SegmentedDocStore, SegmentReader, search_segments, segment_records
+from embedkit.index.segments import (
+    SegmentedDocStore,
+    SegmentReader,
+    merge_top_k,
+    search_segments,
+    search_with_ties,
+    segment_records,
+)
 from embedkit.io import atomic_directory
 from embedkit.passage import Passage
 
@@ -169,6 +178,7 @@ def _write(
     created_at: str | None = None,
     on_disk: bool = False,
     truncated=None,
+    merge_policy: MergePolicy | None = None,
 ) -> Path:
     """Write an index folder from streamed (documents, vectors) chunks; rows are numbered 0..n-1 in order.
 
@@ -248,6 +258,8 @@ def _write(
         )
         if created_at is not None:
             manifest.created_at = created_at
+        if merge_policy is not None:
+            manifest.merge_policy = merge_policy
         manifest.record_files(folder)
         manifest.save(folder)
     return out
@@ -466,7 +478,7 @@ class DenseIndex(Index):
         if vectors.shape[1] != self.spec.dim:
             raise EmbedkitError(f"query vectors have dim {vectors.shape[1]}, the index has {self.spec.dim}")
         if self.backend == "torch":
-            scores, rows = self.torch_searcher.search(vectors, k)
+            scores, rows = merge_top_k([self.torch_searcher.search(vectors, k)], k, self.manifest.metric)
         else:
             defaults = self.manifest.search
             nprobe = nprobe if nprobe is not None else defaults.nprobe
@@ -475,8 +487,10 @@ class DenseIndex(Index):
                 scores, rows = search_segments(self.segments, vectors, k, metric=self.manifest.metric,
                                                nprobe=nprobe, ef_search=ef_search)
             else:
-                scores, rows = faiss_search(self.faiss_index, vectors, k, nprobe=nprobe, ef_search=ef_search,
-                                            exclude=self.deleted_rows)
+                index, masked = self.faiss_index, self.deleted_rows
+                scores, rows = search_with_ties(  # equal scores: the lower row first, as over segments
+                    lambda depth: faiss_search(index, vectors, depth, nprobe=nprobe, ef_search=ef_search,
+                                               exclude=masked), k, index.ntotal, self.manifest.metric)
         return self._hits(scores, rows, with_text=with_text)
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray, *, with_text: bool) -> list[list[Passage]]:
@@ -540,29 +554,6 @@ def check_stored_vectors(path: Path, manifest: DenseManifest) -> None:
     if size != manifest.next_row * row_bytes:
         raise IndexFormatError(f"index {path} is damaged: {path / stored.file} has {size} bytes, expected "
                                f"{manifest.next_row} rows of {row_bytes} bytes")
-
-
-def faiss_row_ids(index) -> np.ndarray:
-    """The row ids a FAISS index answers with: an IDMap's ids, an IVF index's list ids, else positions."""
-    import faiss
-
-    outer = faiss.downcast_index(index)
-    if isinstance(outer, faiss.IndexIDMap | faiss.IndexIDMap2):
-        return faiss.vector_to_array(outer.id_map).astype(np.int64)
-    ivf = ivf_of(index)
-    if ivf is None:
-        return np.arange(index.ntotal, dtype=np.int64)  # an imported plain index labels by position
-    lists = ivf.invlists
-    parts = [np.zeros(0, dtype=np.int64)]
-    for number in range(ivf.nlist):
-        size = lists.list_size(number)
-        if size:
-            ids = lists.get_ids(number)
-            try:
-                parts.append(faiss.rev_swig_ptr(ids, size).astype(np.int64))
-            finally:
-                lists.release_ids(number, ids)
-    return np.concatenate(parts)
 
 
 def verify_dense(path: Path, manifest: DenseManifest) -> VerifyReport:

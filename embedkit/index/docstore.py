@@ -116,6 +116,11 @@ class DocStore:
         with self._db:
             self._db.executemany("DELETE FROM docs WHERE row = ?", [(int(row),) for row in rows])
 
+    def row_range(self) -> tuple[int, int] | None:
+        """The lowest and highest row stored (None when empty): two lookups in the row index, no scan."""
+        low, high = self._db.execute("SELECT min(row), max(row) FROM docs").fetchone()
+        return None if low is None else (int(low), int(high))
+
     def next_row(self) -> int:
         value = self._db.execute("SELECT max(row) FROM docs").fetchone()[0]
         return 0 if value is None else value + 1

@@ -343,3 +343,26 @@ def calibrate_search(index, queries: np.ndarray, truth: np.ndarray, *, target_re
         if recall >= target_recall:
             break
     return {key: int(chosen), "calibrated_recall": round(recall, 4), "target_recall": target_recall}
+
+
+def faiss_row_ids(index) -> np.ndarray:
+    """The row ids a FAISS index answers with: an IDMap's ids, an IVF index's list ids, else positions."""
+    import faiss
+
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, faiss.IndexIDMap | faiss.IndexIDMap2):
+        return faiss.vector_to_array(outer.id_map).astype(np.int64)
+    ivf = ivf_of(index)
+    if ivf is None:
+        return np.arange(index.ntotal, dtype=np.int64)  # an imported plain index labels by position
+    lists = ivf.invlists
+    parts = [np.zeros(0, dtype=np.int64)]
+    for number in range(ivf.nlist):
+        size = lists.list_size(number)
+        if size:
+            ids = lists.get_ids(number)
+            try:
+                parts.append(faiss.rev_swig_ptr(ids, size).astype(np.int64))
+            finally:
+                lists.release_ids(number, ids)
+    return np.concatenate(parts)

@@ -2,27 +2,31 @@
 
     from embedkit.data import iter_documents
     from embedkit.index.lifecycle import add_documents, remove_documents, compact_index, merge_indexes
+    from embedkit.index.manifest import MergePolicy
 
     add_documents("indexes/mine", iter_documents("new.jsonl"))     # new ids inserted, existing ids replaced
     remove_documents("indexes/mine", ["doc7", "doc9"])
-    compact_index("indexes/mine")                                 # rebuild without masked (deleted) rows
+    compact_index("indexes/mine")                                 # one segment, without deleted rows
+    set_merge_policy("indexes/mine", MergePolicy(max_segments=8))  # when updates merge segments
     merge_indexes(["shards/", "indexes/other"], "indexes/all")    # encode shards and/or index folders
     reencode_index("indexes/mine", "runs/boom-v2/model")          # re-encode with an updated model
 
-Every update works on a copy of the folder and swaps it in when complete (`embedkit.io.atomic_directory`),
-under the folder's lock (taken on its real path, so a symlink and its target share it), so a killed update
-leaves the old index intact (or the new one, if it had finished) and two concurrent updates cannot lose each
-other's changes. Before an update copies anything, every file of the old folder is checked against the
-checksums in its manifest, so damage is reported instead of being carried into the new folder. Documents are encoded with the encoder recorded in the manifest (same weights, prefixes,
-normalization and max length); anything else is refused. Where FAISS cannot remove vectors (HNSW), removed
-rows are listed in `deleted.npy` and masked at search time until `compact_index` rebuilds the index.
+Adds, upserts and removals are committed as new files of a segmented folder (`embedkit.index.segments`): an
+add writes a new segment holding only the new documents, a removal a small deletion file for each segment it
+touches, and the commit replaces `manifest.json` atomically, under the folder's lock (taken on its real path,
+so a symlink and its target share it). A killed update leaves the old state or the new one; two concurrent
+updates cannot lose each other's changes. An update checks the sizes of every file and the checksums of the
+files it reads whole, so its cost follows the change, not the index (`embedkit index verify` reads every byte).
+The merge policy recorded in the manifest (`set_merge_policy`) merges segments after an update when due;
+`compact_index`, `merge_indexes` and `reencode_index` write a whole new folder and swap it in
+(`embedkit.io.atomic_directory`). Documents are encoded with the encoder recorded in the manifest (same
+weights, prefixes, normalization and max length); anything else is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,8 +40,8 @@ from embedkit.errors import EmbedkitError, IndexFormatError, ModelMismatchError
 from embedkit.index.dense import DEFAULT_TRAIN_SAMPLE, DenseIndex, _write, verify_dense
 from embedkit.index.docstore import DuplicateIdError
 from embedkit.index.kinds import check_folder
-from embedkit.index.manifest import MANIFEST_NAME, DenseManifest, HistoryEntry, IndexManifest
-from embedkit.index.segments_update import SegmentedUpdate, check_update_files, segmented_update
+from embedkit.index.manifest import MANIFEST_NAME, DenseManifest, HistoryEntry, IndexManifest, MergePolicy
+from embedkit.index.segments_update import SegmentedUpdate, UpdateReport, check_update_files, segmented_update
 from embedkit.io import check_replaceable, folder_lock, real_folder
 
 if TYPE_CHECKING:
@@ -46,30 +50,6 @@ if TYPE_CHECKING:
 # Fields of the encoder spec that change the vectors; the model name may differ (a local copy of the same weights).
 SPEC_FIELDS = ("fingerprint", "pooling", "normalize", "passage_prefix", "query_prefix", "max_length", "dim")
 READ_BATCH = 8192
-
-
-@dataclass
-class UpdateReport:
-    """What an update did, also recorded in the manifest's history."""
-
-    action: str
-    added: int = 0
-    replaced: int = 0
-    removed: int = 0
-    missing: list[str] = field(default_factory=list)
-    masked: int = 0
-    num_docs: int = 0
-
-    def summary(self) -> str:
-        parts = [f"{self.action}: {self.num_docs} documents now"]
-        for name in ("added", "replaced", "removed"):
-            if getattr(self, name):
-                parts.append(f"{getattr(self, name)} {name}")
-        if self.missing:
-            parts.append(f"{len(self.missing)} ids not in the index")
-        if self.masked:
-            parts.append(f"{self.masked} deleted rows masked until `embedkit index compact`")
-        return ", ".join(parts)
 
 
 def check_encoder(spec: EncoderSpec, encoder: Encoder) -> None:
@@ -137,6 +117,14 @@ def remove_documents(path: str | Path, ids: Iterable[str], *, source: str | None
         return update.report
 
 
+def set_merge_policy(path: str | Path, policy: MergePolicy) -> UpdateReport:
+    """Record when updates merge segments (`MergePolicy(mode="never")`: only `compact_index` does); a merge
+    the new policy calls for runs at once. Commits like any update (an old folder is converted)."""
+    with _update(Path(path), "merge-policy", None) as update:
+        update.manifest = update.manifest.model_copy(update={"merge_policy": policy})
+        return update.report
+
+
 def compact_index(path: str | Path, *, factory: str | None = None, train_sample: int = DEFAULT_TRAIN_SAMPLE,
                   store_vectors: str | None = None) -> UpdateReport:
     """Rebuild the index from its live documents' vectors (no re-encoding): drops masked rows, retrains IVF/PQ.
@@ -154,7 +142,8 @@ def compact_index(path: str | Path, *, factory: str | None = None, train_sample:
         _write(path, chunks, manifest.encoder, factory=factory or manifest.index_factory,
                metric=manifest.metric, train_sample=train_sample, overwrite=True, corpus=manifest.corpus,
                store_vectors=mode, history=manifest.history, action="compact", created_at=manifest.created_at,
-               on_disk=manifest.on_disk, truncated=lambda: manifest.truncated_documents)
+               on_disk=manifest.on_disk, truncated=lambda: manifest.truncated_documents,
+               merge_policy=manifest.merge_policy)
     return UpdateReport(action="compact", removed=masked, num_docs=IndexManifest.load(path).num_docs)
 
 

@@ -386,9 +386,11 @@ class DenseManifest(IndexManifest):
                 raise ValueError(f"trained_index {self.trained_index!r} is not a name embedkit writes")
         return self
 
-    @property
-    def segmented(self) -> bool:
-        return bool(self.segments)
+    def save(self, folder: Path) -> None:
+        # A policy other than the default is a format-3 field: older embedkit must refuse it as newer, not damaged.
+        if self.merge_policy != MergePolicy() and self.format_version < SEGMENTED_FORMAT:
+            self.format_version = SEGMENTED_FORMAT
+        super().save(folder)
 
     def _unsaved_fields(self) -> set[str]:
         if self.segments:

@@ -43,12 +43,13 @@ Design note — the layout (manifest `format_version` 3, `DenseManifest.segments
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from embedkit.data.corpus import Document
 from embedkit.errors import IndexFormatError
@@ -63,6 +64,9 @@ SEGMENT_STEPS = (
     "segment-synced",    # they and the folder are fsynced; the old manifest still rules
     "manifest-swapped",  # manifest.json replaced: the update is committed
     "collected",         # unreferenced files removed
+    "merge-written",     # the same three steps for a merge the policy runs after an update
+    "merge-synced",
+    "merge-swapped",
 )
 
 
@@ -70,12 +74,15 @@ def legacy_segment(folder: Path, manifest: DenseManifest) -> SegmentRecord:
     """The one segment of a folder in the one-segment layout (`index.faiss`, `docstore.sqlite`, …)."""
     deleted = folder / DELETED_NAME
     masked = len(load_deleted_rows(deleted, manifest.next_row)) if deleted.is_file() else 0
-    return SegmentRecord(id=0, faiss=FAISS_NAME, docstore=DOCSTORE_NAME,
-                         vectors=manifest.vectors.file if manifest.vectors else None,
-                         deleted=DELETED_NAME if masked else None, row_start=0,
-                         row_stop=max(manifest.next_row, manifest.num_docs + masked),
-                         num_vectors=manifest.num_docs + masked, num_stored=manifest.num_docs, num_deleted=masked,
-                         num_docs=manifest.num_docs)
+    try:
+        return SegmentRecord(id=0, faiss=FAISS_NAME, docstore=DOCSTORE_NAME,
+                             vectors=manifest.vectors.file if manifest.vectors else None,
+                             deleted=DELETED_NAME if masked else None, row_start=0, row_stop=manifest.next_row,
+                             num_vectors=manifest.num_docs + masked, num_stored=manifest.num_docs,
+                             num_deleted=masked, num_docs=manifest.num_docs)
+    except ValidationError:
+        raise IndexFormatError(f"index {folder} is damaged: {manifest.num_docs} documents and {masked} masked rows "
+                               f"cannot have rows below next_row {manifest.next_row}; rebuild the index") from None
 
 
 def segment_records(folder: Path, manifest: DenseManifest) -> list[SegmentRecord]:
@@ -113,12 +120,19 @@ class SegmentReader:
     @cached_property
     def docstore(self) -> DocStore:
         store = DocStore(self.folder / self.record.docstore)
-        count = len(store)
+        count, rows = len(store), store.row_range()
+        where = self.folder / self.record.docstore
+        problem = None
         if count != self.record.num_stored:
+            problem = f"{where} holds {count} documents, the manifest records {self.record.num_stored}"
+        elif rows is not None and (rows[0] < self.record.row_start or rows[1] >= self.record.row_stop):
+            # New rows are numbered from next_row: a stored row at or above it would get a second document.
+            problem = (f"{where} holds rows {rows[0]}..{rows[1]}, outside the segment's rows "
+                       f"{self.record.row_start}..{self.record.row_stop - 1} (manifest next_row "
+                       f"{self.manifest.next_row})")
+        if problem is not None:
             store.close()
-            raise IndexFormatError(f"index {self.folder} is damaged: {self.folder / self.record.docstore} holds "
-                                   f"{count} documents, the manifest records {self.record.num_stored}; rebuild "
-                                   "the index")
+            raise IndexFormatError(f"index {self.folder} is damaged: {problem}; rebuild the index")
         return store
 
     @cached_property
@@ -261,6 +275,25 @@ def merge_top_k(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int, metric: 
     return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
 
 
+def search_with_ties(run: Callable[[int], tuple[np.ndarray, np.ndarray]], k: int, ntotal: int, metric: str
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of `run(depth)` (a FAISS search `depth` deep) under the tie rule of `merge_top_k`.
+
+    FAISS keeps an arbitrary one of several equal scores at the k-th place; searching one deeper shows whether
+    equal scores straddle it, and the search deepens (doubling) until they do not, so the rule picks among all.
+    """
+    depth = min(k + 1, ntotal)
+    while True:
+        scores, rows = run(depth)
+        if depth >= ntotal or scores.shape[1] <= k:
+            break
+        straddling = (scores[:, k - 1] == scores[:, -1]) & (rows[:, -1] >= 0)
+        if not straddling.any():
+            break
+        depth = min(ntotal, depth * 2)
+    return merge_top_k([(scores, rows)], k, metric)
+
+
 def search_segments(segments: Sequence[SegmentReader], vectors: np.ndarray, k: int, *, metric: str,
                     nprobe: int | None = None, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Search every segment (deleted rows masked) and merge: `merge_top_k`."""
@@ -271,7 +304,10 @@ def search_segments(segments: Sequence[SegmentReader], vectors: np.ndarray, k: i
         index = segment.faiss_index
         if index.ntotal == 0 or segment.record.num_docs == 0:
             continue
-        parts.append(faiss_search(index, vectors, k, nprobe=nprobe, ef_search=ef_search, exclude=segment.deleted))
+        parts.append(search_with_ties(
+            lambda depth, index=index, segment=segment: faiss_search(index, vectors, depth, nprobe=nprobe,
+                                                                     ef_search=ef_search, exclude=segment.deleted),
+            k, index.ntotal, metric))
     if not parts:
         return np.full((len(vectors), 1), -np.inf, dtype=np.float32), np.full((len(vectors), 1), -1, dtype=np.int64)
     return merge_top_k(parts, k, metric)

@@ -18,8 +18,8 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,12 +46,33 @@ from embedkit.index.manifest import (
 from embedkit.index.segments import SegmentReader, retrain_due, segment_records
 from embedkit.io import crash_point, fsync_folder
 
-if TYPE_CHECKING:
-    from embedkit.index.lifecycle import UpdateReport
-
 _LEGACY_NAMES = frozenset({FAISS_NAME, DOCSTORE_NAME, DELETED_NAME, *VECTOR_FILES.values()})
 # Leftovers of a killed writer: SQLite's journal of a segment store, an unfinished manifest.json.
 _LEFTOVER = re.compile(r"^(seg-\d{6,}\.docstore\.sqlite-journal|manifest\.json\.tmp-\d+-[0-9a-f]{8})$")
+
+
+@dataclass
+class UpdateReport:
+    """What an update did, also recorded in the manifest's history."""
+
+    action: str
+    added: int = 0
+    replaced: int = 0
+    removed: int = 0
+    missing: list[str] = field(default_factory=list)
+    masked: int = 0
+    num_docs: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{self.action}: {self.num_docs} documents now"]
+        for name in ("added", "replaced", "removed"):
+            if getattr(self, name):
+                parts.append(f"{getattr(self, name)} {name}")
+        if self.missing:
+            parts.append(f"{len(self.missing)} ids not in the index")
+        if self.masked:
+            parts.append(f"{self.masked} deleted rows masked until `embedkit index compact`")
+        return ", ".join(parts)
 
 
 def collect_garbage(folder: Path, manifest: DenseManifest) -> list[str]:
@@ -278,21 +299,26 @@ class SegmentedUpdate:
         self.new = None
         return records
 
-    def commit(self, entry: HistoryEntry) -> DenseManifest:
-        """Write the new files, sync them, swap the manifest. Returns the new manifest."""
+    def commit(self, entry: HistoryEntry, *, steps: str = "segment") -> DenseManifest:
+        """Write the new files, sync them, swap the manifest. Returns the new manifest. `steps` names the crash
+        points (`SEGMENT_STEPS`): "segment" for an update, "merge" for a merge."""
         from embedkit import __version__
 
         records = self.segments_after()
-        crash_point("segment-written")
+        crash_point(f"{steps}-written")
         for name in self.written:
             _sync_file(self.folder / name)
         fsync_folder(self.folder)
-        crash_point("segment-synced")
+        crash_point(f"{steps}-synced")
         referenced = {name for record in records for name in record.files()}
         if self.trained_index:
             referenced.add(self.trained_index)
         files = {name: record for name, record in self.manifest.files.items() if name in referenced}
-        for name in self.written:
+        # A format-1 folder recorded sizes only: its files get checksums once, at conversion (except the FAISS
+        # file `index import --link` linked in, which is checked by size).
+        unhashed = [name for name, record in files.items()
+                    if record.sha256 is None and not (self.folder / name).is_symlink()]
+        for name in [*self.written, *unhashed]:
             if name in referenced:
                 path = self.folder / name
                 files[name] = FileRecord(size=path.stat().st_size, sha256=file_sha256(path))
@@ -312,7 +338,7 @@ class SegmentedUpdate:
             raise EmbedkitError(f"cannot remove every document of {self.folder}; build a new index instead")
         manifest = DenseManifest.model_validate(data)
         manifest.save(self.folder)
-        crash_point("manifest-swapped")
+        crash_point("manifest-swapped" if steps == "segment" else f"{steps}-swapped")
         self.report.num_docs = manifest.num_docs
         self.report.masked = sum(record.num_vectors - record.num_docs for record in records)
         return manifest
@@ -392,7 +418,6 @@ def merge_segments(folder: Path, manifest: DenseManifest, positions: Sequence[in
     the old segments). Rows keep their order (renumbered from the first segment's row_start), so results and
     ties are unchanged. None when the vectors cannot be read back exactly (a lossy kind without stored vectors)."""
     from embedkit.index.faiss_ops import stores_exact_vectors
-    from embedkit.index.lifecycle import UpdateReport
 
     collect_garbage(folder, manifest)
     report = UpdateReport(action="merge-segments")
@@ -426,7 +451,7 @@ def merge_segments(folder: Path, manifest: DenseManifest, positions: Sequence[in
         entry = HistoryEntry(action="merge-segments", documents=merged.num_docs, source=None,
                              segments=",".join(str(manifest.segments[p].id) for p in positions),
                              segment=update.generation)
-        new = update.commit(entry)
+        new = update.commit(entry, steps="merge")
     except BaseException:
         update.abandon()
         for reader in chosen:

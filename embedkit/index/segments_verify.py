@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from embedkit.errors import IndexFormatError
+from embedkit.index.faiss_ops import faiss_row_ids
 from embedkit.index.kinds import VerifyReport
 from embedkit.index.manifest import DenseManifest
 from embedkit.index.segments import SegmentReader, retrain_due
@@ -19,8 +20,6 @@ from embedkit.index.segments import SegmentReader, retrain_due
 
 def verify_segmented(path: Path, manifest: DenseManifest) -> VerifyReport:
     """Full check of a segmented folder; raises IndexFormatError naming the damaged file."""
-    from embedkit.index.dense import faiss_row_ids
-
     unchecked = manifest.verify_checksums(path)
     seen: set[str] = set()
     masked_total = 0
