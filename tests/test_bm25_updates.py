@@ -192,3 +192,34 @@ def test_update_refuses_damage_and_bad_input(tmp_path):
     with pytest.raises(EmbedkitError, match="checksum"):
         remove_documents(path, ["d0"])
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_cli_add_remove_compact_and_merge_policy(tmp_path, capsys):
+    from embedkit.cli import main
+    from embedkit.lexical.update import set_merge_policy
+    from tests.helpers import write_jsonl
+
+    path = build(tmp_path / "idx", [["alpha", "beta"], ["gamma"], ["delta"], ["sigma"]], "bm25s")
+    policy = set_merge_policy(path, never=True)  # what `index compact --merge-policy never --policy-only` records
+    assert (policy.max_segments, policy.max_deleted_fraction) == (None, None)
+    assert BM25Manifest.load(path).settings.merge == policy
+    corpus = write_jsonl(tmp_path / "new.jsonl", [{"_id": "d1", "title": "", "text": "omega"}])
+    assert main(["index", "add", str(path), "--corpus", str(corpus)]) == 0
+    assert "1 replaced; 2 segments (000000: 4 documents, 1 deleted; 000001: 1 documents)" in capsys.readouterr().out
+    (tmp_path / "ids.txt").write_text("d0\nd3\nnope\n")
+    assert main(["index", "remove", str(path), "--ids", str(tmp_path / "ids.txt")]) == 0
+    out = capsys.readouterr().out
+    assert "2 removed" in out and "not in the index: nope" in out and "after compacting" not in out
+    assert main(["index", "info", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [(s["name"], s["documents"], s["deleted"]) for s in info["segments"]] == [("000000", 4, 3),
+                                                                                    ("000001", 1, 0)]
+    assert main(["index", "compact", str(path), "--index-factory", "HNSW32"]) == 2
+    assert "--index-factory applies to dense indexes" in capsys.readouterr().err
+    assert main(["index", "add", str(path), "--corpus", str(corpus), "--model", "x"]) == 2
+    assert "no model" in capsys.readouterr().err
+    assert main(["index", "compact", str(path)]) == 0
+    assert "compact: 2 documents now" in capsys.readouterr().out
+    set_merge_policy(path, max_deleted_fraction=0.5)  # back on: the defaults, with this limit
+    assert BM25Manifest.load(path).settings.merge == BM25MergePolicy(max_deleted_fraction=0.5)
+    assert_same_as_rebuild(path, tmp_path)

@@ -139,8 +139,19 @@ def run_compact(args: argparse.Namespace) -> int:
             from embedkit.errors import EmbedkitError
 
             raise EmbedkitError(f"--index-factory applies to dense indexes; {args.index} is a {kind.name} index")
-        report = kind.compact(Path(args.index))
-        print(f"{args.index}: {report.summary()}")
+        # The merge-policy flags (see the dense branch) record when BM25 updates compact, too.
+        mode, most, deleted = (getattr(args, name, None) for name in ("merge_policy", "max_segments",
+                                                                       "max_deleted_fraction"))
+        if kind.name == "bm25" and (mode, most, deleted) != (None, None, None):
+            from embedkit.lexical.update import set_merge_policy as set_bm25_policy
+
+            bm25_policy = set_bm25_policy(args.index, never=mode == "never", max_segments=most,
+                                          max_deleted_fraction=deleted)
+            print(f"{args.index}: merge policy: compact after an update at more than {bm25_policy.max_segments} "
+                  f"segments or {bm25_policy.max_deleted_fraction} deleted (None: never)")
+        if not getattr(args, "policy_only", False):
+            report = kind.compact(Path(args.index))
+            print(f"{args.index}: {report.summary()}")
         return 0
     report = compact_index(args.index, factory=args.index_factory, train_sample=args.train_sample)
     print(f"{args.index}: {report.summary()}")

@@ -125,6 +125,12 @@ class BM25Index(Index):
         self.settings = manifest.settings
         self.backend = get_backend(self.settings.backend)
 
+    def open_files(self) -> None:
+        """The document store and the backend's files, opened now: `Index.load` opens them all from one state of
+        the folder, so a search never pairs one update's document store with another's segments."""
+        super().open_files()
+        _ = self.searcher
+
     @cached_property
     def searcher(self) -> LexicalSearcher:
         folder = self.path / self.backend.folder

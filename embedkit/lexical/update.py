@@ -48,6 +48,7 @@ from embedkit.io import atomic_directory, crash_point, folder_lock
 from embedkit.lexical.backends import LexicalBackend, LexicalUpdater, get_backend
 from embedkit.lexical.bm25s_segments import next_row
 from embedkit.lexical.segments import BM25Segment, summarize
+from embedkit.lexical.settings import BM25MergePolicy
 
 #: Steps of an update where `EMBEDKIT_CRASH_AT` kills the process (besides `embedkit.io.SWAP_STEPS`).
 UPDATE_STEPS = ("bm25-linked", "bm25-backend-written", "bm25-compacted")
@@ -214,3 +215,31 @@ def _records(folder: Path, old: Path, recorded: dict[str, FileRecord]) -> dict[s
                     continue
         records[name] = FileRecord(size=info.st_size, sha256=file_sha256(item))
     return records
+
+
+def set_merge_policy(path: str | Path, *, never: bool = False, max_segments: int | None = None,
+                     max_deleted_fraction: float | None = None) -> BM25MergePolicy:
+    """Record when updates compact the index (`BM25Settings.merge`); only the manifest changes.
+
+    `never=True` turns both rules off; otherwise the given limits replace the recorded ones (a policy that was
+    off starts again from the defaults).
+    """
+    path = Path(path)
+    with folder_lock(path):
+        manifest = BM25Manifest.load(path)
+        check_folder(path, manifest)
+        current = manifest.settings.merge
+        if never:
+            policy = BM25MergePolicy(max_segments=None, max_deleted_fraction=None)
+        else:
+            if current.max_segments is None and current.max_deleted_fraction is None:
+                current = BM25MergePolicy()
+            changes = {name: value for name, value in (("max_segments", max_segments),
+                                                       ("max_deleted_fraction", max_deleted_fraction))
+                       if value is not None}
+            policy = BM25MergePolicy.model_validate({**current.model_dump(), **changes})
+        manifest.settings = manifest.settings.model_copy(update={"merge": policy})
+        manifest.history.append(HistoryEntry(action="merge-policy", max_segments=policy.max_segments,
+                                             max_deleted_fraction=policy.max_deleted_fraction))
+        manifest.save(path)  # atomically: readers see the old manifest or this one
+    return policy
