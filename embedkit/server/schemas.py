@@ -118,6 +118,9 @@ class ServedIndex(BaseModel):
     loaded_at: str
     document_bytes: int | None = Field(None, description="mean size of a document in an answer (id, title, text); "
                                        "answers are estimated with it against limits.max_response_bytes")
+    segments: dict[str, int] | None = Field(None, description="how the last reload of a segmented dense folder got "
+                                            "its segments: kept as loaded, refreshed (only a new deletion file "
+                                            "read), read from disk")
 
 
 class HealthResponse(BaseModel):

@@ -18,7 +18,11 @@ Reloading: a background task stats each served folder's `manifest.json` every `r
 the new index is opened and warmed up on the worker thread while the old one keeps answering, then the
 service switches to it in one assignment on the event loop. Every file of the new index is opened from one
 state of the folder (`embedkit.index.consistent`): an update that lands while it opens makes it start over on
-the newer state, never mix the two or call the folder damaged. A request that already came in finishes, every
+the newer state, never mix the two or call the folder damaged. A segmented dense folder (`embedkit.index.segments`)
+is reopened with `embedkit.index.reopen`: the segments whose files did not change stay as they are (mapped or in
+memory, shared with the state still answering), a segment with a new deletion file reads only that file, and
+only new segments are read whole; `/health` and `/info` show the counts of the last reload. A request that
+already came in finishes, every
 slice of it, on the index it came in on (its slices share search calls only with requests on the same index);
 every later request sees the new one. A folder that cannot be opened (mid-update, damaged) keeps the old index
 serving and the error is logged and shown in `/health` and `/info`.
@@ -48,6 +52,7 @@ from embedkit.errors import EmbedkitError
 from embedkit.hybrid.fusion import FusionConfig, fuse_hits
 from embedkit.index.base import Index
 from embedkit.index.consistent import FolderChangingError, read_consistent
+from embedkit.index.reopen import SegmentReuse, reopen_index
 from embedkit.passage import Passage
 from embedkit.server.batching import MicroBatcher
 from embedkit.server.config import Mode, ServerConfig, index_slot
@@ -88,6 +93,8 @@ class Served:
     stamp: ManifestStamp | None
     version: str
     loaded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    #: How the segments of a reopened segmented folder were obtained (kept, refreshed, read); None otherwise.
+    reuse: SegmentReuse | None = None
     #: Mean size of one document in an answer (id, title, text; UTF-8), to size an answer before searching.
     document_bytes: int = field(init=False)
 
@@ -96,9 +103,12 @@ class Served:
 
     def describe(self) -> dict[str, Any]:
         history = getattr(self.index.manifest, "history", None) or []
-        return {"path": str(self.index.path), "documents": len(self.index), "version": self.version,
-                "updated_at": getattr(history[-1], "at", None) if history else None, "loaded_at": self.loaded_at,
-                "document_bytes": self.document_bytes}
+        out = {"path": str(self.index.path), "documents": len(self.index), "version": self.version,
+               "updated_at": getattr(history[-1], "at", None) if history else None, "loaded_at": self.loaded_at,
+               "document_bytes": self.document_bytes}
+        if self.reuse is not None:
+            out["segments"] = self.reuse.as_dict()
+        return out
 
 
 def mean_document_bytes(index: Index, sample: int = DOCUMENT_SAMPLE) -> int:
@@ -150,9 +160,13 @@ class RetrievalService:
         if self.default_mode not in self.modes:
             raise EmbedkitError(f"retrieve mode '{self.default_mode}' needs an index this server was not given "
                                 f"(available: {', '.join(self.modes)})")
-        self.opener = opener or (lambda path, previous: open_index(path, config, previous))
+        # The default opener also reports which segments it kept (`reopen_served`); a given one opens whole.
+        self.opener: Callable[[Path, Index | None], Index | tuple[Index, SegmentReuse | None]] = \
+            opener or (lambda path, previous: reopen_served(path, config, previous))
         self.reload_errors: dict[str, str] = {}
         self.reloads = 0
+        #: Segments of all reloads so far: kept as they were, kept with a new deletion file, read from disk.
+        self.reload_segments = {"kept": 0, "refreshed": 0, "read": 0}
         self.streams = self._dense_streams() if "dense" in indexes else 1
         self.torch_threads = config.torch_threads
         self.cpus = os.cpu_count() or 1
@@ -328,19 +342,26 @@ class RetrievalService:
             return False
         loop = asyncio.get_running_loop()
         # Opening and warming up run on stream 0's thread, between its search calls.
-        served = await loop.run_in_executor(self.executors[kind][0], self._open_warm, path, current.index)
+        served = await loop.run_in_executor(self.executors[kind][0], self._open_warm, kind, path, current.index)
         self.served[kind] = served  # one assignment: the next call searches the new state
         self.reload_errors.pop(kind, None)
         self.reloads += 1
+        if served.reuse is not None:
+            for key, count in served.reuse.as_dict().items():
+                self.reload_segments[key] += count
         log.info("serving the updated %s index %s: %d documents (manifest %s)", kind, path, len(served.index),
                  served.version)
         return True
 
-    def _open_warm(self, path: Path, previous: Index) -> Served:
-        def open_and_warm() -> Index:
-            index = self.opener(path, previous)
-            index.search(["warm up"], 1)  # also opens what a kind reads lazily (e.g. a BM25 searcher)
-            return index
+    def _open_warm(self, kind: str, path: Path, previous: Index) -> Served:
+        def open_and_warm() -> Index | tuple[Index, SegmentReuse | None]:
+            opened = self.opener(path, previous)
+            index = opened[0] if isinstance(opened, tuple) else opened
+            # Kept segments are shared with the index still answering: the search lock keeps FAISS's search
+            # parameters (set on the index object) from changing under one of its searches.
+            with self._search_locks[kind]:
+                index.search(["warm up"], 1)  # also opens what a kind reads lazily (e.g. a BM25 searcher)
+            return opened
 
         return open_served(path, open_and_warm)
 
@@ -419,7 +440,8 @@ class RetrievalService:
             "fusion": self.config.fusion.model_dump(mode="json"),
             "batching": {**self.config.batching.model_dump(),
                          "stats": {kind: b.stats.as_dict() for kind, b in self.batchers.items()}},
-            "reload": {**self.config.reload.model_dump(), "reloads": self.reloads, "errors": dict(self.reload_errors)},
+            "reload": {**self.config.reload.model_dump(), "reloads": self.reloads, "errors": dict(self.reload_errors),
+                       "segments": dict(self.reload_segments)},
             "backend": self.config.backend,
             "encoder_backend": self.config.encoder_backend,
             "search_streams": self.streams,
@@ -450,21 +472,31 @@ def _gpu_encoding(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def open_served(path: Path, open_fn: Callable[[], Index]) -> Served:
-    """`open_fn()`'s index with the manifest stamp and version of the very folder state it opened.
+def open_served(path: Path, open_fn: Callable[[], Index | tuple[Index, SegmentReuse | None]]) -> Served:
+    """`open_fn()`'s index (and how it reused segments, when it says) with the manifest stamp and version of the
+    very folder state it opened.
 
     A stamp read before or after opening could belong to another state if an update landed in between: the
     watcher would then skip a state it never served, or `/health` name a version it does not serve.
     """
     def read() -> Served:
         stamp, version = ManifestStamp.of(path), manifest_version(path)
-        return Served(open_fn(), stamp, version)
+        opened = open_fn()
+        if isinstance(opened, tuple):
+            return Served(opened[0], stamp, version, reuse=opened[1])
+        return Served(opened, stamp, version)
 
     return read_consistent(path, read)
 
 
 def open_index(path: Path, config: ServerConfig, previous: Index | None) -> Index:
-    """Open a folder with the server's options; a dense reopen reuses `previous`'s encoder if the weights match."""
+    """Open a folder with the server's options; a dense reopen reuses `previous`'s encoder if the weights match
+    and its unchanged segments (`reopen_served`)."""
+    return reopen_served(path, config, previous)[0]
+
+
+def reopen_served(path: Path, config: ServerConfig, previous: Index | None) -> tuple[Index, SegmentReuse | None]:
+    """`open_index`, also saying which segments came from `previous` (`embedkit.index.reopen`)."""
     from embedkit.index.kinds import kind_of
 
     options = config.open_options(index_slot(kind_of(path).name))
@@ -473,16 +505,21 @@ def open_index(path: Path, config: ServerConfig, previous: Index | None) -> Inde
         from embedkit.errors import ModelMismatchError
 
         try:
-            index = Index.load(path, encoder=encoder, **options)
+            index, reuse = reopen_index(path, previous, encoder=encoder, **options)
         except ModelMismatchError:  # the folder now holds another model's vectors: load that model
-            index = Index.load(path, **options)
+            index, reuse = reopen_index(path, previous, **options)
     else:
-        index = Index.load(path, **options)
+        index, reuse = reopen_index(path, previous, **options)
     if config.backend == "faiss-gpu":
         from embedkit.index.dense import DenseIndex
         from embedkit.server.gpu import clone_to_gpus
 
-        # DenseIndex caches its FAISS index in faiss_index (a cached_property): put the GPU copy there.
-        if isinstance(index, DenseIndex):
+        # FAISS indexes are cached properties (a DenseIndex's, or each segment's): put the GPU copies there.
+        # Segments handed over from `previous` already hold theirs.
+        if isinstance(index, DenseIndex) and index.manifest.segments:
+            for segment in index.segments:
+                if reuse is None or segment.record.id in reuse.fresh:
+                    vars(segment)["faiss_index"] = clone_to_gpus(segment.faiss_index)
+        elif isinstance(index, DenseIndex):
             vars(index)["faiss_index"] = clone_to_gpus(index.faiss_index)
-    return index
+    return index, reuse
