@@ -14,7 +14,7 @@ from verl.workers.config import ActorConfig, PolicyLossConfig
 
 from agents.rl.aggregation import aggregate, masked_whiten
 from agents.rl.losses import kl_penalty, ppo_clip, token_log_probs, value_loss
-from agents.rl.verl_adapter import install_tre_entropy, register_with_verl, tre_entropy_from_logits
+from agents.rl.verl_adapter import register_with_verl
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,16 +98,3 @@ def test_log_probs_use_the_sampling_temperature():
     tokens = torch.randint(0, 11, (2, 3), generator=torch.Generator().manual_seed(10))
     theirs = verl_F.logprobs_from_logits(logits / 0.7, tokens)
     torch.testing.assert_close(token_log_probs(logits, tokens, temperature=0.7), theirs)
-
-
-def test_install_tre_entropy_patches_verl():
-    before = verl_F.entropy_from_logits, verl_F.entropy_from_logits_with_chunking
-    try:
-        install_tre_entropy("tre_k", k=1)
-        logits = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
-        expected = tre_entropy_from_logits(logits, "tre_k", k=1)
-        torch.testing.assert_close(verl_F.entropy_from_logits(logits), expected)
-        torch.testing.assert_close(verl_F.entropy_from_logits_with_chunking(logits, chunk_size=1), expected)
-        assert expected[0].item() == pytest.approx(float(torch.logsumexp(logits[0], -1) - 2.0), rel=1e-6)
-    finally:
-        verl_F.entropy_from_logits, verl_F.entropy_from_logits_with_chunking = before

@@ -25,18 +25,17 @@ from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.trainer.ppo.utils import need_critic
 from verl.utils import tensordict_utils as tu
-from verl.utils import torch_functional as verl_F
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.utils.losses import ppo_loss
 
 from agents.rl.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs
 from agents.rl.aggregation import aggregate
 from agents.rl.regularizers import POLICY_TERMS
+from agents.rl.verl.actor import TRESettings
 from agents.rl.verl_adapter import (
     ADV_ESTIMATORS,
     NOT_REGISTERED,
     POLICY_LOSSES,
-    install_tre_entropy,
     register_with_verl,
 )
 from embedkit.errors import EmbedkitError
@@ -314,18 +313,14 @@ def test_ppo_clip_global_batch_normalisation_matches_vanilla(verl_config):
 @pytest.mark.parametrize("agg", AGG_MODES)
 @pytest.mark.parametrize(("kind", "params"), [("tre_k", {"k": 2}), ("tre_p", {"p": 0.9})])
 def test_trainer_tre_term_equals_verls_entropy_bonus_with_tre_installed(verl_config, agg, kind, params):
-    """verl's engine divides the logits by the rollout temperature before its entropy function (which
-    `install_tre_entropy` replaces) and `ppo_loss` aggregates the entropy with `loss_agg_mode`: the TRE term of
-    `embedkit rl train`, given the temperature and the loss's aggregation, is the same number."""
+    """verl's engine divides the logits by the rollout temperature before its logits processor (where embedkit's
+    actor worker computes TRE, `agents.rl.verl.actor`) and aggregates per-token terms with `loss_agg_mode`: the
+    TRE term of `embedkit rl train`, given the temperature and the loss's aggregation, is the same number (the
+    whole worker path: tests/test_rl_verl_workers.py)."""
     _, mask, old, new, adv = _batch(8)
     temperature, scale = 0.7, 7
     logits = torch.randn(*mask.shape, 50, generator=torch.Generator().manual_seed(9)) * 3
-    before = verl_F.entropy_from_logits, verl_F.entropy_from_logits_with_chunking
-    try:
-        install_tre_entropy(kind, **params)
-        entropy = verl_F.entropy_from_logits(logits / temperature)
-    finally:
-        verl_F.entropy_from_logits, verl_F.entropy_from_logits_with_chunking = before
+    entropy = TRESettings(kind=kind, **params).entropy(logits / temperature)
     config = _actor_config(verl_config, "vanilla", agg, entropy_coeff=0.01, loss_scale_factor=scale)
     _, metrics = _ppo_loss(config, old, new, adv, mask, entropy=entropy)
 

@@ -21,15 +21,22 @@ import torch
 from agents.rl.registry import Registry
 
 Grads = list[torch.Tensor | None]
+Dot = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Surgery = Callable[..., Grads]
 GRADIENT_SURGERY: Registry[Surgery] = Registry("gradient surgery")
 
 
-def project_conflicts(vectors: Sequence[torch.Tensor], rng: random.Random) -> list[torch.Tensor]:
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.dot(a.flatten().double(), b.flatten().double())
+
+
+def project_conflicts(vectors: Sequence[torch.Tensor], rng: random.Random, dot: Dot | None = None) -> list[torch.Tensor]:
     """PCGrad projection of each vector against the original others; returns the projected vectors.
 
-    Domains i are visited in random order; for each, the other domains j in a freshly shuffled order.
+    Domains i are visited in random order; for each, the other domains j in a freshly shuffled order. `dot`
+    replaces the plain dot product (e.g. one that sums over the shards of FSDP-sharded gradients).
     """
+    dot = dot or _dot
     originals = [v.detach().clone() for v in vectors]
     projected = [v.clone() for v in originals]
     order = list(range(len(originals)))
@@ -40,10 +47,10 @@ def project_conflicts(vectors: Sequence[torch.Tensor], rng: random.Random) -> li
         g_i = projected[i]
         for j in others:
             g_j = originals[j]
-            dot = torch.dot(g_i.flatten().double(), g_j.flatten().double())
-            norm_sq = torch.dot(g_j.flatten().double(), g_j.flatten().double())
-            if dot < 0 and norm_sq > 0:
-                g_i = g_i - (dot / norm_sq).to(g_i.dtype) * g_j
+            conflict = dot(g_i, g_j)
+            norm_sq = dot(g_j, g_j)
+            if conflict < 0 and norm_sq > 0:
+                g_i = g_i - (conflict / norm_sq).to(g_i.dtype) * g_j
         projected[i] = g_i
     return projected
 
@@ -68,7 +75,7 @@ def _reference(grads: dict[object, Grads], index: int) -> torch.Tensor | None:
 
 
 @GRADIENT_SURGERY.register("none")
-def no_surgery(grads: dict[object, Grads], rng: random.Random | None = None) -> Grads:
+def no_surgery(grads: dict[object, Grads], rng: random.Random | None = None, dot: Dot | None = None) -> Grads:
     n_params = len(next(iter(grads.values())))
     out: Grads = []
     for p in range(n_params):
@@ -78,7 +85,7 @@ def no_surgery(grads: dict[object, Grads], rng: random.Random | None = None) -> 
 
 
 @GRADIENT_SURGERY.register("mgs")
-def mgs(grads: dict[object, Grads], rng: random.Random | None = None) -> Grads:
+def mgs(grads: dict[object, Grads], rng: random.Random | None = None, dot: Dot | None = None) -> Grads:
     """Per-parameter-tensor projection, then the sum over domains."""
     rng = rng or random.Random()
     n_params = len(next(iter(grads.values())))
@@ -88,13 +95,13 @@ def mgs(grads: dict[object, Grads], rng: random.Random | None = None) -> Grads:
         if ref is None:
             out.append(None)
             continue
-        projected = project_conflicts(_domain_tensors(grads, p, ref), rng)
+        projected = project_conflicts(_domain_tensors(grads, p, ref), rng, dot)
         out.append(torch.stack(projected).sum(0))
     return out
 
 
 @GRADIENT_SURGERY.register("pcgrad")
-def pcgrad(grads: dict[object, Grads], rng: random.Random | None = None) -> Grads:
+def pcgrad(grads: dict[object, Grads], rng: random.Random | None = None, dot: Dot | None = None) -> Grads:
     """Projection of the flattened whole-model gradients, then the sum over domains."""
     rng = rng or random.Random()
     n_params = len(next(iter(grads.values())))
@@ -105,7 +112,7 @@ def pcgrad(grads: dict[object, Grads], rng: random.Random | None = None) -> Grad
     for domain_grads in grads.values():
         parts = [_or_zeros(domain_grads[p], refs[p]).flatten() for p in live]
         flats.append(torch.cat(parts))
-    combined = torch.stack(project_conflicts(flats, rng)).sum(0)
+    combined = torch.stack(project_conflicts(flats, rng, dot)).sum(0)
     out: Grads = [None] * n_params
     offset = 0
     for p in live:

@@ -1,13 +1,13 @@
 """Plug embedkit's RL pieces into verl (>= 0.9.1, < 0.10) through verl's own registries.
 
-    from agents.rl.verl_adapter import register_with_verl, install_tre_entropy
+    from agents.rl.verl_adapter import register_with_verl
     register_with_verl()   # then in the verl config:
     #   algorithm.adv_estimator=embedkit_grpo | embedkit_drgrpo
     #   actor_rollout_ref.actor.policy_loss.loss_mode=embedkit_ppo_clip
-    install_tre_entropy("tre_k", k=2)   # verl's entropy bonus (actor.entropy_coeff) becomes TRE-K
 
-What runs where (embedkit's trainer, verl), and what to use in verl instead of what is not registered:
-docs/rl.md. In short:
+`python -m agents.rl.verl ...` (agents/rl/verl/launcher.py) registers these and everything else embedkit adds
+(TRE / MGS in verl's actor worker, the v1 trainer modes `embedkit_*`, reward managers, tools) in every process,
+Ray workers included, and hands over to verl's own `main_ppo`. What runs where: docs/rl.md. In short:
 
 - Not registered, because verl cannot feed them (`NOT_REGISTERED` says why; asking `register_with_verl` for
   one raises that reason): `embedkit_gae` (use verl's own `gae`, which embedkit's GAE equals),
@@ -16,30 +16,31 @@ docs/rl.md. In short:
   treatment when an agent loop returns several outputs per session (only each session's final output enters
   its prompt's group, and its advantage is copied to the session's other outputs:
   `verl.trainer.ppo.v1.utils.compute_advantage_for_multi_trajectories`). A registered estimator is handed
-  every output with the prompt uid and nothing that tells the sessions apart, and verl offers no hook to change
-  that (only a trainer subclass replacing the private `_compute_advantage`), so with such an agent loop
-  `embedkit_grpo` / `embedkit_drgrpo` are not GRPO: use `grpo` (with `norm_adv_by_std_in_grpo=false` for
-  Dr.GRPO), which they equal output for output when every session has one output.
+  every output with the prompt uid and nothing that tells the sessions apart. The trainer modes `embedkit_sync`
+  (and `embedkit_colocate_async`, `embedkit_separate_async`) of `agents.rl.verl.trainer` put the batch's
+  session keys in `SESSION_KEYS` while verl computes advantages, and `embedkit_grpo` / `embedkit_drgrpo` then
+  group sessions exactly as `grpo` does. Under verl's own trainer modes they see outputs, not sessions.
+- TRE is no longer installed by replacing `verl.utils.torch_functional.entropy_from_logits` (that bypassed
+  fused kernels and Megatron, changed the logged entropy and never reached Ray workers): it is a loss term in
+  embedkit's actor worker (`agents.rl.verl.actor`, `+actor_rollout_ref.embedkit.tre.kind=tre_k`).
 
 verl calls a policy loss with keywords (`verl/workers/utils/losses.py`): `old_log_prob`, `log_prob`,
 `advantages`, `response_mask`, `loss_agg_mode`, `config`, `rollout_is_weights`; advantage estimators get
 `token_level_rewards`, `response_mask`, `config` (the `algorithm` section), and `index` (the prompt uid)
-when the batch has one. Registration must run in every process that builds the trainer or actor workers
-(e.g. at the top of your verl entry script and in a Ray `runtime_env` worker setup hook).
+when the batch has one.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 
 from agents.rl.advantages import AdvantageInputs, drgrpo, grpo
 from agents.rl.aggregation import aggregate
-from agents.rl.losses import full_entropy, ppo_clip
-from agents.rl.regularizers import tre_k_entropy, tre_p_entropy
+from agents.rl.losses import ppo_clip
 from embedkit.errors import EmbedkitError
 
 ADV_ESTIMATORS = ("embedkit_grpo", "embedkit_drgrpo")
@@ -84,14 +85,56 @@ def _group_ids(index: Sequence[Any] | None, n: int) -> list[int]:
     return [mapping.setdefault(str(i), len(mapping)) for i in list(index)]
 
 
+# The v1 trainer's row keys `{uid}_{session}_{index}` while it computes advantages (set by the `embedkit_*` trainer
+# modes of agents.rl.verl.trainer); None elsewhere, where every row is its own session.
+SESSION_KEYS: ContextVar[Sequence[str] | None] = ContextVar("embedkit_verl_session_keys", default=None)
+
+
+def final_outputs(keys: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Rows of each session's final output (highest index), and for every row the position of its session in
+    that list: keys `{uid}_{session}_{index}` as verl's agent loops write them."""
+    final: dict[str, tuple[int, int]] = {}
+    sessions = []
+    for row, key in enumerate(keys):
+        uid_session, _, index = str(key).rpartition("_")
+        if not uid_session or not index.lstrip("-").isdigit():
+            raise EmbedkitError(f"unexpected v1 batch key '{key}' (expected '{{uid}}_{{session}}_{{index}}')")
+        sessions.append(uid_session)
+        if uid_session not in final or final[uid_session][0] < int(index):
+            final[uid_session] = (int(index), row)
+    order = {session: i for i, session in enumerate(final)}
+    return [row for _, row in final.values()], [order[s] for s in sessions]
+
+
+def _per_session(estimator: Callable[..., tuple[torch.Tensor, torch.Tensor]], keys: Sequence[str],
+                 token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Sequence[Any] | None,
+                 **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """GRPO over sessions: the group holds each session's final output; its advantage (at its first response
+    token) is copied to every response token of the session's outputs."""
+    rows, session_of = final_outputs(keys)
+    uids = None if index is None else [list(index)[r] for r in rows]
+    token = SESSION_KEYS.set(None)  # the final outputs are one row per session
+    try:
+        adv, _ = estimator(token_level_rewards[rows], response_mask[rows], uids, **kwargs)
+    finally:
+        SESSION_KEYS.reset(token)
+    first = response_mask[rows].argmax(-1)
+    scores = adv[torch.arange(len(rows)), first][session_of].unsqueeze(-1) * response_mask
+    return scores.to(token_level_rewards.dtype), scores.to(token_level_rewards.dtype)
+
+
 def verl_grpo_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                         index: Sequence[Any] | None = None, epsilon: float = 1e-6,
                         norm_adv_by_std_in_grpo: bool | None = None, config: Any = None,
                         **_: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """verl's estimator signature → embedkit GRPO (`norm_adv_by_std_in_grpo` from the argument, else the
-    algorithm config, else True)."""
+    algorithm config, else True); over sessions while `SESSION_KEYS` is set (the v1 `embedkit_*` trainers)."""
     if norm_adv_by_std_in_grpo is None:
         norm_adv_by_std_in_grpo = bool(_config_get(config, "norm_adv_by_std_in_grpo", True))
+    keys = SESSION_KEYS.get()
+    if keys is not None and len(keys) == token_level_rewards.shape[0]:
+        return _per_session(verl_grpo_advantage, keys, token_level_rewards, response_mask, index, epsilon=epsilon,
+                            norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, config=config)  # fmt: skip
     inputs = AdvantageInputs(rewards=token_level_rewards.sum(-1), response_mask=response_mask.float(),
                              group_ids=_group_ids(index, token_level_rewards.shape[0]), eps=epsilon)  # fmt: skip
     adv, ret = (grpo if norm_adv_by_std_in_grpo else drgrpo)(inputs)
@@ -171,28 +214,3 @@ def register_with_verl(names: Iterable[str] | None = None) -> list[str]:
         else:
             core_algos.register_policy_loss(name)(_LOSS_FNS[name])
     return wanted
-
-
-def tre_entropy_from_logits(logits: torch.Tensor, kind: str = "tre_k", k: int = 2, p: float = 0.99,
-                            chunk_size: int = 2048) -> torch.Tensor:  # fmt: skip
-    """Drop-in for verl's `entropy_from_logits(_with_chunking)`: TRE-K / TRE-P / full entropy per position
-    (verl's engines have already divided the logits by the rollout temperature). No fp32 copy of the whole
-    logits tensor is made (see `agents.rl.regularizers`)."""
-    if kind == "tre_k":
-        return tre_k_entropy(logits, k, chunk=chunk_size)
-    if kind == "tre_p":
-        return tre_p_entropy(logits, p, chunk=chunk_size)
-    return full_entropy(logits, chunk=chunk_size)
-
-
-def install_tre_entropy(kind: str = "tre_k", k: int = 2, p: float = 0.99) -> None:
-    """Make verl's entropy bonus (actor.entropy_coeff) trust-region entropy; call before building actors.
-
-    verl has no registry for its entropy: this replaces `entropy_from_logits` and
-    `entropy_from_logits_with_chunking` in `verl.utils.torch_functional`, which verl's engines look up when
-    they are built (a module-attribute patch, in this process only)."""
-    import verl.utils.torch_functional as verl_F
-
-    fn = functools.partial(tre_entropy_from_logits, kind=kind, k=k, p=p)
-    verl_F.entropy_from_logits = fn
-    verl_F.entropy_from_logits_with_chunking = fn
