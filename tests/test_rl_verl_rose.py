@@ -346,6 +346,80 @@ def test_v1_trainer_reads_the_trees_from_the_outputs_as_verl_stores_them(greedy_
     assert verl_agent_loop._agent_loop_registry[ROSE_NAME]["_target_"] == "agents.rl.verl.rose.RoseAgentLoop"
 
 
+class InMemoryQueue:
+    """TransferQueue's `kv_batch_put` / `kv_batch_get` on one dict. The real queue needs Ray actors, which did not
+    start on the 2-core test machine; rows are stored as verl's v1 agent-loop workers write them and read back as
+    `list_of_dict_to_tensordict` of the selected fields, per-token tensors nested, in key order."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], dict] = {}
+
+    def put_rows(self, keys, rows, partition_id="train") -> None:
+        for key, row in zip(keys, rows, strict=True):
+            self.rows[(partition_id, key)] = dict(row)
+
+    def kv_batch_put(self, keys, partition_id, fields=None, tags=None):
+        for name in fields.keys():
+            values = fields[name]
+            per_row = values.unbind(0) if getattr(values, "is_nested", False) else list(values)
+            for key, value in zip(keys, per_row, strict=True):
+                self.rows[(partition_id, key)][name] = value
+
+    def kv_batch_get(self, keys, partition_id, select_fields=None):
+        rows = [self.rows[(partition_id, k)] for k in keys]
+        names = [f for f in select_fields if all(f in r for r in rows)]
+        data = list_of_dict_to_tensordict([{f: r[f] for f in names} for r in rows])
+        for f in names:  # per-token fields come back nested even when every row has the same length
+            if isinstance(rows[0][f], torch.Tensor) and rows[0][f].dim() > 0 and not data[f].is_nested:
+                data[f] = torch.nested.as_nested_tensor([r[f] for r in rows], layout=torch.jagged)
+        return data
+
+
+def test_rose_trainer_mode_runs_verls_advantage_step_with_the_trees(greedy_tree, verl_config, monkeypatch):
+    """`trainer.v1.trainer_mode=embedkit_rose` as verl's main_ppo builds it (`get_trainer_cls(...)(config)`):
+    verl's sync replay buffer, and verl's own `_compute_advantage` over the queued outputs, in an order that is
+    not the trees' (the queue's storage is the in-memory stand-in above)."""
+    import transfer_queue
+    from transfer_queue import KVBatchMeta
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+    out, _ = greedy_tree
+    rows, responses = tree_rows_from_batch(out.non_tensor_batch), _responses(out)
+    queue = InMemoryQueue()
+    monkeypatch.setattr(transfer_queue, "kv_batch_get", queue.kv_batch_get)
+    monkeypatch.setattr(transfer_queue, "kv_batch_put", queue.kv_batch_put)
+    keys, fields = [], []
+    for i, (row, response) in enumerate(zip(rows, responses, strict=True)):
+        output = AgentLoopOutput(prompt_ids=[1, 2], response_ids=response, response_mask=[1] * len(response),
+                                 reward_score=float(sum(response) % 3 == 0), metrics={},
+                                 extra_fields=dict(zip(TREE_FIELDS, row, strict=True)))  # fmt: skip
+        field = output.as_dict()
+        uid = str(out.non_tensor_batch["uid"][i])
+        field.update({"uid": uid, "session_id": row.node, "global_steps": 1})
+        keys.append(f"{uid}_{row.node}_0")
+        fields.append(field)
+    queue.put_rows(keys, fields)
+    config = verl_config.copy()
+    with open_dict(config):
+        config.trainer.v1.trainer_mode = ROSE_NAME
+        config.algorithm.adv_estimator = ROSE_NAME
+    trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config)
+    assert type(trainer) is RoseTrainer and type(trainer.replay_buffer) is ReplayBuffer and trainer.trainer_mode == "sync"
+    order = [3, 6, 0, 7, 1, 5, 2, 4]
+    batch = KVBatchMeta(keys=[keys[i] for i in order], tags=[{}] * len(order), partition_id="train")
+    trainer._compute_advantage(batch, metrics={})
+    for tree in dict.fromkeys(r.tree for r in rows):
+        members = sorted((i for i, r in enumerate(rows) if r.tree == tree), key=lambda i: rows[i].node)
+        expected = segment_advantages(
+            rewards=[float(sum(responses[i]) % 3 == 0) for i in members], group_ids=[0] * len(members),
+            parents=[rows[i].parent if rows[i].parent >= 0 else None for i in members],
+            branch_positions=[rows[i].branch_pos for i in members], lengths=[len(responses[i]) for i in members],
+            width=RESPONSE_LENGTH)  # fmt: skip
+        for r, i in enumerate(members):
+            got = queue.rows[("train", keys[i])]["advantages"]
+            assert got.tolist() == pytest.approx(expected[r, : len(responses[i])].tolist(), abs=1e-6)
+
+
 def test_register_with_verl_points_to_register_rose():
     with pytest.raises(EmbedkitError, match="register_rose"):
         register_with_verl([ROSE_NAME])
