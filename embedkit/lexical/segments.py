@@ -41,6 +41,6 @@ class BM25Segment(BaseModel):
 def summarize(segments: list[BM25Segment]) -> str:
     """`3 segments (_0: 1000 documents, 12 deleted; _1: 10; _2: 3)` for reports."""
     if not segments:
-        return "1 segment (built before segments were recorded)"
+        return "no segments recorded (built before updates recorded them, or a Lucene index left empty)"
     parts = [f"{s.name}: {s.documents} documents" + (f", {s.deleted} deleted" if s.deleted else "") for s in segments]
     return f"{len(segments)} segment{'s' if len(segments) != 1 else ''} ({'; '.join(parts)})"

@@ -146,7 +146,11 @@ class _Update:
             self.report.compacted = True
             self.report.removed += deleted if self.compact_now else 0
             crash_point("bm25-compacted")
-        num_docs = len(DocStore(self.folder / DOCSTORE_NAME))
+        store = DocStore(self.folder / DOCSTORE_NAME)
+        try:
+            num_docs = len(store)
+        finally:
+            store.close()
         report = self.report
         report.num_docs, report.segments = num_docs, segments
         manifest = self.manifest
