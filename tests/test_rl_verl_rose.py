@@ -375,13 +375,17 @@ class InMemoryQueue:
         return data
 
 
-def test_rose_trainer_mode_runs_verls_advantage_step_with_the_trees(greedy_tree, verl_config, monkeypatch):
-    """`trainer.v1.trainer_mode=embedkit_rose` as verl's main_ppo builds it (`get_trainer_cls(...)(config)`):
-    verl's sync replay buffer, and verl's own `_compute_advantage` over the queued outputs, in an order that is
-    not the trees' (the queue's storage is the in-memory stand-in above)."""
+@pytest.mark.parametrize("mode", [ROSE_NAME, "embedkit_sync"])
+def test_rose_trainer_mode_runs_verls_advantage_step_with_the_trees(mode, greedy_tree, verl_config, monkeypatch):
+    """A trainer mode as verl's main_ppo builds it (`get_trainer_cls(...)(config)`) runs verl's own
+    `_compute_advantage` over the queued outputs, in an order that is not the trees' (the queue's storage is the
+    in-memory stand-in above): `embedkit_rose` (verl's sync trainer) hands the trees over itself; under
+    `embedkit_sync` (agents.rl.verl.trainer, TRE/MGS workers) the estimator reads them for the published keys."""
     import transfer_queue
     from transfer_queue import KVBatchMeta
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+    import agents.rl.verl.trainer  # noqa: F401  (registers the embedkit_* modes)
 
     out, _ = greedy_tree
     rows, responses = tree_rows_from_batch(out.non_tensor_batch), _responses(out)
@@ -401,10 +405,12 @@ def test_rose_trainer_mode_runs_verls_advantage_step_with_the_trees(greedy_tree,
     queue.put_rows(keys, fields)
     config = verl_config.copy()
     with open_dict(config):
-        config.trainer.v1.trainer_mode = ROSE_NAME
+        config.trainer.v1.trainer_mode = mode
         config.algorithm.adv_estimator = ROSE_NAME
     trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config)
-    assert type(trainer) is RoseTrainer and type(trainer.replay_buffer) is ReplayBuffer and trainer.trainer_mode == "sync"
+    if mode == ROSE_NAME:  # verl picks its sync replay buffer (and refill) by the mode's name
+        assert type(trainer) is RoseTrainer and type(trainer.replay_buffer) is ReplayBuffer
+        assert trainer.trainer_mode == "sync"
     order = [3, 6, 0, 7, 1, 5, 2, 4]
     batch = KVBatchMeta(keys=[keys[i] for i in order], tags=[{}] * len(order), partition_id="train")
     trainer._compute_advantage(batch, metrics={})
