@@ -123,6 +123,9 @@ def main() -> int:
                         help="torch threads per process (1 wastes least CPU on an oversubscribed machine)")
     parser.add_argument("--train-fraction", type=float, default=1.0,
                         help="train on this per-dataset sample of A and B (1: all), the same for every model")
+    parser.add_argument("--train-on", choices=["AB", "A"], default="AB",
+                        help="AB: SciFact + HotpotQA (the updates need both); A: SciFact only, so the held-out "
+                             "HotpotQA questions are out of domain too and the update rows are not trained")
     parser.add_argument("--ood", nargs="+", default=OOD,
                         help="out-of-domain BEIR folders under the shared data (default: %(default)s)")
     parser.add_argument("--part", choices=["all", "shuffle", "boom", "soup", "updates", "update_merge", "report"],
@@ -132,6 +135,8 @@ def main() -> int:
     parser.add_argument("--skip-a-only-eval", action="store_true", help="do not evaluate the intermediate A model")
     parser.add_argument("--note", help="markdown file appended to the table (e.g. what changed since the last run)")
     args = parser.parse_args()
+    if args.train_on == "A" and args.part in ("updates", "update_merge"):
+        parser.error("--train-on A trains no update models (they add task B)")
 
     import torch
 
@@ -238,31 +243,35 @@ def run_seed(args, data: Path, root: Path, seed: int) -> None:
 
     # Each model is evaluated right after it is trained, so an interrupted run still leaves results.
     part = args.part
+    tag = args.train_on
+    tasks = [task_a, task_b] if tag == "AB" else [task_a]
     if part in ("all", "shuffle"):
         evaluate("base", Path(base))
-        evaluate("batch_shuffle_AB", trained("batch_shuffle_AB", work / "models" / "batch_shuffle_AB",
-                                             lambda: run_train("batch_shuffle_AB", base, [task_a, task_b])))
+        name = f"batch_shuffle_{tag}"
+        evaluate(name, trained(name, work / "models" / name, lambda: run_train(name, base, tasks)))
 
     def run_boom() -> float:
-        config = BoomConfig(model=base, output_dir=str(work / "models" / "boom_AB"), datasets=[task_a, task_b],
+        config = BoomConfig(model=base, output_dir=str(work / "models" / f"boom_{tag}"), datasets=tasks,
                             bags=args.bags, seeds=[seed + i for i in range(len(args.bags))],
                             merge=MergeSettings(method="multislerp"), training=training)
         result = boom_train(config, quiet=True)
         return result.train_seconds + result.merge_seconds
 
     if part in ("all", "boom"):
-        evaluate("boom_AB", trained("boom_AB", work / "models" / "boom_AB" / "model", run_boom))
+        evaluate(f"boom_{tag}", trained(f"boom_{tag}", work / "models" / f"boom_{tag}" / "model", run_boom))
 
     def run_soup() -> float:
         # The control: BOOM's merge of as many models, each on all the data (no bagging), different seeds.
-        config = BoomConfig(model=base, output_dir=str(work / "models" / "soup_AB"), datasets=[task_a, task_b],
+        config = BoomConfig(model=base, output_dir=str(work / "models" / f"soup_{tag}"), datasets=tasks,
                             bags=[100.0] * len(args.bags), seeds=[seed + i for i in range(len(args.bags))],
                             merge=MergeSettings(method="multislerp"), training=training)
         result = boom_train(config, quiet=True)
         return result.train_seconds + result.merge_seconds
 
     if part in ("all", "soup"):
-        evaluate("soup_AB", trained("soup_AB", work / "models" / "soup_AB" / "model", run_soup))
+        evaluate(f"soup_{tag}", trained(f"soup_{tag}", work / "models" / f"soup_{tag}" / "model", run_soup))
+    if tag == "A":  # the updates add task B: they belong to the A+B experiment only
+        return
     a_path = work / "models" / "A_only"
     if part == "update_merge":  # runs beside the `updates` part: waits for the A model it trains
         while "A_only" not in merged_state(work)["train_seconds"]:
@@ -315,30 +324,31 @@ def paired_difference(per_model: dict, first: str, second: str, column: str) -> 
     return mean_se([x - y for x, y in zip(a, b, strict=True)])
 
 
-def reading(per_model: dict, ood: list[str]) -> list[str]:
+def reading(per_model: dict, ood: list[str], tag: str = "AB") -> list[str]:
     """What the table can show, computed from it: the OOD sets where fine-tuning helps (batch shuffling over the
     base by more than two standard errors), and whether BOOM differs from the model-soup control there."""
     lines = ["## What these numbers can show (computed from the table)", ""]
+    full, boom, soup = f"batch_shuffle_{tag}", f"boom_{tag}", f"soup_{tag}"
     helped = []
     for name in ood:
-        diff = paired_difference(per_model, "batch_shuffle_AB", "base", name)
+        diff = paired_difference(per_model, full, "base", name)
         if diff is not None and diff[1] > 0 and diff[0] > 2 * diff[1]:
             helped.append(name)
-    if paired_difference(per_model, "batch_shuffle_AB", "base", "OOD mean") is None:
+    if paired_difference(per_model, full, "base", "OOD mean") is None:
         lines.append("- No base and batch-shuffling results for the same seeds: where fine-tuning helps is unknown.")
     elif not helped:
-        lines.append("- Fine-tuning on A+B helps on none of the OOD sets (batch shuffling is not above the base by more "
+        lines.append(f"- Fine-tuning on {'A+B' if tag == 'AB' else 'A'} helps on none of the OOD sets (batch shuffling is not above the base by more "
                      "than two standard errors on any), so this table cannot test BOOM's OOD claim: a merge that only "
                      "undoes part of the fine-tuning would look \"more robust\" here for that reason alone.")
     else:
-        lines.append(f"- Fine-tuning helps on {', '.join(helped)} (batch shuffling above the base by > 2 SE); "
+        lines.append(f"- Fine-tuning helps on {', '.join(helped)} (the full-data model above the base by > 2 SE); "
                      "the OOD comparisons below use those sets.")
     for name in helped:
-        diff = paired_difference(per_model, "boom_AB", "batch_shuffle_AB", name)
+        diff = paired_difference(per_model, boom, full, name)
         if diff is not None:
-            lines.append(f"- BOOM − batch shuffling on {name}: {diff[0]:+.4f} ± {diff[1]:.4f}.")
+            lines.append(f"- BOOM − full-data model on {name}: {diff[0]:+.4f} ± {diff[1]:.4f}.")
     for column in [*helped, "OOD mean"]:
-        diff = paired_difference(per_model, "boom_AB", "soup_AB", column)
+        diff = paired_difference(per_model, boom, soup, column)
         if diff is None:
             lines.append(f"- BOOM − model soup on {column}: no BOOM and soup results for the same seeds, so "
                          "bagging cannot be separated from averaging several runs.")
@@ -351,7 +361,12 @@ def reading(per_model: dict, ood: list[str]) -> list[str]:
 
 
 def write_results(states: list[dict], args, root: Path) -> None:
+    tag = getattr(args, "train_on", "AB")
     labels = {
+        "batch_shuffle_A": "fine-tuned on A, all data (one run)",
+        "boom_A": f"BOOM on A, bags {args.bags} merged with multislerp",
+        "soup_A": f"model-soup control: {len(args.bags)} full-data runs on A (seeds seed…seed+{len(args.bags) - 1}) "
+                  "merged with multislerp",
         "base": "base all-MiniLM-L6-v2",
         "batch_shuffle_AB": "batch-level shuffling on A+B",
         "retrain_AB": "update (iii): retrained on A+B from scratch (= the batch-shuffling model)",
@@ -365,8 +380,13 @@ def write_results(states: list[dict], args, root: Path) -> None:
     }
     order = ["base", "batch_shuffle_AB", "boom_AB", "soup_AB", "A_only", "A_then_B_finetune", "A_then_boom_update",
              "retrain_AB"]
+    in_domain = ["scifact", "hotpotqa"]
     ood = list(getattr(args, "ood", OOD))
-    columns = ["scifact", "hotpotqa", *ood, "OOD mean"]
+    if tag == "A":  # trained on SciFact only: the held-out HotpotQA questions are out of domain as well
+        order = ["base", "batch_shuffle_A", "boom_A", "soup_A"]
+        in_domain, ood = ["scifact"], ["hotpotqa", *ood]
+    columns = [*in_domain, *ood, "OOD mean"]
+    titles = {"scifact": "SciFact test", "hotpotqa": "HotpotQA last 250"}
     per_model: dict[str, dict[str, list[float]]] = {}
     seconds: dict[str, list[float]] = {}
     for state in states:
@@ -374,7 +394,7 @@ def write_results(states: list[dict], args, root: Path) -> None:
         if "batch_shuffle_AB" in metrics_by_name:  # update (iii) is the batch-shuffling model (same data and seed)
             metrics_by_name["retrain_AB"] = metrics_by_name["batch_shuffle_AB"]
         for name, metrics in metrics_by_name.items():
-            values = {n: metrics[n]["nDCG@10"] for n in ["scifact", "hotpotqa", *ood]}
+            values = {n: metrics[n]["nDCG@10"] for n in [*in_domain, *ood]}
             values["OOD mean"] = sum(values[n] for n in ood) / len(ood)
             for column, value in values.items():
                 per_model.setdefault(name, {}).setdefault(column, []).append(value)
@@ -394,19 +414,28 @@ def write_results(states: list[dict], args, root: Path) -> None:
     sizes = {p.name: sum(1 for _ in open(p / "corpus.jsonl")) for p in sorted(suite_dir.glob("*")) if (p / "corpus.jsonl").exists()}
     queries = {p.name: len({line.split("\t")[0] for line in open(p / "qrels" / "test.tsv").read().splitlines()[1:]})
                for p in sorted(suite_dir.glob("*")) if (p / "qrels" / "test.tsv").exists()}
-    missing = [labels[n] for n in order[:-1] if n not in per_model or len(per_model[n]["scifact"]) < len(args.seeds)]
+    missing = [labels[n] for n in order if n != "retrain_AB" and n not in per_model or len(per_model[n]["scifact"]) < len(args.seeds)]
+    command = (f"python benchmarks/boom_experiment.py --train-on {tag} --seeds {' '.join(map(str, args.seeds))} "
+               f"--ood {' '.join(args.ood)} --corpus-cap {args.corpus_cap} --eval-queries {args.eval_queries} "
+               f"--eval-max-length {args.eval_max_length} --train-max-seq-length {args.train_max_seq_length} "
+               f"--train-fraction {args.train_fraction:g} --epochs {args.epochs:g} --batch-size {args.batch_size} "
+               f"--learning-rate {args.learning_rate:g} --bags {' '.join(f'{b:g}' for b in args.bags)} "
+               f"--threads {args.threads} --results-name {Path(args.results_name).name}")
     text = [
-        "# BOOM acceptance experiment (CPU, all-MiniLM-L6-v2)",
+        "# BOOM acceptance experiment (CPU, all-MiniLM-L6-v2)" + (" trained on SciFact only" if tag == "A" else ""),
         "",
-        "Produced by `benchmarks/boom_experiment.py`; numbers are whatever the run gave.",
+        "Produced by `benchmarks/boom_experiment.py`; numbers are whatever the run gave. Reproduce (trains and "
+        "evaluates every model again):",
+        "",
+        f"    {command}",
         "",
         f"nDCG@10, mean ± standard error over seeds {args.seeds} (n = seeds with a result).",
         "",
-        "| model | n | SciFact test | HotpotQA last 250 | " + " | ".join(ood) + " | OOD mean | train s |",
-        "|---|---|---|---|" + "---|" * len(ood) + "---|---|",
+        "| model | n | " + " | ".join(titles.get(c, c) for c in columns) + " | train s |",
+        "|---|---|" + "---|" * len(columns) + "---|",
         *rows,
         "",
-        *reading(per_model, ood),
+        *reading(per_model, ood, tag),
         "",
         *([f"**Incomplete run: not every seed has results for {', '.join(missing)}.**", ""] if missing else []),
         "Training seconds are wall-clock on a shared, heavily contended 2-core CPU (other jobs ran at the same",
@@ -414,14 +443,17 @@ def write_results(states: list[dict], args, root: Path) -> None:
         "",
         "## Settings",
         "",
-        f"- Task A: SciFact `qrels/train.tsv` (in-batch negatives only). Task B: first 250 HotpotQA dev questions -> "
-        f"their 2 supporting paragraphs, {args.hotpot_negatives} of the 8 distractor paragraphs as hard negatives."
-        + (f" Every model trains on the same fixed {args.train_fraction:.0%} per-dataset sample of A and of B."
+        ("- Task A: SciFact `qrels/train.tsv` (in-batch negatives only); no task B: every model trains on A alone, "
+         "so the held-out HotpotQA questions count as out of domain." if tag == "A" else
+         "- Task A: SciFact `qrels/train.tsv` (in-batch negatives only). Task B: first 250 HotpotQA dev questions -> "
+         f"their 2 supporting paragraphs, {args.hotpot_negatives} of the 8 distractor paragraphs as hard negatives.")
+        + (f" Every model trains on the same fixed {args.train_fraction:.0%} per-dataset sample of each task."
            if args.train_fraction < 1 else " Full training data."),
         f"- Training: MultipleNegativesRankingLoss, {args.epochs:g} epoch(s), batch {args.batch_size}, lr "
         f"{args.learning_rate}, max_seq_length {args.train_max_seq_length}, seeds {args.seeds} (BOOM bags seed, "
-        "seed + 1), strategy batch_shuffle. The BOOM update merges with an explicit weight "
-        f"({args.update_weight} for the update model, {1 - args.update_weight:g} for the A model).",
+        "seed + 1), strategy batch_shuffle."
+        + ("" if tag == "A" else " The BOOM update merges with an explicit weight "
+           f"({args.update_weight} for the update model, {1 - args.update_weight:g} for the A model)."),
         f"- Evaluation: cosine, exact search, documents truncated to {args.eval_max_length} tokens; the queries are "
         "encoded with the prompts saved in each model (none here: no task has an instruction).",
         "- Judged test queries used: " + ", ".join(f"{k} {v}" for k, v in queries.items())
@@ -435,8 +467,9 @@ def write_results(states: list[dict], args, root: Path) -> None:
         "(standard error 0 by construction).",
         "- HotpotQA evaluation: queries drawn only from the last 250 questions of `hotpotqa_dev500` (never trained on), "
         "documents from its BEIR paragraph folder.",
-        "- Update (iii) \"retrained on A+B from scratch\" has exactly the data, seed and settings of the batch-shuffling "
-        "run; the same model is reported once.",
+        *([] if tag == "A" else [
+            "- Update (iii) \"retrained on A+B from scratch\" has exactly the data, seed and settings of the "
+            "batch-shuffling run; the same model is reported once."]),
     ]
     if args.note:
         text += ["", Path(args.note).read_text(encoding="utf-8").rstrip()]
