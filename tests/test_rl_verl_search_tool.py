@@ -393,3 +393,107 @@ def test_verls_tool_agent_loop_runs_a_search_session(served, keyed, monkeypatch,
     masked_text = chat_tokenizer.decode([t for t, m in zip(output.response_ids, mask, strict=True) if m == 0])
     assert "<information>Doc 1(Title: Kiss and Tell (1945 film))" in masked_text and "<tool_call>" not in masked_text
     assert output.extra_fields["tool_rewards"] == [0.0]
+
+
+# --- the Search-R1 agent loop ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def search_r1_data(tmp_path_factory, shared_data):
+    """Rows for `search_r1_agent` (Search-R1's tag instruction), from the shared NQ-open file."""
+    from embedkit.cli import main
+
+    nq = shared_data / "qa_questions" / "nq_open_test.jsonl"
+    if not nq.is_file():
+        pytest.skip("the shared NQ-open file is absent")
+    out = tmp_path_factory.mktemp("verl_data_r1") / "search_r1"
+    assert main(["rl", "verl-data", "--source", f"nq={nq}", "--out", str(out), "--limit", "6", "--test-size", "2",
+                 "--agent-loop", "search_r1_agent"]) == 0  # fmt: skip
+    return out
+
+
+def run_search_r1_session(verl_config, data_folder, tokenizer, replies: list[str]):
+    """One row through `search_r1_agent`, registered the way verl's agent-loop worker registers the loops of
+    `rollout.agent.agent_loop_config_path` (configs/verl/search_r1_agent_loop.yaml)."""
+    import hydra
+    from omegaconf import OmegaConf
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap, _agent_loop_registry
+    from verl.tools.tool_registry import load_all_tools
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+    from verl.utils.import_utils import resolve_config_path
+
+    rollout = verl_config.actor_rollout_ref.rollout
+    for entry in OmegaConf.load(resolve_config_path(rollout.agent.agent_loop_config_path)):
+        _agent_loop_registry[entry.name] = entry
+    data_config = OmegaConf.create(OmegaConf.to_container(verl_config.data, resolve=True))
+    data_config.update(cache_dir=str(data_folder / "cache"), filter_overlong_prompts_workers=1)
+    row = RLHFDataset(str(data_folder / "train.parquet"), tokenizer, data_config)[0]
+    assert row["agent_name"] == "search_r1_agent"
+    server = ScriptedServer(tokenizer, replies)
+
+    async def session():
+        tools = load_all_tools(tool_config_path=resolve_config_path(rollout.multi_turn.tool_config_path),
+                               function_tool_path=None)  # fmt: skip
+        loop = hydra.utils.instantiate(
+            config=_agent_loop_registry[row["agent_name"]], trainer_config=DictConfigWrap(config=verl_config),
+            server_manager=server, tokenizer=tokenizer, processor=None, hf_model_type=None,
+            dataset_cls=RLHFDataset, data_config=DictConfigWrap(data_config), tools=ToolListWrap(tools),
+        )  # fmt: skip
+        return await loop.run({"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}, **row)
+
+    return row, server, asyncio.run(session())
+
+
+def split_by_mask(tokenizer, output) -> tuple[str, str]:
+    """(text of the model's tokens, text of the tokens the loop added)."""
+    pairs = list(zip(output.response_ids, output.response_mask, strict=True))
+    return (tokenizer.decode([t for t, m in pairs if m == 1]), tokenizer.decode([t for t, m in pairs if m == 0]))
+
+
+def test_search_r1_loop_builds_search_r1s_token_stream(served, keyed, monkeypatch, verl_config, search_r1_data,
+                                                       chat_tokenizer):  # fmt: skip
+    """Generations are cut after the first complete tag (tokens after `</search>` dropped), a closing tag the
+    server left out is put back, each search's `<information>` block is appended inside the same assistant turn,
+    and only the model's tokens are trained on, with the log-probs the server sent."""
+    from agents.http_retriever import HttpRetriever
+    from agents.search_agent.format import information_block, render_passages
+
+    monkeypatch.setenv("EMBEDKIT_SEARCH_URL", served)
+    monkeypatch.chdir(ROOT)
+    first = "<think>I need the film.</think>\n<search> Kiss and Tell 1945 film </search>"
+    second = "<think>Now her job.</think>\n<search> Shirley Temple government position "
+    answer = "<answer> Chief of Protocol </answer>"
+    row, server, output = run_search_r1_session(verl_config, search_r1_data, chat_tokenizer, [
+        first + "\n<information>made up</information><eos>", second, answer + "<eos>"])  # fmt: skip
+    retriever = HttpRetriever(served, api_key=API_KEY)
+    blocks = [information_block(render_passages(retriever.retrieve([q], 3)[0]))
+              for q in ("Kiss and Tell 1945 film", "Shirley Temple government position")]  # fmt: skip
+    stream = first + blocks[0] + second + "</search>" + blocks[1] + answer
+    assert chat_tokenizer.decode(output.response_ids) == stream
+    model_text, added_text = split_by_mask(chat_tokenizer, output)
+    assert model_text == first + second + answer and added_text == blocks[0] + "</search>" + blocks[1]
+    assert "made up" not in stream and output.num_turns == 4
+    prefix = chat_tokenizer.apply_chat_template(row["raw_prompt"], add_generation_prompt=True, tokenize=False)
+    assert prefix.endswith("<|im_start|>assistant\n") and "<search>" in prefix  # Search-R1's tag instruction
+    assert [chat_tokenizer.decode(p) for p in server.prompts] == [
+        prefix, prefix + first + blocks[0], prefix + first + blocks[0] + second + "</search>" + blocks[1]]
+    assert output.response_logprobs == [-0.5 if m else 0.0 for m in output.response_mask]
+    assert output.extra_fields["search_calls"] == 2
+
+
+def test_search_r1_loop_answers_invalid_turns_and_runs_no_search_on_the_last(served, keyed, monkeypatch,
+                                                                            verl_config, search_r1_data,
+                                                                            chat_tokenizer):  # fmt: skip
+    from agents.search_agent.config import DEFAULT_INVALID_FEEDBACK
+
+    monkeypatch.setenv("EMBEDKIT_SEARCH_URL", served)
+    monkeypatch.chdir(ROOT)
+    assert verl_config.actor_rollout_ref.rollout.multi_turn.max_assistant_turns == 3
+    _, server, output = run_search_r1_session(verl_config, search_r1_data, chat_tokenizer, [
+        "I am not sure.<eos>", "<search> bread </search>", "<search> flour </search>"])  # fmt: skip
+    model_text, added_text = split_by_mask(chat_tokenizer, output)
+    assert model_text == "I am not sure.<search> bread </search><search> flour </search>"
+    assert added_text.startswith(DEFAULT_INVALID_FEEDBACK) and added_text.count("<information>") == 1
+    assert "Title: Bread" in added_text
+    assert chat_tokenizer.decode(output.response_ids).endswith("</information>\n\n<search> flour </search>")
+    assert len(server.prompts) == 3 and output.extra_fields["search_calls"] == 1

@@ -29,11 +29,14 @@ def add_verl_data_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="folder for train.parquet and test.parquet")
     parser.add_argument("--test-size", type=int, default=100, help="questions per source held out (default: 100)")
     parser.add_argument("--limit", type=int, help="read only the first N questions of each source")
-    parser.add_argument("--instruction-file", help="the user message, with {question} (default: our own wording)")
+    parser.add_argument("--agent-loop", choices=["tool_agent", "search_r1_agent"], default="tool_agent",
+                        help="the rows' agent_name: verl's tool_agent (tool calls) or search_r1_agent (Search-R1's "
+                             "<search> tags, agents/rl/verl/search_r1_loop.py); picks the default instruction")  # fmt: skip
+    parser.add_argument("--instruction-file", help="the user message, with {question} (default: the loop's own)")
 
 
 def _verl_data(args: argparse.Namespace) -> int:
-    from agents.rl.verl.data import DEFAULT_INSTRUCTION, write_search_data
+    from agents.rl.verl.data import write_search_data
 
     sources: dict[str, str] = {}
     for spec in args.source:
@@ -45,14 +48,14 @@ def _verl_data(args: argparse.Namespace) -> int:
         sources[name] = path
     if args.test_size < 0 or (args.limit is not None and args.limit <= 0):
         raise EmbedkitError("--test-size must be >= 0 and --limit > 0")
-    instruction = DEFAULT_INSTRUCTION
+    instruction = None
     if args.instruction_file:
         try:
             instruction = Path(args.instruction_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise EmbedkitError(f"cannot read --instruction-file {args.instruction_file}: {error}") from None
     written = write_search_data(sources, args.out, test_size=args.test_size, limit=args.limit,
-                                instruction=instruction)  # fmt: skip
+                                agent_loop=args.agent_loop, instruction=instruction)  # fmt: skip
     for split, path in written.items():
         print(f"{split}: {path}")
     return 0

@@ -17,14 +17,10 @@ The Agentic-R retriever input `"{question} [SEP] {query}"` is `query_template`; 
 data row's `extra_info.tools_kwargs.search.create_kwargs.question` (written by `agents.rl.verl.data`), which
 verl hands to `create()`.
 
-Why no agent loop of our own: verl's stock `ToolAgentLoop` (`agent_name: tool_agent`, `multi_turn.format:
-hermes`) runs a search agent end to end: the model calls the tool with `<tool_call>{"name": "search",
-"arguments": {"query": …}}</tool_call>`, the loop runs this tool, appends its text as a `tool` turn through the
-model's chat template, masks it out of the loss and continues until the model answers without a call. That is
-how verl's own Search-R1-like example trains. What it does not reproduce is Search-R1's literal token stream
-(`<search>…</search>` tags and the `<information>` block continued inside one assistant turn): a checkpoint
-trained on that stream must be evaluated with `embedkit agent run --prompt-mode search_r1`, and training with
-that exact stream would need a custom loop, which this module does not add.
+Two agent loops run it: verl's stock `ToolAgentLoop` (`agent_name: tool_agent`, `multi_turn.format: hermes`),
+where the model calls `<tool_call>{"name": "search", "arguments": {"query": …}}</tool_call>` and reads the
+passages in a tool turn, and `agents.rl.verl.search_r1_loop` (`search_r1_agent`), which keeps Search-R1's own
+`<search>` / `<information>` token stream (that module says why the stock loop cannot).
 """
 
 from __future__ import annotations
