@@ -37,8 +37,10 @@ from agents.rl.toy import build_char_tokenizer, build_tiny_causal_lm
 from agents.rl.verl.rose import (
     ROSE_NAME,
     TREE_FIELDS,
+    RoseLoopSettings,
     RoseTrainer,
     TreeRow,
+    check_rose_config,
     load_input_embeddings,
     position_entropies,
     register_rose,
@@ -48,7 +50,7 @@ from agents.rl.verl.rose import (
     tree_rows_from_batch,
 )
 from agents.rl.verl_adapter import NOT_REGISTERED, register_with_verl
-from embedkit.errors import EmbedkitError
+from embedkit.errors import DataFormatError, EmbedkitError
 from tests.test_rl_formulas import CHILD_BEFORE_PARENT, TREE
 
 LOOP_YAML = Path(__file__).resolve().parents[1] / "agents" / "rl" / "verl" / "rose_agent_loop.yaml"
@@ -424,6 +426,25 @@ def test_rose_trainer_mode_runs_verls_advantage_step_with_the_trees(mode, greedy
         for r, i in enumerate(members):
             got = queue.rows[("train", keys[i])]["advantages"]
             assert got.tolist() == pytest.approx(expected[r, : len(responses[i])].tolist(), abs=1e-6)
+
+
+def test_rose_trainer_checks_the_agent_loop_settings_before_any_worker(verl_config, tmp_path):
+    config = verl_config.copy()
+    with open_dict(config):
+        config.trainer.v1.trainer_mode = ROSE_NAME
+        config.actor_rollout_ref.rollout.agent.agent_loop_config_path = str(_loop_yaml(tmp_path, epsilon=2.0))
+    with pytest.raises(DataFormatError, match="epsilon") as info:
+        get_trainer_cls(ROSE_NAME)(config)
+    assert "rose_agent_loop.yaml" in str(info.value)
+    other = tmp_path / "other.yaml"
+    other.write_text("- name: tool_agent\n  _target_: verl.experimental.agent_loop.ToolAgentLoop\n")
+    with open_dict(config):
+        config.actor_rollout_ref.rollout.agent.agent_loop_config_path = str(other)
+    with pytest.raises(DataFormatError, match=f"no agent loop named {ROSE_NAME}"):
+        get_trainer_cls(ROSE_NAME)(config)
+    with open_dict(config):
+        config.actor_rollout_ref.rollout.agent.agent_loop_config_path = str(LOOP_YAML)
+    assert check_rose_config(config) == RoseLoopSettings(epsilon=0.5, top=20)
 
 
 def test_register_with_verl_points_to_register_rose():

@@ -60,14 +60,15 @@ from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from agents.rl.rose import choose_branch, segment_advantages, semantic_entropy_from_top
-from embedkit.errors import EmbedkitError
+from embedkit.config import validate_config
+from embedkit.errors import DataFormatError, EmbedkitError
 
 ROSE_NAME = "embedkit_rose"  # the agent loop, the advantage estimator and the trainer share it
 TREE_FIELDS = ("rose_tree", "rose_node", "rose_parent", "rose_branch_pos")
 MAX_OPEN_TREES = 4096  # a tree whose sessions never all arrive (a group split across workers) is dropped
 
 
-class RoseLoopSettings(BaseModel):
+class RoseLoopSettings(BaseModel):  # the YAML entry's `name` and `_target_` are verl's, not settings
     """The agent loop's settings (keys of its entry in the agent-loop YAML)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -76,6 +77,29 @@ class RoseLoopSettings(BaseModel):
     top: int = Field(20, ge=2)  # candidates per position for the semantic entropy (official cosine_top_k)
     embeddings_path: str | None = None  # folder or .safetensors file with the input embeddings
     seed: int | None = None  # seeds the ε draws of each tree (None: fresh randomness)
+
+
+def check_rose_config(config: Any) -> RoseLoopSettings | None:
+    """Check, before any worker starts, the `embedkit_rose` entry of the agent-loop YAML that verl's workers
+    will build the loop from; returns its settings (None when no agent-loop YAML is configured)."""
+    import yaml
+
+    path = config.actor_rollout_ref.rollout.agent.get("agent_loop_config_path")
+    if not path:
+        return None
+    from verl.utils.import_utils import resolve_config_path
+
+    try:
+        resolved = resolve_config_path(str(path))
+        entries = yaml.safe_load(Path(resolved).read_text(encoding="utf-8"))
+    except (OSError, FileNotFoundError, yaml.YAMLError) as error:
+        raise DataFormatError(f"cannot read the agent-loop config: {error}", path=str(path)) from None
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        if isinstance(entry, Mapping) and entry.get("name") == ROSE_NAME:
+            settings = {k: v for k, v in entry.items() if k not in ("name", "_target_")}
+            return validate_config(RoseLoopSettings, settings, path=f"{resolved} (entry {i})")
+    raise DataFormatError(f"no agent loop named {ROSE_NAME} (a list of entries with name and _target_)",
+                          path=str(path))  # fmt: skip
 
 
 class TreeRow(NamedTuple):
@@ -164,7 +188,8 @@ class RoseAgentLoop(AgentLoopBase):
                  seed: int | None = None, **kwargs: Any) -> None:  # fmt: skip
         kwargs.pop("name", None)  # the YAML entry's own name, handed over by hydra
         super().__init__(*args, **kwargs)
-        self.settings = RoseLoopSettings(epsilon=epsilon, top=top, embeddings_path=embeddings_path, seed=seed)
+        self.settings = validate_config(RoseLoopSettings, dict(epsilon=epsilon, top=top,
+                                        embeddings_path=embeddings_path, seed=seed))  # fmt: skip
         self.response_length = int(self.rollout_config.response_length)
 
     def _embeddings(self) -> torch.Tensor:
@@ -339,6 +364,7 @@ class RoseTrainer(PPOTrainerSync):
 
     def __init__(self, config: Any) -> None:
         register_rose()  # the estimator must live in this process (verl's TaskRunner)
+        check_rose_config(config)
         super().__init__(config)
 
     def _compute_advantage(self, batch: Any, metrics: dict) -> Any:
