@@ -19,6 +19,7 @@ import asyncio
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -335,7 +336,8 @@ class ScriptedServer:
     """verl's `server_manager` for the loop: `generate` returns the next scripted reply's token ids."""
 
     def __init__(self, tokenizer, replies: list[str]) -> None:
-        self.tokenizer, self.replies, self.prompts = tokenizer, list(replies), []
+        self.tokenizer, self.replies = tokenizer, list(replies)
+        self.prompts: list[list[int]] = []
 
     async def generate(self, *, request_id, prompt_ids, sampling_params, **kwargs):
         from verl.workers.rollout.replica import TokenOutput
@@ -423,7 +425,8 @@ def run_search_r1_session(verl_config, data_folder, tokenizer, replies: list[str
     from verl.utils.import_utils import resolve_config_path
 
     rollout = verl_config.actor_rollout_ref.rollout
-    for entry in OmegaConf.load(resolve_config_path(rollout.agent.agent_loop_config_path)):
+    entries: Any = OmegaConf.load(resolve_config_path(rollout.agent.agent_loop_config_path))
+    for entry in entries:
         _agent_loop_registry[entry.name] = entry
     data_config = OmegaConf.create(OmegaConf.to_container(verl_config.data, resolve=True))
     data_config.update(cache_dir=str(data_folder / "cache"), filter_overlong_prompts_workers=1)
@@ -455,7 +458,7 @@ def test_search_r1_loop_builds_search_r1s_token_stream(served, keyed, monkeypatc
     """Generations are cut after the first complete tag (tokens after `</search>` dropped), a closing tag the
     server left out is put back, each search's `<information>` block is appended inside the same assistant turn,
     and only the model's tokens are trained on, with the log-probs the server sent."""
-    from agents.http_retriever import HttpRetriever
+    from agents.http_retriever import HttpRetriever, RetrievalClient
     from agents.search_agent.format import information_block, render_passages
 
     monkeypatch.setenv("EMBEDKIT_SEARCH_URL", served)
@@ -466,8 +469,16 @@ def test_search_r1_loop_builds_search_r1s_token_stream(served, keyed, monkeypatc
     row, server, output = run_search_r1_session(verl_config, search_r1_data, chat_tokenizer, [
         first + "\n<information>made up</information><eos>", second, answer + "<eos>"])  # fmt: skip
     retriever = HttpRetriever(served, api_key=API_KEY)
-    blocks = [information_block(render_passages(retriever.retrieve([q], 3)[0]))
-              for q in ("Kiss and Tell 1945 film", "Shirley Temple government position")]  # fmt: skip
+    queries = ("Kiss and Tell 1945 film", "Shirley Temple government position")
+    blocks = [information_block(render_passages(retriever.retrieve([q], 3)[0])) for q in queries]
+    # Search-R1's rule (generation.py, _passages2string and execute_predictions) written out on the raw answer:
+    # "Doc {i}(Title: {first line}) {other lines}\n" per hit, stripped, between "\n\n<information>" and
+    # "</information>\n\n" (verl's upstream search tool writes "Doc {i} (Title: …)", with a space)
+    with RetrievalClient(served, api_key=API_KEY) as client:
+        for block, hits in zip(blocks, client.retrieve(list(queries), 3), strict=True):
+            lines = [hit["document"]["contents"].split("\n") for hit in hits]
+            rendered = "".join(f"Doc {i}(Title: {ls[0]}) {chr(10).join(ls[1:])}\n" for i, ls in enumerate(lines, 1))
+            assert block == f"\n\n<information>{rendered.strip()}</information>\n\n"
     stream = first + blocks[0] + second + "</search>" + blocks[1] + answer
     assert chat_tokenizer.decode(output.response_ids) == stream
     model_text, added_text = split_by_mask(chat_tokenizer, output)

@@ -18,8 +18,8 @@ then up to `multi_turn.max_assistant_turns` generations with stop strings `</sea
 generation is cut after its first complete `<search>…</search>` or `<answer>…</answer>` (Search-R1's
 post-processing; the cut is made on tokens, so the kept tokens and log-probs are the sampled ones). A search runs
 the embedkit tool (same settings, Agentic-R question, retries) and its `<information>` block is appended with
-loss mask 0 (Search-R1's state masking); output with neither tag gets Search-R1's "invalid action" feedback
-(`agents.search_agent.config.DEFAULT_INVALID_FEEDBACK`, mask 0); an answer ends the session. The last allowed
+loss mask 0 (Search-R1's state masking); output with neither tag gets an "invalid action" note as Search-R1
+does (embedkit's wording, `agents.search_agent.config.DEFAULT_INVALID_FEEDBACK`, mask 0); an answer ends the session. The last allowed
 generation runs no search, as Search-R1's final rollout. A closing tag the server left out (some servers drop the
 stop string) is appended with mask 0. The text the model sees is exactly what `embedkit agent run --prompt-mode
 search_r1` builds, so a policy trained here is evaluated on the same stream.
