@@ -179,6 +179,7 @@ def _write(
     on_disk: bool = False,
     truncated=None,
     merge_policy: MergePolicy | None = None,
+    generation: int = 0,
 ) -> Path:
     """Write an index folder from streamed (documents, vectors) chunks; rows are numbered 0..n-1 in order.
 
@@ -260,6 +261,8 @@ def _write(
             manifest.created_at = created_at
         if merge_policy is not None:
             manifest.merge_policy = merge_policy
+        # Kept through a rewrite of the folder, so segment ids (named by generation) are never reused.
+        manifest.generation = generation
         manifest.record_files(folder)
         manifest.save(folder)
     return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -163,11 +163,12 @@ def kind_of(path: str | Path) -> IndexKind:
     return INDEX_KINDS.get(IndexManifest.load(path).kind)
 
 
-def open_index(path: str | Path, **options: Any) -> Index:
+def open_index(path: str | Path, *, prepare: Callable[[Index], None] | None = None, **options: Any) -> Index:
     """Open any kind of index folder: manifest → registered kind → typed options → cheap checks → open.
 
     Every file a search reads is opened here, all from one state of the folder even while an update swaps it
-    (`embedkit.index.consistent`), so the index never mixes two states.
+    (`embedkit.index.consistent`), so the index never mixes two states. `prepare(index)` runs before its files
+    are opened (a server hands over the unchanged segments of the state it serves: `embedkit.index.reopen`).
     """
     from embedkit.index.consistent import read_consistent
 
@@ -179,6 +180,8 @@ def open_index(path: str | Path, **options: Any) -> Index:
         parsed = parse_options(kind.open_options, options, f"options for a {kind.name} index ({path})")
         kind.check(path, manifest)
         index = kind.open(path, manifest, parsed)
+        if prepare is not None:
+            prepare(index)
         index.open_files()
         return index
 

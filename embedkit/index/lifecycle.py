@@ -143,7 +143,7 @@ def compact_index(path: str | Path, *, factory: str | None = None, train_sample:
                metric=manifest.metric, train_sample=train_sample, overwrite=True, corpus=manifest.corpus,
                store_vectors=mode, history=manifest.history, action="compact", created_at=manifest.created_at,
                on_disk=manifest.on_disk, truncated=lambda: manifest.truncated_documents,
-               merge_policy=manifest.merge_policy)
+               merge_policy=manifest.merge_policy, generation=manifest.generation)
     return UpdateReport(action="compact", removed=masked, num_docs=IndexManifest.load(path).num_docs)
 
 
@@ -241,7 +241,8 @@ def reencode_index(path: str | Path, model: str, *, out: str | Path | None = Non
                overwrite=in_place or overwrite, corpus=manifest.corpus,
                store_vectors=manifest.vectors.dtype if manifest.vectors else "auto", history=manifest.history,
                entry=entry, created_at=manifest.created_at if in_place else None,
-               on_disk=manifest.on_disk and not factory, truncated=lambda: encoder.truncated_documents)
+               on_disk=manifest.on_disk and not factory, truncated=lambda: encoder.truncated_documents,
+               merge_policy=manifest.merge_policy, generation=manifest.generation if in_place else 0)
     return target
 
 

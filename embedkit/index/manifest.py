@@ -387,8 +387,9 @@ class DenseManifest(IndexManifest):
         return self
 
     def save(self, folder: Path) -> None:
-        # A policy other than the default is a format-3 field: older embedkit must refuse it as newer, not damaged.
-        if self.merge_policy != MergePolicy() and self.format_version < SEGMENTED_FORMAT:
+        # Segment fields saved are format 3 (a policy, a generation kept through compaction): older embedkit
+        # must refuse the folder as newer, not as damaged.
+        if len(self._unsaved_fields()) < len(_SEGMENT_FIELDS) and self.format_version < SEGMENTED_FORMAT:
             self.format_version = SEGMENTED_FORMAT
         super().save(folder)
 
@@ -396,9 +397,8 @@ class DenseManifest(IndexManifest):
         if self.segments:
             return set()
         defaults = DenseManifest.model_fields
-        return {name for name in ("segments", "generation", "trained_index", "trained_rows", "added_since_training",
-                                  "merge_policy") if getattr(self, name) == defaults[name].get_default(
-                                      call_default_factory=True)}
+        return {name for name in _SEGMENT_FIELDS
+                if getattr(self, name) == defaults[name].get_default(call_default_factory=True)}
 
     @field_validator("encoder")
     @classmethod
@@ -432,6 +432,10 @@ class DenseManifest(IndexManifest):
         if (folder / DELETED_NAME).exists() or os.path.islink(folder / DELETED_NAME):
             required.add(DELETED_NAME)  # read whenever present
         return required
+
+
+#: DenseManifest fields of the segmented layout (format 3), left out of a one-segment manifest at their defaults.
+_SEGMENT_FIELDS = ("segments", "generation", "trained_index", "trained_rows", "added_since_training", "merge_policy")
 
 
 def _check_segment_name(name: str, segment: int, generation: int) -> None:

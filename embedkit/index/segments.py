@@ -299,15 +299,15 @@ def search_segments(segments: Sequence[SegmentReader], vectors: np.ndarray, k: i
     """Search every segment (deleted rows masked) and merge: `merge_top_k`."""
     from embedkit.index.faiss_ops import search as faiss_search
 
+    def searcher(segment: SegmentReader) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+        return lambda depth: faiss_search(segment.faiss_index, vectors, depth, nprobe=nprobe, ef_search=ef_search,
+                                          exclude=segment.deleted)
+
     parts = []
     for segment in segments:
-        index = segment.faiss_index
-        if index.ntotal == 0 or segment.record.num_docs == 0:
+        if segment.faiss_index.ntotal == 0 or segment.record.num_docs == 0:
             continue
-        parts.append(search_with_ties(
-            lambda depth, index=index, segment=segment: faiss_search(index, vectors, depth, nprobe=nprobe,
-                                                                     ef_search=ef_search, exclude=segment.deleted),
-            k, index.ntotal, metric))
+        parts.append(search_with_ties(searcher(segment), k, segment.faiss_index.ntotal, metric))
     if not parts:
         return np.full((len(vectors), 1), -np.inf, dtype=np.float32), np.full((len(vectors), 1), -1, dtype=np.int64)
     return merge_top_k(parts, k, metric)
