@@ -23,8 +23,10 @@ REMOVE_EXAMPLES = """\
   embedkit index remove indexes/scifact --id 4983 --id 5836
 """
 COMPACT_EXAMPLES = """\
-  embedkit index compact indexes/hnsw                                # drop rows masked by removals (HNSW)
+  embedkit index compact indexes/hnsw                                # one segment, deleted rows dropped
   embedkit index compact indexes/flat --index-factory HNSW32         # rebuild as another kind, no re-encoding
+  embedkit index compact indexes/flat --max-segments 4 --policy-only # when updates merge segments (no compaction)
+  embedkit index compact indexes/flat --merge-policy never --policy-only   # only this command merges
   embedkit index compact indexes/scifact-bm25                        # BM25: one segment, deleted documents dropped
 """
 MERGE_EXAMPLES = """\
@@ -56,13 +58,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     remove.add_argument("--ids", help="file with one document id per line")
     remove.add_argument("--id", action="append", default=[], dest="id_list", help="a document id (repeatable)")
 
-    compact = add_command(subparsers, "compact", run_compact, help="rebuild an index from its live vectors",
+    compact = add_command(subparsers, "compact", run_compact, help="merge an index's segments into one",
                           description="Rebuild the FAISS index from the stored vectors of the live documents (no\n"
-                                      "re-encoding): drops masked rows and retrains IVF/PQ on the current corpus.",
+                                      "re-encoding): merges all segments into one, drops deleted rows and\n"
+                                      "retrains IVF/PQ on the current corpus. The merge-policy flags set when\n"
+                                      "updates merge segments on their own (recorded in the manifest).",
                           examples=COMPACT_EXAMPLES)
     compact.add_argument("index", help="index folder")
     compact.add_argument("--index-factory", help="rebuild as another FAISS kind (default: the current one)")
     compact.add_argument("--train-sample", type=positive_int, default=100_000)
+    compact.add_argument("--merge-policy", choices=["auto", "never"],
+                         help="auto: updates merge segments when due (default); never: only this command does")
+    compact.add_argument("--max-segments", type=positive_int,
+                         help="merge policy: more segments than this and an update merges the smallest neighbours "
+                              "(default 10)")
+    compact.add_argument("--max-deleted-fraction", type=fraction,
+                         help="merge policy: a segment with this share of deleted rows is rewritten (default 0.5)")
+    compact.add_argument("--policy-only", action="store_true",
+                         help="record the merge policy flags without compacting")
 
     merge = add_command(subparsers, "merge", run_merge, help="join encode shards and/or indexes into one index",
                         description="Build one index from encode-shard folders (`embedkit encode --out`) and/or\n"
@@ -153,9 +166,37 @@ def run_compact(args: argparse.Namespace) -> int:
             report = kind.compact(Path(args.index))
             print(f"{args.index}: {report.summary()}")
         return 0
-    report = compact_index(args.index, factory=args.index_factory, train_sample=args.train_sample)
-    print(f"{args.index}: {report.summary()}")
+    changes = {name: value for name, value in (("mode", args.merge_policy), ("max_segments", args.max_segments),
+                                               ("max_deleted_fraction", args.max_deleted_fraction))
+               if value is not None}
+    if args.policy_only and not changes:
+        from embedkit.errors import EmbedkitError
+
+        raise EmbedkitError("--policy-only records merge-policy flags: give --merge-policy, --max-segments or "
+                            "--max-deleted-fraction")
+    if changes:
+        from embedkit.index.lifecycle import set_merge_policy
+        from embedkit.index.manifest import DenseManifest
+
+        policy = DenseManifest.load(args.index).merge_policy.model_copy(update=changes)
+        set_merge_policy(args.index, policy)
+        print(f"{args.index}: merge policy {policy.mode}, at most {policy.max_segments} segments, a segment "
+              f"rewritten at {policy.max_deleted_fraction:.0%} deleted")
+    if not args.policy_only:
+        report = compact_index(args.index, factory=args.index_factory, train_sample=args.train_sample)
+        print(f"{args.index}: {report.summary()}")
     return 0
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number above 0 and at most 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
+    return value
 
 
 def run_merge(args: argparse.Namespace) -> int:
