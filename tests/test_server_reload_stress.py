@@ -6,7 +6,9 @@ their titles. Four clients ask for every document (k=100, Search-R1's `/retrieve
 sends requests of 150 queries, which the server searches in slices of 32. Every answer must be wholly one
 committed state (the 20 fixed documents plus exactly the upserted ones of one state the writer committed),
 all 150 answers of a sliced request the same state, and the server must never log that the index is damaged
-(it was only changing).
+(it was only changing). The updates make the folder segmented (issue 24): its first update converts it in
+place into segment 0, every later one adds a segment or a deletion file, so the server's reloads must keep
+segment 0 opened as it was in every reload, and still never mix two states.
 """
 
 from __future__ import annotations
@@ -148,3 +150,8 @@ def test_every_answer_during_continuous_upserts_is_one_whole_state(index_folder,
     assert not bad, (f"{len(bad)} of {len(answers)} answers were not one whole committed state", bad[:3])
     assert not damaged, damaged[:5]
     assert len(sliced) >= 5 and not mixed, (len(sliced), mixed[:2])
+    # Segment 0 (the 20 fixed documents) is never rewritten: every reload kept it, whole or with a new deletion
+    # file, instead of reading the folder again.
+    assert json.loads((index_folder / "manifest.json").read_text())["segments"]
+    reused = info["reload"]["segments"]
+    assert reused["kept"] + reused["refreshed"] >= info["reload"]["reloads"], info["reload"]
