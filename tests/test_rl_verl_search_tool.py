@@ -96,6 +96,19 @@ def test_verl_loads_the_tool_config(served, keyed, monkeypatch):
     assert response.text.endswith("</information>\n\n") and response.text.count("\nDoc ") == 2
 
 
+def test_the_agentic_r_tool_config(served, keyed, monkeypatch):
+    from verl.tools.tool_registry import load_all_tools
+
+    from agents.rl.verl.search_tool import TOOL_SCHEMA
+
+    monkeypatch.setenv("EMBEDKIT_SEARCH_URL", served)
+    [tool] = load_all_tools(tool_config_path=str(ROOT / "configs" / "verl" / "search_tool_agentic_r.yaml"),
+                            function_tool_path=None)  # fmt: skip
+    assert tool.settings.query_template == "{question} [SEP] {query}"
+    assert tool.tool_schema.model_dump(exclude_unset=True, exclude_none=True) == TOOL_SCHEMA
+    assert tool.retriever_inputs({"query": "her job"}, "Who is she?") == ["Who is she? [SEP] her job"]
+
+
 def test_results_match_the_server_and_the_agentic_r_template(served, keyed):
     """Same passages as a direct `/retrieve`; the template's text is what the server is asked."""
     from agents.http_retriever import RetrievalClient
