@@ -95,8 +95,9 @@ def preflight(config: Any) -> None:
     try:
         validate_config(config=config, use_reference_policy=need_reference_policy(config),
                         use_critic=need_critic(config))  # fmt: skip
-    except (AssertionError, ValueError, TypeError, KeyError) as exc:
-        raise EmbedkitError(f"verl refused the config: {exc}") from None
+    except Exception as exc:  # noqa: BLE001  verl raises assertions, ValueErrors, hydra and HF errors alike
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EmbedkitError(f"verl refused the config: {first}") from None
     settings = actor_settings(config.actor_rollout_ref)
     check_supported(config.actor_rollout_ref, settings, distillation=_is_distillation(config))
     mode = str(config.trainer.get("v1", {}).get("trainer_mode", "sync"))

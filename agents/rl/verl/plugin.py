@@ -19,7 +19,7 @@ import importlib.util
 
 # Modules of agents.rl.verl that register something in verl when imported (those absent are skipped).
 OPTIONAL_MODULES = ("agents.rl.verl.rewards", "agents.rl.verl.search_tool", "agents.rl.verl.rose",
-                    "agents.rl.verl.rose_rollout", "agents.rl.verl.agent_loop")  # fmt: skip
+                    "agents.rl.verl.rose_rollout", "agents.rl.verl.agent_loop", "agents.rl.verl.search_r1_loop")  # fmt: skip
 
 _done: list[str] = []
 
