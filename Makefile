@@ -29,12 +29,17 @@ install: $(VENV)/.dev-installed
 demo: $(VENV)/.demo-installed
 	$(VENV)/bin/embedkit demo
 
+# Two pytest-xdist workers (one torch/OpenMP thread each, see tests/conftest.py); a test file stays on one worker so
+# its module-scoped fixtures (tiny models, indexes) are built once. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # Everything but the tests marked slow (servers, subprocesses, Ray, training): a quick inner loop.
 test-fast: $(VENV)/.dev-installed
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 typecheck: $(VENV)/.dev-installed
 	$(PY) -m mypy

@@ -15,6 +15,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # No torchvision on CPU test machines, so qwen-vl-utils cannot read images: tests choose the PIL reader (the same
 # resize rule) explicitly; tests of the refusal unset it.
 os.environ.setdefault("EMBEDKIT_IMAGE_READER", "pil")
+# Under pytest-xdist (`make test` runs one worker per core) each worker and the commands it starts get one
+# OpenMP/torch thread: two workers each running two threads on two cores spend their time switching.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 
 from tests.helpers import MINILM, write_jsonl
 
