@@ -296,7 +296,8 @@ def verl_rose_advantage(token_level_rewards: torch.Tensor, response_mask: torch.
     if rows is None:
         raise EmbedkitError(f"algorithm.adv_estimator={ROSE_NAME} needs the rollout tree, which verl's "
                             "compute_advantage does not pass to an estimator: set "
-                            f"trainer.v1.trainer_mode={ROSE_NAME} (or one of embedkit's embedkit_* modes)")  # fmt: skip
+                            f"trainer.v1.trainer_mode={ROSE_NAME} (or one of embedkit's embedkit_* modes) with "
+                            "trainer.use_v1=true")  # fmt: skip
     n = token_level_rewards.shape[0]
     if len(rows) != n:
         raise EmbedkitError(f"{ROSE_NAME}: {len(rows)} tree rows for a batch of {n}")
