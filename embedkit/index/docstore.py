@@ -118,7 +118,9 @@ class DocStore:
 
     def row_range(self) -> tuple[int, int] | None:
         """The lowest and highest row stored (None when empty): two lookups in the row index, no scan."""
-        low, high = self._db.execute("SELECT min(row), max(row) FROM docs").fetchone()
+        # Two statements: SQLite answers min() or max() alone from the index, but scans the table for both at once.
+        low = self._db.execute("SELECT min(row) FROM docs").fetchone()[0]
+        high = self._db.execute("SELECT max(row) FROM docs").fetchone()[0]
         return None if low is None else (int(low), int(high))
 
     def next_row(self) -> int:

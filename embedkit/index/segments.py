@@ -94,9 +94,10 @@ class SegmentReader:
     """One segment, opened for search: FAISS index, document store, deleted rows, stored vectors."""
 
     def __init__(self, folder: Path, manifest: DenseManifest, record: SegmentRecord, *, mmap: bool = False,
-                 backend: str = "faiss") -> None:
+                 backend: str = "faiss", count: bool = True) -> None:
         self.folder, self.manifest, self.record = folder, manifest, record
         self._mmap, self._backend = mmap, backend
+        self._count = count  # an update skips counting the store's rows (a scan): its cost follows the change
 
     @cached_property
     def faiss_index(self):
@@ -120,7 +121,7 @@ class SegmentReader:
     @cached_property
     def docstore(self) -> DocStore:
         store = DocStore(self.folder / self.record.docstore)
-        count, rows = len(store), store.row_range()
+        count, rows = len(store) if self._count else self.record.num_stored, store.row_range()
         where = self.folder / self.record.docstore
         problem = None
         if count != self.record.num_stored:

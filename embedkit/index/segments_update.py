@@ -198,7 +198,7 @@ class SegmentedUpdate:
         self.folder, self.manifest, self.report = folder, manifest, report
         self.generation = manifest.generation + 1
         self.records = segment_records(folder, manifest)
-        self.readers = [SegmentReader(folder, manifest, record) for record in self.records]
+        self.readers = [SegmentReader(folder, manifest, record, count=False) for record in self.records]
         self.deleting: dict[int, set[int]] = {}  # segment position -> rows this update deletes
         self.new: NewSegment | None = None
         self.written: list[str] = []
