@@ -32,6 +32,7 @@ from embedkit.lexical.bm25s_segments import (
     live_tokens,
     next_segment_name,
     segment_name,
+    segment_size,
     write_tokens,
 )
 from embedkit.lexical.segments import BM25Segment
@@ -111,7 +112,8 @@ class Bm25sBuilder(LexicalBuilder):
                             ("Snowball English stemming" if _stemmer(self.settings.language) else "no stemming")}
 
     def segments(self) -> list[BM25Segment]:
-        return [BM25Segment(name=segment_name(0), documents=len(self.tokens), first_row=0)]
+        folder = self.folder.parent / SEGMENTS_DIR / segment_name(0)
+        return [BM25Segment(name=segment_name(0), documents=len(self.tokens), first_row=0, size=segment_size(folder))]
 
 
 def _converted(root: Path, settings: BM25Settings) -> list[BM25Segment]:
@@ -128,8 +130,9 @@ def _converted(root: Path, settings: BM25Settings) -> list[BM25Segment]:
         raise IndexFormatError(f"index {root} is damaged: its document store's rows are not 0 to "
                                f"{len(documents) - 1}, as a BM25 build writes them; rebuild the index")
     tokens = _tokenize([doc.joined() for _, doc in documents], settings, return_ids=False) if documents else []
-    write_tokens(root / SEGMENTS_DIR / segment_name(0), tokens)
-    return [BM25Segment(name=segment_name(0), documents=len(documents), first_row=0)]
+    folder = root / SEGMENTS_DIR / segment_name(0)
+    write_tokens(folder, tokens)
+    return [BM25Segment(name=segment_name(0), documents=len(documents), first_row=0, size=segment_size(folder))]
 
 
 class Bm25sUpdater(LexicalUpdater):
@@ -169,9 +172,10 @@ class Bm25sUpdater(LexicalUpdater):
     def finish(self) -> list[BM25Segment]:
         segments = [segment.model_copy(update={"deleted": self.deleted[segment.name]}) for segment in self.segments]
         if self.tokens:
-            write_tokens(self.root / SEGMENTS_DIR / self.name, self.tokens)
+            folder = self.root / SEGMENTS_DIR / self.name
+            write_tokens(folder, self.tokens)
             segments.append(BM25Segment(name=self.name, documents=len(self.tokens), deleted=self.new_deleted,
-                                        first_row=self.first_row))
+                                        first_row=self.first_row, size=segment_size(folder)))
         if self.changed:
             # The saved matrices hold the old statistics: opening the index now indexes the segments' tokens.
             shutil.rmtree(self.root / Backend.folder, ignore_errors=True)
@@ -236,7 +240,7 @@ def compact(root: Path, settings: BM25Settings, segments: Sequence[BM25Segment],
     write_tokens(root / SEGMENTS_DIR / name, tokens)
     if tokens:
         _save(tokens, settings, root / Backend.folder)
-    return [BM25Segment(name=name, documents=len(tokens), first_row=0)]
+    return [BM25Segment(name=name, documents=len(tokens), first_row=0, size=segment_size(root / SEGMENTS_DIR / name))]
 
 
 class Backend(LexicalBackend):

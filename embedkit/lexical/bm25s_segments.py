@@ -56,6 +56,11 @@ def write_tokens(folder: Path, tokens: Sequence[Sequence[str]]) -> None:
     (folder / VOCAB).write_text(json.dumps(list(vocab), ensure_ascii=False), encoding="utf-8")
 
 
+def segment_size(folder: Path) -> int:
+    """Bytes of one segment's token files."""
+    return sum((folder / name).stat().st_size for name in (TOKENS, OFFSETS, VOCAB))
+
+
 def read_tokens(folder: Path, documents: int) -> list[list[str]]:
     """The tokens of the `documents` documents of the segment in `folder`; damage is an IndexFormatError."""
     try:

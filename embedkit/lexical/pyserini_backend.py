@@ -91,7 +91,7 @@ def lucene_segments(folder: Path) -> list[BM25Segment]:
         for position in range(infos.size()):
             info = infos.info(position)
             found.append(BM25Segment(name=str(info.info.name), documents=int(info.info.maxDoc()),
-                                     deleted=int(info.getDelCount())))
+                                     deleted=int(info.getDelCount()), size=int(info.sizeInBytes())))
         return found
     finally:
         directory.close()

@@ -23,6 +23,7 @@ class BM25Segment(BaseModel):
     deleted: int = Field(0, ge=0)
     first_row: int | None = Field(None, ge=0, description="bm25s: the document-store row of its first document "
                                   "(its documents have the rows that follow)")
+    size: int | None = Field(None, ge=0, description="bytes of its files")
 
     @model_validator(mode="after")
     def _deleted_within(self) -> BM25Segment:
@@ -39,8 +40,9 @@ class BM25Segment(BaseModel):
 
 
 def summarize(segments: list[BM25Segment]) -> str:
-    """`3 segments (_0: 1000 documents, 12 deleted; _1: 10; _2: 3)` for reports."""
+    """`2 segments (_0: 1000 documents, 12 deleted, 81,920 bytes; _1: 10 documents, 2,048 bytes)` for reports."""
     if not segments:
         return "no segments recorded (built before updates recorded them, or a Lucene index left empty)"
-    parts = [f"{s.name}: {s.documents} documents" + (f", {s.deleted} deleted" if s.deleted else "") for s in segments]
+    parts = [f"{s.name}: {s.documents} documents" + (f", {s.deleted} deleted" if s.deleted else "")
+             + (f", {s.size:,} bytes" if s.size is not None else "") for s in segments]
     return f"{len(segments)} segment{'s' if len(segments) != 1 else ''} ({'; '.join(parts)})"
