@@ -137,7 +137,7 @@ def load_correctness(source: str | Path, *, limit: int | None = None) -> list[Co
     path = Path(text)
     if path.is_file():
         records: Iterable[tuple[int | None, dict[str, Any]]] = _records(path)
-    elif text.count("/") == 1 and not path.exists() and not text.startswith((".", "/")):
+    elif text.count("/") == 1 and not path.exists() and not text.startswith((".", "/")) and not path.suffix:
         records = _hub_records(text)
     else:
         raise DataFormatError("correctness file not found", path=path)
