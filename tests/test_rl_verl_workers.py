@@ -25,6 +25,7 @@ from agents.rl.verl.actor import (
     check_supported,
     domain_micro_batches,
 )
+from agents.rl.verl.batch import actor_batch
 from embedkit.errors import EmbedkitError
 from tests import verl_cpu
 
@@ -90,7 +91,7 @@ def mgs_update(model_dir, reference):
     ])  # fmt: skip
     fields = _on_policy(reference, verl_cpu.padded_fields(n=6, prompt_len=3, response_len=6, seed=3))
     before = {n: p.detach().full_tensor().clone() for n, p in worker.actor.engine.module.named_parameters()}
-    out, grads = _update_capturing_grads(worker, verl_cpu.to_actor_batch(fields, domains=DOMAINS,
+    out, grads = _update_capturing_grads(worker, actor_batch(fields, domains=DOMAINS,
                                                                          temperature=TEMPERATURE))  # fmt: skip
     return worker, fields, grads, before, out
 
@@ -129,6 +130,7 @@ def test_micro_batches_hold_one_domain_each():
     assert domain_micro_batches(DOMAINS, 2) == [("math", [0, 1]), ("math", [4]), ("chat", [2, 3]), ("chat", [5])]
 
 
+@pytest.mark.slow  # one real verl actor update (FSDP2 on gloo)
 def test_mgs_in_verls_actor_update_equals_embedkits_projection(mgs_update, reference):
     """One real `update_actor`: the gradients verl steps with are embedkit's per-module projection of the
     per-domain gradients, each micro-batch's loss normalised over itself × 1/accumulation (3 micro-batches of
@@ -152,6 +154,7 @@ def test_mgs_in_verls_actor_update_equals_embedkits_projection(mgs_update, refer
     assert any(not torch.equal(before[n], after[n].detach().full_tensor()) for n in before)  # the step happened
 
 
+@pytest.mark.slow  # one real verl actor update (FSDP2 on gloo)
 def test_mgs_pcgrad_projects_the_whole_model(mgs_update, reference):
     """The same domain gradients through whole-model PCGrad give other numbers than per-module MGS."""
     _, fields, verl_grads, _, _ = mgs_update
@@ -172,11 +175,12 @@ def tre_update(model_dir, reference):
         "actor_rollout_ref.actor.entropy_coeff=0.01", *settings,
     ])  # fmt: skip
     fields = _on_policy(reference, verl_cpu.padded_fields(n=4, prompt_len=3, response_len=6, seed=5))
-    batch = verl_cpu.to_actor_batch(fields, temperature=TEMPERATURE, calculate_entropy=True)
+    batch = actor_batch(fields, temperature=TEMPERATURE, calculate_entropy=True)
     out, grads = _update_capturing_grads(worker, batch)
     return kind, params, fields, out["metrics"], grads
 
 
+@pytest.mark.slow  # one real verl actor update (FSDP2 on gloo)
 def test_tre_in_verls_actor_equals_the_trainers_term(tre_update, reference):
     """`actor/tre_entropy` from verl's update is embedkit's TRE term on softmax(logits / T) aggregated with the
     actor's loss_agg_mode (seq-mean-token-mean over the 4-row mini-batch, in 2 micro-batches verl sums); raw
@@ -199,6 +203,7 @@ def test_tre_in_verls_actor_equals_the_trainers_term(tre_update, reference):
     assert metrics["actor/entropy_loss"] == pytest.approx([full], rel=1e-4)  # verl's logged entropy, untouched
 
 
+@pytest.mark.slow  # one real verl actor update (FSDP2 on gloo)
 def test_tre_gradient_is_the_policy_gradient_minus_coef_tre(tre_update, reference):
     """The gradient verl steps with is that of pg_loss − 0.01·H − 0.5·TRE, each seq-mean-token-mean."""
     kind, params, fields, _, verl_grads = tre_update

@@ -236,22 +236,3 @@ def response_logits(model: Any, fields: dict[str, torch.Tensor]) -> torch.Tensor
         part = logits[prompt_len - 1 : len(ids) - 1]
         out.append(torch.cat([part, part.new_zeros(response_len - len(part), part.shape[-1])]))
     return torch.stack(out)
-
-
-def to_actor_batch(fields: dict[str, torch.Tensor], *, domains: Sequence[str] | None = None,
-                   temperature: float = 1.0, mini_batch_size: int | None = None,
-                   calculate_entropy: bool = False) -> Any:  # fmt: skip
-    """verl's no-padding layout of `fields`, with what the v1 trainer adds before `update_actor`; `domains`
-    become the non-tensor `data_source` field."""
-    from tensordict import TensorDict
-    from verl.utils import tensordict_utils as tu
-    from verl.workers.utils.padding import left_right_2_no_padding
-
-    n = fields["input_ids"].shape[0]
-    data = left_right_2_no_padding(TensorDict({k: v.clone() for k, v in fields.items()}, batch_size=[n]))
-    if domains is not None:
-        tu.assign_non_tensor_stack(data, "data_source", list(domains))
-    size = mini_batch_size or n
-    tu.assign_non_tensor(data, temperature=temperature, calculate_entropy=calculate_entropy, global_batch_size=size,
-                         mini_batch_size=size, epochs=1, seed=1, dataloader_kwargs={"shuffle": False})  # fmt: skip
-    return data
