@@ -387,4 +387,5 @@ def test_bm25_index_refuses_dense_search_options(tmp_path):
                     "--out", out).returncode == 0
     assert_user_error(embedkit("search", out, "gene", "--nprobe", "4"), "nprobe")
     assert_user_error(embedkit("search", out, "gene", "--backend", "torch"), "dense indexes only")
-    assert_user_error(embedkit("index", "add", out, "--corpus", corpus), "cannot be updated in place")
+    # BM25 indexes are updated by segments (tests/test_bm25_updates.py); a model is still a dense-only option
+    assert_user_error(embedkit("index", "add", out, "--corpus", corpus, "--model", "some/model"), "no model")
