@@ -226,3 +226,28 @@ def test_cli_add_remove_compact_and_merge_policy(tmp_path, capsys):
     set_merge_policy(path, max_deleted_fraction=0.5)  # back on: the defaults, with this limit
     assert BM25Manifest.load(path).settings.merge == BM25MergePolicy(max_deleted_fraction=0.5)
     assert_same_as_rebuild(path, tmp_path)
+
+
+def test_concurrent_updates_lose_nothing(tmp_path):
+    """Updates hold the folder's lock from reading the manifest to the swap: both writers' changes survive."""
+    import threading
+
+    path = build(tmp_path / "idx", [["alpha"], ["beta"]], "bm25s")
+    errors: list[BaseException] = []
+
+    def writer(doc_id: str) -> None:
+        try:
+            for round_ in range(3):
+                add_documents(path, [doc(f"{doc_id}-{round_}", ["gamma", doc_id])])
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in ("x", "y")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors
+    ids = {document.id for document in live_documents(path)}
+    assert ids == {"d0", "d1", *(f"{name}-{i}" for name in "xy" for i in range(3))}
+    assert_same_as_rebuild(path, tmp_path)
