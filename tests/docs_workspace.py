@@ -126,6 +126,19 @@ def write_tiny_lm(out: Path) -> None:
     config.save_pretrained(out)
 
 
+def write_ppe_correctness(workspace: Path) -> None:
+    """Two rows in PPE's Best-of-K layout (lmarena-ai/PPE-MATH-Best-of-K) and a reward for each response."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"question_id": q, "model_name": "m", "prompt": f"{q}: 2 + 2?", "scores": labels,
+             **{f"response_{i + 1}": "4" if ok else "5" for i, ok in enumerate(labels)}}
+            for q, labels in (("q1", [True, False, False]), ("q2", [False, True, True]))]
+    pq.write_table(pa.Table.from_pylist(rows), workspace / "ppe_math.parquet")
+    write_records(workspace / "ppe-rewards.jsonl", [{"id": "q1/m", "rewards": [0.9, 0.1, 0.2]},
+                                                    {"id": "q2/m", "rewards": [0.5, 0.4, None]}])
+
+
 def write_workspace(workspace: Path, table: Table) -> None:
     """A stand-in repo root: configs, examples, the files the docs assume, and tiny models."""
     from embedkit.training.tiny import build_tiny_bert
@@ -169,6 +182,7 @@ def write_workspace(workspace: Path, table: Table) -> None:
         write_trec_run(workspace / name, demo, shift)
     write_lines(workspace / "qrels.trec", [f"q{i} 0 {doc['_id']} 1" for i, doc in enumerate(demo)])
     write_search_r1_parquet(workspace / "search_r1" / "test.parquet")
+    write_ppe_correctness(workspace)
     write_search_r1_parquet(workspace / "data" / "nq_hotpotqa_train" / "test.parquet")
     write_imported_index(workspace, tiny_bert)
     write_image(workspace / "cat.png", "orange")

@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub, "eval", _eval,
         help="judge preference pairs in both orders; accuracy per subset, flip rate, position-bias gap",
         description="Reads preference pairs (RewardBench, RM-Bench, chat, JudgeBench, RMB pairwise/Best-of-N or "
-        "PPE human-preference layout; jsonl, json or parquet), judges each pair with the chosen response first "
+        "PPE human-preference layout, or PPE correctness rows with one pair each: first correct vs first incorrect "
+        "response; jsonl, json or parquet), judges each pair with the chosen response first "
         "and second, and prints a table (and JSON with --out). Ties and unreadable verdicts are counted, never "
         "scored as correct. RewardBench subsets also get the leaderboard's section-weighted score next to the "
         "plain accuracy; RMB Best-of-N items their BoN accuracy.",
@@ -48,6 +49,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=int, default=32, help="judgements per backend call (default: 32)")
     ev.add_argument("--out", help="write the report as JSON here")
     ev.add_argument("--records", help="write every judgement with its text here (jsonl)")
+
+    pc = add_command(
+        sub, "ppe-correctness", _ppe_correctness,
+        help="PPE's correctness metrics (best-of-K, pair accuracy, AUC, ...) from per-response rewards",
+        description="Reads PPE correctness sets (lmarena-ai/PPE-*-Best-of-K: question_id, model_name, prompt, "
+        "scores, response_1..response_K; a local parquet/jsonl/json file, a hub id, or a short name: "
+        "mmlu_pro, math, gpqa, mbpp_plus, ifeval) and one reward per response from any reward model (jsonl: "
+        '{"id": "<question_id>/<model_name>", "rewards": [...]}, null for a response it could not score), and '
+        "prints accuracy, end score (best-of-K at K = all responses), maximum achieved best-of-K, loss against "
+        "the perfect reward model's curve, row-wise Pearson and ROC AUC per benchmark (the curves with --out). "
+        "Pairwise judges are scored on the same files with `rewards eval --pairs FILE` (one pair per row).",
+        examples="  embedkit rewards ppe-correctness --data ppe_math.parquet --rewards ppe-rewards.jsonl\n"
+        "  embedkit rewards ppe-correctness --data math --data gpqa --rewards ppe-rewards.jsonl --out ppe.json",
+    )  # fmt: skip
+    pc.add_argument("--data", action="append", required=True,
+                    help="a PPE correctness set: file, hub id or short name (repeatable)")  # fmt: skip
+    pc.add_argument("--rewards", required=True, help="per-response rewards jsonl (see the description)")
+    pc.add_argument("--limit", type=int, help="only the first N rows of each set")
+    pc.add_argument("--out", help="write the report (with the best-of-K curves) as JSON here")
 
     bp = add_command(
         sub, "build-pairs", _build_pairs,
@@ -119,6 +139,24 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"report -> {args.out}", file=sys.stderr)
     if args.records:
         write_judgements(args.records, judgements)
+    return 0
+
+
+def _ppe_correctness(args: argparse.Namespace) -> int:
+    from agents.rewards.ppe import (
+        correctness_metrics,
+        load_correctness,
+        load_rewards,
+        metrics_table,
+        write_report,
+    )
+
+    rows = [row for source in args.data for row in load_correctness(source, limit=args.limit)]
+    report = correctness_metrics(rows, load_rewards(args.rewards), rewards_path=args.rewards)
+    print(metrics_table(report))
+    if args.out:
+        write_report(args.out, report)
+        print(f"report -> {args.out}", file=sys.stderr)
     return 0
 
 
