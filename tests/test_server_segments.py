@@ -124,3 +124,22 @@ def test_a_rebuilt_folder_is_read_again(folder, encoder):
     assert index.segments[0].faiss_index is not before.segments[0].faiss_index
     assert index.segments[0].docstore is not before.segments[0].docstore
     assert answers(index) == answers(Index.load(folder, encoder=encoder)) != answers(before)
+
+
+@pytest.mark.parametrize("factory", ["HNSW8", "IVF2,Flat"])
+def test_kinds_with_stored_vectors_keep_their_segments(factory, encoder, tmp_path):
+    """HNSW and IVF folders keep a raw vector copy per segment (and IVF a trained template): still handed over."""
+    from embedkit.index import Index, build_dense_index
+    from embedkit.index.lifecycle import add_documents, remove_documents
+    from embedkit.index.reopen import reopen_index
+
+    folder = Path(build_dense_index(docs("b", 40), encoder, tmp_path / "idx", factory=factory, quiet=True))
+    add_documents(folder, docs("u", 6, offset=2), encoder=encoder)
+    served = Index.load(folder, encoder=encoder)
+    add_documents(folder, docs("v", 6, offset=5), encoder=encoder)
+    remove_documents(folder, ["u1"])
+    index, reuse = reopen_index(folder, served, encoder=encoder)
+    assert reuse is not None and reuse.as_dict() == {"kept": 1, "refreshed": 1, "read": 1}
+    assert index.segments[0] is served.segments[0]
+    assert index.segments[1].faiss_index is served.segments[1].faiss_index
+    assert answers(index) == answers(Index.load(folder, encoder=encoder))
