@@ -34,7 +34,9 @@ class DuplicateIdError(DataFormatError):
 
 
 class DocStore:
-    def __init__(self, path: str | Path, *, readonly: bool = True) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = True, read_all: bool = True) -> None:
+        """`read_all=False` skips reading every row at open (an update's lookups touch a few pages; a search
+        opens with the full read, which reports a damaged page here rather than at the first query)."""
         self.path = Path(path)
         try:
             if readonly:
@@ -48,7 +50,7 @@ class DocStore:
             if not readonly:
                 self._db.execute(SCHEMA)
             self._check_schema()
-            self._db.execute("SELECT count(*) FROM docs").fetchone()
+            self._db.execute("SELECT count(*) FROM docs" if read_all else "SELECT max(row) FROM docs").fetchone()
         except sqlite3.DatabaseError as error:
             raise IndexFormatError(f"document store {self.path} is damaged: {error}") from None
 
@@ -142,10 +144,13 @@ class DocStore:
     def row_of(self, doc_ids: Iterable[str]) -> dict[str, int]:
         ids = list(doc_ids)
         found: dict[str, int] = {}
-        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-            part = ids[start : start + 900]
-            marks = ",".join("?" * len(part))
-            found.update(self._db.execute(f"SELECT id, row FROM docs WHERE id IN ({marks})", part).fetchall())
+        try:
+            for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+                part = ids[start : start + 900]
+                marks = ",".join("?" * len(part))
+                found.update(self._db.execute(f"SELECT id, row FROM docs WHERE id IN ({marks})", part).fetchall())
+        except sqlite3.DatabaseError as error:
+            raise IndexFormatError(f"document store {self.path} is damaged: {error}") from None
         return found
 
     def present_rows(self, rows: Iterable[int]) -> list[int]:

@@ -120,7 +120,7 @@ class SegmentReader:
 
     @cached_property
     def docstore(self) -> DocStore:
-        store = DocStore(self.folder / self.record.docstore)
+        store = DocStore(self.folder / self.record.docstore, read_all=self._count)
         count, rows = len(store) if self._count else self.record.num_stored, store.row_range()
         where = self.folder / self.record.docstore
         problem = None
