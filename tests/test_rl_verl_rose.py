@@ -363,9 +363,20 @@ class InMemoryQueue:
     def kv_batch_put(self, keys, partition_id, fields=None, tags=None):
         for name in fields.keys():
             values = fields[name]
-            per_row = values.unbind(0) if getattr(values, "is_nested", False) else list(values)
+            if getattr(values, "is_nested", False):
+                per_row = list(values.unbind(0))
+            elif isinstance(values, torch.Tensor):
+                per_row = list(values)
+            else:  # non-tensor values, one per row
+                per_row = [fields[i][name] for i in range(len(keys))]
             for key, value in zip(keys, per_row, strict=True):
-                self.rows[(partition_id, key)][name] = value
+                self.rows.setdefault((partition_id, key), {})[name] = value
+
+    async def async_kv_batch_put(self, keys, fields=None, tags=None, partition_id=None):
+        self.kv_batch_put(keys, partition_id, fields=fields, tags=tags)
+
+    async def async_kv_put(self, key, partition_id=None, fields=None, tag=None):
+        return None  # the prompt's status tag: nothing here reads it
 
     def kv_batch_get(self, keys, partition_id, select_fields=None):
         rows = [self.rows[(partition_id, k)] for k in keys]
@@ -420,6 +431,61 @@ def test_rose_trainer_mode_runs_verls_advantage_step_with_the_trees(mode, greedy
         members = sorted((i for i, r in enumerate(rows) if r.tree == tree), key=lambda i: rows[i].node)
         expected = segment_advantages(
             rewards=[float(sum(responses[i]) % 3 == 0) for i in members], group_ids=[0] * len(members),
+            parents=[rows[i].parent if rows[i].parent >= 0 else None for i in members],
+            branch_positions=[rows[i].branch_pos for i in members], lengths=[len(responses[i]) for i in members],
+            width=RESPONSE_LENGTH)  # fmt: skip
+        for r, i in enumerate(members):
+            got = queue.rows[("train", keys[i])]["advantages"]
+            assert got.tolist() == pytest.approx(expected[r, : len(responses[i])].tolist(), abs=1e-6)
+
+
+def test_v1_rollout_to_advantage_through_verls_tq_worker_and_rose_trainer(verl_config, tmp_path, monkeypatch):
+    """verl's v1 path end to end: `AgentLoopWorkerTQ._run_prompt` runs the n sessions of each prompt
+    concurrently and writes their outputs under `{uid}_{session}_{index}` keys; a reward step adds `rm_scores`;
+    the `embedkit_rose` trainer's `_compute_advantage` reads them back (queue: the in-memory stand-in)."""
+    import transfer_queue
+    from transfer_queue import KVBatchMeta
+    from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopWorkerTQ
+
+    queue = InMemoryQueue()
+    for name in ("kv_batch_get", "kv_batch_put", "async_kv_batch_put", "async_kv_put"):
+        monkeypatch.setattr(transfer_queue, name, getattr(queue, name))
+    monkeypatch.setattr(transfer_queue, "init", lambda *a, **k: None)
+    config = verl_config.copy()
+    with open_dict(config):
+        config.actor_rollout_ref.rollout.agent.agent_loop_config_path = str(_loop_yaml(tmp_path, epsilon=0.0, top=TOP))
+        config.trainer.v1.trainer_mode = ROSE_NAME
+        config.algorithm.adv_estimator = ROSE_NAME
+    server = ScriptedServer(vocab=len(build_char_tokenizer()))
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True}
+
+    async def rollout() -> None:
+        worker = AgentLoopWorkerTQ.__ray_actor_class__(config, llm_client=server)  # the class under ray.remote
+        await asyncio.gather(*[worker._run_prompt(
+            {"uid": f"uid-{i}", "raw_prompt": [{"role": "user", "content": p}], "agent_name": ROSE_NAME,
+             "global_steps": 1, "index": i}, dict(params),
+            trajectory={"step": 1, "sample_index": i, "rollout_n": 0, "validate": False}) for i, p in enumerate(PROMPTS)])  # fmt: skip
+
+    asyncio.run(rollout())
+    keys = sorted(k for _, k in queue.rows)
+    assert keys == sorted(f"uid-{i}_{s}_0" for i in range(len(PROMPTS)) for s in range(N))
+    rows = tree_rows([queue.rows[("train", k)]["extra_fields"] for k in keys])
+    responses = [queue.rows[("train", k)]["responses"].tolist() for k in keys]
+    assert sum(r.parent >= 0 for r in rows) == (N - 1) * len(PROMPTS)  # epsilon 0: every later session branched
+    rewards = [float(sum(r) % 3 == 0) for r in responses]
+    for key, response, reward in zip(keys, responses, rewards, strict=True):
+        scores = torch.zeros(len(response))
+        scores[-1] = reward
+        row = queue.rows[("train", key)]
+        row["rm_scores"] = scores  # the reward loop's part
+        row["old_log_probs"] = row["rollout_log_probs"].clone()  # the actor's log-prob step's part
+    trainer = get_trainer_cls(ROSE_NAME)(config)
+    order = list(reversed(keys))
+    trainer._compute_advantage(KVBatchMeta(keys=order, tags=[{}] * len(order), partition_id="train"), metrics={})
+    for tree in dict.fromkeys(r.tree for r in rows):
+        members = sorted((i for i, r in enumerate(rows) if r.tree == tree), key=lambda i: rows[i].node)
+        expected = segment_advantages(
+            rewards=[rewards[i] for i in members], group_ids=[0] * len(members),
             parents=[rows[i].parent if rows[i].parent >= 0 else None for i in members],
             branch_positions=[rows[i].branch_pos for i in members], lengths=[len(responses[i]) for i in members],
             width=RESPONSE_LENGTH)  # fmt: skip
