@@ -14,7 +14,11 @@ Two ways to score a row:
   per row: `{"id": "<question_id>/<model_name>", "rewards": [r_1, …, r_K]}`; a null reward is a response the
   model could not score and ranks below every other (PPE maps its `$ERROR$` to -inf).
 
-Metrics per benchmark (`correctness_metrics`), each row (prompt × sampling model) counting once:
+Metrics per benchmark (`correctness_metrics`), each row (prompt × sampling model) counting once. PPE's own
+scoring code (github lmarena/PPE) could not be read when this was written (only its scorer's opening: rewards it
+could not compute become -inf, ROC AUC from scikit-learn); the definitions below follow the paper's metric names,
+and where PPE's code reads them otherwise (random K-subsets instead of the exact expectation, pairs pooled over
+rows, ties counted as losses) its numbers differ from these:
 
 - `accuracy`: per row, over every (correct, incorrect) response pair, the share where the correct one has the
   higher reward (equal rewards count one half); the mean over rows that have such a pair;
