@@ -7,4 +7,6 @@
 - `agents.rl.verl.data`: NQ + HotpotQA questions in verl's parquet layout for Search-R1-style training.
 - `agents.rl.verl.rewards`: reward managers in verl's reward-loop registry for ConsistRM, ReflectRM and
   AC-GenRM (ACPO) judges served by an OpenAI-compatible server, and for training ConsistRM / ReflectRM judges.
+- `agents.rl.verl.rose`: ROSE's branching rollouts (agent loop `embedkit_rose`, agents/rl/verl/rose_agent_loop.yaml),
+  its tree advantage (estimator `embedkit_rose`) and the v1 trainer mode `embedkit_rose` that carries the tree.
 """
