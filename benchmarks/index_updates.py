@@ -15,9 +15,10 @@ Measured per size and variant: the imported folder's size; `index add` of 10 new
 of 1 (median of --repeat runs, each with new ids); the peak disk the folder's parent held during each update
 over what it held before (copies, temporary folders); `index compact`; then a running `embedkit serve` on the
 folder (reload poll 0.2 s): an `index add` of one document and the time from that command's exit to the first
-/retrieve answer that returns the new document. Finally both variants' folders (which went through the same
-updates) are searched with the same query vectors and their top-10 ids and scores compared. `uptime` is
-recorded before and after every size.
+/retrieve answer that returns the new document. Then both variants' folders (which went through the same
+updates) are searched with the same query vectors and their top-10 ids and scores compared, and a server's
+reload is timed in-process on the working tree's folder (`RELOAD_SNIPPET`). `uptime` is recorded before and
+after every size.
 """
 
 from __future__ import annotations
@@ -58,6 +59,31 @@ from embedkit.index import Index
 index = Index.load(sys.argv[1])
 hits = index.search_vectors(np.load(sys.argv[2]), int(sys.argv[3]), with_text=False)
 json.dump([[[hit.id, float(hit.score)] for hit in row] for row in hits], sys.stdout)
+"""
+
+
+# Run inside the working tree's interpreter (after everything else): how long a server's reload takes in-process.
+# Opening the folder whole (what every reload did before segments), then after an add of 10 vectors (no model:
+# add_vectors) reopening it with the served state handed over (`embedkit.index.reopen`), twice (a compacted
+# one-segment folder's first add converts it, and its FAISS file is handed over; with --no-serve that is the first).
+RELOAD_SNIPPET = """
+import json, sys, time
+import numpy as np
+from embedkit.data.corpus import Document
+from embedkit.index import Index
+from embedkit.index.lifecycle import add_vectors
+from embedkit.index.reopen import reopen_index
+path, out = sys.argv[1], {}
+started = time.perf_counter(); served = Index.load(path); out["open_whole_s"] = time.perf_counter() - started
+rng = np.random.default_rng(7)
+for step in ("first", "second"):
+    vectors = rng.standard_normal((10, served.spec.dim)).astype("float32")
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    add_vectors(path, [Document(id=f"reload-{step}-{i}", title="", text="probe") for i in range(10)], vectors)
+    started = time.perf_counter(); served, reuse = reopen_index(path, served)
+    out[f"reopen_{step}_s"], out[f"reuse_{step}"] = time.perf_counter() - started, reuse.as_dict()
+started = time.perf_counter(); Index.load(path); out["open_whole_after_s"] = time.perf_counter() - started
+json.dump(out, sys.stdout)
 """
 
 
@@ -319,7 +345,18 @@ def compare_results(variants: list[Variant], n: int, data_dir: Path, work: Path)
             "equal": same_ids and max(diffs, default=0.0) <= SCORE_TOL}
 
 
+def reload_costs(variant: Variant, work: Path) -> dict[str, object]:
+    """`RELOAD_SNIPPET` on the variant's folder (the working tree only: it uses `embedkit.index.reopen`)."""
+    done = subprocess.run([sys.executable, "-c", RELOAD_SNIPPET, str(work / variant.name / "folders" / "index")],
+                          cwd=work / variant.name, env=variant.env(), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"[{variant.name}] reload measurement failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout)
+
+
 def mb(value: float) -> str:
+    if value < 1e6:
+        return f"{value / 1e3:,.1f} kB"
     return f"{value / 1e6:,.1f} MB" if value < 1e9 else f"{value / 1e9:,.2f} GB"
 
 
@@ -339,6 +376,9 @@ def render(report: dict, command: str) -> str:
         "# Index updates as the index grows: before and after segmented folders (issue 24)",
         "",
         f"Command: `{command}`  ",
+        f"The issue's full run (on a quiet machine): `python benchmarks/index_updates.py --sizes {SIZES}` (the "
+        f"code before segments in /tmp/bench_base: `git worktree add --detach /tmp/bench_base {BASE_REF}`; about "
+        "10 GB of scratch disk under /tmp/embedkit-bench at 1.6M).  ",
         f"Machine: {report['machine']}; started {report['started']}.  ",
         f"Code: before = {report['code'].get('before', '-')}, after = {report['code'].get('after', '-')}.  ",
         f"Load at start: `{report['uptime_start']}`  ",
@@ -377,6 +417,18 @@ def render(report: dict, command: str) -> str:
         lines.append(f"- {name}: `index add` {statistics.median(b.add_s) / statistics.median(a.add_s):.2f}x, "
                      f"`index remove` {statistics.median(b.remove_s) / statistics.median(a.remove_s):.2f}x "
                      f"({first['documents']:,} -> {last['documents']:,} documents)")
+    lines += ["", "A server's reload in-process (working tree, its folder after all the above; files in the page "
+              "cache): opening the folder whole, as every reload did before segments, and reopening it with the "
+              "served state handed over after each of two adds of 10 vectors (how each segment was obtained in "
+              "braces), then opening it whole again:", "",
+              "| documents | open whole | reopen after an add | reopen after the next add | open whole again |",
+              "|---|---|---|---|---|"]
+    for s in report["sizes"]:
+        r = s.get("reload") or {}
+        if r:
+            lines.append(f"| {s['documents']:,} | {r['open_whole_s']:.3f} s | {r['reopen_first_s']:.3f} s "
+                         f"{r['reuse_first']} | {r['reopen_second_s']:.3f} s {r['reuse_second']} | "
+                         f"{r['open_whole_after_s']:.3f} s |")
     lines += ["", "Load per size (uptime before / after):", ""]
     lines += [f"- {s['documents']:,}: `{s['uptime_before']}` / `{s['uptime_after']}`" for s in report["sizes"]]
     lines += ["", "Files of each folder after the updates, before compact (largest size; bytes):", ""]
@@ -430,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:>9,} {variant.name:>6}: add {secs(result.add_s)}, remove {secs(result.remove_s)}, "
                   f"compact {secs(result.compact_s)}, first answer {secs(result.first_answer_s)}", flush=True)
         size["comparison"] = compare_results(variants, n, data_dir, args.work / f"run-{n}")
+        size["reload"] = reload_costs(variants[-1], args.work / f"run-{n}")
         size["uptime_after"] = uptime()
         report["sizes"].append(size)
     report["uptime_end"] = uptime()

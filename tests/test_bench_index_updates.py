@@ -26,7 +26,7 @@ def test_quick_run_reports_every_measurement(tmp_path):
     out = tmp_path / "report" / "updates.md"
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--sizes", "120", "--no-base", "--model",
                            str(model), "--dim", "32", "--out", str(out), "--work", str(tmp_path / "work")],
-                          env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True, timeout=900)
+                          env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     [size] = report["sizes"]
@@ -37,5 +37,7 @@ def test_quick_run_reports_every_measurement(tmp_path):
     assert result["folder_bytes"] > 0 and "manifest.json" in result["files_after_updates"]
     # The server found the document added while it was serving, and no request failed meanwhile.
     assert result["first_answer_s"] is not None and result["failed_answers"] == 0
+    # The in-process reload after an add kept the segments the add did not touch and read only the new one.
+    assert size["reload"]["reuse_second"]["kept"] >= 1 and size["reload"]["reuse_second"]["read"] == 1
     text = out.read_text()
     assert "| 120 | - / " in text and "--quick --sizes 120" in text and "load average" in text
