@@ -150,6 +150,7 @@ def launcher_env(monkeypatch):
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["+actor_rollout_ref.embedkit.tre.kind=tre_k"], "set trainer.v1.trainer_mode=embedkit_sync"),
+    (["+actor_rollout_ref.embedkit.mgs.seed=0", "trainer.v1.trainer_mode=embedkit_nope"], "does not); set"),
     (["trainer.v1.trainer_mode=embedkit_sync", "+actor_rollout_ref.embedkit.tre.kind=tre_k",
       "actor_rollout_ref.model.use_fused_kernels=true"], "TRE needs the logits"),
     (["trainer.v1.trainer_mode=embedkit_sync", "+actor_rollout_ref.embedkit.mgs.domain=x"],

@@ -89,7 +89,7 @@ def preflight(config: Any) -> None:
     from verl.utils.device import auto_set_device
 
     from agents.rl.verl.actor import actor_settings, check_supported
-    from agents.rl.verl.trainer import PREFIX, _is_distillation
+    from agents.rl.verl.trainer import PREFIX, TRAINER_MODES, _is_distillation
 
     auto_set_device(config)
     try:
@@ -101,9 +101,18 @@ def preflight(config: Any) -> None:
     settings = actor_settings(config.actor_rollout_ref)
     check_supported(config.actor_rollout_ref, settings, distillation=_is_distillation(config))
     mode = str(config.trainer.get("v1", {}).get("trainer_mode", "sync"))
-    if settings.active and not (config.trainer.use_v1 and mode.startswith(PREFIX)):
+    if settings.active and not (config.trainer.use_v1 and _selects_embedkit_worker(mode)):
         raise EmbedkitError(f"actor_rollout_ref.embedkit (TRE/MGS) runs in embedkit's actor worker, which the v1 "
-                            f"trainer modes {PREFIX}<mode> select; set trainer.v1.trainer_mode={PREFIX}{mode}")  # fmt: skip
+                            f"trainer modes {', '.join(TRAINER_MODES)} select (trainer.v1.trainer_mode={mode} does "
+                            f"not); set trainer.v1.trainer_mode={PREFIX}{mode.removeprefix(PREFIX)}")  # fmt: skip
+
+
+def _selects_embedkit_worker(mode: str) -> bool:
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+
+    from agents.rl.verl.trainer import EmbedkitTrainerMixin
+
+    return mode in TRAINER_REGISTRY and issubclass(TRAINER_REGISTRY[mode], EmbedkitTrainerMixin)
 
 
 def require_gpu(config: Any) -> None:
