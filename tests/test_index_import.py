@@ -116,7 +116,8 @@ def test_imported_index_can_be_updated_without_touching_the_original(prebuilt, m
     new = write_jsonl(tmp_path / "new.jsonl", [{"id": "new", "contents": '"Saturn"\nSaturn is a ringed gas giant planet.'}])
     assert main(["index", "add", str(out), "--corpus", str(new), "-q"]) == 0
     updated = Index.load(out)
-    assert len(updated) == len(TOPICS) + 1 and not (out / "index.faiss").is_symlink()
+    # the link stays segment 0 (a 64 GB wiki-18 Flat index is not copied); the new document is a new segment
+    assert len(updated) == len(TOPICS) + 1 and (out / "index.faiss").is_symlink()
     assert updated.search(["the ringed planet Saturn"], k=1)[0][0].id == "new"
     after = [[h.id for h in q if h.id != "new"][:2] for q in updated.search(QUERIES, k=4)]
     assert after == [q[:2] for q in before]
