@@ -225,10 +225,13 @@ def _sharded_dot(groups: list[Any]) -> Callable[[torch.Tensor, torch.Tensor], to
 
 
 def _shard_groups(params: list[torch.nn.Parameter]) -> list[Any]:
+    """The process groups of the mesh dimensions the parameters are sharded over (not the replicated ones of
+    HSDP, whose ranks hold the same shard)."""
     for p in params:
         mesh = getattr(p, "device_mesh", None)
         if mesh is not None and torch.distributed.is_initialized() and mesh.size() > 1:
-            return [mesh.get_group(dim) for dim in range(mesh.ndim)]
+            return [mesh.get_group(dim) for dim, placement in enumerate(getattr(p, "placements", ()))
+                    if placement.is_shard() and mesh.size(dim) > 1]  # fmt: skip
     return []
 
 
