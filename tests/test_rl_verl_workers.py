@@ -263,3 +263,15 @@ def test_tre_settings_entropy_is_the_trainers(kind, params):
     expected = tre_k_entropy(logits, **params) if kind == "tre_k" else tre_p_entropy(logits, **params)
     torch.testing.assert_close(got, expected)
     assert got.shape == (1, 7)
+
+
+def test_tre_loss_without_the_processors_output():
+    """A training micro-batch without the TRE values is an error (never a silent loss without TRE); a
+    forward-only loss (verl's infer_batch with compute_loss) is verl's own loss."""
+    from agents.rl.verl.actor import TRELoss, TRESettings
+
+    loss = TRELoss(lambda **_: (torch.tensor(1.5), {"actor/pg_loss": 1.5}), None, TRESettings(kind="tre_k"))
+    with pytest.raises(EmbedkitError, match="no per-token TRE entropy"):
+        loss(model_output={}, data=None)
+    with torch.no_grad():
+        assert loss(model_output={}, data=None)[0].item() == 1.5

@@ -178,6 +178,11 @@ class TRELoss:
         from verl.workers.utils.padding import no_padding_2_padding
 
         loss, metrics = self.base(model_output=model_output, data=data, dp_group=dp_group)
+        if TRE_OUTPUT not in model_output:
+            if torch.is_grad_enabled():  # a training micro-batch always asks for the logits processor
+                raise EmbedkitError("TRE: the engine returned no per-token TRE entropy for a training micro-batch "
+                                    "(was the logits processor skipped, e.g. by fused kernels?)")  # fmt: skip
+            return loss, metrics  # a forward-only pass that computes the loss (verl's infer_batch): no bonus
         entropy = no_padding_2_padding(model_output[TRE_OUTPUT], data)
         mask = data.select("response_mask").to_padded_tensor()["response_mask"].to(bool)
         info = {"dp_size": data["dp_size"], "batch_num_tokens": data["batch_num_tokens"],
