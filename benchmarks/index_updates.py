@@ -193,6 +193,7 @@ class Result:
     serve_add_s: float | None = None
     first_answer_s: float | None = None
     failed_answers: int = 0
+    uptime_before: str = ""
 
 
 def make_data(folder: Path, n: int, dim: int) -> tuple[Path, Path]:
@@ -291,7 +292,7 @@ def measure(variant: Variant, n: int, data: tuple[Path, Path], work: Path, repea
     parent = cwd / "folders"  # holds only the index and the writers' temporary siblings
     parent.mkdir()
     index = parent / "index"
-    result = Result(variant.name, n)
+    result = Result(variant.name, n, uptime_before=uptime())
     result.import_s = variant.run("index", "import", "--faiss", str(faiss_file), "--corpus", str(corpus),
                                   "--model", model, "--pooling", "mean", "--copy", "--out", str(index), "-q", cwd=cwd)
     result.folder_bytes = folder_bytes(index)
@@ -429,8 +430,11 @@ def render(report: dict, command: str) -> str:
             lines.append(f"| {s['documents']:,} | {r['open_whole_s']:.3f} s | {r['reopen_first_s']:.3f} s "
                          f"{r['reuse_first']} | {r['reopen_second_s']:.3f} s {r['reuse_second']} | "
                          f"{r['open_whole_after_s']:.3f} s |")
-    lines += ["", "Load per size (uptime before / after):", ""]
-    lines += [f"- {s['documents']:,}: `{s['uptime_before']}` / `{s['uptime_after']}`" for s in report["sizes"]]
+    lines += ["", "Load per size (uptime as each variant started, and at the end of the size; compare the cells of a "
+              "row only where the load was similar):", ""]
+    for s in report["sizes"]:
+        starts = "; ".join(f"{r['variant']}: `{r.get('uptime_before') or '-'}`" for r in s["results"])
+        lines.append(f"- {s['documents']:,}: {starts}; end: `{s['uptime_after']}`")
     lines += ["", "Files of each folder after the updates, before compact (largest size; bytes):", ""]
     for r in last["results"]:
         files = ", ".join(f"{name} {size:,}" for name, size in r["files_after_updates"].items())
