@@ -275,3 +275,20 @@ def test_tre_loss_without_the_processors_output():
         loss(model_output={}, data=None)
     with torch.no_grad():
         assert loss(model_output={}, data=None)[0].item() == 1.5
+
+
+def test_worker_group_binds_the_same_methods_with_the_same_dispatch():
+    """verl's worker group binds the methods that carry verl's `register` mark (`WorkerGroup._bind_worker_method`
+    reads MAGIC_ATTR over `dir(cls)`): embedkit's worker offers every method of verl's, `init_model` included
+    (overridden, re-marked), with the same dispatch, execute and blocking settings."""
+    from verl.single_controller.base.decorator import MAGIC_ATTR
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    def marks(cls):
+        return {name: getattr(getattr(cls, name), MAGIC_ATTR) for name in dir(cls)
+                if callable(getattr(cls, name, None)) and hasattr(getattr(cls, name), MAGIC_ATTR)}  # fmt: skip
+
+    ours, theirs = marks(EmbedkitActorRolloutRefWorker), marks(ActorRolloutRefWorker)
+    assert "init_model" in theirs and "update_actor" in theirs
+    assert ours == theirs
+    assert EmbedkitActorRolloutRefWorker.init_model is not ActorRolloutRefWorker.init_model
