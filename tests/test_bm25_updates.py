@@ -225,6 +225,11 @@ def test_cli_add_remove_compact_and_merge_policy(tmp_path, capsys):
     assert "compact: 2 documents now" in capsys.readouterr().out
     set_merge_policy(path, max_deleted_fraction=0.5)  # back on: the defaults, with this limit
     assert BM25Manifest.load(path).settings.merge == BM25MergePolicy(max_deleted_fraction=0.5)
+    assert main(["index", "compact", str(path), "--merge-policy", "never", "--policy-only"]) == 0
+    assert BM25Manifest.load(path).settings.merge == BM25MergePolicy(max_segments=None, max_deleted_fraction=None)
+    assert main(["index", "compact", str(path), "--max-segments", "3", "--policy-only"]) == 0
+    assert BM25Manifest.load(path).settings.merge == BM25MergePolicy(max_segments=3)
+    assert "compact" not in BM25Manifest.load(path).history[-1].action  # policy only: nothing compacted
     assert_same_as_rebuild(path, tmp_path)
 
 
