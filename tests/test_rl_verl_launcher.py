@@ -16,12 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from verl import DataProto
 from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls
-from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 
 from agents.rl.verl import launcher
 from agents.rl.verl.actor import EmbedkitActorRolloutRefWorker
@@ -80,64 +77,46 @@ def test_trainer_refuses_unsupported_settings_before_building_anything(model_dir
         get_trainer_cls("embedkit_sync")(config=config)
 
 
-class _VerlAdvantageStep:
-    """What verl's `PPOTrainer._compute_advantage` does with a batch once it has read it from TransferQueue (a Ray
-    service, not started here): `compute_advantage_for_multi_trajectories` with `batch_keys=batch.keys` and the
-    algorithm section."""
-
-    def __init__(self, config, data):
-        self.config, self.data = config, data
-
-    def _compute_advantage(self, batch, metrics):
-        algorithm = self.config.algorithm
-        return compute_advantage_for_multi_trajectories(
-            self.data, batch_keys=batch.keys, adv_estimator=algorithm.adv_estimator, gamma=algorithm.gamma,
-            lam=algorithm.lam, num_repeat=1, norm_adv_by_std_in_grpo=algorithm.norm_adv_by_std_in_grpo,
-            config=algorithm)  # fmt: skip
-
-
-class _ModeAdvantageStep(EmbedkitTrainerMixin, _VerlAdvantageStep):
-    pass
-
-
-class _Batch:
-    def __init__(self, keys):
-        self.keys = keys
-
-
-def _advantages(name, norm, keys, rewards, *, mode):
-    """First-token advantage of each row, one prompt; `mode`: through the embedkit_* trainer's advantage step."""
-    b, t = len(keys), 3
-    mask = torch.ones(b, t)
-    token_rewards = torch.zeros(b, t)
-    token_rewards[:, -1] = torch.tensor(rewards)
-    data = DataProto.from_dict(tensors={"token_level_rewards": token_rewards, "response_mask": mask},
-                               non_tensors={"uid": np.array(["p0"] * b, dtype=object)})  # fmt: skip
-    config = compose_verl_config([f"algorithm.adv_estimator={name}", f"algorithm.norm_adv_by_std_in_grpo={norm}"])
-    step = (_ModeAdvantageStep if mode else _VerlAdvantageStep)(config, data)
-    out = step._compute_advantage.__func__(step, _Batch(keys), {})  # type: ignore[attr-defined]
-    return out.batch["advantages"][:, 0].tolist()
-
-
 # docs/rl.md: one prompt; session 0 returns two outputs (reward 0), session 1 one output (reward 1)
 KEYS, REWARDS = ["p0_0_0", "p0_0_1", "p0_1_0"], [0.0, 0.0, 1.0]
 
 
-def test_v1_embedkit_grpo_groups_sessions_like_verls_grpo():
-    grpo = _advantages("grpo", True, KEYS, REWARDS, mode=False)
-    assert grpo == pytest.approx([-0.7071, -0.7071, 0.7071], abs=1e-4)
-    assert _advantages("embedkit_grpo", True, KEYS, REWARDS, mode=True) == pytest.approx(grpo, abs=1e-6)
-    # under verl's own trainer mode a registered estimator sees three outputs, not two sessions
-    assert _advantages("embedkit_grpo", True, KEYS, REWARDS, mode=False) == pytest.approx([-0.5774, -0.5774, 1.1547],
-                                                                                           abs=1e-4)  # fmt: skip
+@pytest.mark.parametrize(("name", "mode", "expected"), [
+    ("embedkit_grpo", "embedkit_sync", [-0.7071, -0.7071, 0.7071]),
+    ("grpo", "sync", [-0.7071, -0.7071, 0.7071]),
+    ("embedkit_grpo", "sync", [-0.5774, -0.5774, 1.1547]),  # verl's own mode: three outputs, not two sessions
+    ("embedkit_drgrpo", "embedkit_sync", [-0.5, -0.5, 0.5]),  # sessions 0 and 1, mean 0.5, no std division
+])  # fmt: skip
+def test_v1_trainers_own_advantage_step_groups_sessions(model_dir, monkeypatch, name, mode, expected):
+    """The trainer as verl's main_ppo builds it (`get_trainer_cls(mode)(config)`) runs verl's own
+    `_compute_advantage` over queued agent-loop outputs (TransferQueue's kv calls on the in-memory stand-in of
+    tests/test_rl_verl_rose.py: the real queue needs Ray actors). Outputs are queued in an order that is not the
+    sessions'; docs/rl.md's example: session 0 has two outputs with reward 0, session 1 one with reward 1."""
+    import transfer_queue
+    from transfer_queue import KVBatchMeta
+    from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
+    from tests.test_rl_verl_rose import InMemoryQueue
 
-def test_v1_embedkit_drgrpo_equals_grpo_without_std_per_session():
-    keys, rewards = ["p0_0_0", "p0_0_1", "p0_1_0", "p0_2_0", "p0_2_1", "p0_2_2"], [0.0, 0.0, 1.0, 0.5, 0.5, 0.5]
-    theirs = _advantages("grpo", False, keys, rewards, mode=False)
-    ours = _advantages("embedkit_drgrpo", True, keys, rewards, mode=True)  # Dr.GRPO ignores the std flag
-    assert ours == pytest.approx(theirs, abs=1e-6)
-    assert ours == pytest.approx([-0.5, -0.5, 0.5, 0.0, 0.0, 0.0], abs=1e-6)  # sessions 0, 1, 0.5 → mean 0.5
+    queue = InMemoryQueue()
+    monkeypatch.setattr(transfer_queue, "kv_batch_get", queue.kv_batch_get)
+    monkeypatch.setattr(transfer_queue, "kv_batch_put", queue.kv_batch_put)
+    rows = []
+    for key, reward in zip(KEYS, REWARDS, strict=True):
+        out = AgentLoopOutput(prompt_ids=[1, 2], response_ids=[5, 6, 7], response_mask=[1, 1, 1], reward_score=reward,
+                              metrics={})  # fmt: skip
+        row = out.as_dict()
+        row.update({"uid": "p0", "session_id": int(key.split("_")[1]), "global_steps": 1,
+                    "rm_scores": torch.tensor([0.0, 0.0, reward])})  # fmt: skip
+        rows.append(row)
+    queue.put_rows(KEYS, rows)
+    config = compose_verl_config([f"actor_rollout_ref.model.path={model_dir}", *BASE, f"algorithm.adv_estimator={name}",
+                                  f"trainer.v1.trainer_mode={mode}"])  # fmt: skip
+    trainer = get_trainer_cls(mode)(config)
+    order = [2, 0, 1]
+    trainer._compute_advantage(KVBatchMeta(keys=[KEYS[i] for i in order], tags=[{}] * 3, partition_id="train"), {})
+    got = [queue.rows[("train", key)]["advantages"][0].item() for key in KEYS]
+    assert got == pytest.approx(expected, abs=1e-4)
 
 
 # ---- the launcher ---------------------------------------------------------------------------------------------
