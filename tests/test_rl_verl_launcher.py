@@ -113,6 +113,8 @@ def test_v1_trainers_own_advantage_step_groups_sessions(model_dir, monkeypatch, 
     config = compose_verl_config([f"actor_rollout_ref.model.path={model_dir}", *BASE, f"algorithm.adv_estimator={name}",
                                   f"trainer.v1.trainer_mode={mode}"])  # fmt: skip
     trainer = get_trainer_cls(mode)(config)
+    # verl's sync behaviour (replay buffer, refill, per-mode settings) goes by the name of the mode extended
+    assert trainer.trainer_mode == "sync" and type(trainer.replay_buffer).__name__ == "ReplayBuffer"
     order = [2, 0, 1]
     trainer._compute_advantage(KVBatchMeta(keys=[KEYS[i] for i in order], tags=[{}] * 3, partition_id="train"), {})
     got = [queue.rows[("train", key)]["advantages"][0].item() for key in KEYS]

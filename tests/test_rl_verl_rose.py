@@ -343,7 +343,7 @@ def test_v1_trainer_reads_the_trees_from_the_outputs_as_verl_stores_them(greedy_
     stored = list_of_dict_to_tensordict(fields)
     assert tree_rows(stored_extra_fields(stored)) == rows
     assert get_trainer_cls(ROSE_NAME) is RoseTrainer and issubclass(RoseTrainer, PPOTrainerSync)
-    assert RoseTrainer.trainer_mode.fget(None) == "sync"  # verl's sync replay buffer and refill, by name
+    assert RoseTrainer.trainer_mode == "sync"  # verl's sync replay buffer and refill, by name
     assert core_algos.get_adv_estimator_fn(ROSE_NAME) is not None
     assert verl_agent_loop._agent_loop_registry[ROSE_NAME]["_target_"] == "agents.rl.verl.rose.RoseAgentLoop"
 

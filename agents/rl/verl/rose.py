@@ -60,6 +60,7 @@ from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from agents.rl.rose import choose_branch, segment_advantages, semantic_entropy_from_top
+from agents.rl.verl.trainer import VerlModeName
 from embedkit.config import validate_config
 from embedkit.errors import DataFormatError, EmbedkitError
 
@@ -354,14 +355,7 @@ def _embedkit_session_keys() -> Sequence[str] | None:
 class RoseTrainer(PPOTrainerSync):
     """verl's sync trainer that hands each batch's rollout trees to the `embedkit_rose` estimator."""
 
-    # verl picks the replay buffer and the dataloader refill by the mode's name: this is the sync trainer
-    @property
-    def trainer_mode(self) -> str:
-        return "sync"
-
-    @trainer_mode.setter
-    def trainer_mode(self, value: str) -> None:
-        pass
+    trainer_mode = VerlModeName("sync")
 
     def __init__(self, config: Any) -> None:
         register_rose()  # the estimator must live in this process (verl's TaskRunner)

@@ -34,6 +34,24 @@ def _is_distillation(config: Any) -> bool:
     return bool(is_distillation_enabled(config.get("distillation")))
 
 
+class VerlModeName:
+    """A trainer's `trainer_mode` as verl reads it: the name of the verl mode the class extends.
+
+    verl picks the replay buffer, the dataloader refill and the per-mode settings
+    (`trainer.v1.<mode>.parameter_sync_step`, ...) by comparing this name with its own ("sync", ...); a
+    registered name such as `embedkit_sync` would make a sync trainer behave as an async one.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __get__(self, trainer: Any, owner: type | None = None) -> str:
+        return self.mode
+
+    def __set__(self, trainer: Any, value: str) -> None:
+        pass  # verl's __init__ assigns the configured (registered) name
+
+
 class EmbedkitTrainerMixin:
     """The two changes above, on top of one of verl's trainer classes."""
 
@@ -71,7 +89,8 @@ def register_trainer_modes() -> list[str]:
             continue
         name = PREFIX + mode
         if name not in TRAINER_REGISTRY:
-            subclass = type(f"Embedkit{cls.__name__}", (EmbedkitTrainerMixin, cls), {"__module__": __name__})
+            subclass = type(f"Embedkit{cls.__name__}", (EmbedkitTrainerMixin, cls),
+                            {"__module__": __name__, "trainer_mode": VerlModeName(mode)})
             globals()[subclass.__name__] = subclass  # Ray pickles the class by reference: module attribute
             register_trainer(name)(subclass)
         names.append(name)
