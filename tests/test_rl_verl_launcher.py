@@ -129,6 +129,16 @@ def launcher_env(monkeypatch):
         monkeypatch.setenv(key, os.environ.get(key, ""))
 
 
+def test_launcher_checks_the_rose_loop_settings_before_ray(launcher_env, model_dir, capsys, tmp_path):
+    loops = tmp_path / "loops.yaml"
+    loops.write_text("- name: embedkit_rose\n  _target_: agents.rl.verl.rose.RoseAgentLoop\n  epsilon: 2.0\n")
+    code = launcher.main([f"actor_rollout_ref.model.path={model_dir}", *BASE, "algorithm.adv_estimator=embedkit_rose",
+                          "trainer.v1.trainer_mode=embedkit_rose",
+                          f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and str(loops) in err and "epsilon" in err and "no GPU" not in err, err
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["+actor_rollout_ref.embedkit.tre.kind=tre_k"], "set trainer.v1.trainer_mode=embedkit_sync"),
     (["+actor_rollout_ref.embedkit.mgs.seed=0", "trainer.v1.trainer_mode=embedkit_nope"], "does not); set"),

@@ -101,6 +101,10 @@ def preflight(config: Any) -> None:
     settings = actor_settings(config.actor_rollout_ref)
     check_supported(config.actor_rollout_ref, settings, distillation=_is_distillation(config))
     mode = str(config.trainer.get("v1", {}).get("trainer_mode", "sync"))
+    from agents.rl.verl.rose import ROSE_NAME, check_rose_config
+
+    if mode == ROSE_NAME:
+        check_rose_config(config)  # the trainer checks it too, but only once Ray and the TaskRunner are up
     if settings.active and not (config.trainer.use_v1 and _selects_embedkit_worker(mode)):
         raise EmbedkitError(f"actor_rollout_ref.embedkit (TRE/MGS) runs in embedkit's actor worker, which the v1 "
                             f"trainer modes {', '.join(TRAINER_MODES)} select (trainer.v1.trainer_mode={mode} does "
