@@ -118,15 +118,18 @@ def test_writers_without_permission_exit_2_readers_read_on(index):
         if lock_exists:
             (parent / ".idx.lock").touch()
         parent.chmod(0o555)
+        if lock_exists:
+            index.chmod(0o555)  # a dense update writes its new files inside the folder (segments), not beside it
         try:
             command = [*prefix, sys.executable, "-m", "embedkit"]
             run = subprocess.run([*command, "index", "remove", str(index), "--id", "d1"], capture_output=True,
                                  text=True, env=_env(), timeout=300, cwd=ROOT)  # fmt: skip
-            assert_user_error(run, f"cannot write {index}", f"no permission to write in {parent}")
+            assert_user_error(run, f"cannot write {index}", f"no permission to write in {index if lock_exists else parent}")
             run = subprocess.run([*command, "index", "verify", str(index)], capture_output=True, text=True,
                                  env=_env(), timeout=300, cwd=ROOT)  # fmt: skip
             assert run.returncode == 0, run.stderr
         finally:
+            index.chmod(0o755)
             parent.chmod(0o755)
         assert (parent / "idx.old-1-0123abcd").is_dir()  # nothing could be swept
 

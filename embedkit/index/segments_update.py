@@ -363,21 +363,45 @@ def segmented_update(folder: Path, manifest: DenseManifest, report: UpdateReport
                      ) -> Iterator[SegmentedUpdate]:
     """An update committed on leaving the block (then the merge policy runs); discarded on an exception.
     The caller holds the folder's lock."""
-    collect_garbage(folder, manifest)
-    crash_point("collected")
-    update = SegmentedUpdate(folder, manifest, report)
-    update.source_name = source
+    with write_errors(folder, "nothing was changed"):
+        collect_garbage(folder, manifest)
+        crash_point("collected")
+        update = SegmentedUpdate(folder, manifest, report)
+        update.source_name = source
+        try:
+            yield update
+            entry = HistoryEntry(action=report.action, documents=report.added + report.replaced or report.removed,
+                                 source=source, added=report.added, replaced=report.replaced,
+                                 removed=report.removed, missing=len(report.missing), segment=update.generation)
+            new = update.commit(entry)
+        except BaseException:
+            update.abandon()
+            raise
+        update.close()
+    with write_errors(folder, "the update was committed; its segments were not merged"):
+        apply_merge_policy(folder, new)
+
+
+@contextlib.contextmanager
+def write_errors(folder: Path, outcome: str) -> Iterator[None]:
+    """A folder we may not write, or a full disk, as an EmbedkitError naming the folder and saying `outcome`."""
+    from embedkit.io import is_disk_full
+    from embedkit.locks import NOT_WRITABLE_ERRNOS, not_writable
+
     try:
-        yield update
-        entry = HistoryEntry(action=report.action, documents=report.added + report.replaced or report.removed,
-                             source=source, added=report.added, replaced=report.replaced, removed=report.removed,
-                             missing=len(report.missing), segment=update.generation)
-        new = update.commit(entry)
-    except BaseException:
-        update.abandon()
+        yield
+    except OSError as error:
+        if error.errno in NOT_WRITABLE_ERRNOS:
+            problem = not_writable(error, folder)
+            raise EmbedkitError(f"cannot write {folder}: {problem.reason}; {outcome}") from None
+        if is_disk_full(error):
+            raise EmbedkitError(f"cannot write {folder}: no space left on the device ({error}); {outcome}") from None
         raise
-    update.close()
-    apply_merge_policy(folder, new)
+    except Exception as error:  # SQLite and FAISS report a full disk in their own exception types
+        if is_disk_full(error):
+            raise EmbedkitError(f"cannot write {folder}: no space left on the device, or it failed ({error}); "
+                                f"{outcome}") from None
+        raise
 
 
 # --- merging ------------------------------------------------------------------------------------------------
