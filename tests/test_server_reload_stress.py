@@ -130,6 +130,7 @@ def test_every_answer_during_continuous_upserts_is_one_whole_state(index_folder,
                 thread.join(timeout=120)
         assert writer.returncode == 0, err
         info = httpx.get(url + "/info", timeout=30).json()
+        health = httpx.get(url + "/health", timeout=30).json()
     finally:
         stop_server(process)
 
@@ -155,3 +156,5 @@ def test_every_answer_during_continuous_upserts_is_one_whole_state(index_folder,
     assert json.loads((index_folder / "manifest.json").read_text())["segments"]
     reused = info["reload"]["segments"]
     assert reused["kept"] + reused["refreshed"] >= info["reload"]["reloads"], info["reload"]
+    last = health["indexes"]["dense"]["segments"]  # how the last reload got its segments, as /health says
+    assert set(last) == {"kept", "refreshed", "read"} and sum(last.values()) >= 1, last
