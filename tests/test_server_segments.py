@@ -143,3 +143,22 @@ def test_kinds_with_stored_vectors_keep_their_segments(factory, encoder, tmp_pat
     assert index.segments[0] is served.segments[0]
     assert index.segments[1].faiss_index is served.segments[1].faiss_index
     assert answers(index) == answers(Index.load(folder, encoder=encoder))
+
+
+def test_memory_mapped_segments_stay_mapped(folder, encoder):
+    """`serve --mmap`: the kept segments are the same mapped FAISS indexes; only the new one is mapped anew."""
+    from embedkit.index import Index
+    from embedkit.index.lifecycle import add_documents
+    from embedkit.index.reopen import reopen_index
+
+    add_documents(folder, docs("u", 5), encoder=encoder)
+    served = Index.load(folder, encoder=encoder, mmap=True)
+    add_documents(folder, docs("v", 5, offset=4), encoder=encoder)
+    index, reuse = reopen_index(folder, served, encoder=encoder, mmap=True)
+    assert reuse is not None and reuse.as_dict() == {"kept": 2, "refreshed": 0, "read": 1}
+    assert all(new.faiss_index is old.faiss_index for new, old in zip(index.segments, served.segments, strict=False))
+    assert len(served.segments) == 2
+    assert answers(index) == answers(Index.load(folder, encoder=encoder))
+    # Opened with other options (here: read into memory), nothing is handed over.
+    _, other = reopen_index(folder, served, encoder=encoder)
+    assert other is not None and other.kept == other.refreshed == 0
