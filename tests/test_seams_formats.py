@@ -1,11 +1,12 @@
 """Issue 23: what embedkit writes for other projects opens in those projects' own readers, as their users read it.
 
-- FAISS: every `index.faiss` (Flat, HNSW, IVF, IVF-PQ and an imported plain FAISS file; as built, after
-  `embedkit index add` with an upsert, after `index remove`, after `index compact`) opens with plain
-  `faiss.read_index`. Its labels are the `row`s of `docstore.sqlite` (table `docs(row, id, …)`), so a plain FAISS
-  user finds each document by its own vector. `ntotal` is the live document count, plus the rows listed in
-  `deleted.npy` where FAISS cannot remove vectors (HNSW): those stay in the file, masked by embedkit, until
-  `index compact` rebuilds it.
+- FAISS: every FAISS file of an index folder (Flat, HNSW, IVF, IVF-PQ and an imported plain FAISS file; as
+  built, after `embedkit index add` with an upsert, after `index remove`, after `index compact`) opens with plain
+  `faiss.read_index`: `index.faiss`, or after updates each segment's file listed in `manifest.json`
+  (`segments[].faiss`, `embedkit.index.segments`). Its labels are the `row`s of its document store (table
+  `docs(row, id, …)`), so a plain FAISS user finds each document by its own vector. `ntotal` counts its stored
+  rows plus the masked rows its deletion file lists (a `.npy` of rows; deleted documents stay in the files,
+  masked by embedkit, until merged or `index compact` rebuilds them).
 - pyserini: a BM25 index built with the pyserini backend opens with pyserini's own `LuceneSearcher` on its
   `lucene/` folder and ranks as `embedkit search` does (needs Java 21+; skipped otherwise).
 - datasets: every jsonl embedkit writes for others loads with `datasets.load_dataset("json", data_files=…)`,
@@ -70,32 +71,54 @@ def joined(record: dict) -> str:
 # --- FAISS: index.faiss of every kind, through its whole life ---------------------------------------------
 
 
-def docstore_rows(folder: Path) -> dict[int, str]:
-    with sqlite3.connect(f"file:{folder / 'docstore.sqlite'}?mode=ro", uri=True) as db:
+def docstore_rows(store: Path) -> dict[int, str]:
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
         return dict(db.execute("SELECT row, id FROM docs"))
 
 
+def faiss_files(folder: Path) -> list[tuple[Path, Path, Path | None]]:
+    """(FAISS file, document store, deletion file) of each segment, as the manifest lists them."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest.get("segments"):
+        return [(folder / s["faiss"], folder / s["docstore"], folder / s["deleted"] if s["deleted"] else None)
+                for s in manifest["segments"]]
+    deleted = folder / "deleted.npy"
+    return [(folder / "index.faiss", folder / "docstore.sqlite", deleted if deleted.exists() else None)]
+
+
 def check_plain_faiss(folder: Path, encode, texts: dict[str, str], *, exact: bool) -> None:
-    """`faiss.read_index` opens the file; ntotal = live rows + masked rows; each document is found by its vector."""
+    """`faiss.read_index` opens every FAISS file; ntotal = stored + masked rows; each live document is found by
+    its vector (its best hit over the files, deleted rows skipped)."""
     import faiss
 
-    index = faiss.read_index(str(folder / "index.faiss"))
-    rows = docstore_rows(folder)
-    masked = set(np.load(folder / "deleted.npy").tolist()) if (folder / "deleted.npy").exists() else set()
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["num_docs"] == len(rows)
-    assert not masked & rows.keys(), "a masked row is still a live document"
-    assert index.ntotal == len(rows) + len(masked), (index.ntotal, len(rows), sorted(masked))
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.nprobe = ivf.nlist  # a plain user's exhaustive probe
-    live = {doc_id: text for doc_id, text in texts.items() if doc_id in rows.values()}
-    scores, labels = index.search(encode(live.values()), 5)
-    for doc_id, found in zip(live, labels, strict=True):
-        assert set(found.tolist()) - {-1} <= rows.keys() | masked, "a label that is no row of the docstore"
-        if exact:
-            hits = [rows.get(label) for label in found if label not in masked]
-            assert hits[0] == doc_id, (folder.name, doc_id, hits)
+    opened, live_ids, deleted_all = [], {}, set()
+    for faiss_path, store, deleted_path in faiss_files(folder):
+        index = faiss.read_index(str(faiss_path))
+        rows = docstore_rows(store)
+        deleted = set(np.load(deleted_path).tolist()) if deleted_path is not None else set()
+        assert index.ntotal == len(rows.keys() | deleted), (faiss_path.name, index.ntotal, len(rows), sorted(deleted))
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.nprobe = ivf.nlist  # a plain user's exhaustive probe
+        live_ids.update({row: doc_id for row, doc_id in rows.items() if row not in deleted})
+        deleted_all |= deleted
+        opened.append((index, rows, deleted))
+    assert manifest["num_docs"] == len(live_ids)
+    assert len(set(live_ids.values())) == len(live_ids), "an id live twice"
+    live = {doc_id: text for doc_id, text in texts.items() if doc_id in live_ids.values()}
+    vectors = encode(live.values())
+    best: list[list[tuple[float, str]]] = [[] for _ in live]
+    for index, rows, deleted in opened:
+        scores, labels = index.search(vectors, 5)
+        for position, (found_scores, found) in enumerate(zip(scores, labels, strict=True)):
+            assert set(found.tolist()) - {-1} <= rows.keys() | deleted, "a label that is no row of the store"
+            best[position] += [(float(score), live_ids[label]) for score, label in zip(found_scores, found, strict=True)
+                               if label in live_ids]
+    if exact:
+        for doc_id, hits in zip(live, best, strict=True):
+            top = max(score for score, _ in hits)
+            assert (top, doc_id) in hits, (folder.name, doc_id, sorted(hits, reverse=True)[:3])
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +165,14 @@ def test_every_index_faiss_opens_with_plain_faiss(factory, exact, tiny_model, en
     cli("index", "add", folder, "--corpus", new, "--quiet")  # three new documents and one replaced (f5)
     texts = texts_of(corpus, new)
     check_plain_faiss(folder, encode, texts, exact=exact)
-    if factory.startswith("HNSW"):  # FAISS cannot remove from HNSW: the replaced f5 stays, masked
-        assert (folder / "deleted.npy").exists()
+    # the replaced f5 stays in its FAISS file, masked by a deletion file
+    assert any(deleted is not None for _, _, deleted in faiss_files(folder))
 
     cli("index", "remove", folder, "--ids", lifecycle_corpora["ids"])
     check_plain_faiss(folder, encode, texts, exact=exact)
 
     cli("index", "compact", folder)
-    assert not (folder / "deleted.npy").exists()
+    assert not (folder / "deleted.npy").exists() and faiss_files(folder)[0][0].name == "index.faiss"
     check_plain_faiss(folder, encode, texts, exact=exact)
     assert faiss.read_index(str(folder / "index.faiss")).ntotal == 40 + 3 - 2
 
