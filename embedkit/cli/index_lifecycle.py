@@ -41,9 +41,11 @@ TUNE_EXAMPLES = """\
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     add = add_command(subparsers, "add", run_add, help="insert or replace (upsert) documents in an index",
-                      description="Encode documents with the index's own encoder (recorded in manifest.json) and\n"
-                                  "insert them; a document whose id is already in the index replaces it.\n"
-                                  "The index is updated in a copy and swapped in when complete.",
+                      description="Insert documents; a document whose id is already in the index replaces it.\n"
+                                  "Dense: encoded with the index's own encoder (recorded in manifest.json) into a\n"
+                                  "new segment; replaced rows go to small deletion files. BM25 (pyserini or bm25s):\n"
+                                  "analysed as at build time into a new segment. Either way the update commits\n"
+                                  "atomically when complete (docs/index-updates.md, docs/bm25-updates.md).",
                       examples=ADD_EXAMPLES)
     add.add_argument("index", help="index folder")
     add_corpus_arguments(add)
@@ -51,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_quiet_argument(add)
 
     remove = add_command(subparsers, "remove", run_remove, help="delete documents from an index by id",
-                         description="Delete documents by id. FAISS kinds that cannot remove vectors (HNSW) mask\n"
-                                     "them at search time until `embedkit index compact`.",
+                         description="Delete documents by id: a small deletion file per segment touched masks their rows\n"
+                                     "at search time until a merge (the merge policy, or `embedkit index compact`)\n"
+                                     "drops them.",
                          examples=REMOVE_EXAMPLES)
     remove.add_argument("index", help="index folder")
     remove.add_argument("--ids", help="file with one document id per line")

@@ -30,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Serve a dense and/or a BM25 index over HTTP. POST /retrieve is wire-compatible with Search-R1's\n"
             "retrieval server, so agent training loops (Search-R1, verl's search tool) can use it unchanged.\n"
             "Concurrent requests are micro-batched into one encoder call, and a request of any size (Search-R1\n"
-            "sends 2,560 queries at once) is split into encoder batches. When `embedkit index add/remove` swaps\n"
-            "the folder, the server loads the new state in the background and switches between requests.\n"
+            "sends 2,560 queries at once) is split into encoder batches. When `embedkit index add/remove` commits\n"
+            "an update, the server loads the new state in the background (a dense index reads only the segments\n"
+            "and deletion files that changed) and switches between requests.\n"
             "Binds 127.0.0.1 unless --host says otherwise; set --api-key or $EMBEDKIT_API_KEY to require\n"
             "'Authorization: Bearer <key>'."
         ),
