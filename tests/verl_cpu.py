@@ -126,20 +126,30 @@ def use_cpu_platform() -> None:
 
 @contextmanager
 def cpu_platform():
-    """`use_cpu_platform()` for a block; verl's platform and the two variables are put back after it."""
+    """`use_cpu_platform()` for a block; verl's platform and the variables are put back after it, and a process
+    group `init_gloo()` made inside it is destroyed (else its MASTER_PORT, still bound by this process, reaches
+    every `torchrun`/accelerate command a later test starts)."""
+    import torch.distributed as dist
     from verl.plugin.platform import platform_manager
 
-    saved = platform_manager._current_platform, {k: os.environ.get(k) for k in ("VERL_PLATFORM", "VERL_ENGINE_DEVICE")}
+    saved = platform_manager._current_platform, {k: os.environ.get(k) for k in ("VERL_PLATFORM", "VERL_ENGINE_DEVICE",
+                                                                               *DIST_VARIABLES)}  # fmt: skip
+    had_group = dist.is_initialized()
     use_cpu_platform()
     try:
         yield
     finally:
+        if dist.is_initialized() and not had_group:
+            dist.destroy_process_group()
         platform_manager._current_platform = saved[0]
         for key, value in saved[1].items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+DIST_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 def init_gloo() -> None:
