@@ -87,3 +87,10 @@ def minilm_onnx_encoder(onnx_cache):
     from embedkit.encoding import Encoder, EncoderConfig
 
     return Encoder(EncoderConfig(model=MINILM, batch_size=32, backend="onnx"))
+
+
+@pytest.fixture(autouse=True)
+def no_server_key(monkeypatch):
+    """Every test starts with no $EMBEDKIT_API_KEY (a server built in process reads it): a test that wants a key
+    sets it itself, and a key left behind by an earlier test in the same xdist worker cannot turn on auth."""
+    monkeypatch.delenv("EMBEDKIT_API_KEY", raising=False)
