@@ -34,7 +34,7 @@ import numpy as np
 from embedkit.index.base import Index
 from embedkit.index.dense import DenseIndex
 from embedkit.index.docstore import DOCSTORE_NAME
-from embedkit.index.manifest import DELETED_NAME, FAISS_NAME, DenseManifest, IndexManifest, SegmentRecord
+from embedkit.index.manifest import DELETED_NAME, FAISS_NAME, DenseManifest, SegmentRecord
 from embedkit.index.segments import SegmentReader
 
 
@@ -67,23 +67,15 @@ class _Loaded:
 def reopen_index(path: str | Path, previous: Index | None, **options: Any) -> tuple[Index, SegmentReuse | None]:
     """Open `path` like `Index.load(path, **options)`, reusing what `previous` (an earlier state of the same
     folder, opened with the same options) holds for unchanged segments; see the module docstring."""
-    from embedkit.index.consistent import read_consistent
-    from embedkit.index.kinds import INDEX_KINDS, parse_options
+    from embedkit.index.kinds import open_index
 
-    path = Path(path)
+    reuse: list[SegmentReuse | None] = [None]  # of the attempt that succeeded (a read retried on a swap redoes it)
 
-    def read() -> tuple[Index, SegmentReuse | None]:
-        # The steps of `embedkit.index.kinds.open_index`, with the segments handed over before the files open.
-        manifest = IndexManifest.load(path)
-        kind = INDEX_KINDS.get(manifest.kind)
-        parsed = parse_options(kind.open_options, options, f"options for a {kind.name} index ({path})")
-        kind.check(path, manifest)
-        index = kind.open(path, manifest, parsed)
-        reuse = keep_unchanged_segments(index, previous)
-        index.open_files()
-        return index, reuse
+    def hand_over(index: Index) -> None:
+        reuse[0] = keep_unchanged_segments(index, previous)
 
-    return read_consistent(path, read)
+    index = open_index(path, prepare=hand_over, **options)
+    return index, reuse[0]
 
 
 def keep_unchanged_segments(index: Index, previous: Index | None) -> SegmentReuse | None:
