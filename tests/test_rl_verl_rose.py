@@ -388,6 +388,20 @@ class InMemoryQueue:
         return data
 
 
+def assert_stored_tree_advantages(queue, keys, rows, responses, rewards) -> None:
+    """The advantages verl stored for each output equal agents.rl.rose's tree advantage of its tree."""
+    for tree in dict.fromkeys(r.tree for r in rows):
+        members = sorted((i for i, r in enumerate(rows) if r.tree == tree), key=lambda i: rows[i].node)
+        expected = segment_advantages(
+            rewards=[rewards[i] for i in members], group_ids=[0] * len(members),
+            parents=[rows[i].parent if rows[i].parent >= 0 else None for i in members],
+            branch_positions=[rows[i].branch_pos for i in members], lengths=[len(responses[i]) for i in members],
+            width=RESPONSE_LENGTH)  # fmt: skip
+        for r, i in enumerate(members):
+            got = queue.rows[("train", keys[i])]["advantages"]
+            assert got.tolist() == pytest.approx(expected[r, : len(responses[i])].tolist(), abs=1e-6)
+
+
 @pytest.mark.parametrize("mode", [ROSE_NAME, "embedkit_sync"])
 def test_rose_trainer_mode_runs_verls_advantage_step_with_the_trees(mode, greedy_tree, verl_config, monkeypatch):
     """A trainer mode as verl's main_ppo builds it (`get_trainer_cls(...)(config)`) runs verl's own
@@ -427,16 +441,7 @@ def test_rose_trainer_mode_runs_verls_advantage_step_with_the_trees(mode, greedy
     order = [3, 6, 0, 7, 1, 5, 2, 4]
     batch = KVBatchMeta(keys=[keys[i] for i in order], tags=[{}] * len(order), partition_id="train")
     trainer._compute_advantage(batch, metrics={})
-    for tree in dict.fromkeys(r.tree for r in rows):
-        members = sorted((i for i, r in enumerate(rows) if r.tree == tree), key=lambda i: rows[i].node)
-        expected = segment_advantages(
-            rewards=[float(sum(responses[i]) % 3 == 0) for i in members], group_ids=[0] * len(members),
-            parents=[rows[i].parent if rows[i].parent >= 0 else None for i in members],
-            branch_positions=[rows[i].branch_pos for i in members], lengths=[len(responses[i]) for i in members],
-            width=RESPONSE_LENGTH)  # fmt: skip
-        for r, i in enumerate(members):
-            got = queue.rows[("train", keys[i])]["advantages"]
-            assert got.tolist() == pytest.approx(expected[r, : len(responses[i])].tolist(), abs=1e-6)
+    assert_stored_tree_advantages(queue, keys, rows, responses, [float(sum(r) % 3 == 0) for r in responses])
 
 
 def test_v1_rollout_to_advantage_through_verls_tq_worker_and_rose_trainer(verl_config, tmp_path, monkeypatch):
@@ -482,16 +487,7 @@ def test_v1_rollout_to_advantage_through_verls_tq_worker_and_rose_trainer(verl_c
     trainer = get_trainer_cls(ROSE_NAME)(config)
     order = list(reversed(keys))
     trainer._compute_advantage(KVBatchMeta(keys=order, tags=[{}] * len(order), partition_id="train"), metrics={})
-    for tree in dict.fromkeys(r.tree for r in rows):
-        members = sorted((i for i, r in enumerate(rows) if r.tree == tree), key=lambda i: rows[i].node)
-        expected = segment_advantages(
-            rewards=[rewards[i] for i in members], group_ids=[0] * len(members),
-            parents=[rows[i].parent if rows[i].parent >= 0 else None for i in members],
-            branch_positions=[rows[i].branch_pos for i in members], lengths=[len(responses[i]) for i in members],
-            width=RESPONSE_LENGTH)  # fmt: skip
-        for r, i in enumerate(members):
-            got = queue.rows[("train", keys[i])]["advantages"]
-            assert got.tolist() == pytest.approx(expected[r, : len(responses[i])].tolist(), abs=1e-6)
+    assert_stored_tree_advantages(queue, keys, rows, responses, rewards)
 
 
 def test_rose_trainer_checks_the_agent_loop_settings_before_any_worker(verl_config, tmp_path):
