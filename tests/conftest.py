@@ -91,6 +91,8 @@ def minilm_onnx_encoder(onnx_cache):
 
 @pytest.fixture(autouse=True)
 def no_server_key(monkeypatch):
-    """Every test starts with no $EMBEDKIT_API_KEY (a server built in process reads it): a test that wants a key
-    sets it itself, and a key left behind by an earlier test in the same xdist worker cannot turn on auth."""
+    """Every test starts with no $EMBEDKIT_API_KEY, whatever the shell that ran `make test` exports: a server
+    built in process reads it and would turn on auth for tests that send no key. A test that wants a key sets it
+    with monkeypatch (which restores it; see tests/test_rl_verl_search_tool.py's `rlhf_dataset` for the one way
+    a set variable did outlive its test)."""
     monkeypatch.delenv("EMBEDKIT_API_KEY", raising=False)

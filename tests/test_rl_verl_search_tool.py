@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,22 @@ def served(tmp_path_factory, minilm_encoder):
     service = RetrievalService(config, {"dense": Index.load(index, encoder=minilm_encoder)})
     with running_server(create_app(config, service), lifespan="on") as url:
         yield url
+
+
+def rlhf_dataset(path: Path, tokenizer, data_config, cache: Path):
+    """verl's `RLHFDataset` over `path`, its overlong-prompt filter run in this process.
+
+    With `filter_overlong_prompts_workers` >= 1, `datasets` (4.1 on) filters in a worker pool and replaces
+    `os.environ` with a deep copy taken when the filter started (`arrow_dataset.py`: `os.environ = prev_env`);
+    monkeypatch's undo then edits the old mapping, so every variable a test had set stays in the new one for the
+    rest of the session ($EMBEDKIT_API_KEY and $EMBEDKIT_SEARCH_URL leaked that way)."""
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    data_config.update(cache_dir=str(cache), filter_overlong_prompts_workers=None)
+    environ = os.environ
+    dataset = RLHFDataset(str(path), tokenizer, data_config)
+    assert os.environ is environ, "the dataset replaced os.environ: the test's variables would outlive it"
+    return dataset
 
 
 @pytest.fixture
@@ -372,8 +389,7 @@ def test_verls_tool_agent_loop_runs_a_search_session(served, keyed, monkeypatch,
     monkeypatch.setenv("EMBEDKIT_SEARCH_URL", served)
     monkeypatch.chdir(ROOT)  # the shipped config names the tool config relative to the repo root
     data_config = OmegaConf.create(OmegaConf.to_container(verl_config.data, resolve=True))
-    data_config.update(cache_dir=str(verl_data / "cache"), filter_overlong_prompts_workers=1)
-    dataset = RLHFDataset(str(verl_data / "train.parquet"), chat_tokenizer, data_config)
+    dataset = rlhf_dataset(verl_data / "train.parquet", chat_tokenizer, data_config, verl_data / "cache")
     assert len(dataset) == 30 and dataset.tool_schemas[0]["function"]["name"] == "search"
     row = dataset[0]
     assert row["agent_name"] == "tool_agent" and row["tools_kwargs"]["search"]["create_kwargs"]["question"]
@@ -442,8 +458,7 @@ def run_search_r1_session(verl_config, data_folder, tokenizer, replies: list[str
     for entry in entries:
         _agent_loop_registry[entry.name] = entry
     data_config = OmegaConf.create(OmegaConf.to_container(verl_config.data, resolve=True))
-    data_config.update(cache_dir=str(data_folder / "cache"), filter_overlong_prompts_workers=1)
-    row = RLHFDataset(str(data_folder / "train.parquet"), tokenizer, data_config)[0]
+    row = rlhf_dataset(data_folder / "train.parquet", tokenizer, data_config, data_folder / "cache")[0]
     assert row["agent_name"] == "search_r1_agent"
     server = ScriptedServer(tokenizer, replies)
 
