@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TEXTS = [["alpha", "beta"], ["gamma", "alpha"], ["delta"], ["sigma", "omega", "alpha"], ["beta", "beta"]]
 NEW = [{"_id": "n1", "title": "", "text": "omega omega alpha"}, {"_id": "d2", "title": "", "text": "beta gamma"}]
 # Steps before the new folder is complete roll back; from its rename to NAME.new-* on, it rolls forward.
-ROLLED_BACK = {"bm25-linked", "bm25-backend-written", "bm25-compacted", "filled", "synced"}
-CASES = [(step, "compact" if step == "bm25-compacted" else "add") for step in (*UPDATE_STEPS, *SWAP_STEPS)]
+ROLLED_BACK = {*UPDATE_STEPS, "filled", "synced"}
+COMPACT_STEPS = {"bm25-compact-store-written", "bm25-compacted"}
+CASES = [(step, "compact" if step in COMPACT_STEPS else "add") for step in (*UPDATE_STEPS, *SWAP_STEPS)]
 # The swap is the same code for both backends (bm25s runs every step); Lucene runs its own steps and the one
 # where the outcome may go either way.
 LUCENE_STEPS = {*UPDATE_STEPS, "committed"}
@@ -86,4 +87,5 @@ def test_update_killed_at_every_step_leaves_old_or_new(reference, step, action, 
     verify_index(index)
     remove_documents(index, ["d0"])  # the next writer works, and sweeps what the killed one left
     assert leftovers(index) == []
+    assert not [p for p in index.iterdir() if ".tmp-" in p.name]  # no half-written document store
     verify_index(index)

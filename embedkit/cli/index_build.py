@@ -186,7 +186,7 @@ def _bm25_options(args: argparse.Namespace):
 
 def show_info(args: argparse.Namespace) -> int:
     from embedkit.index.kinds import INDEX_KINDS
-    from embedkit.index.manifest import DenseManifest, IndexManifest
+    from embedkit.index.manifest import BM25Manifest, DenseManifest, IndexManifest
 
     manifest = IndexManifest.load(args.index)
     INDEX_KINDS.get(manifest.kind).check(Path(args.index), manifest)
@@ -195,6 +195,10 @@ def show_info(args: argparse.Namespace) -> int:
         from embedkit.index.segments import segment_status
 
         data["status"] = segment_status(Path(args.index), manifest)
+    elif isinstance(manifest, BM25Manifest):  # document-store parts, their sizes and deleted fractions
+        from embedkit.lexical.index import docstore_status
+
+        data["status"] = docstore_status(Path(args.index), manifest)
     print(json.dumps(data, indent=2))
     return 0
 

@@ -48,7 +48,7 @@ from embedkit.errors import DataFormatError, IndexFormatError
 from embedkit.index.docstore import DOCSTORE_NAME
 from embedkit.index.members import FolderScan, check_member_name, scan_folder
 from embedkit.io import atomic_write
-from embedkit.lexical.segments import BM25Segment
+from embedkit.lexical.segments import BM25Segment, DocstorePart
 from embedkit.lexical.settings import BM25Settings
 
 MANIFEST_NAME = "manifest.json"
@@ -470,6 +470,31 @@ class BM25Manifest(IndexManifest):
     backend_info: BM25BackendInfo = Field(default_factory=BM25BackendInfo)
     segments: list[BM25Segment] = Field(default_factory=list, description="segments, oldest first (empty: one, "
                                         "written before updates recorded them)")
+    docstore_parts: list[DocstorePart] = Field(default_factory=list, description="document-store parts in row "
+                                               "order (empty: the one part docstore.sqlite, as built or compacted)")
+    generation: int = Field(0, ge=0, description="updates that wrote parts so far; names new files, never reused")
+
+    @model_validator(mode="after")
+    def _parts_consistent(self) -> BM25Manifest:
+        stop = 0
+        for part in self.docstore_parts:
+            if part.row_start < stop or part.id > self.generation:
+                raise ValueError(f"docstore_parts: part {part.id} overlaps the rows of the part before it or is "
+                                 f"newer than generation {self.generation}")
+            stop = part.row_stop
+        if self.docstore_parts and sum(part.num_docs for part in self.docstore_parts) != self.num_docs:
+            raise ValueError(f"docstore_parts hold {sum(p.num_docs for p in self.docstore_parts)} live documents, "
+                             f"num_docs says {self.num_docs}")
+        return self
+
+    def required_files(self, folder: Path) -> set[str]:
+        if self.docstore_parts:
+            return {name for part in self.docstore_parts for name in part.files()}
+        return super().required_files(folder)
+
+    def _unsaved_fields(self) -> set[str]:
+        # A folder without parts is saved as before parts existed (older embedkit reads it).
+        return {name for name in ("docstore_parts", "generation") if not getattr(self, name)}
 
     @classmethod
     def load(cls, folder: str | Path) -> BM25Manifest:

@@ -1,5 +1,8 @@
 """`deleted.npy`: rows still inside a FAISS index but deleted (kinds that cannot remove vectors, e.g. HNSW),
-masked at search time until `embedkit index compact`. Read here, and only here, with every check."""
+masked at search time until `embedkit index compact`. Read here, and only here, with every check.
+
+The deletion files of dense segments and of BM25 document-store parts (`seg-000000.del-000005.npy`) have the
+same format: `save_deleted_rows` writes them, `load_deleted_rows` reads them."""
 
 from __future__ import annotations
 
@@ -38,3 +41,9 @@ def load_deleted_rows(path: Path, next_row: int | None = None) -> np.ndarray:
     if len(np.unique(rows)) != len(rows):
         raise damaged("lists a row twice")
     return rows
+
+
+def save_deleted_rows(path: Path, rows: np.ndarray) -> None:
+    """Write sorted int64 `rows` as a deletion file (`load_deleted_rows` reads it back; no pickle)."""
+    with open(path, "wb") as handle:
+        np.save(handle, np.asarray(rows, dtype=np.int64), allow_pickle=False)

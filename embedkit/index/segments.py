@@ -42,8 +42,7 @@ Design note — the layout (manifest `format_version` 3, `DenseManifest.segments
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -51,9 +50,9 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from embedkit.data.corpus import Document
 from embedkit.errors import IndexFormatError
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
+from embedkit.index.docstore_parts import SegmentedDocStore  # noqa: F401 - read through this module too
 from embedkit.index.faiss_ops import read_faiss_file, reconstruct_rows
 from embedkit.index.manifest import DELETED_NAME, FAISS_NAME, DenseManifest, SegmentRecord
 from embedkit.index.masked import load_deleted_rows
@@ -180,88 +179,6 @@ class SegmentReader:
     def close(self) -> None:
         if "docstore" in self.__dict__:
             self.docstore.close()
-
-
-class SegmentedDocStore(DocStore):
-    """The live documents of several segments, read like one `DocStore` (deleted rows are invisible; read-only:
-    updates write new segments, `embedkit.index.segments_update`)."""
-
-    def __init__(self, segments: Sequence[SegmentReader]) -> None:  # no database of its own: no super().__init__
-        self.segments = list(segments)
-        self._starts = [segment.record.row_start for segment in self.segments]
-        self.path = self.segments[0].folder if self.segments else Path(".")
-
-    def _segment_of(self, row: int) -> SegmentReader | None:
-        position = bisect.bisect_right(self._starts, row) - 1
-        if position < 0:
-            return None
-        segment = self.segments[position]
-        return segment if row < segment.record.row_stop else None
-
-    def _by_segment(self, rows: Iterable[int]) -> dict[int, list[int]]:
-        grouped: dict[int, list[int]] = {}
-        for row in rows:
-            segment = self._segment_of(int(row))
-            if segment is not None and int(row) not in segment.deleted_set:
-                grouped.setdefault(self.segments.index(segment), []).append(int(row))
-        return grouped
-
-    def __len__(self) -> int:
-        return sum(segment.record.num_docs for segment in self.segments)
-
-    def close(self) -> None:
-        for segment in self.segments:
-            segment.close()
-
-    def add(self, rows: Sequence[int], documents: Sequence[Document]) -> None:
-        raise TypeError("the documents of a segmented index are written as a new segment, not added to a view")
-
-    def delete_rows(self, rows: Iterable[int]) -> None:
-        raise TypeError("deletions of a segmented index are written as deletion files, not to a view")
-
-    def next_row(self) -> int:
-        return self.segments[-1].record.row_stop if self.segments else 0
-
-    def check_contents(self, next_row: int | None = None) -> None:
-        for segment in self.segments:
-            segment.docstore.check_contents(next_row)
-
-    def by_rows(self, rows: Iterable[int]) -> dict[int, Document]:
-        found: dict[int, Document] = {}
-        for position, part in self._by_segment(row for row in rows if row >= 0).items():
-            found.update(self.segments[position].docstore.by_rows(part))
-        return found
-
-    def row_of(self, doc_ids: Iterable[str]) -> dict[str, int]:
-        ids = list(doc_ids)
-        found: dict[str, int] = {}
-        for segment in self.segments:
-            for doc_id, row in segment.docstore.row_of(ids).items():
-                if row not in segment.deleted_set:
-                    found[doc_id] = row
-        return found
-
-    def get(self, doc_id: str) -> Document | None:
-        row = self.row_of([doc_id]).get(doc_id)
-        return None if row is None else self.by_rows([row]).get(row)
-
-    def present_rows(self, rows: Iterable[int]) -> list[int]:
-        return sorted(row for position, part in self._by_segment(rows).items()
-                      for row in self.segments[position].docstore.present_rows(part))
-
-    def ids_by_row(self) -> dict[int, str]:
-        ids: dict[int, str] = {}
-        for segment in self.segments:
-            deleted = segment.deleted_set
-            ids.update((row, doc_id) for row, doc_id in segment.docstore.ids_by_row().items() if row not in deleted)
-        return ids
-
-    def iter_documents(self) -> Iterator[tuple[int, Document]]:
-        for segment in self.segments:
-            deleted = segment.deleted_set
-            for row, doc in segment.docstore.iter_documents():
-                if row not in deleted:
-                    yield row, doc
 
 
 def merge_top_k(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,7 @@ from embedkit.index.manifest import (
     file_sha256,
     segment_file,
 )
+from embedkit.index.masked import save_deleted_rows as _save_rows
 from embedkit.index.segments import SegmentReader, retrain_due, segment_records
 from embedkit.io import crash_point, fsync_folder
 
@@ -180,11 +181,6 @@ class NewSegment:
         for name in self.names():
             with contextlib.suppress(OSError):
                 (self.folder / name).unlink()
-
-
-def _save_rows(path: Path, rows: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.save(handle, rows)
 
 
 class SegmentedUpdate:

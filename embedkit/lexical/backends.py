@@ -17,6 +17,7 @@ from embedkit.registry import Registry
 
 if TYPE_CHECKING:  # annotations only: `embedkit --help` lists BACKENDS without importing pydantic models
     from embedkit.data.corpus import Document
+    from embedkit.index.docstore import DocStore
     from embedkit.lexical.segments import BM25Segment
     from embedkit.lexical.settings import BM25Settings
 
@@ -67,6 +68,7 @@ class LexicalSearcher(ABC):
 class LexicalBackend(ABC):
     name: ClassVar[str]
     folder: ClassVar[str]  # subfolder of the index folder holding the backend's files
+    renumbers_rows: ClassVar[bool] = False  # whether `compact` numbers the live documents 0, 1, … anew
 
     @abstractmethod
     def builder(self, folder: Path, settings: BM25Settings) -> LexicalBuilder: ...
@@ -83,9 +85,10 @@ class LexicalBackend(ABC):
 
     @abstractmethod
     def compact(self, root: Path, settings: BM25Settings, segments: Sequence[BM25Segment],
-                docstore: Path) -> list[BM25Segment]:
-        """Merge the segments of the (copied) index folder `root` into one without deleted documents; the
-        backend may renumber the document store's rows at `docstore`. Returns the segments now recorded."""
+                live: DocStore) -> list[BM25Segment]:
+        """Merge the segments of the (copied) index folder `root` into one without deleted documents; `live`
+        reads the live documents by row. Returns the segments now recorded. The update then writes the document
+        store again: rows renumbered 0, 1, … in row order where `renumbers_rows`, else as they were."""
 
 
 # Lazy entries: pyserini is heavy and needs a JVM, so a backend's module is imported only when it is used.

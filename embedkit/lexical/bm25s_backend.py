@@ -13,13 +13,13 @@ an index on which every search finds nothing, and a query without an indexed ter
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from embedkit.data.corpus import Document
 from embedkit.errors import EmbedkitError, IndexFormatError
+from embedkit.index.docstore import DocStore
 from embedkit.lexical.backends import (
     LexicalBackend,
     LexicalBuilder,
@@ -215,25 +215,11 @@ class Bm25sSearcher(LexicalSearcher):
         return results
 
 
-def compact(root: Path, settings: BM25Settings, segments: Sequence[BM25Segment], docstore: Path) -> list[BM25Segment]:
-    """One segment of the live documents, rows renumbered 0, 1, … in their order, and the matrices saved again."""
-    from embedkit.index.docstore import DocStore
-
-    store = DocStore(docstore)
-    try:
-        by_row = store.ids_by_row()
-        segments = list(segments) or _converted(root, settings)
-        rows, tokens = live_tokens(root, segments, by_row)
-        renumbered = docstore.with_name(docstore.name + ".compact")
-        fresh = DocStore(renumbered, readonly=False)
-        try:
-            documents = store.by_rows(rows)
-            fresh.add(range(len(rows)), [documents[row] for row in rows])
-        finally:
-            fresh.close()
-    finally:
-        store.close()
-    os.replace(renumbered, docstore)
+def compact(root: Path, settings: BM25Settings, segments: Sequence[BM25Segment], live: DocStore) -> list[BM25Segment]:
+    """One segment of the live documents of `live` (the document store's live rows) in row order, numbered 0,
+    1, … (the update renumbers the document store alike: `Backend.renumbers_rows`), the matrices saved again."""
+    segments = list(segments) or _converted(root, settings)
+    rows, tokens = live_tokens(root, segments, live.ids_by_row())
     name = next_segment_name(segments)
     shutil.rmtree(root / SEGMENTS_DIR)
     shutil.rmtree(root / Backend.folder, ignore_errors=True)
@@ -246,6 +232,7 @@ def compact(root: Path, settings: BM25Settings, segments: Sequence[BM25Segment],
 class Backend(LexicalBackend):
     name = "bm25s"
     folder = "bm25s"
+    renumbers_rows = True  # a compacted index's documents are the store's rows 0, 1, … in order
 
     def builder(self, folder: Path, settings: BM25Settings) -> LexicalBuilder:
         return Bm25sBuilder(folder, settings)
@@ -258,5 +245,5 @@ class Backend(LexicalBackend):
         return Bm25sUpdater(root, settings, segments)
 
     def compact(self, root: Path, settings: BM25Settings, segments: Sequence[BM25Segment],
-                docstore: Path) -> list[BM25Segment]:
-        return compact(root, settings, segments, docstore)
+                live: DocStore) -> list[BM25Segment]:
+        return compact(root, settings, segments, live)

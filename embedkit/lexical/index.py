@@ -1,5 +1,8 @@
 """BM25 index folders: `manifest.json` (kind "bm25", settings), `docstore.sqlite`, and the backend's files.
 
+An updated folder keeps its document store in parts (`BM25Manifest.docstore_parts`, written by
+`embedkit.lexical.update`); opening reads them as one store of the live documents (`open_docstore`).
+
     build_bm25_index(iter_documents("corpus.jsonl"), "indexes/bm25", BM25Settings(backend="bm25s"))
     index = Index.load("indexes/bm25")          # a BM25Index
     index.search(["a query"], k=10)             # [[Hit(id, score, rank, title, text), …]]
@@ -21,8 +24,9 @@ from embedkit.defaults import DEFAULT_BATCH_SIZE
 from embedkit.errors import EmbedkitError, IndexFormatError
 from embedkit.index.base import Index, check_k
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
+from embedkit.index.docstore_parts import PartReader, SegmentedDocStore, verify_parts
 from embedkit.index.kinds import IndexKind, VerifyReport, check_document_ids, verify_folder
-from embedkit.index.manifest import MANIFEST_NAME, BM25BackendInfo, BM25Manifest, HistoryEntry
+from embedkit.index.manifest import MANIFEST_NAME, BM25BackendInfo, BM25Manifest, HistoryEntry, IndexManifest
 from embedkit.io import atomic_directory
 from embedkit.lexical.backends import LexicalSearcher, get_backend, resolve_backend
 from embedkit.lexical.settings import BM25Settings
@@ -132,6 +136,11 @@ class BM25Index(Index):
         _ = self.searcher
 
     @cached_property
+    def docstore(self) -> DocStore:
+        """The live documents: `docstore.sqlite`, or the parts updates left (`embedkit.index.docstore_parts`)."""
+        return open_docstore(self.path, self.manifest)
+
+    @cached_property
     def searcher(self) -> LexicalSearcher:
         folder = self.path / self.backend.folder
         try:
@@ -171,6 +180,29 @@ class BM25Index(Index):
         return results
 
 
+def open_docstore(path: Path, manifest: BM25Manifest, *, count: bool = True) -> DocStore:
+    """The folder's document store as one `DocStore` of live documents (each part's rows counted unless
+    `count=False`: a scan of every part)."""
+    if not manifest.docstore_parts:
+        return DocStore(path / DOCSTORE_NAME, read_all=count)
+    return SegmentedDocStore([PartReader(path, part, count=count) for part in manifest.docstore_parts])
+
+
+def docstore_status(path: Path, manifest: BM25Manifest) -> dict[str, Any]:
+    """The document-store parts with their rows, live documents, deleted fractions and bytes (no reads):
+    what `embedkit index info` shows under `status`."""
+    sizes = {name: record.size for name, record in manifest.files.items()}
+    parts = manifest.docstore_parts
+    listed = [{"id": part.id, "file": part.docstore, "rows": [part.row_start, part.row_stop],
+               "documents": part.num_docs,
+               "deleted_fraction": round(part.num_deleted / part.num_stored, 4) if part.num_stored else 0.0,
+               "bytes": sum(sizes.get(name, 0) for name in part.files())} for part in parts]
+    if not parts:
+        listed = [{"id": 0, "file": DOCSTORE_NAME, "documents": manifest.num_docs, "deleted_fraction": 0.0,
+                   "bytes": sizes.get(DOCSTORE_NAME, 0)}]
+    return {"docstore_parts": listed, "generation": manifest.generation}
+
+
 class BM25Kind(IndexKind[BM25Manifest, BM25Settings, BM25OpenOptions]):
     """BM25 over the folder's document store, with the pyserini (Lucene) or bm25s backend; updated by segments
     (`embedkit.lexical.update`)."""
@@ -208,13 +240,32 @@ class BM25Kind(IndexKind[BM25Manifest, BM25Settings, BM25OpenOptions]):
 
         return compact_index(path)
 
+    def check(self, path: Path, manifest: IndexManifest) -> None:
+        """Sizes of every file; the document counts of a folder in parts are checked as its parts open."""
+        if isinstance(manifest, BM25Manifest) and manifest.docstore_parts:
+            manifest.check_files(path)
+        else:
+            super().check(path, manifest)
+
     def verify(self, path: Path, manifest: BM25Manifest | None = None) -> VerifyReport:
         """Every checksum and count, then the segments: their counts add up to the documents, and each
         backend's files agree with them (Lucene's latest commit; bm25s token files cover the store's rows)."""
         from embedkit.lexical.segments import summarize
 
         manifest = manifest or BM25Manifest.load(path)
-        report = verify_folder(path, manifest)
+        if manifest.docstore_parts:
+            unchecked = manifest.verify_checksums(path)
+            store = open_docstore(path, manifest)
+            try:
+                assert isinstance(store, SegmentedDocStore)
+                verify_parts(path, store.segments)
+            finally:
+                store.close()
+            report = VerifyReport(path=path, kind=manifest.kind, num_docs=manifest.num_docs,
+                                  files=len(manifest.files), unchecked=unchecked)
+            report.notes.append(f"document store: {len(manifest.docstore_parts)} parts")
+        else:
+            report = verify_folder(path, manifest)
         segments = manifest.segments
         if segments:
             live = sum(segment.documents - segment.deleted for segment in segments)
@@ -237,7 +288,7 @@ class BM25Kind(IndexKind[BM25Manifest, BM25Settings, BM25OpenOptions]):
         else:
             from embedkit.lexical.bm25s_segments import live_tokens
 
-            store = DocStore(path / DOCSTORE_NAME)
+            store = open_docstore(path, manifest)
             try:
                 by_row = store.ids_by_row()
             finally:

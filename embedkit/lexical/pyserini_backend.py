@@ -30,6 +30,7 @@ from typing import IO
 
 from embedkit.data.corpus import Document
 from embedkit.errors import EmbedkitError
+from embedkit.index.docstore import DocStore
 from embedkit.lexical.backends import (
     LexicalBackend,
     LexicalBuilder,
@@ -277,6 +278,6 @@ class Backend(LexicalBackend):
         return PyseriniUpdater(root / self.folder, settings)
 
     def compact(self, root: Path, settings: BM25Settings, segments: Sequence[BM25Segment],
-                docstore: Path) -> list[BM25Segment]:
-        force_merge(root / self.folder)
+                live: DocStore) -> list[BM25Segment]:
+        force_merge(root / self.folder)  # Lucene finds documents by their id term: the rows stay as they are
         return lucene_segments(root / self.folder)

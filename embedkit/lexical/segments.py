@@ -4,10 +4,14 @@ Both backends keep an updated index as segments: Lucene natively (`_0`, `_1`, â€
 token files under `bm25s-segments/` (see `embedkit.lexical.bm25s_segments`). A folder built before segments
 existed records none and is one segment; `embedkit index info` shows the list, `embedkit index verify` checks it.
 
+The folder's document store is kept in parts the same way (`DocstorePart`, read by `embedkit.index.docstore_parts`).
+
     BM25Segment(name="_0", documents=1000, deleted=12).deleted_fraction   # 0.012
 """
 
 from __future__ import annotations
+
+import re
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -46,3 +50,53 @@ def summarize(segments: list[BM25Segment]) -> str:
     parts = [f"{s.name}: {s.documents} documents" + (f", {s.deleted} deleted" if s.deleted else "")
              + (f", {s.size:,} bytes" if s.size is not None else "") for s in segments]
     return f"{len(segments)} segment{'s' if len(segments) != 1 else ''} ({'; '.join(parts)})"
+
+
+# Names embedkit gives document-store parts and their deletion files (the dense segment names,
+# `embedkit.index.manifest.segment_file`); part 0 of a folder built whole keeps `docstore.sqlite`.
+PART_STORE = re.compile(r"^seg-(?P<id>\d{6,})\.docstore\.sqlite$")
+PART_DELETED = re.compile(r"^seg-(?P<id>\d{6,})\.del-(?P<gen>\d{6,})\.npy$")
+
+
+class DocstorePart(BaseModel):
+    """One part of a BM25 folder's document store (`BM25Manifest.docstore_parts`): an SQLite file holding the
+    rows [row_start, row_stop) it was given, and the deletion file listing those of them deleted since (sorted
+    int64 rows, `embedkit.index.masked`). A part's files never change; an update writes new ones.
+
+        DocstorePart(id=3, docstore="seg-000003.docstore.sqlite", row_start=1000, row_stop=1010, num_stored=10)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: int = Field(ge=0, description="the generation that wrote it (0: the build's docstore.sqlite)")
+    docstore: str
+    deleted: str | None = None
+    row_start: int = Field(ge=0)
+    row_stop: int = Field(ge=0)
+    num_stored: int = Field(ge=0, description="rows its SQLite file holds")
+    num_deleted: int = Field(0, ge=0, description="rows its deletion file lists")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DocstorePart:
+        # Plain names only: the folder comes from strangers, and a name must not lead a reader elsewhere.
+        store = PART_STORE.match(self.docstore)
+        if not (store and int(store["id"]) == self.id) and not (self.id == 0 and self.docstore == "docstore.sqlite"):
+            raise ValueError(f"part {self.id}: {self.docstore!r} is not a name embedkit gives a document-store part")
+        deleted = PART_DELETED.match(self.deleted or "")
+        if self.deleted is not None and not (deleted and int(deleted["id"]) == self.id):
+            raise ValueError(f"part {self.id}: {self.deleted!r} is not a name embedkit gives its deletion file")
+        if self.row_stop < self.row_start or self.num_stored > self.row_stop - self.row_start:
+            raise ValueError(f"part {self.id}: {self.num_stored} rows cannot fit rows {self.row_start}.."
+                             f"{self.row_stop - 1}")
+        if self.num_deleted > self.num_stored or (self.num_deleted > 0) != (self.deleted is not None):
+            raise ValueError(f"part {self.id}: {self.num_deleted} deleted rows of {self.num_stored}, deletion file "
+                             f"{self.deleted!r}")
+        return self
+
+    @property
+    def num_docs(self) -> int:
+        """Its live documents."""
+        return self.num_stored - self.num_deleted
+
+    def files(self) -> list[str]:
+        return [self.docstore, *([self.deleted] if self.deleted else [])]

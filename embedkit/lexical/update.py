@@ -8,16 +8,26 @@
     compact_index("indexes/bm25")                                # one segment, deleted documents dropped
 
 An update writes only what changes. The backends keep segments whose files never change once written
-(Lucene's own; bm25s token segments, `embedkit.lexical.bm25s_segments`), so the new folder is made of hard
-links to the old folder's files, a copy of the document store, and the new segment or deletion files; the
-manifest reuses the checksums of the linked files and hashes only the new ones. The folder is then swapped in
-whole (`embedkit.io.atomic_directory`), under the folder's lock: a killed update leaves the old index or the new
-one, never a mix, and a reader that opened the old folder keeps reading it. What an update reads whole (the
-document store) has its checksum checked first; the other files their sizes (`embedkit index verify` checks
-every byte).
+(Lucene's own; bm25s token segments, `embedkit.lexical.bm25s_segments`), and the document store is kept in parts
+the same way (`BM25Manifest.docstore_parts`, the layout of dense segments, `embedkit.index.segments`):
 
-After an update the merge policy (`BM25Settings.merge`) decides whether to compact at once.
-`EMBEDKIT_CRASH_AT` (see `embedkit.io`) also stops an update at the steps in `UPDATE_STEPS`.
+    docstore.sqlite                 part 0: the rows of the build (or of the last compaction)
+    seg-000003.docstore.sqlite      the rows added by the update of generation 3, and only those
+    seg-000000.del-000005.npy       rows of part 0 deleted up to generation 5 (sorted int64; replaces the last one)
+
+So the new folder is made of hard links to every file of the old folder (parts included: an update never writes
+into them) and the new part, deletion files and backend files; the manifest reuses the checksums of the linked
+files and hashes only the new ones. The folder is then swapped in whole (`embedkit.io.atomic_directory`), under
+the folder's lock: a killed update leaves the old index or the new one, never a mix, and a reader that opened
+the old folder keeps reading it. (Swapping only the manifest, as dense folders do, would not do here: Lucene's
+IndexWriter rewrites its commit files where they are.) The update checks the sizes of the files it reads
+(`embedkit index verify` checks every byte) and looks ids up by index in each part, so its cost follows the
+change, not the corpus. Files that no part references any more are simply not in the new folder.
+
+`compact` writes the live documents as one new `docstore.sqlite` (bm25s renumbers them 0, 1, …; pyserini keeps
+their rows) and records no parts, as after a build. After an update the merge policy (`BM25Settings.merge`)
+decides whether to compact at once. `EMBEDKIT_CRASH_AT` (see `embedkit.io`) also stops an update at the steps in
+`UPDATE_STEPS`.
 """
 
 from __future__ import annotations
@@ -26,32 +36,40 @@ import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
+from pydantic import ValidationError
+
 from embedkit.data.corpus import Document
 from embedkit.errors import IndexFormatError
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
+from embedkit.index.docstore_parts import PartReader, SegmentedDocStore, StorePart
 from embedkit.index.kinds import check_document_ids, check_folder
 from embedkit.index.lifecycle import UpdateReport
 from embedkit.index.manifest import (
     MANIFEST_NAME,
+    SEGMENTED_FORMAT,
     UNTRACKED_FILES,
     BM25Manifest,
     FileRecord,
     HistoryEntry,
     file_sha256,
+    segment_file,
 )
+from embedkit.index.masked import save_deleted_rows
 from embedkit.io import atomic_directory, crash_point, folder_lock
 from embedkit.lexical.backends import LexicalBackend, LexicalUpdater, get_backend
 from embedkit.lexical.bm25s_segments import next_row
-from embedkit.lexical.segments import BM25Segment, summarize
+from embedkit.lexical.segments import BM25Segment, DocstorePart, summarize
 from embedkit.lexical.settings import BM25MergePolicy
 
 #: Steps of an update where `EMBEDKIT_CRASH_AT` kills the process (besides `embedkit.io.SWAP_STEPS`).
-UPDATE_STEPS = ("bm25-linked", "bm25-backend-written", "bm25-compacted")
+UPDATE_STEPS = ("bm25-linked", "bm25-parts-written", "bm25-backend-written", "bm25-compact-store-written",
+                "bm25-compacted")
 CHUNK = 2048
 
 
@@ -94,14 +112,34 @@ def compact_index(path: str | Path) -> BM25UpdateReport:
         return update.report
 
 
+def whole_store_part(folder: Path, manifest: BM25Manifest) -> DocstorePart:
+    """The one part of a folder that records none (built, compacted, or updated before parts existed): its
+    `docstore.sqlite`, whose rows run up to its highest (an index lookup, no scan)."""
+    store = DocStore(folder / DOCSTORE_NAME, read_all=False)
+    try:
+        rows = store.row_range()
+    finally:
+        store.close()
+    return DocstorePart(id=0, docstore=DOCSTORE_NAME, row_start=0, row_stop=0 if rows is None else rows[1] + 1,
+                        num_stored=manifest.num_docs)
+
+
 class _Update:
-    """An update of the copy `folder` of a BM25 index folder."""
+    """An update of the copy `folder` of a BM25 index folder: new documents go into a new document-store part,
+    deletions into new deletion files of the parts they touch; the old parts are read, never written."""
 
     def __init__(self, folder: Path, manifest: BM25Manifest, backend: LexicalBackend, action: str) -> None:
         self.folder, self.manifest, self.backend = folder, manifest, backend
-        self.store = DocStore(folder / DOCSTORE_NAME, readonly=False)
+        self.generation = manifest.generation + 1
+        self.parts = list(manifest.docstore_parts) or [whole_store_part(folder, manifest)]
+        self.readers = [PartReader(folder, part, count=False) for part in self.parts]
+        self.deleting: dict[int, set[int]] = {}  # part position -> rows this update deletes
         self.updater: LexicalUpdater = backend.updater(folder, manifest.settings, manifest.segments)
-        self.next_row = max(self.store.next_row(), next_row(manifest.segments))
+        self.next_row = self.new_start = max(self.parts[-1].row_stop, next_row(manifest.segments))
+        self.new_name = segment_file(self.generation, DOCSTORE_NAME)
+        self.new_store: DocStore | None = None
+        self.new_stored = 0
+        self.written: list[str] = []  # deletion files this update wrote
         self.report = BM25UpdateReport(action=action)
         self.source: str | None = None
         self.compact_now = False
@@ -113,9 +151,12 @@ class _Update:
         check_document_ids([doc.id for doc in documents], source=self.source)
         replaced = self._delete([doc.id for doc in documents])
         rows = list(range(self.next_row, self.next_row + len(documents)))
-        self.store.add(rows, documents)
+        if self.new_store is None:
+            self.new_store = DocStore(self.folder / self.new_name, readonly=False)
+        self.new_store.add(rows, documents)
         self.updater.add(documents, rows)
         self.next_row += len(documents)
+        self.new_stored += len(documents)
         self.report.replaced += replaced
         self.report.added += len(documents) - replaced
 
@@ -125,69 +166,157 @@ class _Update:
         self.report.removed += removed
 
     def _delete(self, ids: list[str]) -> int:
-        existing = self.store.row_of(ids)
+        existing = live_rows_of(self.readers, ids, self.deleting, self.new_store)
+        fresh = [row for position, row in existing.values() if position < 0]
+        for position, row in existing.values():
+            if position >= 0:
+                self.deleting.setdefault(position, set()).add(row)
+        if fresh and self.new_store is not None:  # added earlier in this update: our own new file
+            self.new_store.delete_rows(fresh)
+            self.new_stored -= len(fresh)
         if existing:
-            self.store.delete_rows(existing.values())
-            self.updater.remove(list(existing), list(existing.values()))
+            self.updater.remove(list(existing), [row for _, row in existing.values()])
             self.removed_ids.update(existing)
         return len(existing)
+
+    def _write_parts(self) -> list[DocstorePart]:
+        """The parts after this update: deletion files written for the parts it touched, its new part closed;
+        parts left without live documents dropped (one is always kept: no parts reads as `docstore.sqlite`)."""
+        parts: list[DocstorePart] = []
+        for position, (part, reader) in enumerate(zip(self.parts, self.readers, strict=True)):
+            rows = self.deleting.get(position)
+            if rows:
+                union = np.union1d(reader.deleted, np.fromiter(sorted(rows), dtype=np.int64, count=len(rows)))
+                name = segment_file(part.id, f"del-{self.generation:06d}.npy")
+                save_deleted_rows(self.folder / name, union)
+                self.written.append(name)
+                part = part.model_copy(update={"deleted": name, "num_deleted": len(union)})
+            parts.append(part)
+        if self.new_store is not None:
+            self.new_store.close()
+            self.new_store = None
+            parts.append(DocstorePart(id=self.generation, docstore=self.new_name, row_start=self.new_start,
+                                      row_stop=self.next_row, num_stored=self.new_stored))
+        return [part for part in parts if part.num_docs > 0] or parts[-1:]
+
+    def _compact_store(self, parts: list[DocstorePart], segments: list[BM25Segment]) -> tuple[list[BM25Segment], int]:
+        """Compact the backend, then write the live documents as one new `docstore.sqlite` (rows renumbered
+        0, 1, … where the backend renumbers them), replacing the parts in the new folder."""
+        fresh = self.folder / f"compact.tmp-{DOCSTORE_NAME}"
+        live = SegmentedDocStore([PartReader(self.folder, part, count=False) for part in parts])
+        try:
+            segments = self.backend.compact(self.folder, self.manifest.settings, segments, live)
+            store = DocStore(fresh, readonly=False)
+            try:
+                iterator = live.iter_documents()
+                count = 0
+                while batch := list(islice(iterator, CHUNK)):
+                    rows = (range(count, count + len(batch)) if self.backend.renumbers_rows
+                            else [row for row, _ in batch])
+                    store.add(rows, [document for _, document in batch])
+                    count += len(batch)
+            finally:
+                store.close()
+        finally:
+            live.close()
+        crash_point("bm25-compact-store-written")
+        for part in parts:
+            for name in part.files():
+                (self.folder / name).unlink(missing_ok=True)
+        os.replace(fresh, self.folder / DOCSTORE_NAME)
+        return segments, count
 
     def finish(self, old: Path, merge: bool) -> None:
         from embedkit import __version__
 
-        self.store.close()
+        parts = self._write_parts()
+        self.close()
+        before = {name for part in self.parts for name in part.files()} | set(self.written)
+        for name in before - {name for part in parts for name in part.files()}:
+            (self.folder / name).unlink(missing_ok=True)  # a deletion file replaced, a part left empty
+        crash_point("bm25-parts-written")
         segments = self.updater.finish()
         crash_point("bm25-backend-written")
         settings = self.manifest.settings
         documents = sum(segment.documents for segment in segments)
         deleted = sum(segment.deleted for segment in segments)
+        num_docs = sum(part.num_docs for part in parts)
         if self.compact_now or (merge and settings.merge.due(len(segments), documents, deleted)):
-            segments = self.backend.compact(self.folder, settings, segments, self.folder / DOCSTORE_NAME)
+            segments, num_docs = self._compact_store(parts, segments)
+            parts = []
             self.report.compacted = True
             self.report.removed += deleted if self.compact_now else 0
             crash_point("bm25-compacted")
-        store = DocStore(self.folder / DOCSTORE_NAME)
-        try:
-            num_docs = len(store)
-        finally:
-            store.close()
         report = self.report
         report.num_docs, report.segments = num_docs, segments
-        manifest = self.manifest
-        manifest.num_docs, manifest.segments, manifest.embedkit_version = num_docs, segments, __version__
-        manifest.history.append(HistoryEntry(
-            action=report.action, documents=report.added + report.replaced or report.removed, source=self.source,
-            added=report.added, replaced=report.replaced, removed=report.removed, missing=len(report.missing),
-            segments=len(segments), compacted=report.compacted, num_docs=num_docs))
-        manifest.files = _records(self.folder, old, manifest.files)
+        data = self.manifest.model_dump()
+        data.update(
+            format_version=SEGMENTED_FORMAT, generation=self.generation, embedkit_version=__version__,
+            num_docs=num_docs, segments=[segment.model_dump() for segment in segments],
+            docstore_parts=[part.model_dump() for part in parts],
+            files={name: record.model_dump() for name, record in _records(self.folder, old,
+                                                                        self.manifest.files).items()},
+            history=[*data["history"], HistoryEntry(
+                action=report.action, documents=report.added + report.replaced or report.removed,
+                source=self.source, added=report.added, replaced=report.replaced, removed=report.removed,
+                missing=len(report.missing), segments=len(segments), compacted=report.compacted,
+                num_docs=num_docs).model_dump()])
+        try:
+            manifest = BM25Manifest.model_validate(data)
+        except ValidationError as error:  # a bug, or a folder whose counts were wrong before this update
+            raise IndexFormatError(f"index {old}: the update would record an inconsistent manifest ({error}); "
+                                   "nothing was changed; run `embedkit index verify`") from None
         manifest.save(self.folder)
+
+    def close(self) -> None:
+        if self.new_store is not None:
+            self.new_store.close()
+        for reader in self.readers:
+            reader.close()
+
+
+def live_rows_of(parts: Sequence[StorePart], ids: list[str], deleting: dict[int, set[int]],
+                 new: DocStore | None) -> dict[str, tuple[int, int]]:
+    """id -> (part position, row) of the live documents with these ids: in `parts` (minus their deleted rows and
+    the rows this update deletes), or in the part being written (position -1)."""
+    found: dict[str, tuple[int, int]] = {}
+    for position, part in enumerate(parts):
+        gone = deleting.get(position, set())
+        for doc_id, row in part.docstore.row_of(ids).items():
+            if row not in part.deleted_set and row not in gone:
+                found[doc_id] = (position, row)
+    if new is not None:
+        found.update((doc_id, (-1, row)) for doc_id, row in new.row_of(ids).items())
+    return found
+
+
+def check_update_folder(path: Path, manifest: BM25Manifest) -> None:
+    """What an update checks before it reads a folder: every recorded file present with its size (each part's
+    rows are checked as the update reads it); a folder without parts also has its one document store counted,
+    once, before it becomes part 0."""
+    if manifest.docstore_parts:
+        manifest.check_files(path)
+    else:
+        check_folder(path, manifest)
 
 
 @contextlib.contextmanager
 def _update(path: Path, action: str, source: str | None, *, merge: bool) -> Iterator[_Update]:
     with folder_lock(path):
         manifest = BM25Manifest.load(path)
-        check_folder(path, manifest)  # every recorded file present with its size; the document count
-        _check_docstore(path, manifest)
+        check_update_folder(path, manifest)
         backend = get_backend(manifest.settings.backend)
         with atomic_directory(path, overwrite=True, marker=MANIFEST_NAME, what="embedkit index") as folder:
             for name in manifest.files:
-                if name != DOCSTORE_NAME:
-                    _link(path / name, folder / name)
-            shutil.copyfile(path / DOCSTORE_NAME, folder / DOCSTORE_NAME)  # changed in place by SQLite: copied
+                _link(path / name, folder / name)  # document-store parts too: an update never writes them
             crash_point("bm25-linked")
             update = _Update(folder, manifest.model_copy(deep=True), backend, action)
-            update.source = source
-            yield update
-            update.finish(path, merge)
-
-
-def _check_docstore(path: Path, manifest: BM25Manifest) -> None:
-    """The update copies and changes the document store: its bytes must be the ones recorded."""
-    record = manifest.files.get(DOCSTORE_NAME)
-    if record is not None and record.sha256 is not None and file_sha256(path / DOCSTORE_NAME) != record.sha256:
-        raise IndexFormatError(f"index {path} is damaged: {path / DOCSTORE_NAME} does not match the checksum recorded "
-                               f"in {MANIFEST_NAME} (its bytes changed since it was written); rebuild the index")
+            try:
+                update.source = source
+                yield update
+                update.finish(path, merge)
+            finally:
+                update.close()
 
 
 def _link(source: Path, target: Path) -> None:
@@ -231,7 +360,7 @@ def set_merge_policy(path: str | Path, *, never: bool = False, max_segments: int
     path = Path(path)
     with folder_lock(path):
         manifest = BM25Manifest.load(path)
-        check_folder(path, manifest)
+        check_update_folder(path, manifest)
         current = manifest.settings.merge
         if never:
             policy = BM25MergePolicy(max_segments=None, max_deleted_fraction=None)
