@@ -195,10 +195,15 @@ def show_info(args: argparse.Namespace) -> int:
         from embedkit.index.segments import segment_status
 
         data["status"] = segment_status(Path(args.index), manifest)
-    elif isinstance(manifest, BM25Manifest):  # document-store parts, their sizes and deleted fractions
+    elif isinstance(manifest, BM25Manifest):  # the same keys as a dense folder's, as far as BM25 has them
+        data["status"] = {"layout": "segmented" if manifest.segments else "single",
+                          "segments": [{"id": s.name, "documents": s.documents - s.deleted,
+                                        "deleted_fraction": round(s.deleted_fraction, 4), "bytes": s.size}
+                                       for s in manifest.segments],
+                          "merge_policy": manifest.settings.merge.model_dump(mode="json")}
         from embedkit.lexical.index import docstore_status
 
-        data["status"] = docstore_status(Path(args.index), manifest)
+        data["status"].update(docstore_status(Path(args.index), manifest))  # document-store parts
     print(json.dumps(data, indent=2))
     return 0
 

@@ -1,9 +1,11 @@
-"""`embedkit index add|remove|compact|merge|tune`: keep an index up to date and pick an index kind."""
+"""`embedkit index add|remove|compact|merge-policy|merge|tune`: keep an index up to date and pick an index kind."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedkit.cli._common import (
     add_command,
@@ -13,6 +15,9 @@ from embedkit.cli._common import (
     field_map_from_args,
     positive_int,
 )
+
+if TYPE_CHECKING:
+    from embedkit.index.merge_policy import MergePolicy, Mode
 
 ADD_EXAMPLES = """\
   embedkit index add indexes/scifact --corpus new_docs.jsonl         # new ids inserted, known ids replaced
@@ -25,9 +30,14 @@ REMOVE_EXAMPLES = """\
 COMPACT_EXAMPLES = """\
   embedkit index compact indexes/hnsw                                # one segment, deleted rows dropped
   embedkit index compact indexes/flat --index-factory HNSW32         # rebuild as another kind, no re-encoding
-  embedkit index compact indexes/flat --max-segments 4 --policy-only # when updates merge segments (no compaction)
-  embedkit index compact indexes/flat --merge-policy never --policy-only   # only this command merges
   embedkit index compact indexes/scifact-bm25                        # BM25: one segment, deleted documents dropped
+"""
+POLICY_EXAMPLES = """\
+  embedkit index merge-policy indexes/scifact                        # show the recorded policy
+  embedkit index merge-policy indexes/scifact --max-segments 8       # updates keep at most 8 segments
+  embedkit index merge-policy indexes/scifact-bm25 --max-deleted-fraction 0.1 --max-segments off
+  embedkit index merge-policy indexes/scifact --mode never           # only `embedkit index compact` merges
+  embedkit index merge-policy indexes/scifact --mode auto            # back on (the defaults after never)
 """
 MERGE_EXAMPLES = """\
   embedkit index merge shards/ --out indexes/big                      # the output of `embedkit encode`
@@ -70,15 +80,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compact.add_argument("index", help="index folder")
     compact.add_argument("--index-factory", help="rebuild as another FAISS kind (default: the current one)")
     compact.add_argument("--train-sample", type=positive_int, default=100_000)
-    compact.add_argument("--merge-policy", choices=["auto", "never"],
-                         help="auto: updates merge segments when due (default); never: only this command does")
-    compact.add_argument("--max-segments", type=positive_int,
-                         help="merge policy: more segments than this and an update merges the smallest neighbours "
-                              "(default 10)")
-    compact.add_argument("--max-deleted-fraction", type=fraction,
-                         help="merge policy: a segment with this share of deleted rows is rewritten (default 0.5)")
+    # The merge-policy flags of compact came first; they stay as aliases of `embedkit index merge-policy`.
+    compact.add_argument("--merge-policy", choices=["auto", "never"], dest="mode",
+                         help="as `embedkit index merge-policy --mode` (recorded before compacting)")
+    add_policy_limits(compact)
     compact.add_argument("--policy-only", action="store_true",
-                         help="record the merge policy flags without compacting")
+                         help="record the merge-policy flags without compacting")
+
+    policy = add_command(subparsers, "merge-policy", run_merge_policy,
+                         help="show or set when updates merge segments (dense and BM25)",
+                         description="The merge policy recorded in the index's manifest: after an update, a merge is\n"
+                                     "due when there are more than --max-segments segments or more than\n"
+                                     "--max-deleted-fraction of the indexed rows are deleted (index-wide). A dense\n"
+                                     "index merges the segments chosen; a BM25 index compacts whole. Without\n"
+                                     "options it prints the policy (docs/index-updates.md, docs/bm25-updates.md).",
+                         examples=POLICY_EXAMPLES)
+    policy.add_argument("index", help="index folder")
+    policy.add_argument("--mode", choices=["auto", "never"],
+                        help="never: updates never merge, only `embedkit index compact` does; auto: on again")
+    add_policy_limits(policy)
 
     merge = add_command(subparsers, "merge", run_merge, help="join encode shards and/or indexes into one index",
                         description="Build one index from encode-shard folders (`embedkit encode --out`) and/or\n"
@@ -146,59 +166,124 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_compact(args: argparse.Namespace) -> int:
+    from embedkit.errors import EmbedkitError
     from embedkit.index.kinds import kind_of
-    from embedkit.index.lifecycle import compact_index
 
     kind = kind_of(args.index)
-    if kind.name != "dense":
-        if args.index_factory:
-            from embedkit.errors import EmbedkitError
-
-            raise EmbedkitError(f"--index-factory applies to dense indexes; {args.index} is a {kind.name} index")
-        # The merge-policy flags (see the dense branch) record when BM25 updates compact, too.
-        mode, most, deleted = (getattr(args, name, None) for name in ("merge_policy", "max_segments",
-                                                                       "max_deleted_fraction"))
-        if kind.name == "bm25" and (mode, most, deleted) != (None, None, None):
-            from embedkit.lexical.update import set_merge_policy as set_bm25_policy
-
-            bm25_policy = set_bm25_policy(args.index, never=mode == "never", max_segments=most,
-                                          max_deleted_fraction=deleted)
-            print(f"{args.index}: merge policy: compact after an update at more than {bm25_policy.max_segments} "
-                  f"segments or {bm25_policy.max_deleted_fraction} deleted (None: never)")
-        if not getattr(args, "policy_only", False):
-            report = kind.compact(Path(args.index))
-            print(f"{args.index}: {report.summary()}")
-        return 0
-    changes = {name: value for name, value in (("mode", args.merge_policy), ("max_segments", args.max_segments),
-                                               ("max_deleted_fraction", args.max_deleted_fraction))
-               if value is not None}
-    if args.policy_only and not changes:
-        from embedkit.errors import EmbedkitError
-
+    if args.index_factory and kind.name != "dense":
+        raise EmbedkitError(f"--index-factory applies to dense indexes; {args.index} is a {kind.name} index")
+    changes = policy_changes(args)
+    if args.policy_only and changes is None:
         raise EmbedkitError("--policy-only records merge-policy flags: give --merge-policy, --max-segments or "
                             "--max-deleted-fraction")
-    if changes:
-        from embedkit.index.lifecycle import set_merge_policy
-        from embedkit.index.manifest import DenseManifest
-
-        policy = DenseManifest.load(args.index).merge_policy.model_copy(update=changes)
-        set_merge_policy(args.index, policy)
-        print(f"{args.index}: merge policy {policy.mode}, at most {policy.max_segments} segments, a segment "
-              f"rewritten at {policy.max_deleted_fraction:.0%} deleted")
+    if changes is not None:
+        record_merge_policy(args.index, *changes)
     if not args.policy_only:
-        report = compact_index(args.index, factory=args.index_factory, train_sample=args.train_sample)
+        if kind.name == "dense":
+            from embedkit.index.lifecycle import compact_index
+
+            report = compact_index(args.index, factory=args.index_factory, train_sample=args.train_sample)
+        else:
+            report = kind.compact(Path(args.index))
         print(f"{args.index}: {report.summary()}")
     return 0
 
 
+def add_policy_limits(parser: argparse.ArgumentParser) -> None:
+    """The merge policy's limits (`embedkit.index.merge_policy`); `off` turns a rule off."""
+    parser.add_argument("--max-segments", type=limit_or_off(positive_int), metavar="N|off",
+                        help="merge policy: more segments than this after an update and a merge is due (default 10)")
+    parser.add_argument("--max-deleted-fraction", type=limit_or_off(fraction), metavar="F|off",
+                        help="merge policy: more than this share of the indexed rows deleted, index-wide, and a merge "
+                             "is due (0: any deletion; default 0.25)")
+
+
+#: The word that turns a merge-policy rule off (`--max-segments off`).
+OFF = "off"
+
+
+def limit_or_off(parse: Callable[[str], float]) -> Callable[[str], float | str]:
+    """argparse type: `parse(text)`, or the word `off` (that rule turned off)."""
+    def parse_limit(text: str) -> float | str:
+        return OFF if text.strip().lower() == OFF else parse(text)
+
+    parse_limit.__name__ = parse.__name__  # argparse names the type in its error message
+    return parse_limit
+
+
+def policy_changes(args: argparse.Namespace) -> tuple[Mode | None, dict[str, float | None]] | None:
+    """The mode and limits the merge-policy flags give (a limit None: turned off); None when none is given."""
+    limits: dict[str, float | None] = {name: None if value == OFF else value
+                                       for name in ("max_segments", "max_deleted_fraction")
+                                       if (value := getattr(args, name, None)) is not None}
+    if args.mode is None and not limits:
+        return None
+    if args.mode == "never" and limits:
+        from embedkit.errors import EmbedkitError
+
+        flags = " and ".join("--" + name.replace("_", "-") for name in limits)
+        raise EmbedkitError(f"merge policy never turns every rule off: it cannot go with {flags}")
+    return args.mode, limits
+
+
+def recorded_policy(index: str) -> tuple[str, MergePolicy]:
+    """The kind of the index folder and the merge policy its manifest records (dense or BM25)."""
+    from embedkit.errors import EmbedkitError
+    from embedkit.index.manifest import BM25Manifest, DenseManifest, IndexManifest
+
+    manifest = IndexManifest.load(index)
+    if isinstance(manifest, DenseManifest):
+        return "dense", manifest.merge_policy
+    if isinstance(manifest, BM25Manifest):
+        return "bm25", manifest.settings.merge
+    raise EmbedkitError(f"{index} is a {manifest.kind} index: only dense and BM25 indexes have a merge policy")
+
+
+def record_merge_policy(index: str, mode: Mode | None, limits: dict[str, float | None]) -> MergePolicy:
+    """Change the merge policy of a dense or BM25 index (`MergePolicy.with_changes`) and print it."""
+    from embedkit.errors import EmbedkitError
+
+    kind, current = recorded_policy(index)
+    try:
+        policy = current.with_changes(mode, **limits)
+    except ValueError as error:
+        raise EmbedkitError(f"{index}: {error}") from None
+    if kind == "dense":
+        from embedkit.index.lifecycle import set_merge_policy
+
+        set_merge_policy(index, policy)  # commits like an update: a merge now due runs at once
+    else:
+        from embedkit.lexical.update import set_merge_policy as set_bm25_policy
+
+        set_bm25_policy(index, policy)  # the manifest only: the next update compacts when due
+    print_policy(index, kind, policy)
+    return policy
+
+
+def print_policy(index: str, kind: str, policy: MergePolicy) -> None:
+    # What "due" does differs by kind (the backends): say it, so the one policy reads right for either.
+    action = ("" if policy.mode == "never" else " (dense: the segments due are merged)" if kind == "dense"
+              else " (bm25: the whole index is compacted)")
+    print(f"{index}: merge policy {policy.describe()}{action}")
+
+
+def run_merge_policy(args: argparse.Namespace) -> int:
+    changes = policy_changes(args)
+    if changes is None:
+        print_policy(args.index, *recorded_policy(args.index))
+    else:
+        record_merge_policy(args.index, *changes)
+    return 0
+
+
 def fraction(text: str) -> float:
-    """argparse type: a number above 0 and at most 1."""
+    """argparse type: a number from 0 to 1."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
     return value
 
 

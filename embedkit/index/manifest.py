@@ -47,6 +47,7 @@ from embedkit.encoding.config import EncoderSpec
 from embedkit.errors import DataFormatError, IndexFormatError
 from embedkit.index.docstore import DOCSTORE_NAME
 from embedkit.index.members import FolderScan, check_member_name, scan_folder
+from embedkit.index.merge_policy import MergePolicy
 from embedkit.io import atomic_write
 from embedkit.lexical.segments import BM25Segment, DocstorePart
 from embedkit.lexical.settings import BM25Settings
@@ -329,16 +330,6 @@ class SegmentRecord(BaseModel):
         return [name for name in (self.faiss, self.docstore, self.vectors, self.deleted) if name is not None]
 
 
-class MergePolicy(BaseModel):
-    """When an update also merges segments (`embedkit index compact --merge-policy ...` sets it)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    mode: Literal["auto", "never"] = Field("auto", description="never: only `embedkit index compact` merges")
-    max_segments: int = Field(10, ge=1, description="more segments than this: merge the smallest neighbours")
-    max_deleted_fraction: float = Field(0.5, gt=0, le=1, description="a segment deleted this much is rewritten")
-
-
 class DenseManifest(IndexManifest):
     """A FAISS index with the encoder that must be used to query it."""
 
@@ -361,7 +352,8 @@ class DenseManifest(IndexManifest):
     trained_index: MemberName | None = Field(None, description="empty trained FAISS index new segments copy")
     trained_rows: int | None = Field(None, ge=0, description="documents in the index when it was trained")
     added_since_training: int = Field(0, ge=0, description="vectors added to new segments since training")
-    merge_policy: MergePolicy = Field(default_factory=MergePolicy)
+    merge_policy: MergePolicy = Field(default_factory=MergePolicy, description="when updates merge segments "
+                                      "(`embedkit.index.merge_policy`)")
 
     @model_validator(mode="after")
     def _segments_fit(self) -> DenseManifest:

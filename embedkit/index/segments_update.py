@@ -404,20 +404,12 @@ def write_errors(folder: Path, outcome: str) -> Iterator[None]:
 
 
 def merge_candidates(manifest: DenseManifest) -> list[int] | None:
-    """Positions of adjacent segments the merge policy says to merge now, or None."""
-    policy, segments = manifest.merge_policy, manifest.segments
-    if policy.mode == "never" or not segments:
+    """Positions of adjacent segments the merge policy says to merge now, or None (`MergePolicy.next_merge`)."""
+    if not manifest.segments:
         return None
-    if len(segments) > policy.max_segments:
-        width = len(segments) - policy.max_segments + 1
-        sizes = [segment.num_vectors for segment in segments]
-        start = min(range(len(segments) - width + 1), key=lambda i: (sum(sizes[i : i + width]), -i))
-        return list(range(start, start + width))
-    for position, segment in enumerate(segments):
-        dead = segment.num_vectors - segment.num_docs
-        if segment.num_vectors and dead / segment.num_vectors >= policy.max_deleted_fraction:
-            return [position]
-    return None
+    # Indexed rows are the FAISS file's: deleted and masked rows stay in it until the segment is rewritten.
+    return manifest.merge_policy.next_merge([(segment.num_vectors, segment.num_vectors - segment.num_docs)
+                                             for segment in manifest.segments])
 
 
 def apply_merge_policy(folder: Path, manifest: DenseManifest) -> DenseManifest:

@@ -3,10 +3,11 @@
 bm25s keeps the tokenized corpus in memory while it builds; searching memory-maps the saved matrices.
 
 bm25s bakes the collection's statistics (document count, document frequencies, average length) into the
-scores it saves, so an updated index cannot reuse them. Updates therefore keep segments of tokens
-(`embedkit.lexical.bm25s_segments`): an update tokenizes only the documents it adds, and opening an updated
-index indexes the live documents' tokens in memory, in row order, exactly as a rebuild would (same scores, same
-ties). `compact` saves the matrices again, so the next open memory-maps them. As with pyserini, a corpus without a single indexable term (only stopwords, empty or one-letter texts) builds
+scores it saves, so an updated index cannot reuse them. Updates therefore keep segments of tokens and postings
+(`embedkit.lexical.bm25s_segments`): an update tokenizes and indexes only the documents it adds, and opening an
+updated index memory-maps the segments' postings and scores them with the live documents' statistics
+(`embedkit.lexical.bm25s_scoring`), exactly as a rebuild would (same scores, same ties), without indexing
+anything. `compact` saves bm25s's matrices again, so the next open memory-maps those. As with pyserini, a corpus without a single indexable term (only stopwords, empty or one-letter texts) builds
 an index on which every search finds nothing, and a query without an indexed term gets no hits.
 """
 
@@ -27,6 +28,7 @@ from embedkit.lexical.backends import (
     LexicalUpdater,
     ScoredIds,
 )
+from embedkit.lexical.bm25s_scoring import SegmentedBM25
 from embedkit.lexical.bm25s_segments import (
     SEGMENTS_DIR,
     live_tokens,
@@ -177,24 +179,28 @@ class Bm25sUpdater(LexicalUpdater):
             segments.append(BM25Segment(name=self.name, documents=len(self.tokens), deleted=self.new_deleted,
                                         first_row=self.first_row, size=segment_size(folder)))
         if self.changed:
-            # The saved matrices hold the old statistics: opening the index now indexes the segments' tokens.
+            # The saved matrices hold the old statistics: opening the index now scores the segments' postings.
             shutil.rmtree(self.root / Backend.folder, ignore_errors=True)
         return segments
 
 
 class Bm25sSearcher(LexicalSearcher):
+    """A built or compacted index searches bm25s's saved matrices; an updated one its segments' postings."""
+
     def __init__(self, folder: Path, settings: BM25Settings, by_row: dict[int, str],
                  segments: Sequence[BM25Segment] = ()) -> None:
+        import numpy as np
+
         self.settings = settings
         self.retriever = None
+        self.segmented: SegmentedBM25 | None = None
+        rows = sorted(by_row)
+        self.ids = [by_row[row] for row in rows]  # the live documents in row order: how both number them
         if folder.is_dir():  # a built or compacted index: its documents are the store's rows, in order
             self.retriever = _bm25s().BM25.load(str(folder), mmap=True, show_progress=False)
-            self.ids = [by_row[row] for row in sorted(by_row)]
-        else:
-            rows, tokens = live_tokens(folder.parent, segments, by_row)
-            self.ids = [by_row[row] for row in rows]
-            if tokens:
-                self.retriever = _indexed(tokens, settings)
+        elif rows:
+            self.segmented = SegmentedBM25(folder.parent, segments, np.asarray(rows, dtype=np.int64),
+                                           k1=settings.k1, b=settings.b)
 
     def search(self, queries: Sequence[str], k: int, *, k1: float | None = None, b: float | None = None) -> ScoredIds:
         if (k1 is not None and k1 != self.settings.k1) or (b is not None and b != self.settings.b):
@@ -202,11 +208,15 @@ class Bm25sSearcher(LexicalSearcher):
                                 f"b={self.settings.b}); rebuild it to change them, or use the pyserini backend")
         if not queries:
             return []
-        if self.retriever is None:  # every document was removed
+        if self.retriever is None and self.segmented is None:  # every document was removed
             return [[] for _ in queries]
         tokens = _tokenize(list(queries), self.settings, return_ids=False)
         depth = min(k, len(self.ids))
-        rows, scores = self.retriever.retrieve(tokens, k=depth, show_progress=False, n_threads=1)
+        if self.retriever is not None:
+            rows, scores = self.retriever.retrieve(tokens, k=depth, show_progress=False, n_threads=1)
+        else:
+            found = [self.segmented.top_k(query, depth) for query in tokens]  # type: ignore[union-attr]
+            scores, rows = [score for score, _ in found], [row for _, row in found]
         results: ScoredIds = []
         for query_rows, query_scores in zip(rows, scores, strict=True):
             # bm25s pads with zero-score documents when fewer than k match; those are not hits

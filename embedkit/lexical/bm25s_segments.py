@@ -1,22 +1,34 @@
-"""The token files of a segmented bm25s index: each segment keeps its documents' tokens, so search can score
-the live documents with the statistics of all of them (what a rebuilt index computes) without re-tokenizing.
+"""The files of a segmented bm25s index: each segment keeps its documents' tokens and their postings, so search
+scores the live documents with the statistics of all of them (what a rebuilt index computes) without
+re-tokenizing and without re-indexing (`embedkit.lexical.bm25s_scoring`).
 
-    bm25s-segments/000000/tokens.npy    int32: token ids, document after document
-    bm25s-segments/000000/offsets.npy   int64: where each document's tokens start (documents + 1 entries)
-    bm25s-segments/000000/vocab.json    the segment's token strings, by id
+    bm25s-segments/000000/tokens.npy     int32: token ids, document after document
+    bm25s-segments/000000/offsets.npy    int64: where each document's tokens start (documents + 1 entries);
+                                         their differences are the documents' lengths
+    bm25s-segments/000000/vocab.json     the segment's token strings, by id
+    bm25s-segments/000000/tf_indptr.npy  int64: where each token's postings start (tokens + 1 entries)
+    bm25s-segments/000000/tf_docs.npy    int32: the documents (offsets in the segment, ascending) of each posting
+    bm25s-segments/000000/tf_counts.npy  int32: how often the token occurs in that document
+
+The postings (a term-frequency matrix in CSC layout) are what a search reads; the tokens are the documents'
+own term lists, which is what removing a document from the statistics (its distinct terms, its length) and
+`compact` (re-indexing the live documents with bm25s) read. A segment written before postings existed has only
+the token files; opening it derives its postings in memory (`read_postings`).
 
 A segment's documents have the document-store rows `first_row, first_row + 1, …` (`BM25Segment.first_row`);
 a document deleted or replaced later is simply gone from the document store, and the segment records the
 count. Files come from folders people share: every array is loaded without pickles and checked.
 
-    write_tokens(folder / "000001", [["alpha", "beta"], ["gamma"]])
+    write_tokens(folder / "000001", [["alpha", "beta"], ["gamma"]])   # the token files and the postings
     read_tokens(folder / "000001", documents=2)      # [["alpha", "beta"], ["gamma"]]
+    read_postings(folder / "000001", documents=2).postings(1)   # (array([0]), array([1])): "beta" once in document 0
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +38,8 @@ from embedkit.lexical.segments import BM25Segment
 
 SEGMENTS_DIR = "bm25s-segments"
 TOKENS, OFFSETS, VOCAB = "tokens.npy", "offsets.npy", "vocab.json"
+TF_INDPTR, TF_DOCS, TF_COUNTS = "tf_indptr.npy", "tf_docs.npy", "tf_counts.npy"
+POSTINGS_FILES = (TF_INDPTR, TF_DOCS, TF_COUNTS)
 
 
 def segment_name(number: int) -> str:
@@ -51,39 +65,143 @@ def write_tokens(folder: Path, tokens: Sequence[Sequence[str]]) -> None:
         ids += [vocab.setdefault(token, len(vocab)) for token in document]
         offsets.append(len(ids))
     folder.mkdir(parents=True)
-    np.save(folder / TOKENS, np.asarray(ids, dtype=np.int32))
-    np.save(folder / OFFSETS, np.asarray(offsets, dtype=np.int64))
+    token_ids, bounds = np.asarray(ids, dtype=np.int32), np.asarray(offsets, dtype=np.int64)
+    np.save(folder / TOKENS, token_ids)
+    np.save(folder / OFFSETS, bounds)
     (folder / VOCAB).write_text(json.dumps(list(vocab), ensure_ascii=False), encoding="utf-8")
+    for name, array in zip(POSTINGS_FILES, _postings(token_ids, bounds, len(vocab)), strict=True):
+        np.save(folder / name, array)
+
+
+def _postings(ids: np.ndarray, offsets: np.ndarray, terms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CSC term-frequency matrix of a segment's tokens: (indptr, documents, counts), each token's documents
+    ascending."""
+    documents = len(offsets) - 1
+    owner = np.repeat(np.arange(documents, dtype=np.int64), np.diff(offsets))
+    # one sort of (token, document) keys gives the postings in CSC order and, by run length, the counts
+    keys, counts = np.unique(ids.astype(np.int64) * max(documents, 1) + owner, return_counts=True)
+    indptr = np.zeros(terms + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys // max(documents, 1), minlength=terms), out=indptr[1:])
+    return indptr, (keys % max(documents, 1)).astype(np.int32), counts.astype(np.int32)
 
 
 def segment_size(folder: Path) -> int:
-    """Bytes of one segment's token files."""
-    return sum((folder / name).stat().st_size for name in (TOKENS, OFFSETS, VOCAB))
+    """Bytes of one segment's files."""
+    return sum((folder / name).stat().st_size for name in (TOKENS, OFFSETS, VOCAB, *POSTINGS_FILES)
+               if (folder / name).exists())
+
+
+def _damaged(path: Path, problem: str) -> IndexFormatError:
+    return IndexFormatError(f"bm25s segment file {path} is damaged: {problem}; rebuild the index")
+
+
+def _array(folder: Path, name: str, dtype: type, *, mmap: bool = False) -> np.ndarray:
+    """One of a segment's arrays: no pickles, one dimension, the expected dtype (memory-mapped with `mmap`)."""
+    try:
+        array = np.load(folder / name, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as error:
+        raise IndexFormatError(f"bm25s segment file {folder / name} is damaged or missing ({type(error).__name__}: "
+                               f"{str(error)[:200]}); rebuild the index") from None
+    if array.dtype != dtype or array.ndim != 1:
+        raise _damaged(folder / name, f"a {array.ndim}-dimensional {array.dtype} array, not a list of {np.dtype(dtype)}")
+    return array
+
+
+def _tokens(folder: Path, documents: int, *, mmap: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A segment's token ids, offsets and vocabulary, their shapes and offsets checked (not every id: that
+    reads every token; `_check_ids` does, for the ids a caller reads)."""
+    ids = _array(folder, TOKENS, np.int32, mmap=mmap)
+    offsets = _array(folder, OFFSETS, np.int64, mmap=mmap)
+    try:
+        vocab = json.loads((folder / VOCAB).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise IndexFormatError(f"bm25s segment file {folder / VOCAB} is damaged or missing "
+                               f"({type(error).__name__}: {str(error)[:200]}); rebuild the index") from None
+    if not isinstance(vocab, list) or not all(isinstance(token, str) for token in vocab):
+        raise _damaged(folder / VOCAB, "not a list of strings")
+    if offsets.shape != (documents + 1,):
+        raise _damaged(folder / OFFSETS, f"{len(offsets)} entries for {documents} documents")
+    if offsets[0] != 0 or offsets[-1] != len(ids) or np.any(np.diff(offsets) < 0):
+        raise _damaged(folder / OFFSETS, "its offsets do not divide the segment's tokens")
+    return ids, offsets, vocab
+
+
+def _check_ids(folder: Path, ids: np.ndarray, terms: int) -> None:
+    if len(ids) and (ids.min() < 0 or ids.max() >= terms):
+        raise _damaged(folder / TOKENS, "token ids outside its vocabulary")
 
 
 def read_tokens(folder: Path, documents: int) -> list[list[str]]:
     """The tokens of the `documents` documents of the segment in `folder`; damage is an IndexFormatError."""
-    try:
-        ids = np.load(folder / TOKENS, allow_pickle=False)
-        offsets = np.load(folder / OFFSETS, allow_pickle=False)
-        vocab = json.loads((folder / VOCAB).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as error:
-        raise IndexFormatError(f"bm25s segment {folder} is damaged or missing ({type(error).__name__}: "
-                               f"{str(error)[:200]}); rebuild the index") from None
-    problem = None
-    if ids.dtype != np.int32 or ids.ndim != 1 or offsets.dtype != np.int64 or offsets.shape != (documents + 1,):
-        problem = f"arrays of unexpected types or shapes (offsets {offsets.shape}, {documents} documents)"
-    elif not isinstance(vocab, list) or not all(isinstance(token, str) for token in vocab):
-        problem = "its vocabulary is not a list of strings"
-    elif offsets[0] != 0 or offsets[-1] != len(ids) or np.any(np.diff(offsets) < 0):
-        problem = "its offsets do not divide its tokens"
-    elif len(ids) and (ids.min() < 0 or ids.max() >= len(vocab)):
-        problem = "token ids outside its vocabulary"
-    if problem:
-        raise IndexFormatError(f"bm25s segment {folder} is damaged: {problem}; rebuild the index")
+    ids, offsets, vocab = _tokens(folder, documents, mmap=False)
+    _check_ids(folder, ids, len(vocab))
     words = np.asarray(vocab, dtype=object)[ids].tolist() if len(ids) else []
     bounds = offsets.tolist()
     return [words[bounds[i]:bounds[i + 1]] for i in range(documents)]
+
+
+@dataclass(frozen=True)
+class SegmentPostings:
+    """One segment's postings and tokens, memory-mapped; every slice a search reads is checked as it is read.
+
+        segment = read_postings(folder, documents=2)
+        documents, counts = segment.postings(segment.vocab["beta"])
+        segment.terms(1)            # the distinct token ids of document 1
+    """
+
+    folder: Path
+    vocab: dict[str, int]
+    indptr: np.ndarray
+    docs: np.ndarray
+    counts: np.ndarray
+    tokens: np.ndarray
+    offsets: np.ndarray
+
+    @property
+    def documents(self) -> int:
+        return len(self.offsets) - 1
+
+    def postings(self, term: int) -> tuple[np.ndarray, np.ndarray]:
+        """The documents (ascending offsets in the segment) holding token id `term`, and its count in each."""
+        start, end = int(self.indptr[term]), int(self.indptr[term + 1])
+        docs, counts = np.asarray(self.docs[start:end]), np.asarray(self.counts[start:end])
+        if len(docs) and (docs[0] < 0 or docs[-1] >= self.documents or np.any(np.diff(docs) <= 0)):
+            raise _damaged(self.folder / TF_DOCS, f"the postings of token {term} are not ascending documents "
+                           f"of the segment's {self.documents}")
+        if len(counts) and counts.min() < 1:
+            raise _damaged(self.folder / TF_COUNTS, f"token {term} has counts below 1")
+        return docs, counts
+
+    def terms(self, document: int) -> np.ndarray:
+        """The distinct token ids of document `document` (an offset in the segment)."""
+        ids = np.asarray(self.tokens[int(self.offsets[document]):int(self.offsets[document + 1])])
+        _check_ids(self.folder, ids, len(self.vocab))
+        return np.unique(ids)
+
+
+def read_postings(folder: Path, documents: int) -> SegmentPostings:
+    """The postings of the `documents` documents of the segment in `folder`, memory-mapped; their shapes and
+    bounds are checked (files come from folders people share), damage is an IndexFormatError naming the file.
+    A segment written before postings existed has them derived from its tokens, in memory."""
+    tokens, offsets, vocab = _tokens(folder, documents, mmap=True)
+    by_token = {token: number for number, token in enumerate(vocab)}
+    if len(by_token) != len(vocab):
+        raise _damaged(folder / VOCAB, "a token listed twice")
+    if (folder / TF_INDPTR).exists():
+        indptr = _array(folder, TF_INDPTR, np.int64)
+        docs = _array(folder, TF_DOCS, np.int32, mmap=True)
+        counts = _array(folder, TF_COUNTS, np.int32, mmap=True)
+        if indptr.shape != (len(vocab) + 1,):
+            raise _damaged(folder / TF_INDPTR, f"{len(indptr)} entries for {len(vocab)} tokens")
+        if indptr[0] != 0 or indptr[-1] != len(docs) or np.any(np.diff(indptr) < 0):
+            raise _damaged(folder / TF_INDPTR, f"its offsets do not divide the {len(docs)} postings of {TF_DOCS}")
+        if len(counts) != len(docs) or len(docs) > len(tokens):
+            raise _damaged(folder / TF_COUNTS, f"{len(counts)} counts for {len(docs)} postings of "
+                           f"{len(tokens)} tokens")
+    else:
+        _check_ids(folder, np.asarray(tokens), len(vocab))
+        indptr, docs, counts = _postings(np.asarray(tokens), np.asarray(offsets), len(vocab))
+    return SegmentPostings(folder, by_token, indptr, docs, counts, tokens, offsets)
 
 
 def live_tokens(root: Path, segments: Sequence[BM25Segment], live: Iterable[int]) -> tuple[list[int], list[list[str]]]:

@@ -7,32 +7,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from embedkit.errors import EmbedkitError
+from embedkit.index.merge_policy import MergePolicy
 
 FIELD_NAMES = ("contents", "title")
 
 
-class BM25MergePolicy(BaseModel):
-    """When an update (`embedkit index add/remove`) of a BM25 index compacts it right away.
-
-    Compaction (`embedkit index compact`) merges the segments into one and drops deleted documents; it costs
-    what the whole index costs, so it runs only when the index has more than `max_segments` segments or more
-    than `max_deleted_fraction` of its indexed documents are deleted. None turns a rule off; both None: never.
-    `max_deleted_fraction=0` compacts after every removal, which keeps Lucene's scores exactly those of a rebuilt
-    index (Lucene's term statistics count deleted documents until their segment is merged).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_segments: int | None = Field(10, ge=1)
-    max_deleted_fraction: float | None = Field(0.25, ge=0, le=1)
-
-    def due(self, segments: int, documents: int, deleted: int) -> bool:
-        """True when an index of `segments` segments holding `documents` indexed documents, `deleted` of them
-        deleted, should be compacted now."""
-        if self.max_segments is not None and segments > self.max_segments:
-            return True
-        return (self.max_deleted_fraction is not None and deleted > 0
-                and deleted > self.max_deleted_fraction * max(documents, 1))
+#: The merge policy of BM25 folders is the one of dense folders (`embedkit.index.merge_policy`): a BM25 backend
+#: can only compact the whole index, so any merge due compacts it. The old name stays for existing callers.
+BM25MergePolicy = MergePolicy
 
 
 class BM25Settings(BaseModel):
@@ -51,7 +33,7 @@ class BM25Settings(BaseModel):
     fields: dict[str, float] | None = None
     language: str = "english"
     threads: int = Field(1, ge=1)
-    merge: BM25MergePolicy = Field(default_factory=BM25MergePolicy)
+    merge: MergePolicy = Field(default_factory=MergePolicy)
 
     @field_validator("fields")
     @classmethod

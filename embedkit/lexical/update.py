@@ -350,29 +350,31 @@ def _records(folder: Path, old: Path, recorded: dict[str, FileRecord]) -> dict[s
     return records
 
 
-def set_merge_policy(path: str | Path, *, never: bool = False, max_segments: int | None = None,
-                     max_deleted_fraction: float | None = None) -> BM25MergePolicy:
-    """Record when updates compact the index (`BM25Settings.merge`); only the manifest changes.
+def set_merge_policy(path: str | Path, policy: BM25MergePolicy | None = None, *, never: bool = False,
+                     max_segments: int | None = None, max_deleted_fraction: float | None = None) -> BM25MergePolicy:
+    """Record when updates compact the index (`BM25Settings.merge`, `embedkit.index.merge_policy`); only the
+    manifest changes. Returns the policy recorded.
 
-    `never=True` turns both rules off; otherwise the given limits replace the recorded ones (a policy that was
-    off starts again from the defaults).
+    `policy` replaces the recorded one. Without it, `never=True` turns both rules off, and the limits given
+    replace the recorded ones (`MergePolicy.with_changes`: a policy that was off starts from the defaults).
     """
     path = Path(path)
     with folder_lock(path):
         manifest = BM25Manifest.load(path)
         check_update_folder(path, manifest)
-        current = manifest.settings.merge
-        if never:
-            policy = BM25MergePolicy(max_segments=None, max_deleted_fraction=None)
-        else:
-            if current.max_segments is None and current.max_deleted_fraction is None:
-                current = BM25MergePolicy()
-            changes = {name: value for name, value in (("max_segments", max_segments),
-                                                       ("max_deleted_fraction", max_deleted_fraction))
-                       if value is not None}
-            policy = BM25MergePolicy.model_validate({**current.model_dump(), **changes})
+        if policy is None:
+            limits = {name: value for name, value in (("max_segments", max_segments),
+                                                      ("max_deleted_fraction", max_deleted_fraction))
+                      if value is not None}
+            try:
+                policy = manifest.settings.merge.with_changes("never" if never else None, **limits)
+            except ValueError as error:
+                from embedkit.errors import EmbedkitError
+
+                raise EmbedkitError(str(error)) from None
         manifest.settings = manifest.settings.model_copy(update={"merge": policy})
-        manifest.history.append(HistoryEntry(action="merge-policy", max_segments=policy.max_segments,
+        manifest.history.append(HistoryEntry(action="merge-policy", mode=policy.mode,
+                                             max_segments=policy.max_segments,
                                              max_deleted_fraction=policy.max_deleted_fraction))
         manifest.save(path)  # atomically: readers see the old manifest or this one
     return policy
