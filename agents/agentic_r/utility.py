@@ -207,16 +207,17 @@ def llm_judge(backend: LLMBackend, batch: int = 10, max_new_tokens: int = 160, *
 
 @LOCAL_SCORERS.register("embedder")
 def embedder_similarity(index, **_: object) -> LocalScorer:
-    """Cosine under the index's own encoder; passage vectors come from the FAISS index when it can
-    reconstruct them (Flat, HNSW), else they are encoded."""
+    """Cosine under the index's own encoder; passage vectors come from the index when it holds them exactly
+    (its stored copy, or a Flat/HNSW/IVF-Flat FAISS index; any number of segments), else they are encoded."""
     from embedkit.data import Document
 
     rows = {doc_id: row for row, doc_id in index.docstore.ids_by_row().items()}
 
     def passage_vectors(passages: Sequence[Passage]) -> np.ndarray:
-        try:
-            vectors = np.stack([index.faiss_index.reconstruct(int(rows[p.id])) for p in passages])
-        except (KeyError, RuntimeError):
+        found = [rows.get(p.id) for p in passages]
+        if index.vectors_exact and all(row is not None for row in found):
+            vectors = index.vectors(np.array(found, dtype=np.int64))
+        else:
             vectors = index.encoder.encode_documents([Document(id=p.id, text=p.text, title=p.title) for p in passages])
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)

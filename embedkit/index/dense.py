@@ -40,6 +40,7 @@ from embedkit.index.faiss_ops import (
     stores_exact_vectors,
     to_gpus,
     train_index,
+    try_remove,
 )
 from embedkit.index.faiss_ops import search as faiss_search
 from embedkit.index.kinds import VerifyReport, check_document_ids, verify_folder
@@ -54,13 +55,14 @@ from embedkit.index.manifest import (
     MergePolicy,
     SearchCalibration,
     SearchDefaults,
+    SegmentRecord,
     StoredVectors,
 )
 from embedkit.index.masked import load_deleted_rows
 from embedkit.index.segments import (
     SegmentedDocStore,
+    SegmentParts,
     SegmentReader,
-    merge_top_k,
     search_segments,
     search_with_ties,
     segment_records,
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
     from embedkit.encoding.encoder import Encoder
 
 VECTORS_SCRATCH = "vectors.f32"
+TRAINED_NAME = "trained-{generation:06d}.faiss"  # named by the generation that wrote it (manifest.TRAINED_FILE)
 BACKENDS = ("faiss", "faiss-gpu", "torch")
 DEFAULT_TRAIN_SAMPLE = 100_000
 StoreVectors = Literal["auto", "float16", "float32", "none"]
@@ -214,10 +217,15 @@ def _write(
         if count == 0:
             raise EmbedkitError("cannot build an index with no documents")
         index = create_index(spec.dim, factory, metric)
+        template = None
         if not index.is_trained:
             matrix = np.memmap(scratch, dtype=np.float32, mode="r", shape=(count, spec.dim))
             trained_on = train_index(index, matrix, sample_size=train_sample)
             del matrix  # unmapped: its pages stop counting towards this process's memory
+            if not on_disk:  # (on-disk lists are updated by merging folders, never by new segments)
+                # The empty trained index every new segment copies: updates read this, never index.faiss.
+                template = TRAINED_NAME.format(generation=generation)
+                faiss.write_index(index, str(folder / template))
         else:
             trained_on = 0
         if on_disk:
@@ -254,6 +262,9 @@ def _write(
             vectors=StoredVectors(file=VECTOR_FILES[mode], dtype=mode) if mode != "none" else None,
             on_disk=on_disk,
             truncated_documents=truncated() if truncated is not None else None,
+            generation=generation,  # before trained_index: the template is named by it
+            trained_index=template,
+            trained_rows=count if template is not None else None,
             history=[*(history or []), (entry or HistoryEntry(action=action, source=corpus)).model_copy(
                 update={"documents": count})],
         )
@@ -360,19 +371,72 @@ class DenseIndex(Index):
                 f"model '{self.spec.model}' (fingerprint {self.spec.fingerprint})"
             )
 
+    @property
+    def mmap(self) -> bool:
+        """Whether FAISS files are memory-mapped (`Index.load(..., mmap=True)`)."""
+        return self._mmap
+
+    @property
+    def search_device(self) -> str:
+        """Where the torch backend keeps its matrices."""
+        return self._search_device
+
     @cached_property
     def segments(self) -> list[SegmentReader]:
         """The folder's segments (one for a folder in the one-segment layout), see `embedkit.index.segments`."""
-        return [SegmentReader(self.path, self.manifest, record, mmap=self._mmap, backend=self.backend)
-                for record in segment_records(self.path, self.manifest)]
+        return [self.segment_reader(record) for record in segment_records(self.path, self.manifest)]
+
+    def segment_reader(self, record: SegmentRecord) -> SegmentReader:
+        """A reader of one segment of this folder, opened with this index's options (nothing read yet)."""
+        return SegmentReader(self.path, self.manifest, record, mmap=self._mmap, backend=self.backend,
+                             search_device=self._search_device)
+
+    @property
+    def segments_opened(self) -> bool:
+        """Whether `segments` was built already (`use_segments` must come first)."""
+        return "segments" in vars(self)
+
+    def use_segments(self, readers: Sequence[SegmentReader]) -> None:
+        """Serve these readers (one per segment of the manifest, in its order) as `segments`: how a reload hands
+        over the segments an update did not change (`embedkit.index.reopen`)."""
+        if self.segments_opened:
+            raise EmbedkitError(f"{self.path}: the segments are open already; give readers before the first search")
+        if [reader.record for reader in readers] != list(self.manifest.segments):
+            raise EmbedkitError(f"{self.path}: the readers given are not the manifest's segments")
+        vars(self)["segments"] = list(readers)
+
+    def opened_segments(self) -> list[tuple[SegmentReader, bool]]:
+        """The segments this index has opened, each with whether it is this folder's own reader (True) or the
+        one-segment layout's files presented as the segment 0 an update converts them into (False)."""
+        if self.manifest.segments:
+            return [(reader, True) for reader in vars(self).get("segments", [])]
+        faiss_index = vars(self).get("faiss_index")
+        if faiss_index is None:
+            return []
+        masked: np.ndarray = vars(self).get("deleted_rows", np.zeros(0, dtype=np.int64))
+        manifest = self.manifest
+        record = SegmentRecord(id=0, faiss=FAISS_NAME, docstore=DOCSTORE_NAME,
+                               vectors=manifest.vectors.file if manifest.vectors else None,
+                               deleted=DELETED_NAME if len(masked) else None, row_start=0,
+                               row_stop=max(manifest.next_row, manifest.num_docs + len(masked)),
+                               num_vectors=int(faiss_index.ntotal), num_stored=manifest.num_docs,
+                               num_deleted=len(masked), num_docs=min(manifest.num_docs, int(faiss_index.ntotal)))
+        reader = self.segment_reader(record)
+        # The torch matrix holds the live rows: as segment 0 (whose deletion file lists the masked rows and any
+        # the update removed) its mask hides the rest.
+        reader.adopt(SegmentParts(faiss_index=faiss_index, docstore=vars(self).get("docstore"),
+                                  deleted=np.sort(masked) if len(masked) else None,
+                                  torch_search=vars(self).get("torch_searcher")))
+        return [(reader, False)]
 
     @cached_property
     def faiss_index(self):
-        """The FAISS index of a one-segment folder (a folder of several has one per segment: `segments`)."""
+        """The FAISS index of the folder: a one-segment folder's own; for several segments, one in-memory index
+        holding every live row under its row id (`merged_faiss_index`, the size of all segments together:
+        searching goes through `segments` instead, so only callers that need one index pay for it)."""
         if self.manifest.segments:
             if len(self.segments) != 1:
-                raise EmbedkitError(f"{self.path} has {len(self.segments)} segments, each with its own FAISS index "
-                                    "(index.segments); `embedkit index compact` merges them into one")
+                return self.merged_faiss_index()
             return self.segments[0].faiss_index
         index = read_faiss_file(self.path / FAISS_NAME, mmap=self._mmap, on_disk=self.manifest.on_disk)
         check_faiss_shape(self.path, self.manifest, index, len(self.deleted_rows))
@@ -391,11 +455,13 @@ class DenseIndex(Index):
         if self.manifest.segments:
             for segment in self.segments:
                 segment.open_files()
+                if self.backend == "torch":
+                    _ = segment.torch_search, segment.torch_live
         else:
             super().open_files()
             _ = self.faiss_index  # reads deleted_rows too (its row count is checked against them)
-        if self.backend == "torch":
-            _ = self.torch_searcher
+            if self.backend == "torch":
+                _ = self.torch_searcher
 
     @cached_property
     def deleted_rows(self) -> np.ndarray:
@@ -456,10 +522,43 @@ class DenseIndex(Index):
 
     @cached_property
     def torch_searcher(self):
+        """Backend "torch" on a one-segment folder: its live rows (a segmented folder has one per segment)."""
         from embedkit.index.torch_search import TorchExactSearch
 
         rows = self.live_rows()
         return TorchExactSearch(self.vectors(rows), rows, metric=self.manifest.metric, device=self._search_device)
+
+    def merged_faiss_index(self):
+        """One in-memory FAISS index of every live document of every segment, under its row id (no deleted rows),
+        for callers that need a single index (an export, an external tool): same search results as the folder.
+
+        IVF kinds move each segment's codes into a copy of the trained template (exact, lossy codes included);
+        other kinds add the segments' vectors (the stored copy, else FAISS's own reconstruction) to an empty
+        index of the folder's factory (HNSW builds one new graph)."""
+        import faiss
+
+        cpu = [faiss.index_gpu_to_cpu(segment.faiss_index) if self.backend == "faiss-gpu" else segment.faiss_index
+               for segment in self.segments]
+        trained = self.manifest.trained_index
+        merged = (read_faiss_file(self.path / trained) if trained is not None
+                  else create_index(self.spec.dim, self.manifest.index_factory, self.manifest.metric))
+        merged.reset()
+        target = ivf_of(merged)
+        for segment, index in zip(self.segments, cpu, strict=True):
+            if target is not None:
+                copy = faiss.clone_index(index)  # merge_from empties its source: never the served segment
+                target.merge_from(ivf_of(copy), 0)
+                del copy
+                if len(segment.deleted):
+                    try_remove(target, segment.deleted)
+            else:
+                rows = segment.live_rows()
+                add_vectors(merged, segment.vectors(rows), rows)
+        if target is not None:
+            merged.ntotal = target.ntotal  # a wrapper (OPQ, PCA) counts what its IVF holds
+        if self.backend == "faiss-gpu":
+            merged = to_gpus(merged)
+        return merged
 
     # Each kind names its own search options (listed in `search_options`) where `Index.search` takes
     # **params, so the narrower signature is deliberate.
@@ -480,14 +579,19 @@ class DenseIndex(Index):
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape[1] != self.spec.dim:
             raise EmbedkitError(f"query vectors have dim {vectors.shape[1]}, the index has {self.spec.dim}")
-        if self.backend == "torch":
-            scores, rows = merge_top_k([self.torch_searcher.search(vectors, k)], k, self.manifest.metric)
+        metric = self.manifest.metric
+        if self.backend == "torch" and self.manifest.segments:
+            scores, rows = search_segments(self.segments, vectors, k, metric=metric, backend="torch")
+        elif self.backend == "torch":
+            searcher = self.torch_searcher
+            scores, rows = search_with_ties(lambda depth: searcher.search(vectors, depth), k,
+                                            max(searcher.ntotal, 1), metric)
         else:
             defaults = self.manifest.search
             nprobe = nprobe if nprobe is not None else defaults.nprobe
             ef_search = ef_search if ef_search is not None else defaults.ef_search
             if self.manifest.segments:
-                scores, rows = search_segments(self.segments, vectors, k, metric=self.manifest.metric,
+                scores, rows = search_segments(self.segments, vectors, k, metric=metric,
                                                nprobe=nprobe, ef_search=ef_search)
             else:
                 index, masked = self.faiss_index, self.deleted_rows

@@ -265,6 +265,27 @@ def read_faiss_file(path, *, mmap: bool = False, on_disk: bool = False):
                                "size field, or an index too large for RAM: try --mmap)") from None
 
 
+def empty_trained_copy(path, *, ivf: bool):
+    """The trained structure of the FAISS file at `path` without its vectors: what new segments of a folder built
+    before templates were written start from. IVF kinds (`ivf`) are memory-mapped (IO_FLAG_MMAP) and their
+    inverted lists replaced unread, so the cost is the quantizer's; other kinds are read whole and emptied."""
+    import faiss
+
+    if not ivf:
+        index = read_faiss_file(path)
+        index.reset()
+        return index
+    index = read_faiss_file(path, mmap=True)
+    lists = ivf_of(index)
+    if lists is None:
+        raise EmbedkitError(f"{path} holds no IVF index, unlike its folder's factory; rebuild the index")
+    empty = faiss.ArrayInvertedLists(lists.nlist, lists.code_size)
+    empty.this.disown()  # owned by the index from here on (replace_invlists(own=True)): Python must not free it
+    lists.replace_invlists(empty, True)
+    index.reset()  # counts and direct map; a wrapper (OPQ, PCA) resets the IVF inside too
+    return index
+
+
 def to_gpus(index):
     """`index` copied to every GPU (backend "faiss-gpu"); EmbedkitError where faiss-gpu or a GPU is missing."""
     import faiss

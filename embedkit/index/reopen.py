@@ -8,7 +8,9 @@ manifest records exactly as the previous state did (same names, sizes and SHA-25
 FAISS index, document store and deleted rows from `previous` instead of reading them again. A segment whose only
 change is a new deletion file keeps its FAISS index and document store and reads just that file; new segments
 are read whole. A folder in the one-segment layout (its first update converts it in place into segment 0 with
-the same file names) hands over its FAISS index and document store the same way.
+the same file names) hands over its FAISS index and document store the same way. With the torch backend each
+segment's matrix (`SegmentReader.torch_search`) goes along with its FAISS index and document store: a reload after
+an add builds the new segment's matrix only, and after a removal only the changed segment's mask of deleted rows.
 
 Why this is safe: segment files are never rewritten in place and new ones get fresh names, so a file recorded
 with the same name and SHA-256 holds the same bytes the previous state read (files recorded without a checksum,
@@ -29,13 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from embedkit.index.base import Index
 from embedkit.index.dense import DenseIndex
-from embedkit.index.docstore import DOCSTORE_NAME
-from embedkit.index.manifest import DELETED_NAME, FAISS_NAME, DenseManifest, SegmentRecord
-from embedkit.index.segments import SegmentReader
+from embedkit.index.manifest import DenseManifest, SegmentRecord
+from embedkit.index.segments import SegmentParts, SegmentReader
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,12 @@ class SegmentReuse:
 
 @dataclass
 class _Loaded:
-    """What a previous state already holds open for one segment (None: not opened, or not reusable)."""
+    """What a previous state already holds open for one segment (`SegmentReader.opened`)."""
 
     record: SegmentRecord
     manifest: DenseManifest
-    faiss_index: Any = None
-    docstore: Any = None
-    deleted: np.ndarray | None = None
-    reader: SegmentReader | None = None
+    parts: SegmentParts
+    reader: SegmentReader | None = None  # the reader itself, when it can be kept whole
 
 
 def reopen_index(path: str | Path, previous: Index | None, **options: Any) -> tuple[Index, SegmentReuse | None]:
@@ -85,10 +82,9 @@ def keep_unchanged_segments(index: Index, previous: Index | None) -> SegmentReus
     """
     if not isinstance(index, DenseIndex):
         return None
-    if not index.manifest.segments or "segments" in vars(index):
+    if not index.manifest.segments or index.segments_opened:
         return SegmentReuse(read=1, fresh=(0,))
-    readers = [SegmentReader(index.path, index.manifest, record, mmap=index._mmap, backend=index.backend)
-               for record in index.manifest.segments]
+    readers = [index.segment_reader(record) for record in index.manifest.segments]
     loaded = _loaded_segments(previous, index) if isinstance(previous, DenseIndex) else {}
     kept, refreshed, fresh = 0, 0, []
     for position, reader in enumerate(readers):
@@ -101,21 +97,25 @@ def keep_unchanged_segments(index: Index, previous: Index | None) -> SegmentReus
             readers[position] = old.reader  # every file and count unchanged: the very same opened segment
             kept += 1
             continue
-        record, handed = reader.record, False
-        if old.faiss_index is not None and record.faiss == old.record.faiss and same(record.faiss) \
-                and record.num_vectors == old.record.num_vectors:
-            vars(reader)["faiss_index"] = old.faiss_index
-            handed = True
-        if old.docstore is not None and record.docstore == old.record.docstore and same(record.docstore) \
-                and record.num_stored == old.record.num_stored:
-            vars(reader)["docstore"] = old.docstore
-        if old.deleted is not None and record.deleted == old.record.deleted and record.deleted is not None \
-                and same(record.deleted) and record.num_deleted == old.record.num_deleted:
-            vars(reader)["deleted"] = old.deleted
-        refreshed += handed
-        if not handed:
+        record, parts = reader.record, old.parts
+        faiss_same = parts.faiss_index is not None and record.faiss == old.record.faiss and same(record.faiss) \
+            and record.num_vectors == old.record.num_vectors
+        store_same = parts.docstore is not None and record.docstore == old.record.docstore \
+            and same(record.docstore) and record.num_stored == old.record.num_stored
+        deleted_same = parts.deleted is not None and record.deleted == old.record.deleted \
+            and record.deleted is not None and same(record.deleted) and record.num_deleted == old.record.num_deleted
+        vectors_same = record.vectors == old.record.vectors and (record.vectors is None or same(record.vectors))
+        # The torch matrix holds rows of the document store with vectors of the FAISS file (or the stored copy):
+        # kept with them; only its mask of deleted rows follows the new deletion file.
+        torch_same = parts.torch_search is not None and faiss_same and store_same and vectors_same
+        reader.adopt(SegmentParts(faiss_index=parts.faiss_index if faiss_same else None,
+                                  docstore=parts.docstore if store_same else None,
+                                  deleted=parts.deleted if deleted_same else None,
+                                  torch_search=parts.torch_search if torch_same else None))
+        refreshed += faiss_same
+        if not faiss_same:
             fresh.append(record.id)
-    vars(index)["segments"] = readers
+    index.use_segments(readers)
     return SegmentReuse(kept=kept, refreshed=refreshed, read=len(fresh), fresh=tuple(fresh))
 
 
@@ -136,32 +136,15 @@ def _compatible(old: DenseIndex, new: DenseIndex) -> bool:
     """Opened objects can move between the two states: same vectors, metric, storage and opening options."""
     a, b = old.manifest, new.manifest
     return (a.encoder.dim == b.encoder.dim and a.metric == b.metric and a.on_disk == b.on_disk
-            and a.vectors == b.vectors and old._mmap == new._mmap and old.backend == new.backend
-            and Path(old.path).resolve() == Path(new.path).resolve())
+            and a.vectors == b.vectors and old.mmap == new.mmap and old.backend == new.backend
+            and old.search_device == new.search_device and Path(old.path).resolve() == Path(new.path).resolve())
 
 
 def _loaded_segments(previous: DenseIndex, index: DenseIndex) -> dict[int, _Loaded]:
     """Segment id -> what `previous` holds open for it (only what it actually opened)."""
     if not _compatible(previous, index):
         return {}
-    manifest = previous.manifest
-    if manifest.segments:
-        opened = vars(previous).get("segments") or []
-        return {reader.record.id: _Loaded(reader.record, manifest, vars(reader).get("faiss_index"),
-                                          vars(reader).get("docstore"), vars(reader).get("deleted"), reader)
-                for reader in opened}
-    # The one-segment layout: its files become segment 0 under the same names when an update converts it.
-    faiss_index = vars(previous).get("faiss_index")
-    if faiss_index is None:
-        return {}
-    masked: np.ndarray = vars(previous).get("deleted_rows", np.zeros(0, dtype=np.int64))
-    masked_count = len(masked)
-    record = SegmentRecord(id=0, faiss=FAISS_NAME, docstore=DOCSTORE_NAME,
-                           vectors=manifest.vectors.file if manifest.vectors else None,
-                           deleted=DELETED_NAME if masked_count else None, row_start=0,
-                           row_stop=max(manifest.next_row, manifest.num_docs + masked_count),
-                           num_vectors=int(faiss_index.ntotal), num_stored=manifest.num_docs,
-                           num_deleted=masked_count, num_docs=min(manifest.num_docs, int(faiss_index.ntotal)))
-    docstore = vars(previous).get("docstore")
-    deleted = np.sort(masked) if masked_count else None
-    return {0: _Loaded(record, manifest, faiss_index, docstore, deleted)}
+    # The one-segment layout's files become segment 0 under the same names when an update converts them: their
+    # parts are handed over, never that reader itself (the new state reads the segment under its own record).
+    return {reader.record.id: _Loaded(reader.record, previous.manifest, reader.opened(), reader if own else None)
+            for reader, own in previous.opened_segments()}

@@ -43,9 +43,10 @@ Design note — the layout (manifest `format_version` 3, `DenseManifest.segments
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -56,6 +57,9 @@ from embedkit.index.docstore_parts import SegmentedDocStore  # noqa: F401 - read
 from embedkit.index.faiss_ops import read_faiss_file, reconstruct_rows
 from embedkit.index.manifest import DELETED_NAME, FAISS_NAME, DenseManifest, SegmentRecord
 from embedkit.index.masked import load_deleted_rows
+
+if TYPE_CHECKING:
+    from embedkit.index.torch_search import TorchExactSearch
 
 #: Segmented commits: where `EMBEDKIT_CRASH_AT` can kill an update (fault-injection tests).
 SEGMENT_STEPS = (
@@ -89,13 +93,28 @@ def segment_records(folder: Path, manifest: DenseManifest) -> list[SegmentRecord
     return list(manifest.segments) if manifest.segments else [legacy_segment(folder, manifest)]
 
 
+@dataclass(frozen=True)
+class SegmentParts:
+    """The opened parts of one segment (None: not read): what a reopen hands from one reader to the next."""
+
+    faiss_index: Any = None
+    docstore: DocStore | None = None
+    deleted: np.ndarray | None = None
+    torch_search: TorchExactSearch | None = None
+
+
+def asdict_shallow(parts: SegmentParts) -> dict[str, Any]:
+    """`parts` as a dict of the very objects it holds (dataclasses.asdict would deep-copy them)."""
+    return {name: getattr(parts, name) for name in SegmentParts.__dataclass_fields__}
+
+
 class SegmentReader:
     """One segment, opened for search: FAISS index, document store, deleted rows, stored vectors."""
 
     def __init__(self, folder: Path, manifest: DenseManifest, record: SegmentRecord, *, mmap: bool = False,
-                 backend: str = "faiss", count: bool = True) -> None:
+                 backend: str = "faiss", count: bool = True, search_device: str = "auto") -> None:
         self.folder, self.manifest, self.record = folder, manifest, record
-        self._mmap, self._backend = mmap, backend
+        self._mmap, self._backend, self._search_device = mmap, backend, search_device
         self._count = count  # an update skips counting the store's rows (a scan): its cost follows the change
 
     @cached_property
@@ -155,6 +174,30 @@ class SegmentReader:
     def open_files(self) -> None:
         _ = self.faiss_index, self.docstore, self.deleted
 
+    @cached_property
+    def torch_search(self) -> TorchExactSearch:
+        """Exact torch search (backend "torch") over every stored row; deleted ones are masked (`torch_live`), so
+        a new deletion file changes the mask, never the matrix."""
+        from embedkit.index.torch_search import TorchExactSearch
+
+        rows = np.fromiter(sorted(self.docstore.ids_by_row()), dtype=np.int64)
+        return TorchExactSearch(self.vectors(rows), rows, metric=self.manifest.metric, device=self._search_device)
+
+    @cached_property
+    def torch_live(self) -> Any:
+        """`torch_search`'s mask of live rows (None: none deleted)."""
+        return self.torch_search.live_mask(self.deleted)
+
+    def opened(self) -> SegmentParts:
+        """What this reader has read so far (None: not yet), for a reopen to hand over (`embedkit.index.reopen`)."""
+        return SegmentParts(**{name: vars(self).get(name) for name in SegmentParts.__dataclass_fields__})
+
+    def adopt(self, parts: SegmentParts) -> None:
+        """Use `parts` (another reader's `opened()` of the very same files) instead of reading them again."""
+        for name, value in asdict_shallow(parts).items():
+            if value is not None:
+                vars(self)[name] = value
+
     def live_rows(self) -> np.ndarray:
         rows = np.fromiter(sorted(self.docstore.ids_by_row()), dtype=np.int64)
         return rows[~np.isin(rows, self.deleted)]
@@ -213,19 +256,26 @@ def search_with_ties(run: Callable[[int], tuple[np.ndarray, np.ndarray]], k: int
 
 
 def search_segments(segments: Sequence[SegmentReader], vectors: np.ndarray, k: int, *, metric: str,
-                    nprobe: int | None = None, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Search every segment (deleted rows masked) and merge: `merge_top_k`."""
+                    nprobe: int | None = None, ef_search: int | None = None, backend: str = "faiss"
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Search every segment (deleted rows masked) and merge: `merge_top_k`. `backend` "torch" searches each
+    segment's `torch_search` instead of its FAISS index (same rows, same tie rule)."""
     from embedkit.index.faiss_ops import search as faiss_search
 
     def searcher(segment: SegmentReader) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+        if backend == "torch":
+            return lambda depth: segment.torch_search.search(vectors, depth, live=segment.torch_live)
         return lambda depth: faiss_search(segment.faiss_index, vectors, depth, nprobe=nprobe, ef_search=ef_search,
                                           exclude=segment.deleted)
 
     parts = []
     for segment in segments:
-        if segment.faiss_index.ntotal == 0 or segment.record.num_docs == 0:
+        if segment.record.num_docs == 0:
             continue
-        parts.append(search_with_ties(searcher(segment), k, segment.faiss_index.ntotal, metric))
+        total = segment.torch_search.ntotal if backend == "torch" else segment.faiss_index.ntotal
+        if total == 0:
+            continue
+        parts.append(search_with_ties(searcher(segment), k, total, metric))
     if not parts:
         return np.full((len(vectors), 1), -np.inf, dtype=np.float32), np.full((len(vectors), 1), -1, dtype=np.int64)
     return merge_top_k(parts, k, metric)

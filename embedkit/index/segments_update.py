@@ -26,7 +26,14 @@ import numpy as np
 from embedkit.data.corpus import Document
 from embedkit.errors import EmbedkitError, IndexFormatError
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
-from embedkit.index.faiss_ops import add_vectors, create_index, read_faiss_file, try_remove
+from embedkit.index.faiss_ops import (
+    add_vectors,
+    create_index,
+    empty_trained_copy,
+    ivf_of,
+    read_faiss_file,
+    try_remove,
+)
 from embedkit.index.kinds import check_document_ids
 from embedkit.index.manifest import (
     DELETED_NAME,
@@ -222,14 +229,17 @@ class SegmentedUpdate:
         """The trained empty index new segments copy (IVF/PQ), or None where an empty index needs no training."""
         import faiss
 
-        if create_index(self.dim, self.manifest.index_factory, self.manifest.metric).is_trained:
+        from embedkit.index.dense import TRAINED_NAME
+
+        empty = create_index(self.dim, self.manifest.index_factory, self.manifest.metric)
+        if empty.is_trained:
             return None
-        if self.trained_index is not None:
+        if self.trained_index is not None:  # written by the build (or an earlier update): small
             return read_faiss_file(self.folder / self.trained_index)
-        # First update of a trained one-segment folder: its trained structure, emptied, becomes the template.
-        template = faiss.clone_index(self.readers[0].faiss_index)
-        template.reset()
-        self.trained_index = f"trained-{self.generation:06d}.faiss"
+        # First update of a trained folder built before builds wrote templates: its trained structure, emptied,
+        # becomes the template (IVF lists memory-mapped, never read).
+        template = empty_trained_copy(self.folder / self.records[0].faiss, ivf=ivf_of(empty) is not None)
+        self.trained_index = TRAINED_NAME.format(generation=self.generation)
         faiss.write_index(template, str(self.folder / self.trained_index))
         self.written.append(self.trained_index)
         self.trained_rows = self.manifest.num_docs

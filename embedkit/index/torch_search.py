@@ -6,6 +6,11 @@ beyond the matrix is one (queries × chunk) score block.
 
     searcher = TorchExactSearch(vectors, rows, metric="ip", device="cuda")
     scores, found_rows = searcher.search(queries, k=10)     # same conventions as faiss: L2 returns distances
+    live = searcher.live_mask(deleted_rows)                  # rows to skip, as a mask kept beside the matrix
+    scores, found_rows = searcher.search(queries, k=10, live=live)
+
+A segmented folder (`embedkit.index.segments`) keeps one searcher per segment holding every stored row, and a
+mask of its deleted rows: a reload after a removal recomputes the mask, not the matrix.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ class TorchExactSearch:
         self.rows = torch.as_tensor(np.arange(self.ntotal) if rows is None else np.asarray(rows, dtype=np.int64))
         if len(self.rows) != self.ntotal:
             raise EmbedkitError(f"{len(self.rows)} row ids for {self.ntotal} vectors")
-        self.query_batch = query_batch
+        self.query_batch, self.chunk_rows = query_batch, chunk_rows
         self.chunks: list[torch.Tensor] = []
         self.norms: list[torch.Tensor] = []
         for start in range(0, self.ntotal, chunk_rows):
@@ -44,17 +49,32 @@ class TorchExactSearch:
                 self.norms.append((part * part).sum(dim=1).to(self.device))  # norms in fp32 for accuracy
             self.chunks.append(part.to(self.device, self.dtype))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of shape (n, k); rows -1 where fewer than k vectors exist. L2 gives squared distances."""
+    def live_mask(self, excluded_rows: np.ndarray) -> torch.Tensor | None:
+        """A mask (on the search device) of the vectors whose row is not in `excluded_rows`; None: all live."""
+        excluded = np.asarray(excluded_rows, dtype=np.int64)
+        if len(excluded) == 0:
+            return None
+        return torch.from_numpy(~np.isin(self.rows.numpy(), excluded)).to(self.device)
+
+    def search(self, queries: np.ndarray, k: int, *, live: torch.Tensor | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of shape (n, k); rows -1 where fewer than k vectors exist. L2 gives squared distances.
+
+        `live` (from `live_mask`) leaves out the vectors it marks False."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != self.dim:
             raise EmbedkitError(f"query vectors have dim {queries.shape[1]}, the index has {self.dim}")
-        k_eff = min(max(1, k), self.ntotal)  # 0 for an empty index: every hit is padding
+        if live is not None and len(live) != self.ntotal:
+            raise EmbedkitError(f"a mask of {len(live)} rows for {self.ntotal} vectors")
+        searchable = self.ntotal if live is None else int(live.sum())
+        k_eff = min(max(1, k), searchable)  # 0 for an empty index: every hit is padding
         all_scores, all_rows = [], []
         with torch.inference_mode():
             for start in range(0, len(queries), self.query_batch):
                 q = torch.from_numpy(queries[start : start + self.query_batch]).to(self.device)
-                scores, positions = self._search_batch(q, k_eff)
+                scores, positions = self._search_batch(q, k_eff, live)
+                if positions.numel():
+                    scores = self._exact(q, positions)
                 all_scores.append(scores.float().cpu())
                 all_rows.append(self.rows[positions.cpu()])
         score_array = torch.cat(all_scores).numpy() if all_scores else np.zeros((0, k_eff), np.float32)
@@ -67,7 +87,33 @@ class TorchExactSearch:
             row_array = np.pad(row_array, ((0, 0), (0, k - k_eff)), constant_values=-1)
         return score_array.astype(np.float32), row_array.astype(np.int64)
 
-    def _search_batch(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _exact(self, q: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The scores of `positions` recomputed in float64 and rounded to float32 (l2: minus the distance).
+
+        Matrix products round differently with the shape of the matrix (BLAS picks kernels by size), so one
+        vector could score a few ulps apart in two segments' matrices; recomputed alone, equal vectors score
+        equally wherever they are, and the tie rule (lower row first) decides, as it does with FAISS."""
+        out = torch.empty(positions.shape, dtype=torch.float64, device=q.device)
+        q64 = q.double()
+        step = max(1, (1 << 22) // max(1, positions.shape[1] * self.dim))  # bounds the gathered block
+        for start in range(0, len(q), step):
+            found = self._vectors_at(positions[start : start + step]).double()
+            query = q64[start : start + step, None, :]
+            out[start : start + step] = (found * query).sum(-1) if self.metric == "ip" else -((found - query) ** 2).sum(-1)
+        return out.float()
+
+    def _vectors_at(self, positions: torch.Tensor) -> torch.Tensor:
+        flat = positions.reshape(-1)
+        found = torch.empty((len(flat), self.dim), dtype=self.dtype, device=self.device)
+        chunk_of = torch.div(flat, self.chunk_rows, rounding_mode="floor")
+        for number, chunk in enumerate(self.chunks):
+            selected = chunk_of == number
+            if selected.any():
+                found[selected] = chunk[flat[selected] - number * self.chunk_rows]
+        return found.reshape(*positions.shape, self.dim)
+
+    def _search_batch(self, q: torch.Tensor, k: int, live: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         best_scores: torch.Tensor | None = None
         best_positions: torch.Tensor | None = None
         q_low = q.to(self.dtype)
@@ -77,6 +123,8 @@ class TorchExactSearch:
             scores = (q_low @ chunk.T).float()
             if q_norm is not None:  # l2: rank by -||q - x||² = 2 q·x - ||x||² - ||q||²
                 scores = 2 * scores - self.norms[index][None, :] - q_norm
+            if live is not None:  # masked vectors rank below every live one (k never exceeds the live count)
+                scores = scores.masked_fill(~live[offset : offset + chunk.shape[0]][None, :], float("-inf"))
             take = min(k, chunk.shape[0])
             top_scores, top_positions = torch.topk(scores, take, dim=1)
             top_positions = top_positions + offset
