@@ -29,6 +29,7 @@ import yaml
 from embedkit.config import load_yaml_mapping
 from embedkit.errors import EmbedkitError
 from embedkit.io import atomic_directory, atomic_write
+from embedkit.merging.buffers import stage_without_buffers
 from embedkit.merging.methods import DEFAULT_MERGE_METHOD, mergekit_config_dict
 from embedkit.merging.st_layout import STLayout, diff_settings, is_weight_file, read_layout
 
@@ -124,7 +125,7 @@ def merge_with_config(
     # because mergekit takes a relative "org/name"-shaped path for a hub id (its model card asks the hub).
     mergekit_dict = _point_at_transformers(config, {str(x.root): str(x.transformer_dir.resolve()) for x in layouts})
     try:
-        merge_config = MergeConfiguration.model_validate(mergekit_dict)
+        MergeConfiguration.model_validate(mergekit_dict)  # refused before the output folder is touched
     except ValidationError as error:
         raise EmbedkitError(f"invalid mergekit configuration: {error}") from None
 
@@ -135,11 +136,15 @@ def merge_with_config(
     with atomic_directory(out, overwrite=overwrite, marker="modules.json", what="model") as tmp, \
             tempfile.TemporaryDirectory(dir=tmp.parent) as work:
         merged = Path(work) / "transformer"
+        # mergekit reads each transformer through a folder that hides the class's non-persistent buffers.
+        staged = {str(x.root): stage_without_buffers(x.transformer_dir.resolve(), Path(work) / "inputs" / str(i))
+                  for i, x in enumerate(layouts)}
+        mergekit_dict = _point_at_transformers(config, {k: str(v.path) for k, v in staged.items()})
         try:
             if mergekit_yaml_options is None:
                 options = MergeOptions(copy_tokenizer=True, quiet=True, lazy_unpickle=True, random_seed=seed,
                                        write_model_card=False)
-                run_merge(merge_config, str(merged), options=options)
+                run_merge(MergeConfiguration.model_validate(mergekit_dict), str(merged), options=options)
             else:
                 _run_mergekit_yaml(mergekit_dict, merged, mergekit_yaml_options, seed)
         except (RuntimeError, ValueError, TypeError, KeyError) as error:
@@ -153,6 +158,8 @@ def merge_with_config(
             "inputs": [str(x.root) for x in layouts],
             "pooling": reference.pooling_mode(),
             "mergekit_workarounds": workarounds,
+            # Rebuilt by the model class on load, so left out of the merge (see embedkit.merging.buffers).
+            "buffers_not_merged": sorted({b for v in staged.values() for b in v.hidden_buffers}),
             "mergekit_runner": "python-api" if mergekit_yaml_options is None
             else " ".join(["mergekit-yaml", *mergekit_yaml_options]),
         }
