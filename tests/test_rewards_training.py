@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from agents.rewards.acgenrm import ACGenRM, acpo_group_rewards, length_term
+from agents.rewards.acgenrm import ACGenRM, acpo_group_rewards
 from agents.rewards.consistrm import ConsistencyMemory, ConsistRMReward
 from agents.rewards.pair_data import countdown_pairs, math_pairs
 from agents.rewards.pairs import PreferencePair
@@ -150,13 +150,6 @@ def test_acgenrm_batches_a_group_and_judges_both_orders():
     assert scores[0] == [4.0, -4.0, -4.0, 4.0] and scores[1] == [0.0, 0.0]
     # right-vs-right, wrong-vs-wrong and q2's x-vs-y follow position A in both orders: counted as inconsistent
     assert judge.last_stats["order_inconsistent"] == 3 and judge.last_stats["judge_calls"] == 14
-
-
-def test_length_term_modes_do_not_reward_padding_by_default():
-    padded = "useful answer " + "filler " * 600
-    assert length_term(padded, True, mode="words") == 5.0
-    assert length_term(padded, True, mode="distinct_words") == pytest.approx(3 / 100)
-    assert length_term(padded, True, mode="none") == 0.0
 
 
 # ---- the configs on a tiny judge ---------------------------------------------------------------------------

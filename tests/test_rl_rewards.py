@@ -10,6 +10,7 @@ import pytest
 from agents.llm import LLMBackend
 from agents.rewards.acgenrm import (
     ACGenRM,
+    LengthShaping,
     acpo_rewards,
     length_term,
     round_robin_scores,
@@ -173,9 +174,9 @@ def test_acpo_rewards_round_robin_structure_and_length():
     # stripped lengths: 5 < 15 < 26 → round robin [−4, 0, +4]; short-form: planning costs −5
     out = acpo_rewards("q", responses, judge, long_form=False)
     assert out == [-4.0 - 5.0, 0.0, 4.0]
-    long = acpo_rewards("q", responses, judge, long_form=True, length_unit=1, length_cap=5.0)
-    # long-form: the unplanned responses pay −5; length term min(5, words) with 1, 3 and 5 words
-    assert long == [-4.0 + 1.0, 0.0 - 5.0 + 3.0, 4.0 - 5.0 + 5.0]
+    long = acpo_rewards("q", responses, judge, long_form=True, length=LengthShaping(length_long_min=6, length_unit=1))
+    # long-form: the unplanned responses pay −5; R_len −min(5, 6 − words) with 1, 3 and 5 words
+    assert long == [-4.0 - 5.0, 0.0 - 5.0 - 3.0, 4.0 - 5.0 - 1.0]
     compare_prompts = [p for p in llm.prompts if "Criteria:" in p]
     assert all("<plan>" not in p for p in compare_prompts)
     # random order swaps: both presentation orders occur and the verdict is mapped back
@@ -187,7 +188,8 @@ def test_acpo_pieces():
     assert strip_planning("<think>x</think> hi  <plan>y</plan>there") == "hi there"
     assert structure_penalty("<plan>p</plan> a", long_form=True) == 0.0
     assert structure_penalty("a", long_form=True) == -5.0 and structure_penalty("a", long_form=False) == 0.0
-    assert length_term("w " * 1000, long_form=True) == 5.0 and length_term("w w", long_form=False) == 0.0
+    assert length_term("w " * 1000, long_form=True) == 0.0 and length_term("w w", long_form=False) == 0.0
+    assert length_term("w " * 1000, long_form=False) == -5.0 and length_term("w w", long_form=True) == -4.98
 
 
 def test_reflectrm_takes_verdict_of_chosen_analysis():

@@ -205,13 +205,14 @@ def test_acpo_shaping_on_cases_where_readings_differ(judge_server):
     """ACPO's reward, R_rel + R_struct + R_len (UniCreative, arXiv 2604.05517): expected values worked out by hand.
     R_rel (±2 per pairwise win/loss, summed over the group, judged on the text without planning) and R_struct
     (−5 for a long-form response without planning or a short-form one with it) are the paper's as its summaries
-    state them. R_len is embedkit's reading, min(5, L/100) on long-form tasks with L the words outside planning
-    and 0 on short-form tasks: summaries of the paper call its length term asymmetric (short-form responses
-    penalised for being long), which this does not do. The official code (github.com/weixiaolong94-hub/UniCreative)
-    could not be fetched here, so none of these values come from the official program."""
+    state them. R_len is the asymmetric penalty those summaries describe, capped at 5: −min(5, (long_min − L)/100)
+    for a long-form response under long_min words, −min(5, (L − short_max)/100) for a short-form one over
+    short_max, L the words outside planning; long_min (500) and short_max (200, 1 here) are embedkit's values.
+    The official code (github.com/weixiaolong94-hub/UniCreative) could not be fetched here, so none of these
+    values come from the official program."""
     url, _ = judge_server
     settings = read_settings(ACPOSettings, {"judge": {"base_url": url, "model": "judge", "max_retries": 0},
-                                            "length_mode": "words"})  # fmt: skip
+                                            "length_short_max": 1})  # fmt: skip
     plan = "<plan>good good good good</plan>"
     long_group = ("write a saga", [f"{plan} a good saga", "good good saga", "firstbias saga " + "word " * 150], True)
     short_group = ("a slogan", [f"{plan} good", "good good"], False)
@@ -219,10 +220,12 @@ def test_acpo_shaping_on_cases_where_readings_differ(judge_server):
     # Long form. Judged without planning: "a good saga" (1 good) loses to "good good saga" (2), which a reading that
     # keeps the plan would reverse; the firstbias response gets "A" in both orders, so both its pairs are
     # ties (one order alone would give ±2). R_rel = [-2, +2, 0]. R_struct: the 2nd and 3rd skip planning: -5 each.
-    # R_len (words outside planning / 100): 3/100, 3/100, min(5, 152/100).
-    assert scored.rewards[0] == pytest.approx([-2 + 0.03, 2 - 5 + 0.03, 0 - 5 + 1.52])
-    # Short form: "good" (plan stripped) loses to "good good"; the planning one gets -5; no length term.
-    assert scored.rewards[1] == pytest.approx([-2 - 5, 2])
+    # R_len: 3, 3 and 152 words outside planning, short of 500 by 497, 497, 348 (the plan's 4 words do not count;
+    # embedkit's earlier +min(5, L/100) would give +0.03, +0.03, +1.52).
+    assert scored.rewards[0] == pytest.approx([-2 - 4.97, 2 - 5 - 4.97, 0 - 5 - 3.48])
+    # Short form: "good" (plan stripped) loses to "good good"; the planning one gets -5. R_len: 1 word is not over
+    # short_max = 1, 2 words are 1 over: -0.01 (the earlier reading gave short-form responses no length term).
+    assert scored.rewards[1] == pytest.approx([-2 - 5, 2 - 0.01])
     assert scored.stats["order_inconsistent"] == 2
 
 
@@ -341,6 +344,6 @@ def test_a_sample_without_uid_is_scored_alone(base_config, tokenizer_dir, judge_
     data = _batch(tok, ["q"], ["good good", "good", "x"], ["-"])
     data.non_tensor_batch.pop("uid")
     rm_scores, outputs = _score(config, data)
-    # Alone: no pairs; long form without planning: -5 plus 2/100, 1/100, 1/100 words (distinct words: 1, 1, 1).
-    assert rm_scores.sum(-1).tolist() == pytest.approx([-4.99, -4.99, -4.99])
+    # Alone: no pairs; long form without planning: -5, and 2, 1, 1 words are 498, 499, 499 short of 500.
+    assert rm_scores.sum(-1).tolist() == pytest.approx([-9.98, -9.99, -9.99])
     assert [o["reward_extra_info"]["group_members"] for o in outputs] == [1, 1, 1]

@@ -6,13 +6,20 @@ the two verdicts agree (disagreeing orders are a tie, and are counted in `last_s
 judges one randomly chosen order per pair and maps the verdict back. All comparisons of a batch (the
 G(G−1)/2 pairs of every group, times the orders) go to the backend in one `generate` call.
 
-ACPO reward of response i in a group of G responses to one query:
-    round robin:  +2 for every pairwise win, −2 for every loss (ties 0), judged on the responses with their
-                  planning text (`<plan>…</plan>`, `<think>…</think>`) stripped;
-    structure:    −5 when a long-form task's response skips planning, or a short-form task's response plans;
-    length:       min(cap, coef · L / unit) on long-form tasks (0 on short-form tasks), where L counts the
-                  response's words (`length_mode="words"`, the paper's term) or, by default, its distinct
-                  words (`"distinct_words"`: repeating text to pad a response earns nothing); `"none"` drops it.
+ACPO reward of response i in a group of G responses to one query (UniCreative, arXiv 2604.05517:
+R_total = R_rel + R_struct + R_len):
+    R_rel     +2 for every pairwise win, −2 for every loss (ties 0), judged on the responses with their
+              planning text (`<plan>…</plan>`, `<think>…</think>`) stripped;
+    R_struct  −5 when a long-form task's response skips planning, or a short-form task's response plans;
+    R_len     `LengthShaping`: by default the paper's asymmetric length regularisation, a penalty of at most
+              γ = 5 for a long-form response that is too short or a short-form response that is too long.
+
+Where R_len comes from: the paper's own equation and the official code (github.com/weixiaolong94-hub/UniCreative)
+could not be read from here (the pages reached give the abstract only). A paper note (ACL 2026 Findings, three
+language versions of one note, citing that repository) says R_len is an asymmetric length regularisation that
+penalises long-form responses for being too short and short-form responses for being too long, capped at
+γ = 5.0. It gives neither the length unit nor the two thresholds, so those (words outside planning, 500 and
+200 words, 1 point per 100 words) are embedkit's choices, each a setting.
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ import itertools
 import random
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.llm import LLMBackend, build_backend
 from agents.rewards.parsing import last_tag, parse_pairwise
 from agents.rl.reward_registry import REWARDS, RewardBatch, RewardFn
+from embedkit.config import validate_config
 
 PLAN_RE = re.compile(r"<(plan|think)>.*?</\1>", re.DOTALL | re.IGNORECASE)
 
@@ -62,21 +72,64 @@ def structure_penalty(text: str, long_form: bool, penalty: float = -5.0) -> floa
     return penalty if has_planning(text) != long_form else 0.0
 
 
-LENGTH_MODES = ("none", "words", "distinct_words")
+LengthMode = Literal["asymmetric", "long_bonus", "none"]
+LengthCount = Literal["words", "distinct_words"]
 
 
-def length_term(text: str, long_form: bool, *, coef: float = 1.0, unit: int = 100, cap: float = 5.0,
-                mode: str = "words") -> float:  # fmt: skip
-    """min(cap, coef · L / unit) for long-form tasks (planning excluded), 0 for short-form tasks; L counts
-    words (`mode="words"`), distinct lower-cased words without punctuation (`"distinct_words"`), or is 0."""
-    if mode not in LENGTH_MODES:
-        raise ValueError(f"length mode must be one of {', '.join(LENGTH_MODES)}, not '{mode}'")
-    if not long_form or mode == "none":
-        return 0.0
-    words = strip_planning(text).split()
-    if mode == "distinct_words":
-        words = list({w.strip(".,;:!?\"'()[]").lower() for w in words} - {""})
-    return min(cap, coef * len(words) / unit)
+class LengthShaping(BaseModel):
+    """ACPO's length term R_len: the `length_*` settings of the `acpo` reward and of verl's `embedkit_acpo`.
+
+        shaping = LengthShaping(length_short_max=100)
+        shaping.term("<plan>…</plan> Once upon a time …", long_form=True)  # −min(5, (500 − L) / 100)
+
+    L counts the response's words outside planning. `length_mode`:
+      "asymmetric" (default, R_len as the paper note describes it):
+          long form −min(cap, coef · max(0, long_min − L) / unit),
+          short form −min(cap, coef · max(0, L − short_max) / unit);
+      "long_bonus" (embedkit's earlier reading, not the paper's): long form +min(cap, coef · L / unit), short
+          form 0. With long_min = cap · unit / coef (the defaults) its long-form values are the asymmetric ones
+          plus cap, so a group-normalised estimator (GRPO) sees the same long-form advantages from both;
+      "none": 0.
+    `length_count="distinct_words"` (not the paper's) counts a long-form response's distinct lower-cased words
+    without punctuation, so repeating text to reach long_min earns nothing; a short-form response's excess
+    still counts every word, so repeating text still costs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    length_mode: LengthMode = "asymmetric"
+    length_count: LengthCount = "words"
+    length_coef: float = Field(1.0, ge=0)
+    length_unit: int = Field(100, gt=0, description="words per `length_coef` points")
+    length_cap: float = Field(5.0, ge=0, description="γ: the most the term moves a reward")
+    length_long_min: int = Field(500, ge=0, description="words below which a long-form response pays")
+    length_short_max: int = Field(200, ge=0, description="words above which a short-form response pays")
+
+    def term(self, text: str, long_form: bool) -> float:
+        """R_len of one response (planning excluded from its length)."""
+        if self.length_mode == "none" or (self.length_mode == "long_bonus" and not long_form):
+            return 0.0
+        words = strip_planning(text).split()
+        if long_form and self.length_count == "distinct_words":
+            words = list({w.strip(".,;:!?\"'()[]").lower() for w in words} - {""})
+        if self.length_mode == "long_bonus":
+            return self._capped(len(words))
+        gap = self.length_long_min - len(words) if long_form else len(words) - self.length_short_max
+        return -self._capped(max(0, gap))
+
+    def _capped(self, words: int) -> float:
+        return min(self.length_cap, self.length_coef * words / self.length_unit)
+
+
+def length_term(text: str, long_form: bool, **settings: Any) -> float:
+    """R_len of one response under `LengthShaping(**settings)`: `length_term(text, True, length_mode="none")`."""
+    return LengthShaping(**settings).term(text, long_form)
+
+
+def read_length_shaping(settings: dict[str, Any], *, where: str = "reward.params") -> LengthShaping:
+    """`LengthShaping` from `length_*` settings; a bad one is a `DataFormatError` naming it and `where`."""
+    shaping = validate_config(LengthShaping, settings, path=where)
+    assert isinstance(shaping, LengthShaping)
+    return shaping
 
 
 def round_robin_scores(n: int, compare: Callable[[int, int], int], *, win: float = 2.0,
@@ -166,10 +219,11 @@ def group_scores(outcomes: dict[tuple[int, int], int], n: int, *, win: float = 2
 
 
 def acpo_group_rewards(groups: Sequence[tuple[str, Sequence[str], bool]], judge: ACGenRM, *, win: float = 2.0,
-                       loss: float = -2.0, penalty: float = -5.0, length_coef: float = 1.0, length_unit: int = 100,
-                       length_cap: float = 5.0, length_mode: str = "distinct_words") -> list[list[float]]:  # fmt: skip
+                       loss: float = -2.0, penalty: float = -5.0,
+                       length: LengthShaping | None = None) -> list[list[float]]:  # fmt: skip
     """ACPO rewards of several groups (query, responses, long_form): one backend call for all criteria and
-    one for all G(G−1)/2 comparisons of every group."""
+    one for all G(G−1)/2 comparisons of every group. `length`: R_len's settings (default: the paper's)."""
+    length = LengthShaping() if length is None else length
     criteria = judge.criteria_many([q for q, _, _ in groups])
     comparisons, where = [], []
     for g, ((query, responses, _), crit) in enumerate(zip(groups, criteria, strict=True)):
@@ -184,19 +238,17 @@ def acpo_group_rewards(groups: Sequence[tuple[str, Sequence[str], bool]], judge:
     out = []
     for (_, responses, long_form), table in zip(groups, by_group, strict=True):
         pairwise = group_scores(table, len(responses), win=win, loss=loss)
-        out.append([p + structure_penalty(r, long_form, penalty)
-                    + length_term(r, long_form, coef=length_coef, unit=length_unit, cap=length_cap, mode=length_mode)
+        out.append([p + structure_penalty(r, long_form, penalty) + length.term(r, long_form)
                     for p, r in zip(pairwise, responses, strict=True)])  # fmt: skip
     return out
 
 
 def acpo_rewards(query: str, responses: Sequence[str], judge: ACGenRM, *, long_form: bool,
-                 win: float = 2.0, loss: float = -2.0, penalty: float = -5.0, length_coef: float = 1.0,
-                 length_unit: int = 100, length_cap: float = 5.0, length_mode: str = "distinct_words") -> list[float]:  # fmt: skip
+                 win: float = 2.0, loss: float = -2.0, penalty: float = -5.0,
+                 length: LengthShaping | None = None) -> list[float]:  # fmt: skip
     """ACPO rewards of one group of responses to `query`."""
     return acpo_group_rewards([(query, responses, long_form)], judge, win=win, loss=loss, penalty=penalty,
-                              length_coef=length_coef, length_unit=length_unit, length_cap=length_cap,
-                              length_mode=length_mode)[0]  # fmt: skip
+                              length=length)[0]  # fmt: skip
 
 
 def acgenrm_judge(backend: LLMBackend, **options: Any) -> Any:
@@ -225,12 +277,11 @@ def _long_form(gt: Any, default: bool) -> bool:
 
 @REWARDS.register("acpo")
 def acpo(backend: dict[str, Any], long_form: bool = False, seed: int = 0, win: float = 2.0, loss: float = -2.0,
-         penalty: float = -5.0, length_coef: float = 1.0, length_unit: int = 100, length_cap: float = 5.0,
-         length_mode: str = "distinct_words", orders: str = "both", max_new_tokens: int = 512) -> RewardFn:  # fmt: skip
+         penalty: float = -5.0, orders: str = "both", max_new_tokens: int = 512, **length: Any) -> RewardFn:  # fmt: skip
     """`backend` is an `agents.llm.BackendConfig` mapping; a ground truth {"long_form": bool} overrides
-    `long_form` per prompt. One backend call scores every group of the batch."""
-    if length_mode not in LENGTH_MODES:
-        raise ValueError(f"length_mode must be one of {', '.join(LENGTH_MODES)}, not '{length_mode}'")
+    `long_form` per prompt; `length`: `LengthShaping`'s `length_*` settings (default: the paper's R_len). One
+    backend call scores every group of the batch."""
+    shaping = read_length_shaping(length)
     judge = ACGenRM(build_backend(backend), seed=seed, orders=orders, max_new_tokens=max_new_tokens)
 
     def reward(batch: RewardBatch) -> list[float]:
@@ -238,8 +289,7 @@ def acpo(backend: dict[str, Any], long_form: bool = False, seed: int = 0, win: f
         rows_of = {gid: [i for i, g in enumerate(groups) if g == gid] for gid in dict.fromkeys(groups)}
         specs = [(batch.prompts[rows[0]], [batch.responses[i] for i in rows],
                   _long_form(batch.ground_truths[rows[0]], long_form)) for rows in rows_of.values()]  # fmt: skip
-        scores = acpo_group_rewards(specs, judge, win=win, loss=loss, penalty=penalty, length_coef=length_coef,
-                                    length_unit=length_unit, length_cap=length_cap, length_mode=length_mode)  # fmt: skip
+        scores = acpo_group_rewards(specs, judge, win=win, loss=loss, penalty=penalty, length=shaping)
         out = [0.0] * len(batch.responses)
         for rows, group_scores_ in zip(rows_of.values(), scores, strict=True):
             for i, value in zip(rows, group_scores_, strict=True):

@@ -9,8 +9,10 @@ A group is the responses of one prompt. Every judge kind ranks a group by a roun
 
 - `acgenrm` is ACPO (UniCreative, arXiv 2604.05517, §"reward composition"): R = R_rel + R_struct + R_len with
   R_rel the ±2 round robin of AC-GenRM on the responses with their planning stripped, R_struct −5 when a
-  long-form response skips planning or a short-form one plans, R_len the capped length term of long-form tasks;
-  computed by `agents.rewards.acgenrm.acpo_group_rewards`, the same code `embedkit rl train` runs.
+  long-form response skips planning or a short-form one plans, R_len the asymmetric length penalty (at most 5:
+  long-form responses under `length_long_min` words, short-form ones over `length_short_max`;
+  `agents.rewards.acgenrm.LengthShaping` says which parts are the paper's); computed by
+  `agents.rewards.acgenrm.acpo_group_rewards`, the same code `embedkit rl train` runs.
 - `consistrm` and `reflectrm` use those judges (`agents.rewards.judges.JUDGES`) for the round robin and add
   no shaping: their papers train the judges, they define no policy reward beyond the judge's verdicts.
 
@@ -30,6 +32,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from agents.llm import BackendConfig, LLMBackend, build_backend
+from agents.rewards.acgenrm import LengthShaping
 from embedkit.config import validate_config
 from embedkit.errors import EmbedkitError
 
@@ -77,15 +80,12 @@ class JudgeRewardSettings(GroupSettings):
         return value
 
 
-class ACPOSettings(JudgeRewardSettings):
-    """ACPO's terms on top of the round robin (defaults: the paper's +2/−2, −5 and cap 5)."""
+class ACPOSettings(JudgeRewardSettings, LengthShaping):
+    """ACPO's terms on top of the round robin (defaults: the paper's +2/−2, −5 and R_len capped at 5); the
+    `length_*` settings are `LengthShaping`'s."""
 
     long_form: bool = False  # per prompt: ground truth or extra_info {"long_form": true} overrides it
     penalty: float = -5.0
-    length_coef: float = 1.0
-    length_unit: int = 100
-    length_cap: float = 5.0
-    length_mode: Literal["none", "words", "distinct_words"] = "distinct_words"
     max_new_tokens: int = 512
 
 
@@ -158,8 +158,7 @@ def score_groups(kind: str, settings: JudgeRewardSettings, groups: Sequence[tupl
         assert isinstance(settings, ACPOSettings)
         judge = ACGenRM(backend, seed=settings.seed, orders=settings.orders, max_new_tokens=settings.max_new_tokens)
         rewards = acpo_group_rewards(groups, judge, win=settings.win, loss=settings.loss, penalty=settings.penalty,
-                                     length_coef=settings.length_coef, length_unit=settings.length_unit,
-                                     length_cap=settings.length_cap, length_mode=settings.length_mode)  # fmt: skip
+                                     length=settings)  # fmt: skip
         return GroupScores(rewards, dict(judge.last_stats))
     from agents.rewards.judges import build_judge
 
