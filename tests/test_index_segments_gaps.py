@@ -72,14 +72,16 @@ def assert_same(got, want, *, atol: float = 1e-5) -> None:
 # --- one FAISS index where a caller needs one ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "IVF4,PQ4x4", "HNSW8"])
-def test_the_faiss_index_of_several_segments_holds_every_live_row_once(tmp_path, factory):
+@pytest.mark.parametrize(("factory", "mmap"), [("Flat", False), ("IVF4,Flat", False), ("IVF4,Flat", True),
+                                              ("IVF4,PQ4x4", False), ("IVF4,PQ4x4fs", False), ("HNSW8", True)])
+def test_the_faiss_index_of_several_segments_holds_every_live_row_once(tmp_path, factory, mmap):
     """`DenseIndex.faiss_index` of a 3-segment folder is one merged in-memory index: live rows under their row
-    ids (deleted ones dropped), answering what the folder answers (IVF: the very codes, so PQ too)."""
+    ids (deleted ones dropped), answering what the folder answers (IVF: the very codes, so PQ too; memory-mapped
+    segments are only read; fast-scan lists are merged by FAISS)."""
     import faiss
 
     live = three_segments(tmp_path / "idx", factory)
-    index = Index.load(tmp_path / "idx")
+    index = Index.load(tmp_path / "idx", mmap=mmap)
     assert isinstance(index, DenseIndex)
     merged = index.faiss_index
     assert merged.ntotal == len(live) == len(index)

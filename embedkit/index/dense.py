@@ -27,6 +27,7 @@ from embedkit.index.base import Index, check_k
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
 from embedkit.index.faiss_ops import (
     add_vectors,
+    append_ivf_entries,
     calibrate_search,
     check_factory,
     create_index,
@@ -40,7 +41,6 @@ from embedkit.index.faiss_ops import (
     stores_exact_vectors,
     to_gpus,
     train_index,
-    try_remove,
 )
 from embedkit.index.faiss_ops import search as faiss_search
 from embedkit.index.kinds import VerifyReport, check_document_ids, verify_folder
@@ -532,9 +532,10 @@ class DenseIndex(Index):
         """One in-memory FAISS index of every live document of every segment, under its row id (no deleted rows),
         for callers that need a single index (an export, an external tool): same search results as the folder.
 
-        IVF kinds move each segment's codes into a copy of the trained template (exact, lossy codes included);
-        other kinds add the segments' vectors (the stored copy, else FAISS's own reconstruction) to an empty
-        index of the folder's factory (HNSW builds one new graph)."""
+        IVF kinds copy each segment's list entries into a copy of the trained template (the very codes, lossy
+        ones included; memory-mapped segments are only read); other kinds add the segments' vectors (the stored
+        copy, else FAISS's own reconstruction) to an empty index of the folder's factory (HNSW builds one new
+        graph)."""
         import faiss
 
         cpu = [faiss.index_gpu_to_cpu(segment.faiss_index) if self.backend == "faiss-gpu" else segment.faiss_index
@@ -546,11 +547,7 @@ class DenseIndex(Index):
         target = ivf_of(merged)
         for segment, index in zip(self.segments, cpu, strict=True):
             if target is not None:
-                copy = faiss.clone_index(index)  # merge_from empties its source: never the served segment
-                target.merge_from(ivf_of(copy), 0)
-                del copy
-                if len(segment.deleted):
-                    try_remove(target, segment.deleted)
+                append_ivf_entries(index, merged, skip=segment.deleted)
             else:
                 rows = segment.live_rows()
                 add_vectors(merged, segment.vectors(rows), rows)

@@ -286,6 +286,44 @@ def empty_trained_copy(path, *, ivf: bool):
     return index
 
 
+def append_ivf_entries(source, target, *, skip: np.ndarray | None = None) -> int:
+    """Append the entries (ids and codes) of `source`'s inverted lists to `target`'s, leaving out ids in `skip`;
+    both must share one trained structure (copies of one template). Returns how many were appended.
+
+    Codes are copied as stored, so lossy kinds (PQ, SQ) keep their exact codes, and `source` is only read: its
+    lists may be memory-mapped or on disk. Fast-scan (block) lists are merged by FAISS from a copy instead."""
+    import faiss
+
+    into, lists = ivf_of(target), ivf_of(source).invlists
+    skip = np.zeros(0, dtype=np.int64) if skip is None else np.asarray(skip, dtype=np.int64)
+    if isinstance(faiss.downcast_InvertedLists(lists), faiss.BlockInvertedLists):
+        copy = faiss.clone_index(source)  # merge_from empties its source
+        before = into.ntotal
+        into.merge_from(ivf_of(copy), 0)
+        if len(skip):
+            try_remove(into, skip)
+        return int(into.ntotal - before)
+    added = 0
+    for number in range(lists.nlist):
+        size = lists.list_size(number)
+        if size == 0:
+            continue
+        ids_ptr, codes_ptr = lists.get_ids(number), lists.get_codes(number)
+        try:
+            ids = faiss.rev_swig_ptr(ids_ptr, size).astype(np.int64)
+            codes = faiss.rev_swig_ptr(codes_ptr, size * lists.code_size).reshape(size, lists.code_size).copy()
+        finally:
+            lists.release_ids(number, ids_ptr)
+            lists.release_codes(number, codes_ptr)
+        keep = ~np.isin(ids, skip)
+        ids, codes = np.ascontiguousarray(ids[keep]), np.ascontiguousarray(codes[keep])
+        if len(ids):
+            into.invlists.add_entries(number, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+            added += len(ids)
+    into.ntotal += added
+    return added
+
+
 def to_gpus(index):
     """`index` copied to every GPU (backend "faiss-gpu"); EmbedkitError where faiss-gpu or a GPU is missing."""
     import faiss
