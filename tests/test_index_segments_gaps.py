@@ -361,3 +361,34 @@ def test_an_old_trained_folder_derives_its_template_from_a_mapped_index_faiss(tm
         params = {"nprobe": 4} if "IVF" in factory else {}
         found = index.search_vectors(np.stack([start[0] * 4, start[1] * 4]), 5, with_text=False, **params)
         assert "n0" in {hit.id for hit in found[0]} and "n1" in {hit.id for hit in found[1]}
+
+
+# --- the torch searcher's pieces ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_torch_scores_do_not_depend_on_the_matrix_holding_the_vector(metric):
+    """One vector scored inside a 1000-row matrix and alone: bit-identical (matrix products alone are not)."""
+    from embedkit.index.torch_search import TorchExactSearch
+
+    rng = np.random.default_rng(3)
+    big, queries = rng.standard_normal((1000, 64)).astype(np.float32), rng.standard_normal((5, 64)).astype(np.float32)
+    scores, rows = TorchExactSearch(big, metric=metric, device="cpu", chunk_rows=300).search(queries, 1000)
+    alone, _ = TorchExactSearch(big[500:501], np.array([500]), metric=metric, device="cpu").search(queries, 1)
+    assert np.array_equal(scores[rows == 500], alone[:, 0])
+
+
+def test_torch_masked_rows_are_never_answered():
+    from embedkit.index.torch_search import TorchExactSearch
+
+    matrix = vectors(10, 9)
+    searcher = TorchExactSearch(matrix, np.arange(100, 110), device="cpu", chunk_rows=4)
+    assert searcher.live_mask(np.array([], dtype=np.int64)) is None
+    live = searcher.live_mask(np.array([101, 105, 109, 7]))  # 7 is no row of this searcher
+    scores, rows = searcher.search(QUERIES, 9, live=live)
+    assert not np.isin(rows, [101, 105, 109]).any()
+    assert (rows[:, 7:] == -1).all() and (rows[:, :7] >= 100).all() and np.isneginf(scores[:, 7:]).all()
+    everything, _ = searcher.search(QUERIES, 10)
+    for query_scores, query_rows, all_scores in zip(scores, rows, everything, strict=True):
+        assert set(query_rows[:7].tolist()) == set(range(100, 110)) - {101, 105, 109}
+        assert set(np.round(query_scores[:7], 5)) <= set(np.round(all_scores, 5))

@@ -93,11 +93,12 @@ class TorchExactSearch:
         Matrix products round differently with the shape of the matrix (BLAS picks kernels by size), so one
         vector could score a few ulps apart in two segments' matrices; recomputed alone, equal vectors score
         equally wherever they are, and the tie rule (lower row first) decides, as it does with FAISS."""
-        out = torch.empty(positions.shape, dtype=torch.float64, device=q.device)
-        q64 = q.double()
+        work = torch.device("cpu") if self.device.type == "mps" else self.device  # MPS has no float64
+        out = torch.empty(positions.shape, dtype=torch.float64, device=work)
+        q64 = q.to(work, torch.float64)
         step = max(1, (1 << 22) // max(1, positions.shape[1] * self.dim))  # bounds the gathered block
         for start in range(0, len(q), step):
-            found = self._vectors_at(positions[start : start + step]).double()
+            found = self._vectors_at(positions[start : start + step]).to(work, torch.float64)
             query = q64[start : start + step, None, :]
             out[start : start + step] = (found * query).sum(-1) if self.metric == "ip" else -((found - query) ** 2).sum(-1)
         return out.float()
