@@ -216,3 +216,26 @@ def test_postings_that_disagree_with_the_tokens_are_damage(tmp_path):
     _damage(path, TF_COUNTS, np.zeros(0, dtype=np.int32))
     with pytest.raises(IndexFormatError, match="do not hold the tokens"):
         Index.load(path).search(["alpha"], k=2)
+
+
+def test_a_reload_keeps_unchanged_segments_mapped(tmp_path):
+    """After an update a server's reload (`reopen_index`) reuses the postings it maps for segments the update
+    only hard-linked; new segments are read, and a compacted folder is read whole again."""
+    from embedkit.index.reopen import reopen_index
+
+    path = build(tmp_path / "idx", ["alpha beta", "gamma", "delta alpha"])
+    add_documents(path, [doc("n0", ["alpha", "gamma"])])
+    served = Index.load(path)
+    served.search(["alpha"], k=2)
+    first = [live.postings for live in served.searcher.segmented.segments]
+    remove_documents(path, ["d0"])
+    add_documents(path, [doc("n1", ["beta"])])
+    reloaded, _ = reopen_index(path, served)
+    again = [live.postings for live in reloaded.searcher.segmented.segments]
+    assert again[0] is first[0] and again[1] is first[1] and len(again) == 3
+    assert_bitwise_rebuild(path, tmp_path, 3)
+    compact_index(path)
+    add_documents(path, [doc("n2", ["gamma"])])
+    fresh = reopen_index(path, reloaded)[0].searcher.segmented.segments
+    assert not {id(live.postings) for live in fresh} & {id(postings) for postings in again}
+    assert_bitwise_rebuild(path, tmp_path, 3)

@@ -9,6 +9,8 @@ postings with bm25s's "lucene" formulas in bm25s's dtypes and order (idf in floa
 the term-frequency part in float64, each document's contribution rounded to float32 and summed in float32,
 query token after query token) into one vector over the live documents in row order, and picks the top k with
 bm25s's own selection: the same ids, order, ties and scores as an index rebuilt from the live documents.
+A segment whose files an open searcher of this process already maps (a server reloading after an update) is
+not read again (`embedkit.lexical.bm25s_segments.open_postings`).
 
     scorer = SegmentedBM25(root, manifest.segments, live_rows, k1=0.9, b=0.4)
     scores, positions = scorer.top_k(["alpha", "beta"], k=10)   # positions index the live rows
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from embedkit.errors import IndexFormatError
-from embedkit.lexical.bm25s_segments import SEGMENTS_DIR, TF_DOCS, SegmentPostings, read_postings
+from embedkit.lexical.bm25s_segments import SEGMENTS_DIR, TF_DOCS, SegmentPostings, open_postings
 from embedkit.lexical.segments import BM25Segment
 
 
@@ -51,7 +53,7 @@ class SegmentedBM25:
         for segment in sorted(segments, key=lambda s: s.first_row or 0):
             if segment.first_row is None:
                 raise IndexFormatError(f"index {root} is damaged: bm25s segment {segment.name} records no first row")
-            postings = read_postings(root / SEGMENTS_DIR / segment.name, segment.documents)
+            postings = open_postings(root / SEGMENTS_DIR / segment.name, segment.documents)
             lo, hi = (int(i) for i in np.searchsorted(rows, [segment.first_row, segment.first_row + segment.documents]))
             deleted = np.arange(0)
             if hi - lo < segment.documents:

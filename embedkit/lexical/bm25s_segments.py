@@ -27,6 +27,8 @@ count. Files come from folders people share: every array is loaded without pickl
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +207,36 @@ def read_postings(folder: Path, documents: int) -> SegmentPostings:
         _check_ids(folder, np.asarray(tokens), len(vocab))
         indptr, docs, counts = _postings(np.asarray(tokens), np.asarray(offsets), len(vocab))
     return SegmentPostings(folder, by_token, indptr, docs, counts, tokens, offsets)
+
+
+_OPENED: weakref.WeakValueDictionary[tuple, SegmentPostings] = weakref.WeakValueDictionary()
+_OPENED_LOCK = threading.Lock()
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def open_postings(folder: Path, documents: int) -> SegmentPostings:
+    """`read_postings(folder, documents)`, or the very postings a searcher of this process still holds for the
+    same files: a server reloading an updated folder keeps its unchanged segments mapped.
+
+    Why this is safe: an update hard-links the files of unchanged segments into the new folder and writes new
+    segments under new names, and no segment file is ever rewritten in place; so the same path, device, inode,
+    size and modification time of every file mean the same bytes (the held mappings pin the inodes)."""
+    key = (str(folder.resolve()), documents,
+           *(_identity(folder / name) for name in (TOKENS, OFFSETS, VOCAB, *POSTINGS_FILES)))
+    with _OPENED_LOCK:
+        held = _OPENED.get(key)
+    if held is not None:
+        return held
+    postings = read_postings(folder, documents)
+    with _OPENED_LOCK:
+        return _OPENED.setdefault(key, postings)
 
 
 def live_tokens(root: Path, segments: Sequence[BM25Segment], live: Iterable[int]) -> tuple[list[int], list[list[str]]]:
