@@ -68,6 +68,8 @@ def test_update_links_old_parts_and_writes_only_the_change(tmp_path, hashed):
         (0, DOCSTORE_NAME, "seg-000000.del-000001.npy", 0, 3000, 3000, 1),
         (1, "seg-000001.docstore.sqlite", None, 3000, 3002, 2, 0)]
     assert stamp(path / DOCSTORE_NAME) == part0  # not copied, not rewritten
+    # an embedkit that knows no parts would read docstore.sqlite alone: it must refuse the folder as newer
+    assert json.loads((path / "manifest.json").read_text())["format_version"] == 3
     assert DOCSTORE_NAME not in hashed and "seg-000001.docstore.sqlite" in hashed
     part1 = stamp(path / "seg-000001.docstore.sqlite")
 

@@ -200,6 +200,21 @@ class SegmentedDocStore(DocStore):
                     yield row, doc
 
 
+def live_rows_of(parts: Sequence[StorePart], ids: list[str], deleting: dict[int, set[int]],
+                 new: DocStore | None) -> dict[str, tuple[int, int]]:
+    """id -> (part position, row) of the live documents with these ids: in `parts` (minus their deleted rows and
+    the rows this update deletes), or in the part being written (position -1)."""
+    found: dict[str, tuple[int, int]] = {}
+    for position, part in enumerate(parts):
+        gone = deleting.get(position, set())
+        for doc_id, row in part.docstore.row_of(ids).items():
+            if row not in part.deleted_set and row not in gone:
+                found[doc_id] = (position, row)
+    if new is not None:
+        found.update((doc_id, (-1, row)) for doc_id, row in new.row_of(ids).items())
+    return found
+
+
 def verify_parts(folder: Path, parts: Sequence[StorePart]) -> np.ndarray:
     """`embedkit index verify` of a store's parts: every value's type, rows within each part, live counts as
     recorded, ids unique across the live documents. Returns the live rows, ascending. Reads every row."""

@@ -36,7 +36,7 @@ import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -47,7 +47,7 @@ from pydantic import ValidationError
 from embedkit.data.corpus import Document
 from embedkit.errors import IndexFormatError
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
-from embedkit.index.docstore_parts import PartReader, SegmentedDocStore, StorePart
+from embedkit.index.docstore_parts import PartReader, SegmentedDocStore, live_rows_of
 from embedkit.index.kinds import check_document_ids, check_folder
 from embedkit.index.lifecycle import UpdateReport
 from embedkit.index.manifest import (
@@ -273,21 +273,6 @@ class _Update:
             self.new_store.close()
         for reader in self.readers:
             reader.close()
-
-
-def live_rows_of(parts: Sequence[StorePart], ids: list[str], deleting: dict[int, set[int]],
-                 new: DocStore | None) -> dict[str, tuple[int, int]]:
-    """id -> (part position, row) of the live documents with these ids: in `parts` (minus their deleted rows and
-    the rows this update deletes), or in the part being written (position -1)."""
-    found: dict[str, tuple[int, int]] = {}
-    for position, part in enumerate(parts):
-        gone = deleting.get(position, set())
-        for doc_id, row in part.docstore.row_of(ids).items():
-            if row not in part.deleted_set and row not in gone:
-                found[doc_id] = (position, row)
-    if new is not None:
-        found.update((doc_id, (-1, row)) for doc_id, row in new.row_of(ids).items())
-    return found
 
 
 def check_update_folder(path: Path, manifest: BM25Manifest) -> None:
