@@ -124,7 +124,7 @@ def main() -> None:
     what = "seconds per call, in one process" if args.in_process else "seconds per whole command"
     lines = [f"Load average (1 min) before/after: {started_load:.1f}/{os.getloadavg()[0]:.1f}; {what}.", "",
              "| backend | documents | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
-    lines += [f"| {b} | {n:,} | " + " | ".join(f"{row[c]:.1f}" for c in columns) + " |" for b, n, row in rows]
+    lines += [f"| {b} | {n:,} | " + " | ".join(f"{row[c]:.2f}" for c in columns) + " |" for b, n, row in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
