@@ -228,3 +228,23 @@ def test_pyserini_update_links_the_store_and_compact_keeps_rows(tmp_path):
     assert set(ids.values()) == before and max(ids) == 9  # rows kept (Lucene finds documents by id)
     assert_same_as_rebuild(path, tmp_path)
     verify_index(path)
+
+
+def test_a_crafted_deletion_file_is_damage_not_code(tmp_path):
+    """A shared folder's deletion file holding a pickle (which numpy would run) or rows outside its part."""
+    import numpy as np
+
+    path = build_bm25_index(corpus(3), tmp_path / "idx", BM25Settings(backend="bm25s", merge=NEVER))
+    remove_documents(path, ["d1"])
+    name = BM25Manifest.load(path).docstore_parts[0].deleted
+    assert name == "seg-000000.del-000001.npy"
+    for rows, needle in ((np.array([{"x": 1}], dtype=object), "is not a saved array of row numbers"),
+                         (np.array([7], dtype=np.int64), "outside the index's rows")):
+        np.save(path / name, rows, allow_pickle=True)
+        manifest = BM25Manifest.load(path)
+        manifest.record_files(path)  # a manifest can be made to match anything: the file itself is checked
+        manifest.save(path)
+        with pytest.raises(IndexFormatError, match=needle):
+            live_documents(path)
+        with pytest.raises(IndexFormatError, match=needle):
+            add_documents(path, [doc("d1", ["beta"])])
