@@ -239,3 +239,15 @@ def test_a_reload_keeps_unchanged_segments_mapped(tmp_path):
     fresh = reopen_index(path, reloaded)[0].searcher.segmented.segments
     assert not {id(live.postings) for live in fresh} & {id(postings) for postings in again}
     assert_bitwise_rebuild(path, tmp_path, 3)
+
+
+def test_verify_reads_every_posting(tmp_path, capsys):
+    """Postings that open cleanly but are not the tokens' (a swapped count) fail `index verify`, naming the file."""
+    path = build(tmp_path / "idx", ["alpha beta alpha", "beta"])
+    add_documents(path, [doc("n0", ["gamma"])])
+    assert main(["index", "verify", str(path)]) == 0
+    capsys.readouterr()
+    target = _damage(path, TF_COUNTS, np.array([1, 1, 1], dtype=np.int32))  # alpha twice in d0, not once
+    assert Index.load(path).search("alpha", k=1)  # plausible postings: opening cannot tell
+    assert main(["index", "verify", str(path)]) == 2
+    assert str(target) in capsys.readouterr().err

@@ -209,6 +209,21 @@ def read_postings(folder: Path, documents: int) -> SegmentPostings:
     return SegmentPostings(folder, by_token, indptr, docs, counts, tokens, offsets)
 
 
+def check_postings(folder: Path, documents: int) -> None:
+    """For `embedkit index verify`: every byte of the segment's postings is what its tokens give (opening checks
+    only shapes and the slices it reads). A segment written before postings has none to check."""
+    ids, offsets, vocab = _tokens(folder, documents, mmap=True)
+    _check_ids(folder, np.asarray(ids), len(vocab))
+    if not (folder / TF_INDPTR).exists():
+        return
+    stored = read_postings(folder, documents)
+    derived = _postings(np.asarray(ids), np.asarray(offsets), len(vocab))
+    for name, mine, expected in zip(POSTINGS_FILES, (stored.indptr, stored.docs, stored.counts), derived,
+                                    strict=True):
+        if not np.array_equal(mine, expected):
+            raise _damaged(folder / name, "its postings are not those of the segment's tokens")
+
+
 _OPENED: weakref.WeakValueDictionary[tuple, SegmentPostings] = weakref.WeakValueDictionary()
 _OPENED_LOCK = threading.Lock()
 

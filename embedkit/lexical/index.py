@@ -286,7 +286,7 @@ class BM25Kind(IndexKind[BM25Manifest, BM25Settings, BM25OpenOptions]):
                 raise IndexFormatError(f"index {path} is damaged: its Lucene commit holds segments {found}, the "
                                        f"manifest records {manifest.segments}; rebuild the index")
         else:
-            from embedkit.lexical.bm25s_segments import live_tokens
+            from embedkit.lexical.bm25s_segments import SEGMENTS_DIR, check_postings, live_tokens
 
             store = open_docstore(path, manifest)
             try:
@@ -294,6 +294,8 @@ class BM25Kind(IndexKind[BM25Manifest, BM25Settings, BM25OpenOptions]):
             finally:
                 store.close()
             live_tokens(path, manifest.segments, by_row)  # raises when a stored document is in no segment
+            for segment in manifest.segments:
+                check_postings(path / SEGMENTS_DIR / segment.name, segment.documents)
 
 
 BM25_KIND = BM25Kind()
