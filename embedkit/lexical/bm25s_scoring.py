@@ -62,8 +62,7 @@ class SegmentedBM25:
                 deleted = np.flatnonzero(dead)
             df = np.diff(postings.indptr)
             if len(deleted):  # what the deleted documents added: one per distinct term, and their lengths
-                terms = np.concatenate([postings.terms(int(document)) for document in deleted])
-                df = df - np.bincount(terms, minlength=len(df))
+                df = df - np.bincount(postings.terms(deleted), minlength=len(df))
                 if len(df) and df.min() < 0:
                     raise IndexFormatError(f"bm25s segment file {postings.folder / TF_DOCS} is damaged: its postings "
                                            "do not hold the tokens of the segment's documents; rebuild the index")

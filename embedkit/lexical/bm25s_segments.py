@@ -151,7 +151,7 @@ class SegmentPostings:
 
         segment = read_postings(folder, documents=2)
         documents, counts = segment.postings(segment.vocab["beta"])
-        segment.terms(1)            # the distinct token ids of document 1
+        segment.terms(np.array([1]))   # the distinct token ids of document 1
     """
 
     folder: Path
@@ -177,11 +177,17 @@ class SegmentPostings:
             raise _damaged(self.folder / TF_COUNTS, f"token {term} has counts below 1")
         return docs, counts
 
-    def terms(self, document: int) -> np.ndarray:
-        """The distinct token ids of document `document` (an offset in the segment)."""
-        ids = np.asarray(self.tokens[int(self.offsets[document]):int(self.offsets[document + 1])])
+    def terms(self, documents: np.ndarray) -> np.ndarray:
+        """The distinct token ids of each of `documents` (ascending offsets in the segment), one after the other:
+        one entry per (document, token) pair, what each document adds to the document frequencies."""
+        starts, ends = self.offsets[documents], self.offsets[documents + 1]
+        lengths = ends - starts
+        # the positions of every token of the documents, gathered at once (a loop costs per document)
+        shift = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+        ids = np.asarray(self.tokens[np.arange(int(lengths.sum()), dtype=np.int64) + shift])
         _check_ids(self.folder, ids, len(self.vocab))
-        return np.unique(ids)
+        owner = np.repeat(np.arange(len(documents), dtype=np.int64), lengths)
+        return np.unique(owner * max(len(self.vocab), 1) + ids) % max(len(self.vocab), 1)
 
 
 def read_postings(folder: Path, documents: int) -> SegmentPostings:
