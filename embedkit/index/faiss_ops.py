@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import numpy as np
 
@@ -247,8 +248,70 @@ def _search_filtered(index, vectors: np.ndarray, k: int, exclude: np.ndarray) ->
     return out_scores, out_rows
 
 
+# While a file's sizes are checked, FAISS may allocate at most this much for one vector even when the file is
+# smaller: room for the tables it derives from a header (not stored) on small real indexes.
+SIZE_CHECK_FLOOR_BYTES = 64 << 20
+# Counts that drive FAISS loops (IVF nlist, NSG size…) cost ~160 bytes of bookkeeping per item before any size
+# is read; in a real file each list has at least its 8-byte size (sparse IVF lists of a multi-index quantizer
+# excepted: up to this many lists are let through, IMI2x10's count).
+SIZE_CHECK_FLOOR_COUNT = 1 << 20
+_size_check_lock = threading.Lock()
+
+
+def check_faiss_sizes(path, flags: int = 0) -> None:
+    """Refuse a FAISS file whose size fields ask for more than the file holds, before FAISS allocates them.
+
+    FAISS resizes each stored vector to the size its file records and only then reads the bytes, so a damaged or
+    crafted size field (up to its 1 TiB cap) costs that much memory, or the OOM killer, before the read error.
+    Here FAISS's own reader reads the file once through a memory map (IO_FLAG_MMAP_IFC: codes, graph links and
+    inverted lists become views, bounds-checked against the file) with its per-vector byte limit lowered to the
+    file's length (`SIZE_CHECK_FLOOR_BYTES` at least) and its loop-count limit to one item per 8 bytes
+    (`SIZE_CHECK_FLOOR_COUNT` at least), so every recorded size is checked against the bytes that follow it and
+    nothing larger is allocated. Tables FAISS derives rather than reads are not bounded by the
+    file: when one of those is above the lowered limit the check cannot finish, and the read keeps FAISS's own
+    cap. FAISS < 1.14.2 has no settable limit: nothing is checked there.
+
+    >>> import faiss, tempfile
+    >>> path = f"{tempfile.mkdtemp()}/flat.faiss"
+    >>> faiss.write_index(faiss.IndexFlatIP(4), path)
+    >>> check_faiss_sizes(path)
+    """
+    import os
+
+    import faiss
+
+    from embedkit.errors import IndexFormatError
+
+    if not all(hasattr(faiss, name) for name in (
+            "set_deserialization_vector_byte_limit", "set_deserialization_loop_limit", "IO_FLAG_MMAP_IFC")):
+        return
+    size = os.path.getsize(path)
+    limit = max(size, SIZE_CHECK_FLOOR_BYTES)
+    loop_limit = max(size // 8, SIZE_CHECK_FLOOR_COUNT)
+    # (without IO_FLAG_MMAP: its on-disk IVF lists need a plain file reader, which MMAP_IFC replaces)
+    check_flags = ((flags & ~faiss.IO_FLAG_MMAP) | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+                   | faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
+    with _size_check_lock:  # the limits are process-wide in FAISS
+        previous = faiss.get_deserialization_vector_byte_limit()
+        previous_loops = faiss.get_deserialization_loop_limit()  # 0: no limit
+        faiss.set_deserialization_vector_byte_limit(min(previous, limit))
+        faiss.set_deserialization_loop_limit(min(previous_loops or loop_limit, loop_limit))
+        try:
+            faiss.read_index(str(path), check_flags)
+        except RuntimeError as error:
+            message = str(error).splitlines()[-1] if str(error).strip() else type(error).__name__
+            if "would exceed" in message:  # a derived table (e.g. IVFPQ fast-scan's) above the lowered limit
+                return
+            raise IndexFormatError(f"{path} is damaged: a size it records does not fit its {size} bytes or is "
+                                   f"inconsistent ({message}); rebuild the index") from None
+        finally:
+            faiss.set_deserialization_vector_byte_limit(previous)
+            faiss.set_deserialization_loop_limit(previous_loops)
+
+
 def read_faiss_file(path, *, mmap: bool = False, on_disk: bool = False):
-    """Read a FAISS file (memory-mapped with `mmap`); unreadable or absurd sizes are IndexFormatError."""
+    """Read a FAISS file (memory-mapped with `mmap`); unreadable or absurd sizes are IndexFormatError, refused
+    before FAISS allocates them where `check_faiss_sizes` can tell."""
     import faiss
 
     from embedkit.errors import IndexFormatError
@@ -257,6 +320,7 @@ def read_faiss_file(path, *, mmap: bool = False, on_disk: bool = False):
     if on_disk:
         flags |= faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is found beside index.faiss wherever it moved
     try:
+        check_faiss_sizes(path, flags)
         return faiss.read_index(str(path), flags)
     except RuntimeError as error:
         raise IndexFormatError(f"{path} cannot be read ({str(error).splitlines()[-1]}); rebuild the index") from None
