@@ -19,12 +19,12 @@ from embedkit.errors import IndexFormatError
 from embedkit.index.faiss_ops import read_faiss_file
 from tests.helpers import write_jsonl
 
-D, N = 8, 300  # PQ trains 256 centroids per sub-quantizer
+D, N = 8, 300
 # Each crafted size asks for about 1 GiB; a checked read may grow by FAISS's floor for derived tables at most.
 GIB = 1 << 30
 MAX_GROWTH_MB = 100
-FACTORIES = ["Flat", "IDMap2,Flat", "HNSW8", "IVF4,Flat", "IVF4,PQ4", "IVF4,PQ4x4fs", "OPQ4,IVF4,PQ4", "SQ8",
-             "PCA4,Flat"]
+FACTORIES = ["Flat", "IDMap2,Flat", "HNSW8", "IVF4,Flat", "IVF4,PQ4x4", "IVF4,PQ4x4fs", "OPQ4,IVF4,PQ4x4",
+             "SQ8", "PCA4,Flat"]
 
 
 def build(factory: str):
@@ -51,13 +51,14 @@ def field(data: bytes, pattern: bytes) -> int:
 
 def crafted(factory: str) -> tuple[bytes, int]:
     """The factory's file with one recorded size replaced, and its offset: the flat codes (float count), an
-    IDMap's id list, HNSW's per-vector offsets, the first IVF inverted list, or (`nlist`) the IVF's list count,
-    which costs FAISS ~160 bytes per list before any list size is read."""
-    nlist_only = factory.endswith(" nlist")
-    factory = factory.removesuffix(" nlist")
+    IDMap's id list, HNSW's per-vector offsets, the first IVF inverted list; or (`nlist`) the IVF's list count,
+    which costs FAISS ~160 bytes per list before any list size is read, or (`pq_d`) a PQ's dimension."""
+    factory, _, which = factory.partition(" ")
     data = serialized(factory)
-    if nlist_only:
+    if which == "nlist":
         offset, value = field(data, b"ilar") + 4, GIB // 160
+    elif which == "pq_d":  # the PQ's dimension: FAISS sizes its centroids (d·16 floats) from it before reading
+        offset, value = field(data, struct.pack("<QQQ", D, 4, 4)), GIB // (16 * 4)
     elif factory == "Flat":
         offset, value = field(data, struct.pack("<Q", N * D)), GIB // 4
     elif factory == "IDMap2,Flat":
@@ -74,7 +75,7 @@ def crafted(factory: str) -> tuple[bytes, int]:
     return bytes(out), offset
 
 
-CRAFTED = ["Flat", "IDMap2,Flat", "HNSW8", "IVF4,Flat", "IVF4,PQ4", "IVF4,Flat nlist"]
+CRAFTED = ["Flat", "IDMap2,Flat", "HNSW8", "IVF4,Flat", "IVF4,PQ4x4", "IVF4,Flat nlist", "IVF4,PQ4x4 pq_d"]
 # Reads every file given in one fresh process; prints each outcome with the peak RSS growth so far (kB).
 READER = """
 import json, resource, sys
@@ -183,3 +184,24 @@ def test_embedkit_search_on_a_crafted_index_exits_2_with_small_memory(tiny_index
         assert code == 2, stderr
         assert f"{faiss_file} is damaged" in stderr and "Traceback" not in stderr
         assert peak < healthy_peak + MAX_GROWTH_MB * 1024, (peak, healthy_peak)
+
+
+def test_a_table_faiss_derives_beyond_the_file_does_not_block_a_real_index(tmp_path):
+    """IVF-PQ fast-scan rebuilds a precomputed table of nlist·M·16 floats on load (here 128 MiB from an 8 MiB
+    file): the check cannot bound it by the file, so it stops there and the real read goes on."""
+    from embedkit.index.faiss_ops import SIZE_CHECK_FLOOR_BYTES
+
+    d, nlist, m = 64, 32768, 64
+    assert nlist * m * 16 * 4 > SIZE_CHECK_FLOOR_BYTES
+    rng = np.random.default_rng(0)
+    quantizer = faiss.IndexFlatL2(d)
+    quantizer.add(rng.standard_normal((nlist, d)).astype("float32"))
+    index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, m, 4)
+    faiss.copy_array_to_vector(rng.standard_normal(d * 16).astype("float32"), index.pq.centroids)
+    index.is_trained = True  # set codebooks instead of training: the layout, not the quality, is tested
+    x = rng.standard_normal((20, d)).astype("float32")
+    index.add(x)
+    path = tmp_path / "index.faiss"
+    faiss.write_index(index, str(path))
+    assert path.stat().st_size < SIZE_CHECK_FLOOR_BYTES
+    assert np.array_equal(read_faiss_file(path).search(x[:3], 3)[1], index.search(x[:3], 3)[1])
