@@ -75,6 +75,25 @@ def crafted(factory: str) -> tuple[bytes, int]:
     return bytes(out), offset
 
 
+def crafted_on_disk(tmp_path: Path) -> Path:
+    """An on-disk IVF folder as embedkit writes it, its coarse quantizer's vector count made ~1 GiB."""
+    from embedkit.data.corpus import Document
+    from embedkit.encoding.config import EncoderSpec
+    from embedkit.index.dense import write_dense_index
+
+    spec = EncoderSpec(model="synthetic", fingerprint="0", pooling="mean", normalize=True, dim=D)
+    x = np.random.default_rng(0).standard_normal((N, D)).astype("float32")
+    folder = write_dense_index(tmp_path / "on-disk", x, [Document(id=f"d{i}", text="") for i in range(N)], spec,
+                               factory="IVF4,Flat", on_disk=True)
+    path = folder / "index.faiss"
+    data = bytearray(path.read_bytes())
+    at = field(bytes(data), b"IxF") + 37  # the quantizer's IndexFlat: fourcc and header, then its float count
+    assert struct.unpack_from("<Q", data, at)[0] == 4 * D
+    struct.pack_into("<Q", data, at, GIB // 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
 CRAFTED = ["Flat", "IDMap2,Flat", "HNSW8", "IVF4,Flat", "IVF4,PQ4x4", "IVF4,Flat nlist", "IVF4,PQ4x4 pq_d"]
 # Reads every file given in one fresh process; prints each outcome with the peak RSS growth so far (kB).
 READER = """
@@ -83,10 +102,11 @@ from embedkit.errors import IndexFormatError
 from embedkit.index.faiss_ops import read_faiss_file
 read_faiss_file(sys.argv[1])  # a valid file first: imports and FAISS's own buffers are not growth
 start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-for path in sys.argv[2:]:
+for arg in sys.argv[2:]:
+    path, _, kind = arg.partition("#")  # "#ondisk": IVF lists in index.ivfdata beside the file
     for mmap in (False, True):
         try:
-            read_faiss_file(path, mmap=mmap)
+            read_faiss_file(path, mmap=mmap, on_disk=kind == "ondisk")
             outcome = "read"
         except IndexFormatError as error:
             outcome = str(error)
@@ -104,11 +124,12 @@ def test_crafted_sizes_are_refused_before_faiss_allocates(tmp_path):
         path = tmp_path / f"{factory.replace(',', '_').replace(' ', '_')}.faiss"
         path.write_bytes(data)
         paths.append(str(path))
+    paths.append(f"{crafted_on_disk(tmp_path)}#ondisk")
     done = subprocess.run([sys.executable, "-c", READER, str(valid), *paths], capture_output=True, text=True,
                           timeout=300, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
     results = [json.loads(line) for line in done.stdout.splitlines()]
-    assert len(results) == 2 * len(CRAFTED)
+    assert len(results) == 2 * (len(CRAFTED) + 1)
     for result in results:
         assert result["outcome"].startswith(f"{result['path']} is damaged"), result
         assert result["grown_kb"] < MAX_GROWTH_MB * 1024, result

@@ -292,9 +292,12 @@ def check_faiss_sizes(path, flags: int = 0) -> None:
     size = os.path.getsize(path)
     limit = max(size, SIZE_CHECK_FLOOR_BYTES)
     loop_limit = max(size // 8, SIZE_CHECK_FLOOR_COUNT)
-    # (without IO_FLAG_MMAP: its on-disk IVF lists need a plain file reader, which MMAP_IFC replaces)
-    check_flags = ((flags & ~faiss.IO_FLAG_MMAP) | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
-                   | faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
+    # IO_FLAG_MMAP's and IO_FLAG_ONDISK_SAME_DIR's on-disk lists need FAISS's plain file reader, which
+    # MMAP_IFC replaces: without MMAP the lists are checked as arrays; with ONDISK_SAME_DIR (lists in their own
+    # file) every vector the index file holds is read under the lowered limit instead, so at most its size.
+    check_flags = (flags & ~faiss.IO_FLAG_MMAP) | faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE
+    if not flags & faiss.IO_FLAG_ONDISK_SAME_DIR:
+        check_flags |= faiss.IO_FLAG_MMAP_IFC
     with _size_check_lock:  # the limits are process-wide in FAISS
         previous = faiss.get_deserialization_vector_byte_limit()
         previous_loops = faiss.get_deserialization_loop_limit()  # 0: no limit
