@@ -9,8 +9,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def shared_data_dir() -> Path | None:
-    """`../shared/data` beside the checkout (or $EMBEDKIT_SHARED_DATA); None when absent."""
-    candidates = [os.environ.get("EMBEDKIT_SHARED_DATA"), REPO_ROOT.parent / "shared" / "data"]
+    """$EMBEDKIT_SHARED_DATA, else `../shared/data` as the docs write it (beside the folder commands run in),
+    else beside the checkout (a command run from elsewhere); None when absent."""
+    candidates = [os.environ.get("EMBEDKIT_SHARED_DATA"), Path.cwd().parent / "shared" / "data",
+                  REPO_ROOT.parent / "shared" / "data"]
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
