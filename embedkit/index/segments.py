@@ -53,7 +53,11 @@ from pydantic import ValidationError
 
 from embedkit.errors import IndexFormatError
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
-from embedkit.index.docstore_parts import SegmentedDocStore  # noqa: F401 - read through this module too
+from embedkit.index.docstore_parts import (  # SegmentedDocStore: read through this module too
+    SegmentedDocStore,  # noqa: F401
+    check_part_store,
+    load_part_deletions,
+)
 from embedkit.index.faiss_ops import read_faiss_file, reconstruct_rows
 from embedkit.index.manifest import DELETED_NAME, FAISS_NAME, DenseManifest, SegmentRecord
 from embedkit.index.masked import load_deleted_rows
@@ -139,33 +143,15 @@ class SegmentReader:
     @cached_property
     def docstore(self) -> DocStore:
         store = DocStore(self.folder / self.record.docstore, read_all=self._count)
-        count, rows = len(store) if self._count else self.record.num_stored, store.row_range()
-        where = self.folder / self.record.docstore
-        problem = None
-        if count != self.record.num_stored:
-            problem = f"{where} holds {count} documents, the manifest records {self.record.num_stored}"
-        elif rows is not None and (rows[0] < self.record.row_start or rows[1] >= self.record.row_stop):
-            # New rows are numbered from next_row: a stored row at or above it would get a second document.
-            problem = (f"{where} holds rows {rows[0]}..{rows[1]}, outside the segment's rows "
-                       f"{self.record.row_start}..{self.record.row_stop - 1} (manifest next_row "
-                       f"{self.manifest.next_row})")
-        if problem is not None:
-            store.close()
-            raise IndexFormatError(f"index {self.folder} is damaged: {problem}; rebuild the index")
+        check_part_store(store, self.folder, count=self.record.num_stored if self._count else None,
+                         rows=(self.record.row_start, self.record.row_stop), next_row=self.manifest.next_row)
         return store
 
     @cached_property
     def deleted(self) -> np.ndarray:
         """Sorted rows of this segment that are deleted (masked in FAISS, hidden in the store)."""
-        if self.record.deleted is None:
-            return np.zeros(0, dtype=np.int64)
-        path = self.folder / self.record.deleted
-        rows = np.sort(load_deleted_rows(path, self.record.row_stop))
-        if len(rows) != self.record.num_deleted or (len(rows) and rows[0] < self.record.row_start):
-            raise IndexFormatError(f"index {self.folder} is damaged: {path} lists {len(rows)} rows, the manifest "
-                                   f"records {self.record.num_deleted} of rows {self.record.row_start}.."
-                                   f"{self.record.row_stop - 1}; rebuild the index")
-        return rows
+        return load_part_deletions(self.folder, self.record.deleted, (self.record.row_start, self.record.row_stop),
+                                   self.record.num_deleted)
 
     @cached_property
     def deleted_set(self) -> frozenset[int]:

@@ -26,6 +26,7 @@ import numpy as np
 from embedkit.data.corpus import Document
 from embedkit.errors import EmbedkitError, IndexFormatError
 from embedkit.index.docstore import DOCSTORE_NAME, DocStore
+from embedkit.index.docstore_parts import live_rows_of
 from embedkit.index.faiss_ops import (
     add_vectors,
     create_index,
@@ -214,16 +215,7 @@ class SegmentedUpdate:
 
     def live_rows_of(self, ids: list[str]) -> dict[str, tuple[int, int]]:
         """id -> (segment position, row) of the live documents with these ids (-1: the new segment)."""
-        found: dict[str, tuple[int, int]] = {}
-        for position, reader in enumerate(self.readers):
-            gone = self.deleting.get(position, set())
-            for doc_id, row in reader.docstore.row_of(ids).items():
-                if row not in reader.deleted_set and row not in gone:
-                    found[doc_id] = (position, row)
-        if self.new is not None:
-            for doc_id, row in self.new.store.row_of(ids).items():
-                found[doc_id] = (-1, row)
-        return found
+        return live_rows_of(self.readers, ids, self.deleting, self.new.store if self.new is not None else None)
 
     def _template(self):
         """The trained empty index new segments copy (IVF/PQ), or None where an empty index needs no training."""
