@@ -118,7 +118,7 @@ def remove_documents(path: str | Path, ids: Iterable[str], *, source: str | None
 
 
 def set_merge_policy(path: str | Path, policy: MergePolicy) -> UpdateReport:
-    """Record when updates merge segments (`MergePolicy(mode="never")`: only `compact_index` does); a merge
+    """Record when updates merge segments (`MergePolicy.never()`: only `compact_index` does); a merge
     the new policy calls for runs at once. Commits like any update (an old folder is converted)."""
     with _update(Path(path), "merge-policy", None) as update:
         update.manifest = update.manifest.model_copy(update={"merge_policy": policy})
